@@ -1,0 +1,50 @@
+"""The project's one error family: every user-facing failure is a TvmnasError with a one-line message."""
+
+from __future__ import annotations
+
+
+class TvmnasError(Exception):
+    """Base of every error the CLI reports as one line and a non-zero exit."""
+
+
+class ModelLoadError(TvmnasError):
+    """A model file is missing, unreadable or not a model."""
+
+
+class UnsupportedOperatorError(TvmnasError):
+    """The network uses an operator the MCU path cannot compile."""
+
+    def __init__(self, op: str, node: str, detail: str = "") -> None:
+        self.op = op
+        self.node = node
+        msg = f"unsupported operator '{op}' at node '{node}'"
+        super().__init__(msg + (f": {detail}" if detail else ""))
+
+
+class BudgetExceededError(TvmnasError):
+    """A model needs more flash or SRAM than the target board has."""
+
+    def __init__(self, what: str, needed: int, budget: int, target: str) -> None:
+        self.what = what
+        self.needed = needed
+        self.budget = budget
+        super().__init__(
+            f"{what} needs {needed:,} bytes but target '{target}' has {budget:,} bytes "
+            f"(pass --ignore-budget to compile anyway)"
+        )
+
+
+class UnknownTargetError(TvmnasError):
+    """No descriptor exists for the requested target name."""
+
+
+class ToolchainMissingError(TvmnasError):
+    """arm-none-eabi-gcc or qemu-system-arm is not installed."""
+
+
+class BuildError(TvmnasError):
+    """The generated C failed to compile or link."""
+
+
+class EmulatorError(TvmnasError):
+    """The program on the emulator hung, faulted or exited with an error."""
