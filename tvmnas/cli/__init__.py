@@ -1,0 +1,8 @@
+"""tvmnas command line: each module registers its commands on `app`."""
+
+from tvmnas.cli.app import app, main
+
+# Command modules (one per command family); importing registers them.
+from tvmnas.cli import compile  # noqa: F401,E402
+
+__all__ = ["app", "main"]
