@@ -48,3 +48,19 @@ class BuildError(TvmnasError):
 
 class EmulatorError(TvmnasError):
     """The program on the emulator hung, faulted or exited with an error."""
+
+
+class DatasetError(TvmnasError):
+    """A data set is unknown, missing or not in a supported layout."""
+
+
+class GenotypeError(TvmnasError):
+    """A genotype file is missing, malformed or names an unknown operation."""
+
+
+class BudgetViolationError(TvmnasError):
+    """A searched architecture exceeds a cycle, flash or SRAM budget the user set."""
+
+    def __init__(self, violations: list[str]) -> None:
+        self.violations = list(violations)
+        super().__init__("architecture over budget: " + "; ".join(self.violations))
