@@ -64,3 +64,7 @@ class BudgetViolationError(TvmnasError):
     def __init__(self, violations: list[str]) -> None:
         self.violations = list(violations)
         super().__init__("architecture over budget: " + "; ".join(self.violations))
+
+
+class TargetDescriptorError(TvmnasError):
+    """A target descriptor file is malformed (missing, unknown or mistyped keys)."""
