@@ -7,18 +7,20 @@
  * fall-through address), and which instructions it holds (disassembly text).
  * Each entry of tvmnas_kernel_mark inside the window starts the next kernel
  * segment (0, 1, 2, ...); what runs between the window's start and the first
- * mark is the preamble segment (-1). Blocks are QEMU translation blocks split
- * at marker addresses, keyed by (pc, instruction count).
+ * mark is the preamble segment (-1). Each window (0, 1, ... in run order) is
+ * kept apart. Blocks are QEMU translation blocks split at marker addresses,
+ * keyed by (pc, instruction count).
  *
  * Arguments (QEMU -plugin options): begin=ADDR,end=ADDR,out=FILE[,mark=ADDR]
  * with ADDR in hex (0x...) or decimal; bit 0 (the Thumb bit) is ignored.
  * The profile is written to FILE when the window closes (cumulative over all
  * windows) and again at QEMU exit. Format, one record per line:
  *   tvmnas-profile 1
- *   windows W open O kernels K
+ *   windows W open O
+ *   segment KEY WINDOW INDEX   (INDEX -1 = preamble, 0.. = kernels)
  *   block ID PC END N          (END = address after its last instruction)
  *   insn VADDR SIZE DISASSEMBLY
- *   count ID SEGMENT EXECUTIONS TAKEN
+ *   count ID KEY EXECUTIONS TAKEN
  *
  * Limit: a block counts as executed when it starts; a block abandoned midway
  * (a fault, or an I/O access that makes -icount retranslate it) is counted
@@ -76,8 +78,10 @@ static uint32_t *slot_hash; /* open addressing, stores slot index + 1 */
 static uint32_t slot_hash_cap;
 
 static int active;
-static int cur_seg = SEG_NONE;
+static int cur_seg = SEG_NONE; /* key of the current (window, index) segment */
 static int next_kernel;
+static int32_t *seg_window, *seg_index;
+static uint32_t n_segs, cap_segs;
 static uint64_t windows;
 static uint32_t prev_slot = NO_SLOT;
 static uint64_t prev_end;
@@ -228,7 +232,10 @@ static void write_profile(void)
         return;
     }
     fprintf(f, "tvmnas-profile 1\n");
-    fprintf(f, "windows %" PRIu64 " open %d kernels %d\n", windows, active, next_kernel);
+    fprintf(f, "windows %" PRIu64 " open %d\n", windows, active);
+    for (uint32_t i = 0; i < n_segs; i++) {
+        fprintf(f, "segment %u %d %d\n", i, seg_window[i], seg_index[i]);
+    }
     char *used = calloc(n_blocks ? n_blocks : 1, 1);
     for (uint32_t i = 0; i < n_slots; i++) {
         used[slots[i].block] = 1;
@@ -258,6 +265,19 @@ static void write_profile(void)
     free(tmp);
 }
 
+/* Opens the next segment of the current window; returns its key. */
+static int new_segment(int index)
+{
+    if (n_segs == cap_segs) {
+        cap_segs = cap_segs ? 2 * cap_segs : 256;
+        seg_window = xrealloc(seg_window, cap_segs * sizeof(*seg_window));
+        seg_index = xrealloc(seg_index, cap_segs * sizeof(*seg_index));
+    }
+    seg_window[n_segs] = (int32_t)windows;
+    seg_index[n_segs] = index;
+    return (int)n_segs++;
+}
+
 static void vcpu_tb_exec(unsigned int vcpu_index, void *udata)
 {
     TbRec *tb = udata;
@@ -273,11 +293,11 @@ static void vcpu_tb_exec(unsigned int vcpu_index, void *udata)
         if (b->marker) {
             if ((b->marker & MARK_BEGIN) && !active) {
                 active = 1;
-                cur_seg = SEG_PREAMBLE;
                 next_kernel = 0;
+                cur_seg = new_segment(SEG_PREAMBLE);
             }
             if ((b->marker & MARK_KERNEL) && active) {
-                cur_seg = next_kernel++;
+                cur_seg = new_segment(next_kernel++);
             }
             if ((b->marker & MARK_END) && active) {
                 active = 0;
