@@ -1,0 +1,261 @@
+"""Emit the C bundle: model.h (the API), model.c (kernels + call sequence), model_weights.c
+(constants in flash), a Makefile, a usage example and manifest.json.
+
+Every piece of text comes from one small function; same input gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tvmnas.codegen.c_printer import KernelSignature, c_identifier, c_type, float_literal
+from tvmnas.passes import ArenaPlan, CallGraph, TensorInfo
+
+PRELUDE = """\
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "model_weights.h"
+
+#ifdef TVMNAS_PROFILE
+void tvmnas_kernel_mark(int k);
+#define TVMNAS_KERNEL_MARK(k) tvmnas_kernel_mark(k)
+#else
+#define TVMNAS_KERNEL_MARK(k) ((void)0)
+#endif
+
+static inline float tvmnas_maxf(float a, float b) { return a > b ? a : b; }
+static inline float tvmnas_minf(float a, float b) { return a < b ? a : b; }
+static inline int32_t tvmnas_maxi(int32_t a, int32_t b) { return a > b ? a : b; }
+static inline int32_t tvmnas_mini(int32_t a, int32_t b) { return a < b ? a : b; }
+static inline float tvmnas_sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+static inline int32_t tvmnas_floordiv(int32_t a, int32_t b) {
+  int32_t q = a / b;
+  return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+static inline int32_t tvmnas_floormod(int32_t a, int32_t b) { return a - tvmnas_floordiv(a, b) * b; }
+"""
+
+
+@dataclass
+class EmittedKernel:
+    """A printed kernel: its C text and signature."""
+
+    text: str
+    signature: KernelSignature
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape) or "1"
+
+
+def layer_comment(index: int, kernel: str, graph: CallGraph, args: tuple[str, ...], output: str) -> str:
+    """`/* 3: conv2d_add_relu 1x16x32x32 -> 1x16x32x32 float32 */` for one call."""
+    ins = [graph.tensors[a] for a in args if a in graph.tensors]
+    out = graph.tensors[output]
+    op = kernel[len("fused_"):] if kernel.startswith("fused_") else kernel
+    src = ", ".join(shape_text(t.shape) for t in ins) or "-"
+    return f"/* {index}: {op} {src} -> {shape_text(out.shape)} {out.dtype} */"
+
+
+def weights_array(name: str, array: np.ndarray) -> str:
+    """One aligned const array (placed in flash by the linker) with exact literals."""
+    flat = np.ascontiguousarray(array).reshape(-1)
+    dtype = str(flat.dtype)
+    if dtype == "float32":
+        values = [float_literal(float(v)) for v in flat]
+    else:
+        values = [str(int(v)) for v in flat]
+    rows = [", ".join(values[i:i + 8]) for i in range(0, len(values), 8)]
+    body = ",\n  ".join(rows)
+    shape = shape_text(tuple(array.shape))
+    return (
+        f"/* {name}: {shape} {dtype} */\n"
+        f"const {c_type(dtype)} {name}[{max(flat.size, 1)}] __attribute__((aligned(16))) = {{\n  {body}\n}};\n"
+    )
+
+
+def weights_header(names: list[str], graph: CallGraph) -> str:
+    decls = [
+        f"extern const {c_type(str(graph.constants[n].dtype))} model_{n}[{max(graph.constants[n].size, 1)}];"
+        for n in names
+    ]
+    return "#ifndef MODEL_WEIGHTS_H\n#define MODEL_WEIGHTS_H\n#include <stdint.h>\n\n" + "\n".join(decls) + "\n\n#endif\n"
+
+
+def weights_source(names: list[str], graph: CallGraph) -> str:
+    parts = ['#include "model_weights.h"\n']
+    parts += [weights_array(f"model_{n}", graph.constants[n]) for n in names]
+    return "\n".join(parts)
+
+
+def model_header(graph: CallGraph, arena_bytes: int, target: str) -> str:
+    (inp,), (out,) = graph.inputs, graph.outputs
+    return f"""\
+/* tvmnas generated model API (target {target}).
+ *
+ * Call model_run() with an input of MODEL_INPUT_SIZE floats ({shape_text(inp.shape)}, NCHW),
+ * an output buffer of MODEL_OUTPUT_SIZE floats ({shape_text(out.shape)}) and a scratch arena of
+ * MODEL_ARENA_SIZE bytes aligned to 16. Every intermediate tensor lives in the arena at a fixed
+ * offset; nothing is allocated. The arena may be reused for anything else between calls.
+ * Reentrant as long as each concurrent caller passes its own arena. Returns 0.
+ */
+#ifndef MODEL_H
+#define MODEL_H
+
+#include <stdint.h>
+
+#define MODEL_INPUT_SIZE {inp.elems}
+#define MODEL_OUTPUT_SIZE {out.elems}
+#define MODEL_ARENA_SIZE {max(arena_bytes, 16)}
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+int model_run(const float *input, float *output, uint8_t *arena);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* MODEL_H */
+"""
+
+
+def arena_pointer(name: str, info: TensorInfo, offset: int, role: str) -> str:
+    return (
+        f"  {c_type(info.dtype)} *const {c_identifier(name)} = ({c_type(info.dtype)} *)(arena + {offset});"
+        f" /* {role} {shape_text(info.shape)}, {info.nbytes} B */"
+    )
+
+
+def call_argument(name: str, graph: CallGraph) -> str:
+    if name == graph.inputs[0].name:
+        return "input"
+    if name == graph.outputs[0].name:
+        return "output"
+    if name in graph.constants:
+        return f"model_{name}"
+    return c_identifier(name)
+
+
+def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: ArenaPlan) -> str:
+    """model_run(): arena pointers named by role and offset, then one commented call per kernel."""
+    lines = ["int model_run(const float *input, float *output, uint8_t *arena) {"]
+    out_name = graph.outputs[0].name
+    for call in graph.calls:
+        if call.output != out_name:
+            lines.append(arena_pointer(call.output, graph.tensors[call.output], plan.offsets[call.output], "activation"))
+    for call in graph.calls:
+        sig = kernels[call.kernel].signature
+        args = [call_argument(a, graph) for a in call.args] + [call_argument(call.output, graph)]
+        for scratch_name, dtype, _ in sig.scratch:
+            key = f"{call.index}:{scratch_name}"
+            args.append(f"({c_type(dtype)} *)(arena + {plan.offsets[key]}) /* scratch */")
+        lines.append("")
+        lines.append("  " + layer_comment(call.index, call.kernel, graph, call.args, call.output))
+        lines.append(f"  TVMNAS_KERNEL_MARK({call.index});")
+        lines.append(f"  {call.kernel}({', '.join(args)});")
+    if not any(graph.inputs[0].name in call.args for call in graph.calls):
+        lines.append("  (void)input;")
+    lines.append("  return 0;\n}\n")
+    return "\n".join(lines)
+
+
+def model_source(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: ArenaPlan) -> str:
+    parts = [PRELUDE]
+    parts += [kernels[name].text for name in sorted(kernels)]
+    parts.append(run_function(graph, kernels, plan))
+    return "\n".join(parts)
+
+
+def makefile(cflags: list[str]) -> str:
+    flags = " ".join(cflags)
+    return f"""\
+# Builds libmodel.a for the target. Link it with your firmware (and -lm).
+CC ?= arm-none-eabi-gcc
+AR ?= arm-none-eabi-ar
+CFLAGS ?= {flags} -ffreestanding -ffunction-sections -fdata-sections -Wall -Wextra -Werror
+
+libmodel.a: model.o model_weights.o
+\t$(AR) rcs $@ $^
+
+%.o: %.c model.h model_weights.h
+\t$(CC) $(CFLAGS) -c $< -o $@
+
+clean:
+\trm -f *.o libmodel.a
+"""
+
+
+EXAMPLE = """\
+/* Minimal use of the generated model: one static arena, weights stay in flash. */
+#include "model.h"
+
+static uint8_t arena[MODEL_ARENA_SIZE] __attribute__((aligned(16)));
+static float input[MODEL_INPUT_SIZE];
+static float output[MODEL_OUTPUT_SIZE];
+
+int classify(void) {
+  /* ... fill `input` from the sensor ... */
+  model_run(input, output, arena);
+  int best = 0;
+  for (int i = 1; i < MODEL_OUTPUT_SIZE; ++i) {
+    if (output[i] > output[best]) best = i;
+  }
+  return best;
+}
+"""
+
+
+def tensor_json(t: TensorInfo) -> dict:
+    return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
+
+
+def write_bundle(
+    out_dir: Path,
+    graph: CallGraph,
+    kernels: dict[str, EmittedKernel],
+    plan: ArenaPlan,
+    target_name: str,
+    cflags: list[str],
+) -> dict:
+    """Write every bundle file into `out_dir` (which must exist) and return the manifest dict
+    without the flash figure (the caller measures it from the compiled objects)."""
+    names = sorted(graph.constants)
+    (out_dir / "model.h").write_text(model_header(graph, plan.arena_bytes, target_name))
+    (out_dir / "model_weights.h").write_text(weights_header(names, graph))
+    (out_dir / "model_weights.c").write_text(weights_source(names, graph))
+    (out_dir / "model.c").write_text(model_source(graph, kernels, plan))
+    (out_dir / "Makefile").write_text(makefile(cflags))
+    (out_dir / "example.c").write_text(EXAMPLE)
+    return {
+        "target": target_name,
+        "inputs": [tensor_json(t) for t in graph.inputs],
+        "outputs": [tensor_json(t) for t in graph.outputs],
+        "arena_bytes": plan.arena_bytes,
+        "arena_lower_bound_bytes": plan.lower_bound_bytes,
+        "arena_unshared_bytes": plan.unshared_bytes,
+        "weights_bytes": int(sum(a.nbytes for a in graph.constants.values())),
+        "kernels": [
+            {
+                "index": c.index,
+                "name": c.kernel,
+                "inputs": [a for a in c.args if a in graph.tensors],
+                "output": c.output,
+                "output_shape": list(graph.tensors[c.output].shape),
+            }
+            for c in graph.calls
+        ],
+    }
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,269 @@
+"""Print one lowered, flattened TIR PrimFunc as a plain C function taking raw pointers.
+
+The input is what `tvmnas.passes.LowerTIRForC` produces: flat 1-D buffers, no blocks, no packed API.
+Buffers the function allocates itself (scratch) become extra pointer parameters when they are
+large (the arena planner places them) or local arrays when they are tiny (so gcc keeps them in
+registers). Nothing from TVM's runtime is referenced; only <math.h> for transcendental calls.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from tvmnas.errors import UnsupportedOperatorError
+
+# Scratch buffers up to this many elements live on the stack as local arrays.
+LOCAL_SCRATCH_MAX_ELEMS = 16
+
+C_TYPES = {
+    "float32": "float",
+    "float64": "double",
+    "int8": "int8_t",
+    "uint8": "uint8_t",
+    "int16": "int16_t",
+    "int32": "int32_t",
+    "int64": "int64_t",
+    "uint32": "uint32_t",
+    "bool": "int32_t",
+}
+
+# TIR intrinsic -> C (float32 variants from libm).
+MATH_CALLS = {
+    "exp": "expf",
+    "log": "logf",
+    "sqrt": "sqrtf",
+    "rsqrt": "1.0f / sqrtf",
+    "tanh": "tanhf",
+    "fabs": "fabsf",
+    "floor": "floorf",
+    "ceil": "ceilf",
+    "round": "nearbyintf",
+    "nearbyint": "nearbyintf",
+    "trunc": "truncf",
+    "pow": "powf",
+    "erf": "erff",
+    "sigmoid": "tvmnas_sigmoidf",
+}
+
+BINARY_OPS = {
+    "Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "Mod": "%",
+    "EQ": "==", "NE": "!=", "LT": "<", "LE": "<=", "GT": ">", "GE": ">=",
+    "And": "&&", "Or": "||",
+    "BitwiseAnd": "&", "BitwiseOr": "|", "BitwiseXor": "^", "LShift": "<<", "RShift": ">>",
+}
+
+
+def c_identifier(name: str) -> str:
+    """A stable C identifier from a source name (dots, slashes and other symbols become '_')."""
+    ident = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    if not ident or ident[0].isdigit():
+        ident = "_" + ident
+    return ident
+
+
+def c_type(dtype: str) -> str:
+    """C spelling of a TVM scalar dtype."""
+    try:
+        return C_TYPES[str(dtype)]
+    except KeyError:
+        raise NotImplementedError(f"dtype {dtype} has no C type in the tvmnas emitter") from None
+
+
+def dtype_of(node) -> str:
+    """The scalar dtype of a TIR expression or variable, e.g. 'float32'."""
+    return str(node.ty)
+
+
+def float_literal(value: float, dtype: str = "float32") -> str:
+    """An exact C literal for a float value (float32 gets the 'f' suffix)."""
+    suffix = "f" if str(dtype) == "float32" else ""
+    if math.isnan(value):
+        return "(0.0f/0.0f)"
+    if math.isinf(value):
+        return ("-" if value < 0 else "") + ("HUGE_VALF" if suffix else "HUGE_VAL")
+    text = "%.9g" % value if suffix else "%.17g" % value
+    if "." not in text and "e" not in text and "n" not in text:
+        text += ".0"
+    return text + suffix
+
+
+@dataclass
+class KernelSignature:
+    """What the call sequence needs to know about a printed kernel."""
+
+    name: str
+    params: list[str]                      # C names, in TIR parameter order
+    param_dtypes: list[str]
+    param_elems: list[int]
+    written: set[str]                      # params the kernel stores to (outputs)
+    scratch: list[tuple[str, str, int]] = field(default_factory=list)  # (name, dtype, elems) -> arena
+
+
+class CPrinter:
+    """Prints one PrimFunc; create one instance per function."""
+
+    def __init__(self, func, name: str, restrict: bool = True) -> None:
+        self.func = func
+        self.name = name
+        self.restrict = " restrict" if restrict else ""
+        self.names: dict[str, str] = {}     # TIR data-var name -> C name
+        self.locals_: list[str] = []
+        self.scratch: list[tuple[str, str, int]] = []
+        self.written: set[str] = set()
+        self.lines: list[str] = []
+
+    # ---- names -------------------------------------------------------------------------
+    def _storage(self, buffer) -> str:
+        data = buffer.data
+        if type(data).__name__ == "Call":  # buffer_data(var)
+            key = data.args[0].name
+        else:
+            key = data.name
+        return self.names.setdefault(key, c_identifier(key))
+
+    def _var(self, var) -> str:
+        return self.names.setdefault("var:" + var.name, c_identifier(var.name))
+
+    # ---- expressions ---------------------------------------------------------------------
+    def expr(self, e) -> str:
+        kind = type(e).__name__
+        if kind == "IntImm":
+            if dtype_of(e) == "bool":
+                return "1" if e.value else "0"
+            return str(e.value) if dtype_of(e) != "int64" else f"INT64_C({e.value})"
+        if kind == "FloatImm":
+            return float_literal(e.value, dtype_of(e))
+        if kind == "Var":
+            return self._var(e)
+        if kind in ("BufferLoad", "TensorLoad"):
+            (index,) = e.indices
+            source = e.buffer if kind == "BufferLoad" else e.source
+            return f"{self._storage(source)}[{self.expr(index)}]"
+        if kind in BINARY_OPS:
+            return f"({self.expr(e.a)} {BINARY_OPS[kind]} {self.expr(e.b)})"
+        if kind in ("Min", "Max"):
+            return self._min_max(kind, e)
+        if kind == "FloorDiv":
+            return f"tvmnas_floordiv({self.expr(e.a)}, {self.expr(e.b)})"
+        if kind == "FloorMod":
+            return f"tvmnas_floormod({self.expr(e.a)}, {self.expr(e.b)})"
+        if kind == "Not":
+            return f"(!{self.expr(e.a)})"
+        if kind == "Cast":
+            return f"(({c_type(dtype_of(e))}){self.expr(e.value)})"
+        if kind == "Select":
+            return f"({self.expr(e.condition)} ? {self.expr(e.true_value)} : {self.expr(e.false_value)})"
+        if kind == "Let":
+            raise NotImplementedError("TIR Let expressions are not printed by the tvmnas C emitter")
+        if kind == "Call":
+            return self._call(e)
+        raise NotImplementedError(f"TIR expression {kind} is not supported by the tvmnas C emitter")
+
+    def _min_max(self, kind: str, e) -> str:
+        a, b = self.expr(e.a), self.expr(e.b)
+        suffix = "f" if dtype_of(e) == "float32" else "i"
+        return f"tvmnas_{kind.lower()}{suffix}({a}, {b})"
+
+    def _call(self, e) -> str:
+        full = e.op.name if hasattr(e.op, "name") else str(e.op)
+        op = full.rsplit(".", 1)[-1]  # "prim.if_then_else" / "tirx.exp" -> short name
+        if op in ("call_pure_extern", "call_extern"):
+            fname = e.args[0].value
+            return f"{fname}({', '.join(self.expr(a) for a in e.args[1:])})"
+        args = [self.expr(a) for a in e.args]
+        if op == "if_then_else":
+            return f"({args[0]} ? {args[1]} : {args[2]})"
+        if op in MATH_CALLS:
+            if dtype_of(e) != "float32":
+                raise NotImplementedError(f"{op} on {e.dtype} is not supported by the tvmnas C emitter")
+            return f"{MATH_CALLS[op]}({', '.join(args)})"
+        if op == "likely":
+            return args[0]
+        raise NotImplementedError(f"TIR intrinsic {full} is not supported by the tvmnas C emitter")
+
+    # ---- statements ----------------------------------------------------------------------
+    def stmt(self, s, depth: int) -> None:
+        pad = "  " * depth
+        kind = type(s).__name__
+        if kind == "SeqStmt":
+            for child in s.seq:
+                self.stmt(child, depth)
+        elif kind == "For":
+            v = self._var(s.loop_var)
+            lo, ext = self.expr(s.min), self.expr(s.extent)
+            bound = ext if lo == "0" else f"{lo} + {ext}"
+            self.lines.append(f"{pad}for (int32_t {v} = {lo}; {v} < {bound}; ++{v}) {{")
+            self.stmt(s.body, depth + 1)
+            self.lines.append(f"{pad}}}")
+        elif kind in ("BufferStore", "TensorStore"):
+            (index,) = s.indices
+            target = self._storage(s.buffer)
+            self.written.add(target)
+            self.lines.append(f"{pad}{target}[{self.expr(index)}] = {self.expr(s.value)};")
+        elif kind == "Bind":
+            v = self._var(s.var)
+            self.lines.append(f"{pad}const {c_type(dtype_of(s.var))} {v} = {self.expr(s.value)};")
+        elif kind == "IfThenElse":
+            self.lines.append(f"{pad}if ({self.expr(s.condition)}) {{")
+            self.stmt(s.then_case, depth + 1)
+            if s.else_case is not None:
+                self.lines.append(f"{pad}}} else {{")
+                self.stmt(s.else_case, depth + 1)
+            self.lines.append(f"{pad}}}")
+        elif kind == "DeclBuffer":
+            self._storage(s.buffer)  # an alias of a parameter or scratch: same storage name
+        elif kind == "AllocBuffer":
+            self._alloc(s.buffer)
+        elif kind == "Evaluate":
+            if type(s.value).__name__ != "IntImm":
+                self.lines.append(f"{pad}{self.expr(s.value)};")
+        elif kind == "AttrStmt":
+            self.stmt(s.body, depth)
+        else:
+            raise NotImplementedError(f"TIR statement {kind} is not supported by the tvmnas C emitter")
+
+    def _alloc(self, buffer) -> None:
+        name = self._storage(buffer)
+        elems = 1
+        for dim in buffer.shape:
+            elems *= int(dim)
+        if elems <= LOCAL_SCRATCH_MAX_ELEMS:
+            self.locals_.append(f"  {c_type(buffer.dtype)} {name}[{elems}];")
+        else:
+            self.scratch.append((name, str(buffer.dtype), elems))
+
+    # ---- the function --------------------------------------------------------------------
+    def print(self) -> tuple[str, KernelSignature]:
+        """Return the C definition and the signature the call sequence uses."""
+        params, dtypes, elems = [], [], []
+        for p in self.func.params:
+            ty = p.ty
+            if type(ty).__name__ != "BufferType":
+                raise NotImplementedError(f"kernel {self.name}: scalar parameter {p.name} is not supported")
+            params.append(self.names.setdefault(p.name, c_identifier(p.name)))
+            dtypes.append(str(ty.dtype))
+            n = 1
+            for dim in ty.shape:
+                n *= int(dim)
+            elems.append(n)
+        self.stmt(self.func.body, 1)
+        written = {p for p in params if p in self.written}
+        decls = [
+            f"{'' if p in written else 'const '}{c_type(d)} *{self.restrict} {p}"
+            for p, d in zip(params, dtypes)
+        ]
+        decls += [f"{c_type(d)} *{self.restrict} {n}" for n, d, _ in self.scratch]
+        header = f"static void {self.name}({', '.join(decls)})"
+        body = "\n".join(self.locals_ + self.lines)
+        sig = KernelSignature(self.name, params, dtypes, elems, written, list(self.scratch))
+        return f"{header} {{\n{body}\n}}\n", sig
+
+
+def print_kernel(func, name: str, restrict: bool = True) -> tuple[str, KernelSignature]:
+    """Print `func` (a lowered PrimFunc) as a static C function named `name`."""
+    try:
+        return CPrinter(func, name, restrict).print()
+    except NotImplementedError as err:
+        raise UnsupportedOperatorError(name, name, str(err)) from None

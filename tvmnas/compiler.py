@@ -1,0 +1,143 @@
+"""Compile a network to a standalone C bundle for a Cortex-M target.
+
+import -> MCULowering (BN folding, legalize, fuse) -> LowerTIRForC -> C kernels -> PlanArena
+-> bundle files -> measured flash -> budget check. The output directory appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tvm import tirx
+
+from tvmnas.codegen.bundle import EmittedKernel, write_bundle, write_manifest
+from tvmnas.codegen.c_printer import print_kernel
+from tvmnas.errors import BudgetExceededError, BuildError
+from tvmnas.frontend import ModelSource, import_model
+from tvmnas.passes import (
+    ArenaBuffer,
+    CallGraph,
+    LowerTIRForC,
+    MCULowering,
+    extract_call_graph,
+    plan_arena,
+)
+from tvmnas.targets import Target
+from tvmnas.toolchain import require_tools
+
+
+@dataclass
+class CompiledModel:
+    """What `compile_model` produced: where, and the manifest written there."""
+
+    out_dir: Path
+    manifest: dict
+
+
+def lower_model(mod: tvm.IRModule) -> tuple[tvm.IRModule, CallGraph]:
+    """Run the Relax MCU pipeline and read back the kernel call sequence."""
+    lowered = MCULowering()(mod)
+    return lowered, extract_call_graph(lowered)
+
+
+def emit_kernels(lowered: tvm.IRModule, graph: CallGraph) -> dict[str, EmittedKernel]:
+    """Lower every called PrimFunc to flat TIR and print it as C."""
+    used = sorted({c.kernel for c in graph.calls})
+    prims = tvm.IRModule({gv: f for gv, f in lowered.functions.items() if gv.name_hint in used})
+    flat = LowerTIRForC()(prims)
+    kernels = {}
+    for gv, func in flat.functions.items():
+        if isinstance(func, tirx.PrimFunc):
+            text, sig = print_kernel(func, gv.name_hint)
+            kernels[gv.name_hint] = EmittedKernel(text, sig)
+    return kernels
+
+
+def arena_buffers(graph: CallGraph, kernels: dict[str, EmittedKernel]) -> list[ArenaBuffer]:
+    """Lifetimes of every intermediate tensor (producer to last reader) and kernel scratch."""
+    io = {graph.inputs[0].name, graph.outputs[0].name}
+    last_use: dict[str, int] = {}
+    for call in graph.calls:
+        for a in call.args:
+            last_use[a] = call.index
+    buffers = []
+    for call in graph.calls:
+        if call.output not in io:
+            info = graph.tensors[call.output]
+            buffers.append(ArenaBuffer(call.output, info.nbytes, call.index, last_use.get(call.output, call.index)))
+        for name, dtype, elems in kernels[call.kernel].signature.scratch:
+            nbytes = elems * (4 if dtype in ("float32", "int32") else 1)
+            buffers.append(ArenaBuffer(f"{call.index}:{name}", nbytes, call.index, call.index))
+    return buffers
+
+
+def object_flash_bytes(out_dir: Path, target: Target) -> int:
+    """Flash taken by the bundle's own code and constants, compiled with the target's flags."""
+    require_tools()
+    total = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for src in ("model.c", "model_weights.c"):
+            obj = Path(tmp) / (src + ".o")
+            cmd = ["arm-none-eabi-gcc", *target.cflags, *target.opt_flags, "-ffreestanding",
+                   "-ffunction-sections", "-fdata-sections", "-Wall", "-Wextra", "-Werror",
+                   "-c", str(out_dir / src), "-o", str(obj)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip()[:200])
+                raise BuildError(f"generated {src} does not compile for {target.name}: {first}")
+            size = subprocess.run(["arm-none-eabi-size", "-A", str(obj)], capture_output=True, text=True, check=True)
+            for line in size.stdout.splitlines():
+                parts = line.split()
+                if len(parts) >= 2 and parts[0].startswith((".text", ".rodata", ".data")) and parts[1].isdigit():
+                    total += int(parts[1])
+    return total
+
+
+def compile_model(
+    model: ModelSource,
+    target: Target,
+    out_dir: Path,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    ignore_budget: bool = False,
+) -> CompiledModel:
+    """Compile `model` for `target` into `out_dir` (replaced if it exists, untouched on error)."""
+    out_dir = Path(out_dir)
+    mod = import_model(model, input_shape)
+    lowered, graph = lower_model(mod)
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise NotImplementedError(
+            f"models with {len(graph.inputs)} inputs and {len(graph.outputs)} outputs: "
+            f"only one input and one output are supported for target {target.name}"
+        )
+    kernels = emit_kernels(lowered, graph)
+    plan = plan_arena(arena_buffers(graph, kernels))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags])
+        manifest["flash_bytes"] = object_flash_bytes(staging, target)
+        if not ignore_budget:
+            check_budgets(manifest, target)
+        write_manifest(staging, manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CompiledModel(out_dir, manifest)
+
+
+def check_budgets(manifest: dict, target: Target) -> None:
+    """Refuse a model whose flash or arena exceeds the board's budget, naming both numbers."""
+    if manifest["flash_bytes"] > target.flash_bytes:
+        raise BudgetExceededError("model flash (code + weights)", manifest["flash_bytes"], target.flash_bytes, target.name)
+    if manifest["arena_bytes"] > target.sram_bytes:
+        raise BudgetExceededError("activation arena", manifest["arena_bytes"], target.sram_bytes, target.name)
