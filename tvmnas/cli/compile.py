@@ -1,0 +1,34 @@
+"""`tvmnas compile MODEL --target NAME --out DIR`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from tvmnas.cli.app import app
+
+
+@app.command("compile")
+def compile_command(
+    model: Path = typer.Argument(..., help="Model file: .onnx or a saved torch.export program (.pt2)."),
+    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory for the C bundle (replaced if present)."),
+    ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Emit even if flash/SRAM exceed the board's budget."),
+) -> None:
+    """Compile a network to a standalone C bundle (no runtime, no malloc, weights in flash)."""
+    from tvmnas.compiler import compile_model
+    from tvmnas.targets import load_target
+
+    tgt = load_target(target)
+    print(f"compiling {model} for {tgt.name} ...", file=sys.stderr)
+    result = compile_model(model, tgt, out, ignore_budget=ignore_budget)
+    m = result.manifest
+    print(
+        f"wrote {out}: {len(m['kernels'])} kernels, arena {m['arena_bytes']:,} B "
+        f"(lower bound {m['arena_lower_bound_bytes']:,} B), flash {m['flash_bytes']:,} B",
+        file=sys.stderr,
+    )
+    print(json.dumps({k: m[k] for k in ("target", "arena_bytes", "flash_bytes", "inputs", "outputs")}))
