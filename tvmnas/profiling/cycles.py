@@ -87,7 +87,7 @@ for _cls, _names in _GROUPS.items():
         CLASS_OF[_name] = _cls
 
 MEMORY_CLASSES = frozenset({
-    "load", "store", "load_double", "store_double", "load_multiple", "store_multiple",
+    "mve_memory", "load", "store", "load_double", "store_double", "load_multiple", "store_multiple",
     "fp_load", "fp_store", "fp_load_multiple", "fp_store_multiple",
 })
 DATA_PROCESSING_CLASSES = frozenset({"alu", "mul", "mac", "mul_long", "mac_long", "dsp", "div"})
@@ -115,9 +115,19 @@ def mnemonic_base(mnemonic: str) -> str:
     return m
 
 
+_MVE_MEMORY = re.compile(r"^v(ld|st)(r[bhwd]|[24][0-3])")
+_QREG = re.compile(r"\bq[0-7]\b")
+
+
 def classify(insn: Insn) -> str:
-    """Timing class of one instruction ('unknown' when its mnemonic is not in CLASS_OF)."""
+    """Timing class of one instruction ('unknown' when its mnemonic is not in CLASS_OF).
+
+    Helium (MVE) instructions, recognised by a Q-register operand, are 'mve_memory' for vector
+    loads/stores and 'mve' otherwise.
+    """
     base = mnemonic_base(insn.mnemonic)
+    if _QREG.search(insn.operands):
+        return "mve_memory" if _MVE_MEMORY.match(base) else "mve"
     cls = CLASS_OF.get(base, "unknown")
     if cls == "load" and re.match(r"pc\b", insn.operands):
         return "branch"  # LDR PC, [...] is a jump: load plus refill

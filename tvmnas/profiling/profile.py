@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from tvmnas.errors import EmulatorError, ToolchainMissingError
 from tvmnas.profiling.blocks import PREAMBLE, BlockProfile, parse_block_profile
 from tvmnas.profiling.cycles import TimingTable, estimate_segment_cycles, load_timing_table
 from tvmnas.profiling.plugin import build_plugin, qemu_plugin_args
+from tvmnas.runner import run
+from tvmnas.targets import Target
 
 ICOUNT_SHIFT = 6
 DEFAULT_PLUGIN_CACHE = Path(tempfile.gettempdir()) / "tvmnas-plugin"
@@ -139,3 +143,38 @@ def profile_elf_on(
     """Profile a self-contained ELF (no host inputs) on `machine` with `core`'s timing table."""
     blocks = run_block_profile(elf, machine, timeout_s=timeout_s, cache_dir=cache_dir)
     return profile_from_blocks(blocks, load_timing_table(core), window=window)
+
+
+def timing_table_for(target: Target) -> TimingTable:
+    """The timing table a target descriptor names."""
+    return load_timing_table(Path(target.timing_table).stem)
+
+
+def profile_elf(
+    elf: Path,
+    target: Target,
+    inputs: list[np.ndarray],
+    *,
+    timeout_s: float = 60,
+    cache_dir: Path = DEFAULT_PLUGIN_CACHE,
+    call: int = -1,
+) -> Profile:
+    """Run a harness ELF (tvmnas.runner) on its inputs under the plugin; profile one model call.
+
+    The harness opens one window per input (its calibration call uses twin markers the plugin
+    does not see), so window i is the model call on inputs[i]; `call` picks i (default: the last).
+    Its instructions equal the harness's exact count for that call plus a fixed window overhead
+    (the marker calls). Bundles built with profile=True call tvmnas_kernel_mark before each kernel.
+    """
+    if not inputs:
+        raise EmulatorError(f"{Path(elf).name}: profiling needs at least one input")
+    plugin_so = build_plugin(cache_dir)
+    with tempfile.TemporaryDirectory(prefix="tvmnas-profile-") as tmp:
+        out = Path(tmp) / "profile.txt"
+        run(elf, target, inputs, timeout_s=timeout_s, qemu_extra_args=qemu_plugin_args(plugin_so, elf, out))
+        blocks = parse_block_profile(out)
+    if blocks.windows != len(inputs):
+        raise EmulatorError(
+            f"{Path(elf).name}: expected {len(inputs)} measured windows (one per input), got {blocks.windows}"
+        )
+    return profile_from_blocks(blocks, timing_table_for(target), window=call % len(inputs))
