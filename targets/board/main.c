@@ -47,14 +47,14 @@ __attribute__((noinline, noipa, used)) void tvmnas_kernel_mark(int k) { __asm__ 
 
 typedef int (*model_fn)(const float *input, float *output, uint8_t *arena);
 
-static uint8_t arena[ARENA_BYTES] __attribute__((aligned(16)));
+static uint8_t tvmnas_arena[ARENA_BYTES] __attribute__((aligned(16)));
 static float input_buf[MODEL_INPUT_SIZE];
 static float output_buf[MODEL_OUTPUT_SIZE];
 
 #ifdef TVMNAS_HOST
 static uint64_t measure(model_fn fn, int *rc)
 {
-    *rc = fn(input_buf, output_buf, arena);
+    *rc = fn(input_buf, output_buf, tvmnas_arena);
     return 0;
 }
 static uint64_t calibrate(void) { return 0; }
@@ -76,23 +76,36 @@ __asm__(".section .text.tvmnas_calibration_model,\"ax\",%progbits\n\t"
 int tvmnas_calibration_model(const float *input, float *output, uint8_t *arena);
 #define CALIBRATION_MODEL_INSTRUCTIONS 2u
 
+typedef void (*marker_fn)(void);
+
+/* Twins of the window markers with identical bodies, so the calibration window costs the same
+ * instructions but is invisible to a profiler keyed on tvmnas_window_begin/end. */
+__attribute__((noinline, noipa, used)) static void calibration_begin(void) { __asm__ volatile("" ::: "memory"); }
+__attribute__((noinline, noipa, used)) static void calibration_end(void) { __asm__ volatile("" ::: "memory"); }
+
 /* Instructions from counter_start to counter_stop around one call of fn (noipa: one copy of this
  * code serves the calibration and the model, so the overhead is identical). */
-__attribute__((noinline, noipa)) static uint64_t measure(model_fn fn, int *rc)
+__attribute__((noinline, noipa)) static uint64_t measure_with(model_fn fn, marker_fn begin, marker_fn end, int *rc)
 {
     counter_start();
-    tvmnas_window_begin();
-    int r = fn(input_buf, output_buf, arena);
-    tvmnas_window_end();
+    begin();
+    int r = fn(input_buf, output_buf, tvmnas_arena);
+    end();
     uint64_t n = counter_stop();
     *rc = r;
     return n;
 }
 
+static uint64_t measure(model_fn fn, int *rc)
+{
+    return measure_with(fn, tvmnas_window_begin, tvmnas_window_end, rc);
+}
+
 static uint64_t calibrate(void)
 {
     int rc;
-    return measure(tvmnas_calibration_model, &rc) - CALIBRATION_MODEL_INSTRUCTIONS;
+    return measure_with(tvmnas_calibration_model, calibration_begin, calibration_end, &rc) -
+           CALIBRATION_MODEL_INSTRUCTIONS;
 }
 #endif
 
