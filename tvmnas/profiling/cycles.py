@@ -192,9 +192,24 @@ def _address_regs(insn: Insn, cls: str) -> frozenset[str]:
     return frozenset()
 
 
+_WRITE_ONLY = frozenset({
+    "mov", "mvn", "movw", "adr", "neg", "sxtb", "sxth", "uxtb", "uxth", "clz", "rbit", "rev", "rev16",
+    "revsh", "cpy", "vmov", "vneg", "vabs", "vcvt", "vsqrt", "ldr", "ldrb", "ldrh", "ldrsb", "ldrsh",
+})
+
+
 def _reads(insn: Insn, cls: str) -> frozenset[str]:
+    """Registers an instruction reads: all operands but its destinations, except for accumulating
+    and two-operand forms (ADDS r0, #1), which also read their destination."""
+    ops = _split_operands(insn.operands)
+    dests = _dests(insn, cls)
     regs = frozenset(_REG.findall(insn.operands))
-    return regs - _dests(insn, cls) if cls not in ("mac", "mac_long", "dsp", "fp_mac", "fp_fma") else regs
+    if cls in ("mac", "mac_long", "dsp", "fp_mac", "fp_fma"):
+        return regs
+    base = mnemonic_base(insn.mnemonic)
+    if len(ops) <= 2 and base not in _WRITE_ONLY and cls not in MEMORY_CLASSES:
+        return regs
+    return regs - dests
 
 
 @dataclass(frozen=True)
