@@ -219,3 +219,31 @@ def test_host_build_of_dynamic_bundle_honours_configs(tmp_path: Path) -> None:
     outs = run_host(exe, [x, x], configs=[2, 0])
     np.testing.assert_array_equal(outs[0], dynamic_reference(x, 2))
     np.testing.assert_array_equal(outs[1], dynamic_reference(x, 0))
+
+
+DEEP_RECURSION = """#include "model.h"
+__attribute__((noinline)) static int deep(int n)
+{
+    volatile char buf[256];
+    buf[0] = (char)n;
+    buf[255] = 1;
+    return n ? deep(n - 1) + buf[0] + buf[255] : 0;
+}
+int model_run(const float *input, float *output, uint8_t *arena)
+{
+    (void)arena;
+    output[0] = (float)deep((int)input[0]);
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("target_name", ["cortex-m0", "cortex-m4", "cortex-m55"])
+def test_stack_overflow_is_named(tmp_path: Path, target_name: str) -> None:
+    target = load_target(target_name)
+    elf = build(write_bundle(tmp_path / "deep", source=DEEP_RECURSION), target, tmp_path / "b")
+    shallow, too_deep = np.zeros(16, np.float32), np.zeros(16, np.float32)
+    shallow[0], too_deep[0] = 3, 1000
+    assert run(elf, target, [shallow]).outputs[0][0] == 9.0
+    with pytest.raises(EmulatorError, match="stack overflow"):
+        run(elf, target, [too_deep])

@@ -55,6 +55,7 @@ EXIT_REASONS = {
     104: "UsageFault",
     105: "SecureFault",
     106: "unexpected interrupt",
+    107: "stack overflow (SP went below the linker script's fixed stack)",
 }
 EXIT_MODEL_ERROR = 6
 

@@ -17,5 +17,6 @@
 #define TVMNAS_EXIT_USAGEFAULT 104
 #define TVMNAS_EXIT_SECUREFAULT 105
 #define TVMNAS_EXIT_UNEXPECTED_IRQ 106
+#define TVMNAS_EXIT_STACK_OVERFLOW 107   /* SP went below the stack (MSPLIM or the MPU guard) */
 
 #endif
