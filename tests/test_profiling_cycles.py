@@ -40,7 +40,8 @@ def test_mnemonic_base_strips_suffixes(mnemonic: str, base: str) -> None:
     [("ldr r0, [r1, #4]", "load"), ("str.w r0, [r1, #0x80c]", "store"), ("vfma.f32 s0, s14, s15", "fp_fma"),
      ("push {r4, r5, lr}", "store_multiple"), ("pop {r4, pc}", "load_multiple"), ("sdiv r0, r1, r2", "div"),
      ("smlad r0, r1, r2, r3", "dsp"), ("bl #0x3c", "call"), ("ldr pc, [sp], #4", "branch"),
-     ("vldrw.u32 q0, [r0]", "mve_memory"), ("vmla.s8 q0, q1, r2", "mve"), ("frobnicate r0", "unknown")],
+     ("vldrw.u32 q0, [r0]", "mve_memory"), ("vmla.s8 q0, q1, r2", "mve"), ("frobnicate r0", "unknown"),
+     (".byte 0x0f, 0xf0", "loop_end"), (".byte 0x4e, 0xf0", "loop_start")],
 )
 def test_classify(text: str, cls: str) -> None:
     assert classify(Insn(0, 4, text)) == cls
@@ -149,3 +150,10 @@ def test_plugin_builds_once_per_source_hash(tmp_path: Path) -> None:
     mtime = first.stat().st_mtime_ns
     assert plugin_mod.build_plugin(tmp_path) == first and first.stat().st_mtime_ns == mtime
     assert plugin_mod.plugin_source_hash() in first.name
+
+
+def test_m55_low_overhead_loop_end_has_no_refill() -> None:
+    m55 = load_timing_table("cortex-m55")
+    loop = block("vldr s14, [r3]", ".byte 0x0f, 0xf0")
+    prof = BlockProfile(windows=1, blocks={0: loop}, counts=[BlockCount(0, 0, -1, 10, 9)], segment_keys=[(0, -1)])
+    assert estimate_cycles(prof, m55) == 10 * (2 + 1)

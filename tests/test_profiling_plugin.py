@@ -32,8 +32,12 @@ GUEST_C = r"""
 extern uint32_t __stack_top;
 void Reset_Handler(void);
 void Fault_Handler(void);
+void SysTick_Handler(void);
 __attribute__((section(".vectors"), used)) const void *vectors[16] = {
-    &__stack_top, Reset_Handler, Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler};
+    &__stack_top, Reset_Handler, Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler, Fault_Handler,
+    [15] = SysTick_Handler};
+volatile uint32_t wraps;
+void SysTick_Handler(void) { wraps++; }
 
 static int semihost(int op, const void *arg)
 {
@@ -76,7 +80,16 @@ void Reset_Handler(void)
     TIMER0[2] = 0xFFFFFFFFu; TIMER0[1] = 0xFFFFFFFFu; TIMER0[0] = 1u;
     uint32_t t0 = TIMER0[1];
 #endif
+#if USE_SYSTICK
+    *(volatile uint32_t *)0xE000E014u = 499u; /* reload: an interrupt every 500 ticks */
+    *(volatile uint32_t *)0xE000E018u = 0u;
+    *(volatile uint32_t *)0xE000E010u = 7u;   /* enable, interrupt, core clock */
+#endif
     for (int r = 0; r < REPEAT; r++) body();
+#if USE_SYSTICK
+    *(volatile uint32_t *)0xE000E010u = 0u;
+    put_hex(wraps);
+#endif
 #if USE_TIMER
     uint32_t t1 = TIMER0[1];
     put_hex(t0 - t1);
@@ -125,7 +138,8 @@ def nop_sled(k: int) -> str:
     return f"    .rept {k}\n    nop\n    .endr\n" if k else ""
 
 
-def build_guest(tmp: Path, board: dict, body: str, *, repeat: int = 1, use_timer: bool = False) -> Path:
+def build_guest(tmp: Path, board: dict, body: str, *, repeat: int = 1, use_timer: bool = False,
+                use_systick: bool = False) -> Path:
     """Link a tiny bare-metal program whose body() runs `body` (assembly) inside one window."""
     gcc = shutil.which("arm-none-eabi-gcc")
     assert gcc, "arm-none-eabi-gcc not found: install it with 'apt-get install gcc-arm-none-eabi'"
@@ -134,7 +148,7 @@ def build_guest(tmp: Path, board: dict, body: str, *, repeat: int = 1, use_timer
     (tmp / "link.ld").write_text(LINK_LD.replace("{flash}", board["flash"]).replace("{ram}", board["ram"]))
     elf = tmp / "guest.elf"
     cmd = [gcc, *board["cflags"], "-O2", "-nostdlib", "-ffreestanding", f"-DREPEAT={repeat}",
-           f"-DUSE_TIMER={int(use_timer)}", "-T", str(tmp / "link.ld"), str(tmp / "guest.c"),
+           f"-DUSE_TIMER={int(use_timer)}", f"-DUSE_SYSTICK={int(use_systick)}", "-T", str(tmp / "link.ld"), str(tmp / "guest.c"),
            str(tmp / "body.S"), "-o", str(elf), "-lgcc"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -227,3 +241,15 @@ def test_plugin_agrees_with_cmsdk_timer_icount(tmp_path: Path, cache: Path) -> N
     print("timer minus plugin instructions:", gaps)
     assert abs(gaps[0] - gaps[1]) <= 1, gaps
     assert 0 <= gaps[0] <= 12, gaps
+
+
+def test_interrupt_handlers_inside_the_window_are_not_counted(tmp_path: Path, cache: Path) -> None:
+    elf = build_guest(tmp_path, M0, nop_sled(20000), use_systick=True)
+    proc = subprocess.run(qemu_command(M0["machine"], elf), capture_output=True, text=True, timeout=30, check=True)
+    wraps = int(re.search(r"T=([0-9a-f]{8})", proc.stdout + proc.stderr).group(1), 16)
+    assert wraps > 0, "SysTick never interrupted the window: the test does not exercise the handler"
+    blocks = run_block_profile(elf, M0["machine"], timeout_s=30, cache_dir=cache)
+    assert blocks.instructions() == 20000 + WINDOW_OVERHEAD
+    # Only begin's return and the call of tvmnas_window_end are taken: an interrupted block resumes
+    # at its fall-through once the (skipped) handler returns.
+    assert blocks.taken_branches() == 2

@@ -12,7 +12,10 @@
  * keyed by (pc, instruction count).
  *
  * Arguments (QEMU -plugin options): begin=ADDR,end=ADDR,out=FILE[,mark=ADDR]
- * with ADDR in hex (0x...) or decimal; bit 0 (the Thumb bit) is ignored.
+ * [,skip=LO:HI ...] with ADDR in hex (0x...) or decimal; bit 0 (the Thumb bit)
+ * is ignored. Blocks starting in a skip range [LO, HI) - interrupt handlers
+ * whose work the measurement leaves out - are neither counted nor change the
+ * taken/not-taken state of the interrupted block (up to 16 ranges).
  * The profile is written to FILE when the window closes (cumulative over all
  * windows) and again at QEMU exit. Format, one record per line:
  *   tvmnas-profile 1
@@ -44,6 +47,7 @@ typedef struct Block {
     uint32_t n;
     uint32_t id;
     unsigned marker; /* MARK_* bits of the block's first instruction */
+    int skip;        /* starts inside a skip range: never counted */
     uint64_t *vaddr;
     uint8_t *size;
     char **disas;
@@ -66,6 +70,9 @@ typedef struct {
 
 static uint64_t addr_begin = UINT64_MAX, addr_end = UINT64_MAX, addr_mark = UINT64_MAX;
 static char *out_path;
+#define MAX_SKIP 16
+static uint64_t skip_lo[MAX_SKIP], skip_hi[MAX_SKIP];
+static int n_skip;
 
 #define BLOCK_HASH 65536u
 static Block *block_hash[BLOCK_HASH];
@@ -145,6 +152,9 @@ static Block *block_for(const struct qemu_plugin_tb *tb, size_t lo, size_t hi)
     b->pc = pc;
     b->n = n;
     b->marker = marker_at(pc);
+    for (int i = 0; i < n_skip; i++) {
+        b->skip |= pc >= skip_lo[i] && pc < skip_hi[i];
+    }
     b->vaddr = xrealloc(NULL, n * sizeof(*b->vaddr));
     b->size = xrealloc(NULL, n);
     b->disas = xrealloc(NULL, n * sizeof(*b->disas));
@@ -284,6 +294,9 @@ static void vcpu_tb_exec(unsigned int vcpu_index, void *udata)
     (void)vcpu_index;
     for (uint32_t i = 0; i < tb->n; i++) {
         Block *b = tb->blocks[i];
+        if (b->skip) {
+            continue;
+        }
         if (prev_slot != NO_SLOT) {
             if (b->pc != prev_end) {
                 slots[prev_slot].taken++;
@@ -356,6 +369,24 @@ static int parse_addr(const char *s, uint64_t *out)
     return 0;
 }
 
+/* Parses "LO:HI" into [lo, hi), Thumb bits cleared. */
+static int parse_range(const char *s, uint64_t *lo, uint64_t *hi)
+{
+    char *e;
+    unsigned long long a = strtoull(s, &e, 0);
+    if (e == s || *e != ':') {
+        return -1;
+    }
+    const char *t = e + 1;
+    unsigned long long b = strtoull(t, &e, 0);
+    if (e == t || *e != '\0' || b <= a) {
+        return -1;
+    }
+    *lo = (uint64_t)a & ~1ull;
+    *hi = (uint64_t)b;
+    return 0;
+}
+
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
                                            int argc, char **argv)
 {
@@ -376,6 +407,9 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             bad = parse_addr(v, &addr_end);
         } else if (k == 4 && !strncmp(a, "mark", 4)) {
             bad = parse_addr(v, &addr_mark);
+        } else if (k == 4 && !strncmp(a, "skip", 4)) {
+            bad = n_skip == MAX_SKIP || parse_range(v, &skip_lo[n_skip], &skip_hi[n_skip]);
+            n_skip += !bad;
         } else if (k == 3 && !strncmp(a, "out", 3)) {
             out_path = strdup(v);
         } else {
@@ -383,7 +417,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
             return -1;
         }
         if (bad) {
-            fprintf(stderr, "tvmnas_profile: bad address in '%s'\n", a);
+            fprintf(stderr, "tvmnas_profile: bad address or range in '%s'\n", a);
             return -1;
         }
     }

@@ -126,12 +126,28 @@ def classify(insn: Insn) -> str:
     loads/stores and 'mve' otherwise.
     """
     base = mnemonic_base(insn.mnemonic)
+    if insn.mnemonic == ".byte":
+        return _undecoded_class(insn)
     if _QREG.search(insn.operands):
         return "mve_memory" if _MVE_MEMORY.match(base) else "mve"
     cls = CLASS_OF.get(base, "unknown")
     if cls == "load" and re.match(r"pc\b", insn.operands):
         return "branch"  # LDR PC, [...] is a jump: load plus refill
     return cls
+
+
+def _undecoded_class(insn: Insn) -> str:
+    """Class of an instruction QEMU's disassembler shows as raw bytes (Armv8.1-M low-overhead loops)."""
+    try:
+        lo, hi = (int(b.strip(), 16) for b in insn.operands.split(",")[:2])
+    except ValueError:
+        return "unknown"
+    halfword = lo | (hi << 8)
+    if halfword & 0xFFDF == 0xF00F:
+        return "loop_end"  # LE / LETP
+    if halfword & 0xFFF0 == 0xF040:
+        return "loop_start"  # DLS / WLS
+    return "unknown"
 
 
 def _split_operands(operands: str) -> list[str]:
@@ -226,6 +242,7 @@ class TimingTable:
     address_stall: float = 0.0
     dual_issue: frozenset[str] = frozenset()
     unknown_cycles: float = 1.0
+    loop_end_penalty: float | None = None
     references: dict[str, str] = field(default_factory=dict)
 
     def cost(self, insn: Insn, cls: str) -> float:
@@ -252,6 +269,7 @@ def timing_table_from_dict(data: dict) -> TimingTable:
         address_stall=float(stall.get("cycles", 0.0)),
         dual_issue=frozenset(dual.get("classes", ())),
         unknown_cycles=float(data.get("unknown_cycles", 1.0)),
+        loop_end_penalty=float(data["loop_end_taken_penalty"]["cycles"]) if "loop_end_taken_penalty" in data else None,
         references=refs,
     )
 
@@ -309,11 +327,19 @@ def block_cycles(block: Block, table: TimingTable) -> float:
     return total
 
 
+def taken_penalty(block: Block, table: TimingTable) -> float:
+    """Cycles a taken exit from this block adds (a low-overhead loop's LE may have its own)."""
+    if table.loop_end_penalty is not None and block.insns and classify(block.insns[-1]) == "loop_end":
+        return table.loop_end_penalty
+    return table.branch_penalty
+
+
 def _segment_cycles(profile: BlockProfile, table: TimingTable) -> dict[int, float]:
     per_block = {bid: block_cycles(b, table) for bid, b in profile.blocks.items()}
     out: dict[int, float] = {seg: 0.0 for seg in profile.segments()}
+    penalty = {bid: taken_penalty(b, table) for bid, b in profile.blocks.items()}
     for c in profile.counts:
-        out[c.segment] = out.get(c.segment, 0.0) + c.executions * per_block[c.block] + c.taken * table.branch_penalty
+        out[c.segment] = out.get(c.segment, 0.0) + c.executions * per_block[c.block] + c.taken * penalty[c.block]
     return out
 
 
@@ -338,7 +364,7 @@ def unclassified_mnemonics(profile: BlockProfile, table: TimingTable) -> set[str
 
 
 __all__ = [
-    "PREAMBLE", "TimingTable", "available_cores", "block_cycles", "classify", "estimate_cycles",
+    "PREAMBLE", "TimingTable", "available_cores", "block_cycles", "classify", "estimate_cycles", "taken_penalty",
     "estimate_segment_cycles", "load_timing_table", "mnemonic_base", "timing_table_from_dict",
     "unclassified_mnemonics",
 ]

@@ -24,6 +24,7 @@ CFLAGS = ("-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-std=gnu11", "-Wall
 WINDOW_BEGIN = "tvmnas_window_begin"
 WINDOW_END = "tvmnas_window_end"
 KERNEL_MARK = "tvmnas_kernel_mark"
+MAX_SKIP_RANGES = 16  # the plugin's limit
 
 
 def _host_compiler() -> str:
@@ -67,23 +68,38 @@ def build_plugin(cache_dir: Path) -> Path:
     return so
 
 
-def elf_symbols(elf: Path) -> dict[str, int]:
-    """Addresses of the ELF's text symbols (Thumb bit cleared), read with arm-none-eabi-nm."""
+def _nm_lines(elf: Path) -> list[list[str]]:
     nm = shutil.which("arm-none-eabi-nm")
     if nm is None:
         raise ToolchainMissingError(
             "arm-none-eabi-nm not found: install it with 'apt-get install binutils-arm-none-eabi'"
         )
-    proc = subprocess.run([nm, str(elf)], capture_output=True, text=True, check=False)
+    proc = subprocess.run([nm, "-S", str(elf)], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         first = (proc.stderr.strip().splitlines() or ["no output"])[0]
         raise BuildError(f"cannot read symbols of {elf}: {first}")
+    return [line.split() for line in proc.stdout.splitlines()]
+
+
+def elf_symbols(elf: Path) -> dict[str, int]:
+    """Addresses of the ELF's text symbols (Thumb bit cleared), read with arm-none-eabi-nm."""
     symbols: dict[str, int] = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1] in ("T", "t"):
-            symbols[parts[2]] = int(parts[0], 16) & ~1
+    for parts in _nm_lines(elf):
+        if len(parts) >= 3 and parts[-2] in ("T", "t"):
+            symbols[parts[-1]] = int(parts[0], 16) & ~1
     return symbols
+
+
+def handler_ranges(elf: Path) -> list[tuple[int, int]]:
+    """[start, end) of every sized *_Handler function: exception handlers are not measured work
+    (the harness subtracts its SysTick handler's instructions the same way)."""
+    ranges = set()
+    for parts in _nm_lines(elf):
+        if len(parts) == 4 and parts[2] in ("T", "t", "W") and parts[3].endswith("_Handler") and parts[3] != "Reset_Handler":
+            start, size = int(parts[0], 16) & ~1, int(parts[1], 16)
+            if size:
+                ranges.add((start, start + size))
+    return sorted(ranges)
 
 
 def _qemu_opt_value(value: str) -> str:
@@ -95,7 +111,8 @@ def qemu_plugin_args(plugin_so: Path, elf: Path, out_file: Path) -> list[str]:
     """QEMU arguments that load the plugin for this ELF's window and kernel-mark functions.
 
     The ELF must define tvmnas_window_begin and tvmnas_window_end; tvmnas_kernel_mark is optional
-    (without it the whole window is one preamble segment and no kernels are reported).
+    (without it the whole window is one preamble segment and no kernels are reported). Exception
+    handlers (*_Handler symbols) are skipped, so an interrupt inside the window adds nothing.
     """
     symbols = elf_symbols(elf)
     missing = [name for name in (WINDOW_BEGIN, WINDOW_END) if name not in symbols]
@@ -108,5 +125,6 @@ def qemu_plugin_args(plugin_so: Path, elf: Path, out_file: Path) -> list[str]:
     ]
     if KERNEL_MARK in symbols:
         opts.append(f"mark={symbols[KERNEL_MARK]:#x}")
+    opts += [f"skip={lo:#x}:{hi:#x}" for lo, hi in handler_ranges(elf)[:MAX_SKIP_RANGES]]
     opts.append("out=" + _qemu_opt_value(str(Path(out_file).resolve())))
     return ["-plugin", ",".join(opts)]
