@@ -1,0 +1,1 @@
+"""DEff-ARTS: differentiable, hardware-aware architecture search over the 'darts' and 'chain' spaces."""

@@ -1,0 +1,263 @@
+"""The search loop: alternate weight steps (train half) and architecture steps (validation half),
+checkpoint every epoch, log every epoch to CSV, derive the genotype and check it against budgets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tvmnas.data.arrays import ArrayDataset, batches, num_batches
+from tvmnas.search.architect import Architect
+from tvmnas.search.chain_supernet import DEFAULT_CHAIN_LAYERS, ChainSupernet
+from tvmnas.search.checkpoint import load_checkpoint, save_checkpoint
+from tvmnas.search.cost import Budgets, CostFigures, CostModel, CostTerm, CostWeights, MacCostModel
+from tvmnas.search.darts_supernet import DartsSupernet
+from tvmnas.search.genotype import SPACES, Genotype
+from tvmnas.search.progress import epoch_progress
+
+CHECKPOINT_NAME = "search_checkpoint.pt"
+LOG_NAME = "search_log.csv"
+LOG_FIELDS = ("epoch", "lr", "tau", "train_loss", "train_acc", "val_loss", "val_acc", "arch_loss", "cost_norm",
+              "penalty", "exp_cycles", "exp_param_bytes", "exp_peak_act_bytes")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Every setting of a search. Defaults are tiny: a digits search takes seconds on one core."""
+
+    space: str = "darts"
+    target: str = "generic"
+    epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    cost_weight: float = 0.0
+    cost_weights: CostWeights = CostWeights()
+    budgets: Budgets = Budgets()
+    budget_weight: float = 10.0
+    # darts space
+    channels: int = 8
+    cells: int = 3
+    nodes: int = 2
+    stem_multiplier: int = 3
+    partial_channels: int = 1
+    # chain space
+    chain_layers: tuple[tuple[int, int], ...] = DEFAULT_CHAIN_LAYERS
+    stem_channels: int = 8
+    width_mult: float = 1.0
+    head_channels: int = 0
+    # optimisation
+    weight_lr: float = 0.05
+    weight_lr_min: float = 0.001
+    weight_momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-3
+    arch_weight_decay: float = 1e-3
+    warmup_epochs: int = 0
+    second_order: bool = False
+    gumbel: bool = False
+    tau_max: float = 5.0
+    tau_min: float = 0.5
+    train_portion: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"unknown search space '{self.space}' (expected one of {', '.join(SPACES)})")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if self.cost_weight < 0:
+            raise ValueError(f"cost weight must be >= 0, got {self.cost_weight}")
+
+
+@dataclass
+class SearchResult:
+    """What a search produced: the genotype, its exact cost, budget violations (empty = within budget)."""
+
+    genotype: Genotype
+    cost: CostFigures
+    reference_cost: CostFigures
+    cost_unit: str
+    violations: list[str]
+    val_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def within_budget(self) -> bool:
+        """True if no budget is exceeded."""
+        return not self.violations
+
+
+def build_supernet(config: SearchConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The supernet of `config.space` for this data shape."""
+    if config.space == "darts":
+        return DartsSupernet(input_shape, num_classes, channels=config.channels, cells=config.cells,
+                             nodes=config.nodes, stem_multiplier=config.stem_multiplier,
+                             partial_channels=config.partial_channels, gumbel=config.gumbel, tau=config.tau_max)
+    return ChainSupernet(input_shape, num_classes, layers=config.chain_layers, stem_channels=config.stem_channels,
+                         width_mult=config.width_mult, head_channels=config.head_channels, gumbel=config.gumbel,
+                         tau=config.tau_max)
+
+
+def _settings(config: SearchConfig, dataset: ArrayDataset, cost_model: CostModel) -> dict[str, Any]:
+    return {"config": json.loads(json.dumps(asdict(config))), "dataset": dataset.name,
+            "train_examples": len(dataset.train_x), "cost_model": cost_model.name}
+
+
+def _cosine(start: float, end: float, epoch: int, epochs: int) -> float:
+    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def _tau(config: SearchConfig, epoch: int) -> float:
+    if config.epochs == 1:
+        return config.tau_max
+    return config.tau_max * (config.tau_min / config.tau_max) ** (epoch / (config.epochs - 1))
+
+
+def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for xb, yb in batches(x, y, batch_size):
+            logits = model(xb)
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+    model.train()
+    return loss / max(len(x), 1), correct / max(len(x), 1)
+
+
+def search(
+    dataset: ArrayDataset,
+    out_dir: Path,
+    config: SearchConfig = SearchConfig(),
+    *,
+    cost_model: CostModel | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> SearchResult:
+    """Run DEff-ARTS on `dataset`, writing genotype.json, search.json, search_log.csv and a checkpoint to out_dir.
+
+    The training images are split into a weight half and an architecture half (fixed by the seed).
+    With resume, an existing checkpoint in out_dir (same settings) is continued from its last epoch;
+    `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is written.
+    The result lists budget violations of the derived genotype; the caller must act on them.
+    """
+    cost_model = cost_model or MacCostModel()
+    out_dir = Path(out_dir)
+    settings = _settings(config, dataset, cost_model)
+    torch.manual_seed(config.seed)
+    model = build_supernet(config, dataset.input_shape, dataset.num_classes)
+    cost_term = CostTerm(model.cost_slots(), cost_model, weights=config.cost_weights, budgets=config.budgets,
+                         budget_weight=config.budget_weight)
+    architect = Architect(model, cost_term, cost_weight=config.cost_weight, lr=config.arch_lr,
+                          weight_decay=config.arch_weight_decay, second_order=config.second_order,
+                          unrolled_lr=config.weight_lr)
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=config.weight_lr, momentum=config.weight_momentum,
+                            weight_decay=config.weight_decay)
+
+    order = np.random.default_rng(config.seed).permutation(len(dataset.train_x))
+    split = int(len(order) * config.train_portion)
+    tr_idx, va_idx = np.sort(order[:split]), np.sort(order[split:])
+    x_tr, y_tr = dataset.train_x[tr_idx], dataset.train_y[tr_idx]
+    x_va, y_va = dataset.train_x[va_idx], dataset.train_y[va_idx]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    state = load_checkpoint(ckpt_path, settings) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        w_opt.load_state_dict(state["weight_optimizer"])
+        architect.optimizer.load_state_dict(state["arch_optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+
+    steps = min(num_batches(len(x_tr), config.batch_size), num_batches(len(x_va), config.batch_size))
+    with epoch_progress("search", steps * config.epochs, enabled=progress, completed=steps * start_epoch) as bar:
+        for epoch in range(start_epoch, config.epochs):
+            lr = _cosine(config.weight_lr, config.weight_lr_min, epoch, config.epochs)
+            for group in w_opt.param_groups:
+                group["lr"] = lr
+            model.tau = _tau(config, epoch)
+            architect.unrolled_lr = lr
+            model.train()
+            sums = {"loss": 0.0, "correct": 0, "n": 0, "arch": 0.0, "cost": 0.0, "pen": 0.0}
+            train_iter = batches(x_tr, y_tr, config.batch_size, shuffle_seed=config.seed * 100_003 + 2 * epoch)
+            val_iter = batches(x_va, y_va, config.batch_size, shuffle_seed=config.seed * 100_003 + 2 * epoch + 1)
+            for xb, yb in (pair for pair, _ in zip(zip(train_iter, val_iter), range(steps))):
+                (xt, yt), (xv, yv) = xb, yb
+                if epoch >= config.warmup_epochs:
+                    a = architect.step(xt, yt, xv, yv)
+                    sums["arch"] += a.loss
+                    sums["cost"] += a.cost
+                    sums["pen"] += a.penalty
+                w_opt.zero_grad(set_to_none=True)
+                logits = model(xt)
+                loss = F.cross_entropy(logits, yt)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.weight_parameters(), config.grad_clip)
+                w_opt.step()
+                for p in model.arch_parameters().values():
+                    p.grad = None
+                sums["loss"] += float(loss.detach()) * len(yt)
+                sums["correct"] += int((logits.argmax(1) == yt).sum())
+                sums["n"] += len(yt)
+                figures = cost_term.figures(model.arch_logits())
+                bar.update(epoch=f"{epoch + 1}/{config.epochs}", loss=float(loss.detach()),
+                           acc=sums["correct"] / sums["n"], cycles=figures.cycles)
+            val_loss, val_acc = _evaluate(model, x_va, y_va, config.batch_size)
+            figures = cost_term.figures(model.arch_logits())
+            row = {
+                "epoch": epoch, "lr": lr, "tau": model.tau,
+                "train_loss": sums["loss"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
+                "val_loss": val_loss, "val_acc": val_acc, "arch_loss": sums["arch"] / steps,
+                "cost_norm": sums["cost"] / steps, "penalty": sums["pen"] / steps,
+                "exp_cycles": figures.cycles, "exp_param_bytes": figures.param_bytes,
+                "exp_peak_act_bytes": figures.peak_act_bytes,
+            }
+            history.append(row)
+            _write_log(out_dir / LOG_NAME, history)
+            save_checkpoint(ckpt_path, {
+                "settings": settings, "epoch": epoch, "model": model.state_dict(),
+                "weight_optimizer": w_opt.state_dict(), "arch_optimizer": architect.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(), "history": history,
+            })
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+
+    genotype, choices = model.derive()
+    exact = cost_term.discrete(choices)
+    violations = exact.violations(config.budgets, cost_model.unit)
+    val_acc = history[-1]["val_acc"] if history else 0.0
+    record = {
+        "target": config.target, "cost_model": cost_model.name, "cost_unit": cost_model.unit,
+        "cost_weight": config.cost_weight, "cost": asdict(exact), "reference_cost": asdict(cost_term.reference),
+        "budgets": asdict(config.budgets), "budget_ok": not violations, "violations": violations,
+        "search_val_accuracy": val_acc, "seed": config.seed,
+    }
+    genotype = replace(genotype, extra={"search": record})
+    genotype.save(out_dir / "genotype.json")
+    (out_dir / "search.json").write_text(json.dumps({**record, "genotype": str(genotype),
+                                                      "config": settings["config"]}, indent=2, sort_keys=True) + "\n")
+    return SearchResult(genotype, exact, cost_term.reference, cost_model.unit, violations, val_acc, history)
+
+
+def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+    """Rewrite the whole CSV log (it is tiny), so a resumed run's log has every epoch exactly once."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row[k] for k in LOG_FIELDS})

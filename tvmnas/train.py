@@ -1,0 +1,199 @@
+"""Retrain a genotype's network from scratch, checkpointing every epoch, then export it as
+model.pt2 (torch.export) and model.onnx with metrics.json, checking both exports against torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tvmnas.data.arrays import ArrayDataset, batches, num_batches
+from tvmnas.errors import DatasetError
+from tvmnas.models import build_model
+from tvmnas.search.checkpoint import load_checkpoint, save_checkpoint
+from tvmnas.search.cost import count_module
+from tvmnas.search.genotype import Genotype
+from tvmnas.search.progress import epoch_progress
+
+CHECKPOINT_NAME = "train_checkpoint.pt"
+LOG_NAME = "train_log.csv"
+LOG_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one retraining run (SGD with momentum, cosine learning rate)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    lr: float = 0.05
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+
+
+@dataclass
+class TrainResult:
+    """The trained network and the figures written to metrics.json."""
+
+    model: nn.Module
+    metrics: dict[str, Any]
+
+
+def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for xb, yb in batches(x, y, batch_size):
+            logits = model(xb)
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+    return loss / max(len(x), 1), correct / max(len(x), 1)
+
+
+def export_model(model: nn.Module, input_shape: tuple[int, int, int], out_dir: Path) -> dict[str, Any]:
+    """Write model.pt2 and model.onnx (float32 NCHW, batch 1), reload both and compare with torch."""
+    import onnxruntime as ort
+
+    model.eval()
+    example = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(example).numpy()
+    pt2_path, onnx_path = out_dir / "model.pt2", out_dir / "model.onnx"
+    program = torch.export.export(model, (example,))
+    torch.export.save(program, pt2_path)
+    torch.onnx.export(model, (example,), str(onnx_path), dynamo=False, input_names=["input"],
+                      output_names=["logits"], opset_version=17)
+    with torch.no_grad():
+        pt2_out = torch.export.load(pt2_path).module()(example).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"input": example.numpy()})[0]
+    return {
+        "pt2": pt2_path.name, "onnx": onnx_path.name, "input_shape": [1, *input_shape], "dtype": "float32",
+        "max_abs_diff_pt2": float(np.abs(pt2_out - reference).max()),
+        "max_abs_diff_onnx": float(np.abs(onnx_out - reference).max()),
+    }
+
+
+def train(
+    genotype: Genotype,
+    dataset: ArrayDataset,
+    out_dir: Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    resume: bool = True,
+    progress: bool = False,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train `genotype`'s network from scratch on dataset.train, evaluate on dataset.test, export.
+
+    out_dir gets train_checkpoint.pt (resumed when present with the same settings), train_log.csv,
+    model.pt2, model.onnx, genotype.json and metrics.json. Budget results recorded by the search in
+    genotype.extra are carried into metrics.json ('budget_ok', 'violations').
+    """
+    if tuple(genotype.input_shape) != dataset.input_shape or genotype.num_classes != dataset.num_classes:
+        raise DatasetError(
+            f"genotype expects input {tuple(genotype.input_shape)} with {genotype.num_classes} classes, "
+            f"dataset '{dataset.name}' has {dataset.input_shape} with {dataset.num_classes}"
+        )
+    out_dir = Path(out_dir)
+    settings = {"config": asdict(config), "genotype": genotype.to_dict(), "dataset": dataset.name,
+                "train_examples": len(dataset.train_x)}
+    torch.manual_seed(config.seed)
+    model = build_model(genotype)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    state = load_checkpoint(ckpt_path, settings) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+
+    steps = num_batches(len(dataset.train_x), config.batch_size)
+    with epoch_progress("train", steps * config.epochs, enabled=progress, completed=steps * start_epoch) as bar:
+        for epoch in range(start_epoch, config.epochs):
+            lr = config.lr_min + 0.5 * (config.lr - config.lr_min) * (1 + math.cos(math.pi * epoch / config.epochs))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            loss_sum, correct, seen = 0.0, 0, 0
+            for xb, yb in batches(dataset.train_x, dataset.train_y, config.batch_size,
+                                  shuffle_seed=config.seed * 100_003 + epoch):
+                optimizer.zero_grad(set_to_none=True)
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                loss_sum += float(loss.detach()) * len(yb)
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(yb)
+                bar.update(epoch=f"{epoch + 1}/{config.epochs}", loss=float(loss.detach()), acc=correct / seen)
+            test_loss, test_acc = _evaluate(model, dataset.test_x, dataset.test_y, config.batch_size)
+            row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                   "test_loss": test_loss, "test_acc": test_acc}
+            history.append(row)
+            _write_log(out_dir / LOG_NAME, history)
+            save_checkpoint(ckpt_path, {"settings": settings, "epoch": epoch, "model": model.state_dict(),
+                                        "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                                        "history": history})
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+
+    model.eval()
+    counts = count_module(model, dataset.input_shape)
+    export = export_model(model, dataset.input_shape, out_dir)
+    genotype.save(out_dir / "genotype.json")
+    searched = genotype.extra.get("search", {})
+    metrics: dict[str, Any] = {
+        "space": genotype.space,
+        "genotype": str(genotype),
+        "dataset": dataset.name,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "test_accuracy": history[-1]["test_acc"],
+        "test_loss": history[-1]["test_loss"],
+        "train_accuracy": history[-1]["train_acc"],
+        "macs": counts.macs,
+        "params": counts.params,
+        "param_bytes": counts.params * 4,
+        "cost_note": "macs and params counted exactly on the float32 model (BN folded into conv bias); "
+                     "cycles are not measured here",
+        "target": searched.get("target"),
+        "budgets": searched.get("budgets"),
+        "budget_ok": searched.get("budget_ok", True),
+        "violations": searched.get("violations", []),
+        "export": export,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return TrainResult(model, metrics)
+
+
+def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row[k] for k in LOG_FIELDS})
