@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tvmnas.profiling.blocks import PREAMBLE
+from tvmnas.errors import BuildError, EmulatorError
+from tvmnas.profiling.plugin import build_plugin, qemu_plugin_args
 from tvmnas.profiling.cycles import estimate_cycles, load_timing_table
 from tvmnas.profiling.profile import profile_from_blocks, qemu_command, run_block_profile
 
@@ -253,3 +254,19 @@ def test_interrupt_handlers_inside_the_window_are_not_counted(tmp_path: Path, ca
     # Only begin's return and the call of tvmnas_window_end are taken: an interrupted block resumes
     # at its fall-through once the (skipped) handler returns.
     assert blocks.taken_branches() == 2
+
+
+def test_elf_without_window_markers_is_a_build_error(tmp_path: Path, cache: Path) -> None:
+    (tmp_path / "f.c").write_text("int f(void) { return 0; }\n")
+    obj = tmp_path / "f.o"
+    subprocess.run(["arm-none-eabi-gcc", "-mthumb", "-c", str(tmp_path / "f.c"), "-o", str(obj)], check=True)
+    with pytest.raises(BuildError, match="has no function tvmnas_window_begin"):
+        qemu_plugin_args(build_plugin(cache), obj, tmp_path / "out.txt")
+
+
+def test_program_that_never_closes_its_window_is_an_emulator_error(tmp_path: Path, cache: Path) -> None:
+    # The body exits through semihosting inside the window.
+    body = "    movs r0, #0x18\n    ldr r1, =0x20026\n    bkpt 0xab\n    .ltorg\n"
+    elf = build_guest(tmp_path, M4, body)
+    with pytest.raises(EmulatorError, match="did not reach tvmnas_window_end"):
+        run_block_profile(elf, M4["machine"], timeout_s=30, cache_dir=cache)
