@@ -130,14 +130,6 @@ def test_nop_sled_counts_each_instruction(tmp_path: Path, target_name: str) -> N
     assert counts == [2, 9, 1002]  # k nops + movs + bx lr
 
 
-def test_systick_wraps_are_compensated_exactly(tmp_path: Path) -> None:
-    target = load_target("cortex-m0")
-    bundle = write_bundle(tmp_path / "sled", source=NOP_SLED.replace("{k}", "20000"))
-    elf = build(bundle, target, tmp_path / "b", extra_cflags=["-DTVMNAS_SYSTICK_RELOAD=0xFFF"])
-    result = run(elf, target, [np.zeros(16, np.float32)])
-    assert result.instructions == [20002]
-
-
 def test_dynamic_bundle_switches_config_mid_stream(tmp_path: Path) -> None:
     target = load_target("cortex-m4")
     bundle = write_bundle(tmp_path / "dyn", configs=3, arena=64, source=DYNAMIC_SOURCE)
@@ -247,3 +239,13 @@ def test_stack_overflow_is_named(tmp_path: Path, target_name: str) -> None:
     assert run(elf, target, [shallow]).outputs[0][0] == 9.0
     with pytest.raises(EmulatorError, match="stack overflow"):
         run(elf, target, [too_deep])
+
+
+@pytest.mark.parametrize("target_name", ["cortex-m0", "cortex-m4"])
+def test_timer_wraps_are_handled_exactly(tmp_path: Path, target_name: str) -> None:
+    """Shrunken timer periods force many wraps inside one call: SysTick (M0) and CMSDK TIMER0 (M4)."""
+    target = load_target(target_name)
+    shrink = "-DTVMNAS_SYSTICK_RELOAD=0xFFF" if target.counter == "systick" else "-DTVMNAS_TIMER_RELOAD=0xFFFF"
+    bundle = write_bundle(tmp_path / "sled", source=NOP_SLED.replace("{k}", "100000"))
+    elf = build(bundle, target, tmp_path / "b", extra_cflags=[shrink])
+    assert run(elf, target, [np.zeros(16, np.float32)]).instructions == [100002]

@@ -47,7 +47,6 @@ EXIT_REASONS = {
     5: "config index out of range for this bundle, or model_set_config failed",
     6: "model_run returned non-zero",
     7: "model_arena_size(config) exceeds MODEL_ARENA_SIZE",
-    8: "the model call outran the instruction counter",
     100: "NMI",
     101: "HardFault",
     102: "MemManage fault",

@@ -18,35 +18,47 @@ static uint64_t ticks_to_instructions(uint64_t ticks)
 
 #if defined(TVMNAS_COUNTER_CMSDK_TIMER)
 
-/* CMSDK APB TIMER0 on MPS2: down-counter, 32-bit. IRQEN latches INTSTATUS on reaching zero (the
- * NVIC line stays disabled), which detects one wrap; a second one is reported as overflow by the
- * coarse dual timer running at /256. */
+/* CMSDK APB TIMER0 on MPS2: 32-bit down-counter, the exact ("fine") count modulo its period.
+ * Timer 1 of the CMSDK dual timer runs at /256 as a coarse count that says how many times the
+ * fine one wrapped (a 2^40-tick range: about 687 G instructions), so no interrupt is needed. */
 #define TIMER0_CTRL REG32(0x40000000u)
 #define TIMER0_VALUE REG32(0x40000004u)
 #define TIMER0_RELOAD REG32(0x40000008u)
 #define TIMER0_INTSTATUS REG32(0x4000000Cu)
-#define CTRL_ENABLE 1u
-#define CTRL_IRQEN 8u
+#define TIMER0_CTRL_ENABLE 1u
+#define DUAL1_LOAD REG32(0x40002000u)
+#define DUAL1_VALUE REG32(0x40002004u)
+#define DUAL1_CONTROL REG32(0x40002008u)
+#define DUAL_CONTROL_ENABLE 0x80u
+#define DUAL_CONTROL_PRESCALE_256 0x08u
+#define DUAL_CONTROL_SIZE_32 0x02u
+#define COARSE_SHIFT 8u
+#ifndef TVMNAS_TIMER_RELOAD
+#define TVMNAS_TIMER_RELOAD 0xFFFFFFFFu /* smaller values only to test wrap handling */
+#endif
 
 void counter_start(void)
 {
     TIMER0_CTRL = 0;
-    TIMER0_INTSTATUS = 1;
-    TIMER0_RELOAD = 0xFFFFFFFFu;
-    TIMER0_VALUE = 0xFFFFFFFFu;
-    TIMER0_CTRL = CTRL_ENABLE | CTRL_IRQEN;
+    DUAL1_CONTROL = 0;
+    TIMER0_RELOAD = TVMNAS_TIMER_RELOAD;
+    TIMER0_VALUE = TVMNAS_TIMER_RELOAD;
+    DUAL1_LOAD = 0xFFFFFFFFu;
+    DUAL1_CONTROL = DUAL_CONTROL_ENABLE | DUAL_CONTROL_PRESCALE_256 | DUAL_CONTROL_SIZE_32;
+    TIMER0_CTRL = TIMER0_CTRL_ENABLE;
 }
 
 uint64_t counter_stop(void)
 {
-    uint32_t value = TIMER0_VALUE;
-    uint32_t wrapped = TIMER0_INTSTATUS & 1u;
+    const uint32_t value = TIMER0_VALUE;
+    const uint32_t coarse_value = DUAL1_VALUE;
     TIMER0_CTRL = 0;
-    uint64_t ticks = (uint64_t)(0xFFFFFFFFu - value);
-    if (wrapped && value > 0x80000000u) {
-        ticks += 0x100000000ull; /* wrapped before the read */
-    }
-    return ticks_to_instructions(ticks);
+    DUAL1_CONTROL = 0;
+    const uint64_t period = (uint64_t)TVMNAS_TIMER_RELOAD + 1u;
+    const uint64_t fine = (uint64_t)(TVMNAS_TIMER_RELOAD - value);
+    const uint64_t coarse = (uint64_t)(0xFFFFFFFFu - coarse_value) << COARSE_SHIFT;
+    const uint64_t wraps = (coarse + period / 2u >= fine) ? (coarse + period / 2u - fine) / period : 0u;
+    return ticks_to_instructions(wraps * period + fine);
 }
 
 #elif defined(TVMNAS_COUNTER_SYSTICK)
