@@ -6,3 +6,5 @@ from tvmnas.cli.app import app, main
 from tvmnas.cli import compile  # noqa: F401,E402
 
 __all__ = ["app", "main"]
+from tvmnas.cli import search  # noqa: F401,E402
+from tvmnas.cli import train  # noqa: F401,E402

@@ -77,6 +77,9 @@ class SearchConfig:
             raise ValueError("epochs and batch_size must be at least 1")
         if self.cost_weight < 0:
             raise ValueError(f"cost weight must be >= 0, got {self.cost_weight}")
+        if self.space == "darts" and self.channels % (2 * self.partial_channels) != 0:
+            raise ValueError(f"darts channels {self.channels} must be a multiple of 2 x partial_channels "
+                             f"({self.partial_channels})")
 
 
 @dataclass

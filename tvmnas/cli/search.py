@@ -1,0 +1,94 @@
+"""`tvmnas search`: DEff-ARTS over the darts or chain space, writing genotype.json and search logs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tvmnas.cli.app import app
+from tvmnas.errors import BudgetViolationError, TvmnasError
+
+
+def parse_chain_layers(text: str) -> tuple[tuple[int, int], ...]:
+    """'8:1,16:2,16:1' -> ((8, 1), (16, 2), (16, 1)): out_channels:stride per chain layer."""
+    try:
+        layers = tuple(
+            (int(c), int(s)) for c, s in (item.split(":") for item in text.split(",") if item.strip())
+        )
+    except ValueError as err:
+        raise TvmnasError(f"--chain-layers '{text}' is not a list of out_channels:stride pairs") from err
+    if not layers or any(c < 1 or s not in (1, 2) for c, s in layers):
+        raise TvmnasError(f"--chain-layers '{text}' needs channels >= 1 and stride 1 or 2 in every pair")
+    return layers
+
+
+@app.command("search")
+def search_command(
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits, cifar10, folder, or a data folder."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder for cifar10 / folder data sets."),
+    space: str = typer.Option("darts", "--space", help="Search space: darts or chain."),
+    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
+    cost_weight: float = typer.Option(0.0, "--cost-weight", "-l", help="lambda: weight of the normalised cost."),
+    budget_cycles: Optional[float] = typer.Option(None, "--budget-cycles", help="Cycle budget (cost model units)."),
+    budget_flash: Optional[int] = typer.Option(None, "--budget-flash", help="Parameter-bytes budget."),
+    budget_sram: Optional[int] = typer.Option(None, "--budget-sram", help="Peak activation-bytes budget."),
+    board_budgets: bool = typer.Option(False, "--board-budgets", help="Use the target board's flash/SRAM as budgets."),
+    w_cycles: float = typer.Option(1.0, "--w-cycles", help="Weight of cycles inside the cost."),
+    w_flash: float = typer.Option(0.0, "--w-flash", help="Weight of parameter bytes inside the cost."),
+    w_sram: float = typer.Option(0.0, "--w-sram", help="Weight of peak activation bytes inside the cost."),
+    epochs: int = typer.Option(10, "--epochs", "-e", help="Search epochs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (resumed if it holds a checkpoint)."),
+    seed: int = typer.Option(0, "--seed", help="Seed: same seed, same result."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    channels: int = typer.Option(8, "--channels", help="darts: initial channels C."),
+    cells: int = typer.Option(3, "--cells", help="darts: number of cells."),
+    nodes: int = typer.Option(2, "--nodes", help="darts: intermediate nodes per cell."),
+    partial_channels: int = typer.Option(1, "--partial-channels", help="darts: PC-DARTS k (1 = off)."),
+    chain_layers: str = typer.Option("8:1,16:2,16:1,16:1", "--chain-layers", help="chain: out_channels:stride list."),
+    stem_channels: int = typer.Option(8, "--stem-channels", help="chain: stem width."),
+    width_mult: float = typer.Option(1.0, "--width-mult", help="chain: width multiplier."),
+    second_order: bool = typer.Option(False, "--second-order", help="Unrolled (second-order) alpha gradient."),
+    gumbel: bool = typer.Option(False, "--gumbel", help="Gumbel-softmax sampling of the mixing weights."),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use only the first N training images."),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Continue from a checkpoint in --out."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Search an architecture with loss = CE + lambda * cost; print a JSON summary, exit 1 if over budget."""
+    from tvmnas.data import load_dataset
+    from tvmnas.search.cost import Budgets, CostWeights, MacCostModel
+    from tvmnas.search.search import SearchConfig, search
+    from tvmnas.targets import load_target
+
+    tgt = load_target(target)
+    if board_budgets:
+        budget_flash = budget_flash if budget_flash is not None else tgt.flash_bytes
+        budget_sram = budget_sram if budget_sram is not None else tgt.sram_bytes
+    try:
+        config = SearchConfig(
+            space=space, target=tgt.name, epochs=epochs, batch_size=batch_size, seed=seed, cost_weight=cost_weight,
+            cost_weights=CostWeights(w_cycles, w_flash, w_sram),
+            budgets=Budgets(budget_cycles, budget_flash, budget_sram),
+            channels=channels, cells=cells, nodes=nodes, partial_channels=partial_channels,
+            chain_layers=parse_chain_layers(chain_layers), stem_channels=stem_channels, width_mult=width_mult,
+            second_order=second_order, gumbel=gumbel,
+        )
+    except ValueError as err:
+        raise TvmnasError(str(err)) from err
+    data = load_dataset(dataset, root=data_root, limit_train=limit_train)
+    print(f"searching {space} on {data.name} {data.input_shape} for {tgt.name}, lambda={cost_weight} ...",
+          file=sys.stderr)
+    result = search(data, out, config, cost_model=MacCostModel(), resume=resume, progress=progress)
+    print(f"{result.genotype}", file=sys.stderr)
+    summary = {
+        "genotype": str(out / "genotype.json"), "cost_unit": result.cost_unit,
+        "cycles": result.cost.cycles, "param_bytes": result.cost.param_bytes,
+        "peak_act_bytes": result.cost.peak_act_bytes, "search_val_accuracy": result.val_accuracy,
+        "budget_ok": result.within_budget, "violations": result.violations,
+    }
+    print(json.dumps(summary))
+    if result.violations:
+        raise BudgetViolationError(result.violations)
