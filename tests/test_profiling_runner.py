@@ -60,8 +60,6 @@ def write_conv_bundle(directory: Path) -> Path:
     return directory
 
 
-@pytest.mark.slow
-@pytest.mark.ci
 def test_profile_elf_matches_harness_counts_and_splits_kernels(tmp_path: Path) -> None:
     target = load_target("cortex-m4")
     elf = build(write_conv_bundle(tmp_path / "bundle"), target, tmp_path / "build")

@@ -2,6 +2,9 @@
 
 Instructions are exact (counted by the plugin inside the measured window); cycles are an estimate
 from the core's timing table (see tvmnas.profiling.cycles for what the model leaves out).
+Exception handlers inside the window are not counted. Limit: a device-register (MMIO) access
+inside the window makes QEMU's -icount re-run part of a block, which the plugin then counts
+twice; measured code must touch only memory (the harness reads its counter outside the window).
 """
 
 from __future__ import annotations
