@@ -4,6 +4,7 @@ from .call_graph import CallGraph, KernelCall, TensorInfo, extract_call_graph
 from .fold_batch_norm import FoldBatchNorm
 from .lower_tir import LowerTIRForC
 from .mcu_pipeline import MCULowering
+from .split_to_slices import SplitToSlices
 from .plan_arena import ArenaBuffer, ArenaPlan, lower_bound, plan_arena
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "KernelCall",
     "LowerTIRForC",
     "MCULowering",
+    "SplitToSlices",
     "TensorInfo",
     "extract_call_graph",
     "lower_bound",

@@ -32,12 +32,12 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class KernelCall:
-    """One call_tir: `output = kernel(*args)`, args naming tensors or constants."""
+    """One call_tir: `outputs = kernel(*args)`, args naming tensors or constants."""
 
     index: int
     kernel: str
     args: tuple[str, ...]
-    output: str
+    outputs: tuple[str, ...]
 
 
 @dataclass
@@ -64,54 +64,81 @@ def _relax_op_name(value) -> str:
 def extract_call_graph(mod: tvm.IRModule, func_name: str = "main") -> CallGraph:
     """Read the kernel sequence of `func_name` after MCULowering.
 
-    Expects: only call_tir bindings with static shapes, var aliases and one output tuple.
-    Raises UnsupportedOperatorError naming the operator and the binding for anything else
+    Expects: only call_tir bindings with static shapes (tensor or tuple outputs), tuple
+    projections, var aliases and one output tuple. Tensor names are the Relax var names made
+    unique. Raises UnsupportedOperatorError naming the operator and the binding for anything else
     (an operator LegalizeOps could not lower stays as a Relax call and ends up here).
     """
     func = mod[func_name]
     call_tir = tvm.ir.Op.get("relax.call_tir")
-    inputs = [_tensor_info(p.name, p.ty) for p in func.params]
-    tensors = {t.name: t for t in inputs}
+    names: dict[int, object] = {}          # var handle -> tensor name, or tuple of names
+    used: set[str] = set()
+    tensors: dict[str, TensorInfo] = {}
     constants: dict[str, np.ndarray] = {}
     const_names: list[tuple[object, str]] = []
-    alias: dict[str, str] = {}
     calls: list[KernelCall] = []
     outputs: list[TensorInfo] = []
+
+    def fresh(name: str) -> str:
+        unique, k = name, 0
+        while unique in used:
+            k += 1
+            unique = f"{name}_{k}"
+        used.add(unique)
+        return unique
+
+    def lookup(var: relax.Var):
+        return names[var.__chandle__()]
 
     def const_name(c, call_index: int, arg_index: int) -> str:
         for seen, name in const_names:
             if seen.same_as(c):
                 return name
-        name = f"w{call_index:02d}_{arg_index}"
+        name = fresh(f"w{call_index:02d}_{arg_index}")
         const_names.append((c, name))
         constants[name] = c.value.numpy()
         return name
+
+    inputs = []
+    for p in func.params:
+        info = _tensor_info(fresh(p.name), p.ty)
+        names[p.__chandle__()] = info.name
+        tensors[info.name] = info
+        inputs.append(info)
 
     body = func.body
     last_block = len(body.blocks) - 1
     for block_index, block in enumerate(body.blocks):
         for binding in block.bindings:
-            var, value = binding.var.name, binding.value
+            var, value = binding.var, binding.value
             if isinstance(value, relax.Call) and value.op.same_as(call_tir):
-                kernel = value.args[0].name_hint
                 args = []
                 for i, a in enumerate(value.args[1].fields):
-                    if isinstance(a, relax.Var):
-                        args.append(alias.get(a.name, a.name))
-                    else:
-                        args.append(const_name(a, len(calls), i))
-                tensors[var] = _tensor_info(var, binding.var.ty)
-                calls.append(KernelCall(len(calls), kernel, tuple(args), var))
+                    args.append(lookup(a) if isinstance(a, relax.Var) else const_name(a, len(calls), i))
+                fields = var.ty.fields if hasattr(var.ty, "fields") else None
+                if fields is None:
+                    outs = [_tensor_info(fresh(var.name), var.ty)]
+                    names[var.__chandle__()] = outs[0].name
+                else:
+                    outs = [_tensor_info(fresh(f"{var.name}_{i}"), ty) for i, ty in enumerate(fields)]
+                    names[var.__chandle__()] = tuple(o.name for o in outs)
+                for o in outs:
+                    tensors[o.name] = o
+                calls.append(
+                    KernelCall(len(calls), value.args[0].name_hint, tuple(args), tuple(o.name for o in outs))
+                )
             elif isinstance(value, relax.Var):
-                alias[var] = alias.get(value.name, value.name)
+                names[var.__chandle__()] = lookup(value)
+            elif isinstance(value, relax.TupleGetItem) and isinstance(value.tuple_value, relax.Var):
+                names[var.__chandle__()] = lookup(value.tuple_value)[value.index]
             elif isinstance(value, relax.Tuple) and block_index == last_block:
-                outputs = [tensors[alias.get(f.name, f.name)] for f in value.fields]
+                outputs = [tensors[lookup(f)] for f in value.fields]
             else:
-                raise UnsupportedOperatorError(_relax_op_name(value), var)
+                raise UnsupportedOperatorError(_relax_op_name(value), var.name)
     result = body.body
     if isinstance(result, relax.Var) and not outputs:
-        name = alias.get(result.name, result.name)
-        if name in tensors:
+        name = lookup(result)
+        if isinstance(name, str) and name in tensors:
             outputs = [tensors[name]]
     if not outputs:
         raise UnsupportedOperatorError("output", func_name, "the model returns no tensor computed by a kernel")

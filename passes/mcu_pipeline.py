@@ -6,6 +6,7 @@ import tvm
 from tvm import relax
 
 from .fold_batch_norm import FoldBatchNorm
+from .split_to_slices import SplitToSlices
 
 
 def MCULowering() -> tvm.transform.Pass:  # noqa: N802  (TVM pass naming)
@@ -20,6 +21,7 @@ def MCULowering() -> tvm.transform.Pass:  # noqa: N802  (TVM pass naming)
         [
             relax.transform.FoldConstant(),
             FoldBatchNorm(),
+            SplitToSlices(),
             relax.transform.DecomposeOpsForInference(),
             relax.transform.FoldConstant(),
             relax.transform.LegalizeOps(),

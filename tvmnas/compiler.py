@@ -67,9 +67,10 @@ def arena_buffers(graph: CallGraph, kernels: dict[str, EmittedKernel]) -> list[A
             last_use[a] = call.index
     buffers = []
     for call in graph.calls:
-        if call.output not in io:
-            info = graph.tensors[call.output]
-            buffers.append(ArenaBuffer(call.output, info.nbytes, call.index, last_use.get(call.output, call.index)))
+        for out in call.outputs:
+            if out not in io:
+                last = last_use.get(out, call.index)
+                buffers.append(ArenaBuffer(out, graph.tensors[out].nbytes, call.index, last))
         for name, dtype, elems in kernels[call.kernel].signature.scratch:
             nbytes = elems * (4 if dtype in ("float32", "int32") else 1)
             buffers.append(ArenaBuffer(f"{call.index}:{name}", nbytes, call.index, call.index))

@@ -55,13 +55,14 @@ def shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape) or "1"
 
 
-def layer_comment(index: int, kernel: str, graph: CallGraph, args: tuple[str, ...], output: str) -> str:
+def layer_comment(index: int, kernel: str, graph: CallGraph, args: tuple[str, ...], outputs: tuple[str, ...]) -> str:
     """`/* 3: conv2d_add_relu 1x16x32x32 -> 1x16x32x32 float32 */` for one call."""
     ins = [graph.tensors[a] for a in args if a in graph.tensors]
-    out = graph.tensors[output]
+    outs = [graph.tensors[o] for o in outputs]
     op = kernel[len("fused_"):] if kernel.startswith("fused_") else kernel
     src = ", ".join(shape_text(t.shape) for t in ins) or "-"
-    return f"/* {index}: {op} {src} -> {shape_text(out.shape)} {out.dtype} */"
+    dst = ", ".join(shape_text(t.shape) for t in outs)
+    return f"/* {index}: {op} {src} -> {dst} {outs[0].dtype} */"
 
 
 def weights_array(name: str, array: np.ndarray) -> str:
@@ -151,16 +152,17 @@ def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
     lines = ["int model_run(const float *input, float *output, uint8_t *arena) {"]
     out_name = graph.outputs[0].name
     for call in graph.calls:
-        if call.output != out_name:
-            lines.append(arena_pointer(call.output, graph.tensors[call.output], plan.offsets[call.output], "activation"))
+        for out in call.outputs:
+            if out != out_name:
+                lines.append(arena_pointer(out, graph.tensors[out], plan.offsets[out], "activation"))
     for call in graph.calls:
         sig = kernels[call.kernel].signature
-        args = [call_argument(a, graph) for a in call.args] + [call_argument(call.output, graph)]
+        args = [call_argument(a, graph) for a in call.args] + [call_argument(o, graph) for o in call.outputs]
         for scratch_name, dtype, _ in sig.scratch:
             key = f"{call.index}:{scratch_name}"
             args.append(f"({c_type(dtype)} *)(arena + {plan.offsets[key]}) /* scratch */")
         lines.append("")
-        lines.append("  " + layer_comment(call.index, call.kernel, graph, call.args, call.output))
+        lines.append("  " + layer_comment(call.index, call.kernel, graph, call.args, call.outputs))
         lines.append(f"  TVMNAS_KERNEL_MARK({call.index});")
         lines.append(f"  {call.kernel}({', '.join(args)});")
     if not any(graph.inputs[0].name in call.args for call in graph.calls):
@@ -249,8 +251,8 @@ def write_bundle(
                 "index": c.index,
                 "name": c.kernel,
                 "inputs": [a for a in c.args if a in graph.tensors],
-                "output": c.output,
-                "output_shape": list(graph.tensors[c.output].shape),
+                "outputs": list(c.outputs),
+                "output_shapes": [list(graph.tensors[o].shape) for o in c.outputs],
             }
             for c in graph.calls
         ],
