@@ -34,6 +34,7 @@ class Artefacts:
         self.root = root
         self._models: dict[str, nn.Module] = {}
         self._onnx: dict[str, Path] = {}
+        self._onnx_bn: dict[str, Path] = {}
         self._pt2: dict[str, Path] = {}
 
     def model(self, name: str) -> nn.Module:
@@ -45,6 +46,12 @@ class Artefacts:
         if name not in self._onnx:
             self._onnx[name] = export_onnx(self.model(name), ZOO[name].input_shape, self.root / f"{name}.onnx")
         return self._onnx[name]
+
+    def onnx_with_batchnorm(self, name: str) -> Path:
+        if name not in self._onnx_bn:
+            path = self.root / f"{name}.bn.onnx"
+            self._onnx_bn[name] = export_onnx(self.model(name), ZOO[name].input_shape, path, keep_batchnorm=True)
+        return self._onnx_bn[name]
 
     def pt2(self, name: str) -> Path:
         if name not in self._pt2:
@@ -220,9 +227,7 @@ def test_batchnorm_parameters_are_nontrivial(name: str, artefacts: Artefacts):
         assert not torch.allclose(bn.bias, torch.zeros_like(bn.bias))
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_onnx_export_matches_onnxruntime(name: str, artefacts: Artefacts):
-    path = artefacts.onnx(name)
+def _assert_onnxruntime_matches(name: str, path: Path, model: nn.Module) -> None:
     onnx.checker.check_model(onnx.load(str(path)))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -231,11 +236,32 @@ def test_onnx_export_matches_onnxruntime(name: str, artefacts: Artefacts):
     assert inp.name == "input" and tuple(inp.shape) == ZOO[name].input_shape
     for seed in (0, 1):
         x = ZOO[name].sample_input(seed)
-        expected = artefacts.model(name)(x).numpy()
+        expected = model(x).numpy()
         (got,) = session.run(["output"], {"input": x.numpy()})
         err = float(np.abs(got - expected).max())
         scale = float(np.abs(expected).max())
         assert err <= ORT_RELATIVE_TOLERANCE * scale, f"{name}: max abs err {err:.3g} vs output scale {scale:.3g}"
+
+
+def _onnx_op_types(path: Path) -> list[str]:
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_export_matches_onnxruntime(name: str, artefacts: Artefacts):
+    _assert_onnxruntime_matches(name, artefacts.onnx(name), artefacts.model(name))
+
+
+@pytest.mark.parametrize("name", BN_NAMES)
+def test_onnx_export_keeping_batchnorm_matches_onnxruntime(name: str, artefacts: Artefacts):
+    path = artefacts.onnx_with_batchnorm(name)
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in artefacts.model(name).modules())
+    assert _onnx_op_types(path).count("BatchNormalization") == bns
+    _assert_onnxruntime_matches(name, path, artefacts.model(name))
+
+
+def test_default_onnx_export_folds_batchnorm_into_conv(artefacts: Artefacts):
+    assert "BatchNormalization" not in _onnx_op_types(artefacts.onnx("resnet8"))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -259,6 +285,13 @@ def test_relax_imports_onnx(name: str, artefacts: Artefacts):
     (inp,) = mod["main"].params
     assert inp.name == "input"
     assert tuple(int(d) for d in inp.ty.shape) == ZOO[name].input_shape
+
+
+@pytest.mark.parametrize("name", BN_NAMES)
+def test_relax_imports_onnx_with_batchnorm(name: str, artefacts: Artefacts):
+    mod = from_onnx(onnx.load(str(artefacts.onnx_with_batchnorm(name))))
+    assert relax.analysis.check_well_formed(mod)
+    assert "batch_norm" in mod["main"].script()
 
 
 @pytest.mark.parametrize("name", M0_NAMES)

@@ -810,8 +810,12 @@ def get_entry(name: str) -> ZooEntry:
 # ---------------------------------------------------------------------------------------------
 
 
-def export_onnx(model: nn.Module, input_shape: Shape, path: str | Path) -> Path:
-    """Export `model` to ONNX (TorchScript exporter, opset 17) with one input "input" and output "output"."""
+def export_onnx(model: nn.Module, input_shape: Shape, path: str | Path, keep_batchnorm: bool = False) -> Path:
+    """Export `model` to ONNX (TorchScript exporter, opset 17) with one input "input" and output "output".
+
+    The exporter folds eval-mode BatchNorm into the preceding Conv by default; `keep_batchnorm`
+    turns its constant folding off so BatchNormalization nodes reach the importer (to test folding).
+    """
     path = Path(path)
     example = sample_input(input_shape)
     torch.onnx.export(
@@ -822,6 +826,7 @@ def export_onnx(model: nn.Module, input_shape: Shape, path: str | Path) -> Path:
         opset_version=17,
         input_names=["input"],
         output_names=["output"],
+        do_constant_folding=not keep_batchnorm,
     )
     return path
 
