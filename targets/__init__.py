@@ -7,6 +7,7 @@ semihosting, the harness) lives in `board/`, and per-core timing tables in `timi
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -74,7 +75,7 @@ _TYPES: dict[str, type] = {
 }
 
 
-def _parse(path: Path) -> Target:
+def parse_descriptor(path: Path) -> Target:
     """Validate one descriptor file strictly and build its Target."""
     try:
         raw = json.loads(path.read_text())
@@ -112,11 +113,12 @@ def _parse(path: Path) -> Target:
 
 @lru_cache(maxsize=None)
 def _all_targets(directory: Path = DESCRIPTOR_DIR) -> dict[str, Target]:
-    return {p.stem: _parse(p) for p in sorted(directory.glob("*.json"))}
+    paths = sorted(directory.glob("*.json"), key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.stem)])
+    return {p.stem: parse_descriptor(p) for p in paths}
 
 
 def list_targets() -> list[Target]:
-    """Every known target, sorted by name."""
+    """Every known target, in natural name order (cortex-m0, m3, m4, m7, m55)."""
     return list(_all_targets().values())
 
 
@@ -128,4 +130,4 @@ def load_target(name: str) -> Target:
     return targets[name]
 
 
-__all__ = ["BOARD_DIR", "DEFAULT_TARGET", "Target", "list_targets", "load_target"]
+__all__ = ["BOARD_DIR", "DEFAULT_TARGET", "Target", "list_targets", "load_target", "parse_descriptor"]

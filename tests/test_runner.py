@@ -249,3 +249,38 @@ def test_timer_wraps_are_handled_exactly(tmp_path: Path, target_name: str) -> No
     bundle = write_bundle(tmp_path / "sled", source=NOP_SLED.replace("{k}", "100000"))
     elf = build(bundle, target, tmp_path / "b", extra_cflags=[shrink])
     assert run(elf, target, [np.zeros(16, np.float32)]).instructions == [100002]
+
+
+def test_run_command_writes_output_and_prints_json(affine_bundle: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tvmnas.cli import app
+
+    x = affine_input(16, 6).reshape(1, 16)
+    np.save(tmp_path / "x.npy", x)
+    result = CliRunner().invoke(
+        app, ["run", str(affine_bundle), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["target"] == "cortex-m4" and summary["instructions"] > 0
+    assert summary["cycles_note"] == "estimated" and "cycles" in summary
+    assert summary["flash_bytes"] > 0 and summary["sram_bytes"] >= summary["arena_bytes"] + summary["stack_bytes"]
+    y = np.load(tmp_path / "y.npy")
+    assert y.shape == (1, 16)
+    np.testing.assert_array_equal(y, 2.0 * x + 1.0)
+
+
+def test_run_command_rejects_a_wrong_input_shape(affine_bundle: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tvmnas.cli import app
+    from tvmnas.errors import TvmnasError
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 16), np.float32))
+    result = CliRunner().invoke(
+        app, ["run", str(affine_bundle), "-i", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"), "-t", "cortex-m0"]
+    )
+    assert isinstance(result.exception, TvmnasError)
+    assert "needs shape [1, 16] (16 values), got [2, 16]" in str(result.exception)
+    assert not (tmp_path / "y.npy").exists()

@@ -217,7 +217,8 @@ def _check_exit(code: int, what: str, stderr: str, rcs: Sequence[int]) -> None:
         return
     if code == EXIT_MODEL_ERROR and rcs:
         raise EmulatorError(f"{what}: model_run returned {rcs[-1]} on call {len(rcs) - 1}")
-    reason = EXIT_REASONS.get(code)
+    guest_lines = [line[len("tvmnas: "):] for line in stderr.splitlines() if line.startswith("tvmnas: ")]
+    reason = guest_lines[-1] if guest_lines else EXIT_REASONS.get(code)
     if reason is None:
         tail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
         reason = f"bad exit status {code}: {tail}"

@@ -1,0 +1,122 @@
+"""`tvmnas run`: build a C bundle for its target's emulator, run it on one input, write the output."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from tvmnas.cli.app import app
+from tvmnas.errors import TvmnasError
+from tvmnas.runner import RunResult, build, memory_usage, run
+from tvmnas.targets import Target, load_target
+
+
+def read_manifest(bundle_dir: Path) -> dict:
+    """The bundle's manifest.json as a dict (TvmnasError naming the file if absent or invalid)."""
+    path = bundle_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise TvmnasError(f"{bundle_dir} is not a bundle: no manifest.json") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise TvmnasError(f"{path}: unreadable manifest ({err})") from err
+    for key in ("target", "inputs", "outputs"):
+        if key not in manifest:
+            raise TvmnasError(f"{path}: manifest has no '{key}'")
+    return manifest
+
+
+def _shape_size(shape: list[int]) -> int:
+    return int(math.prod(shape))
+
+
+def load_input(paths: list[Path], manifest: dict) -> np.ndarray:
+    """The model input: each .npy flattened, concatenated in the manifest's input order."""
+    specs = manifest["inputs"]
+    if len(paths) != len(specs):
+        raise TvmnasError(f"the bundle takes {len(specs)} input(s) but {len(paths)} --input file(s) were given")
+    parts = []
+    for path, spec in zip(paths, specs):
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise TvmnasError(f"{path}: not a readable .npy file ({err})") from err
+        expected = _shape_size(spec["shape"])
+        if array.size != expected:
+            raise TvmnasError(
+                f"{path}: input '{spec['name']}' needs shape {spec['shape']} ({expected} values), got {list(array.shape)}"
+            )
+        parts.append(np.asarray(array, dtype=np.float32).reshape(-1))
+    return np.concatenate(parts)
+
+
+def write_output(path: Path, flat: np.ndarray, manifest: dict) -> None:
+    """Write the output with the manifest's shape(s): one .npy, or an .npz keyed by output name."""
+    specs = manifest["outputs"]
+    sizes = [_shape_size(spec["shape"]) for spec in specs]
+    if sum(sizes) > flat.size:
+        raise TvmnasError(f"the guest returned {flat.size} values but the manifest's outputs need {sum(sizes)}")
+    arrays, offset = {}, 0
+    for spec, size in zip(specs, sizes):
+        arrays[spec["name"]] = flat[offset : offset + size].reshape(spec["shape"])
+        offset += size
+    buffer = io.BytesIO()
+    if len(arrays) == 1:
+        np.save(buffer, next(iter(arrays.values())))
+    else:
+        np.savez(buffer, **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(buffer.getvalue())
+    os.replace(tmp, path)  # never a half-written output file
+
+
+def cycles_estimate(elf: Path, target: Target, inputs: list[np.ndarray], configs: list[int] | None) -> int | None:
+    """Estimated cycles of the model call; None until a cycle estimator (tvmnas.profiling) is hooked in here."""
+    del elf, target, inputs, configs
+    return None
+
+
+@app.command("run")
+def run_command(
+    bundle: Path = typer.Argument(..., exists=True, file_okay=False, help="C bundle folder (tvmnas compile --out)."),
+    inputs: list[Path] = typer.Option(..., "--input", "-i", exists=True, dir_okay=False, help="Input .npy (repeat per model input)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the output .npy (.npz for several outputs)."),
+    target_name: Optional[str] = typer.Option(None, "--target", "-t", help="Target name; default: the manifest's target."),
+    config: Optional[int] = typer.Option(None, "--config", help="Configuration index of a dynamic bundle."),
+    timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before a guest counts as hung."),
+) -> None:
+    """Build the bundle for the target's emulator, run it and print instructions (exact), cycles, flash and SRAM."""
+    manifest = read_manifest(bundle)
+    target = load_target(target_name or manifest["target"])
+    x = load_input(inputs, manifest)
+    configs = None if config is None else [config]
+    typer.echo(f"building {bundle} for {target.name} ({target.emulator_machine})", err=True)
+    elf = build(bundle, target, bundle / "build" / target.name)
+    typer.echo(f"running on qemu-system-arm -M {target.emulator_machine}", err=True)
+    result: RunResult = run(elf, target, [x], configs=configs, timeout_s=timeout_s)
+    write_output(output, result.outputs[0], manifest)
+    usage = memory_usage(elf, target)
+    summary = {
+        "target": target.name,
+        "instructions": result.instructions[0],
+        "instructions_note": "exact (QEMU -icount), model_run only",
+        "cycles": cycles_estimate(elf, target, [x], configs),
+        "cycles_note": "estimated",
+        "flash_bytes": usage.flash_bytes,
+        "sram_bytes": usage.sram_bytes,
+        "arena_bytes": usage.arena_bytes,
+        "stack_bytes": usage.stack_bytes,
+        "config": config,
+        "output": str(output),
+    }
+    print(json.dumps(summary))
