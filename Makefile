@@ -1,0 +1,27 @@
+# The two commands a newcomer needs: `make demo` (search, retrain, compile, verify on QEMU) and
+# `make test`. Both set up the machine first (Debian packages + .venv) when needed.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tvmnas-setup
+OUT ?= out/demo
+
+.PHONY: setup demo test test-all clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	./scripts/setup.sh
+
+demo: $(STAMP)
+	$(PY) scripts/search_and_compile.py --out $(OUT)
+
+# Unit tests plus the representative end-to-end (QEMU) tests marked `ci`.
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow or ci" -q
+
+# Everything, including every slow end-to-end test.
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf out build .pytest_cache
