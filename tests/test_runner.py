@@ -193,7 +193,7 @@ def test_memory_usage_counts_arena_stack_and_flash(tmp_path: Path) -> None:
     large = memory_usage(build(write_bundle(tmp_path / "c", arena=4096), target, tmp_path / "bc"), target)
     assert small.arena_bytes == 64 and large.arena_bytes == 4096
     assert large.sram_bytes - small.sram_bytes == 4096 - 64
-    assert small.stack_bytes == 0x4000
+    assert small.stack_bytes == 0x2000
     assert small.sram_bytes == small.arena_bytes + small.stack_bytes + small.static_bytes
     assert 0 < small.flash_bytes < 64 * 1024
 
@@ -284,3 +284,32 @@ def test_run_command_rejects_a_wrong_input_shape(affine_bundle: Path, tmp_path: 
     assert isinstance(result.exception, TvmnasError)
     assert "needs shape [1, 16] (16 values), got [2, 16]" in str(result.exception)
     assert not (tmp_path / "y.npy").exists()
+
+
+PROFILED_SOURCE = """#include "model.h"
+#ifdef TVMNAS_PROFILE
+#include "tvmnas_harness.h"
+#define MARK(k) tvmnas_kernel_mark(k)
+#else
+#define MARK(k) ((void)0)
+#endif
+int model_run(const float *input, float *output, uint8_t *arena)
+{
+    (void)arena;
+    MARK(0);
+    for (int i = 0; i < MODEL_INPUT_SIZE; ++i) output[i] = 2.0f * input[i];
+    MARK(1);
+    for (int i = 0; i < MODEL_INPUT_SIZE; ++i) output[i] += 1.0f;
+    return 0;
+}
+"""
+
+
+def test_profile_build_calls_kernel_marks(tmp_path: Path) -> None:
+    target = load_target("cortex-m4")
+    bundle = write_bundle(tmp_path / "prof", source=PROFILED_SOURCE)
+    x = affine_input(16, 7)
+    plain = run(build(bundle, target, tmp_path / "plain"), target, [x])
+    profiled = run(build(bundle, target, tmp_path / "prof_b", profile=True), target, [x])
+    np.testing.assert_array_equal(profiled.outputs[0], 2.0 * x + 1.0)
+    assert profiled.instructions[0] > plain.instructions[0]  # two calls to the marker

@@ -9,6 +9,7 @@
 
 #include "exit_codes.h"
 #include "model.h"
+#include "tvmnas_harness.h"
 
 #define JOB_MAGIC 0x4A4E5654u    /* "TVNJ" little-endian */
 #define RESULT_MAGIC 0x524E5654u /* "TVNR" */
