@@ -68,3 +68,7 @@ class BudgetViolationError(TvmnasError):
 
 class TargetDescriptorError(TvmnasError):
     """A target descriptor file is malformed (missing, unknown or mistyped keys)."""
+
+
+class ProfileDatabaseError(TvmnasError):
+    """A profile database file is unreadable, of another schema version, or not a profile database."""
