@@ -92,3 +92,43 @@ def search_command(
     print(json.dumps(summary))
     if result.violations:
         raise BudgetViolationError(result.violations)
+
+
+@app.command("sweep")
+def sweep_command(
+    cost_weights: str = typer.Option("0,0.5,2", "--cost-weights", help="Comma-separated lambdas."),
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits, cifar10, folder, or a data folder."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder for cifar10 / folder data sets."),
+    space: str = typer.Option("chain", "--space", help="Search space: darts or chain."),
+    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target to measure on."),
+    search_epochs: int = typer.Option(5, "--search-epochs"),
+    train_epochs: int = typer.Option(5, "--train-epochs"),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: one sub-folder per lambda, pareto.json/png."),
+    seed: int = typer.Option(0, "--seed"),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use only the first N training images."),
+    measure: bool = typer.Option(True, "--measure/--no-measure", help="Compile and time each model on the emulator."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+) -> None:
+    """Search + retrain for each lambda; Pareto front of accuracy vs cycles on the target, with a plot."""
+    from tvmnas.data import load_dataset
+    from tvmnas.search.search import SearchConfig
+    from tvmnas.search.sweep import pareto_front, sweep
+    from tvmnas.targets import load_target
+    from tvmnas.train import TrainConfig
+
+    tgt = load_target(target)
+    try:
+        lambdas = [float(v) for v in cost_weights.split(",") if v.strip()]
+        search_config = SearchConfig(space=space, target=tgt.name, epochs=search_epochs, seed=seed)
+        train_config = TrainConfig(epochs=train_epochs, seed=seed)
+    except ValueError as err:
+        raise TvmnasError(f"bad sweep setting: {err}") from err
+    if not lambdas:
+        raise TvmnasError("--cost-weights needs at least one value")
+    data = load_dataset(dataset, root=data_root, limit_train=limit_train)
+    points = sweep(data, out, lambdas, search_config, train_config, measure=measure, progress=progress)
+    front = pareto_front(points)
+    print(f"wrote {out / 'pareto.json'} and {out / 'pareto.png'}", file=sys.stderr)
+    print(json.dumps({"front": [{"cost_weight": points[i].cost_weight, "test_accuracy": points[i].test_accuracy,
+                                 "cycles": points[i].cycles} for i in front],
+                      "cycles_are": points[0].cycles_source}))
