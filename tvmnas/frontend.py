@@ -60,15 +60,17 @@ def _from_exported_program(program) -> tvm.IRModule:
         except AssertionError as err:
             found = re.search(r"Unsupported function types \[(.*)\]", str(err))
             if not found:
-                raise
+                raise ModelLoadError(f"the TVM PyTorch importer failed: {_first_line(err)}") from None
             op = found.group(1).split(",")[0].strip(" '\"")
             raise UnsupportedOperatorError(op, _torch_node_name(program, op)) from None
+        except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as err:
+            raise ModelLoadError(f"the TVM PyTorch importer failed: {_first_line(err)}") from None
 
 
 def _torch_node_name(program, op: str) -> str:
     """Name of the first graph node calling `op`, with the module path it came from."""
     for node in program.graph.nodes:
-        if node.op == "call_function" and getattr(node.target, "__name__", "") == op:
+        if node.op == "call_function" and op in (getattr(node.target, "__name__", ""), str(node.target)):
             stack = node.meta.get("nn_module_stack") or {}
             path = list(stack.values())[-1][0] if stack else ""
             return f"{node.name} ({path})" if path else node.name
@@ -91,3 +93,5 @@ def _import_onnx(path: Path) -> tvm.IRModule:
         op = ops.split(",")[0].strip().splitlines()[0].strip()
         node = next((n.name or f"{n.op_type}_{i}" for i, n in enumerate(proto.graph.node) if n.op_type == op), "?")
         raise UnsupportedOperatorError(op, node) from None
+    except (ValueError, TypeError, KeyError, AssertionError, RuntimeError) as err:
+        raise ModelLoadError(f"the TVM ONNX importer failed on '{path}': {_first_line(err)}") from None

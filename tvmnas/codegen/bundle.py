@@ -167,6 +167,8 @@ def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
         lines.append(f"  {call.kernel}({', '.join(args)});")
     if not any(graph.inputs[0].name in call.args for call in graph.calls):
         lines.append("  (void)input;")
+    if not plan.offsets:
+        lines.append("  (void)arena;")
     lines.append("  return 0;\n}\n")
     return "\n".join(lines)
 
@@ -237,7 +239,8 @@ def write_bundle(
     (out_dir / "model_weights.c").write_text(weights_source(names, graph))
     (out_dir / "model.c").write_text(model_source(graph, kernels, plan))
     (out_dir / "Makefile").write_text(makefile(cflags))
-    (out_dir / "example.c").write_text(EXAMPLE)
+    (out_dir / "examples").mkdir()
+    (out_dir / "examples" / "classify.c").write_text(EXAMPLE)
     return {
         "target": target_name,
         "inputs": [tensor_json(t) for t in graph.inputs],
