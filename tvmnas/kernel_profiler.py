@@ -1,0 +1,416 @@
+"""Per-kernel profiles: a network or one sampled candidate compiled, built with kernel marks and timed on QEMU.
+
+Instructions are exact (QEMU plugin inside the measured window); cycles are an estimate from the
+core's timing table. Every kernel is identified by the structural hash of its lowered code (its C
+text with the function name normalised) and a code-generator version that also covers the shared
+C prelude, the cross compiler's version and the flags, so a database keyed by both re-measures
+exactly the kernels whose machine code can have changed.
+
+A hang or a fault on the emulator ends as an EmulatorError naming the kernel that was running:
+the plugin writes its profile when QEMU exits (also on SIGTERM after a timeout), and the open
+window's last segment is the kernel in progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import tirx
+
+from tvmnas.codegen.bundle import PRELUDE, write_bundle, write_manifest
+from tvmnas.compiler import arena_buffers, emit_kernels, lower_model
+from tvmnas.errors import EmulatorError
+from tvmnas.frontend import ModelSource, import_model
+from tvmnas.passes import CallGraph, plan_arena
+from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
+from tvmnas.profiling import Profile, build_plugin, parse_block_profile, profile_from_blocks, qemu_plugin_args
+from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
+from tvmnas.sampler import OpSpec
+from tvmnas.runner import COMMON_CFLAGS, JOB_FILE, _check_exit, _write_job, build, qemu_command
+from tvmnas.targets import Target
+from tvmnas.toolchain import ARM_GCC, tool_path
+
+CYCLES_NOTE = "estimated from a per-core timing table"
+INSTRUCTIONS_NOTE = "exact (QEMU plugin inside the measured window)"
+PROFILE_INPUT_SEED = 0
+TERM_GRACE_S = 10.0
+HASH_CHARS = 20
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def codegen_flags(target: Target) -> str:
+    """The compiler flags a kernel is built with for `target`, as one string."""
+    return " ".join([*target.cflags, *target.opt_flags, *COMMON_CFLAGS])
+
+
+@lru_cache(maxsize=None)
+def compiler_version() -> str:
+    """First line of `arm-none-eabi-gcc --version` (part of every code-generator version)."""
+    proc = subprocess.run([str(tool_path(ARM_GCC)), "--version"], capture_output=True, text=True, check=False)
+    return (proc.stdout.splitlines() or ["unknown"])[0].strip()
+
+
+def kernel_hash(c_text: str, name: str) -> str:
+    """Structural hash of a lowered kernel: its C text with its own function name normalised."""
+    normalised = re.sub(rf"\b{re.escape(name)}\b", "KERNEL", c_text)
+    return hashlib.sha256(normalised.encode()).hexdigest()[:HASH_CHARS]
+
+
+def codegen_version(k_hash: str, flags: str) -> str:
+    """Version of the code that runs for a kernel: its hash, the shared C prelude, compiler and flags."""
+    text = "\0".join([k_hash, PRELUDE, compiler_version(), flags])
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+# --------------------------------------------------------------------------- MACs
+
+
+def _load_source(e: Any) -> Any:
+    kind = type(e).__name__
+    if kind == "BufferLoad":
+        return e.buffer
+    if kind == "TensorLoad":
+        return e.source
+    return None
+
+
+def _store_is_mac(store: Any) -> bool:
+    """`C[i] = C[i] + a * b` (either operand order, optionally through a cast)."""
+    value = store.value
+    if type(value).__name__ != "Add":
+        return False
+    target = store.buffer if type(store).__name__ == "BufferStore" else getattr(store, "source", None)
+    for acc, prod in ((value.a, value.b), (value.b, value.a)):
+        while type(prod).__name__ == "Cast":
+            prod = prod.value
+        source = _load_source(acc)
+        if source is not None and target is not None and source.same_as(target) and type(prod).__name__ == "Mul":
+            return True
+    return False
+
+
+def _macs_in(stmt: Any, trips: int) -> int:
+    kind = type(stmt).__name__
+    if kind in ("BufferStore", "TensorStore"):
+        return trips if _store_is_mac(stmt) else 0
+    if kind == "For":
+        extent = stmt.extent
+        if type(extent).__name__ != "IntImm":
+            raise NotImplementedError(f"MAC count of a loop with non-constant extent {extent}")
+        return _macs_in(stmt.body, trips * int(extent.value))
+    if kind == "SeqStmt":
+        return sum(_macs_in(s, trips) for s in stmt.seq)
+    if kind == "IfThenElse":
+        return _macs_in(stmt.then_case, trips)
+    for attr in ("block", "body"):
+        inner = getattr(stmt, attr, None)
+        if isinstance(inner, tirx.Stmt):
+            return _macs_in(inner, trips)
+    return 0
+
+
+def kernel_macs(func: tirx.PrimFunc) -> int:
+    """Multiply-accumulates a kernel performs: each `acc += a * b` store times its loop trip count.
+
+    Counts conv (Cout*Hout*Wout*Cin/groups*k*k), dense/matmul (in*out) and any other reduction of
+    products; pooling, element-wise ops and data movement count zero.
+    """
+    return _macs_in(func.body, 1)
+
+
+def count_macs(lowered: tvm.IRModule, graph: CallGraph) -> list[int]:
+    """MACs of every kernel call of a lowered network, in call order (see kernel_macs)."""
+    per_kernel = {c.kernel: kernel_macs(lowered[c.kernel]) for c in graph.calls}
+    return [per_kernel[c.kernel] for c in graph.calls]
+
+
+def count_module_macs(module: "torch.nn.Module", input_shape: tuple[int, ...]) -> int:  # noqa: F821
+    """MACs of a torch module from its Conv2d and Linear layers (forward hooks on a zero input)."""
+    import torch
+    from torch import nn
+
+    total = 0
+
+    def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(mod, nn.Conv2d):
+            k = mod.kernel_size[0] * mod.kernel_size[1]
+            total += out.numel() * (mod.in_channels // mod.groups) * k
+        elif isinstance(mod, nn.Linear):
+            total += out.numel() // out.shape[-1] * mod.in_features * mod.out_features
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            module.eval()(torch.zeros(input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+# --------------------------------------------------------------------------- compile without a flash check
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    """One kernel call of a compiled network, with its identity for the profile database."""
+
+    index: int
+    name: str
+    kernel_hash: str
+    codegen_version: str
+    macs: int
+    c_text: str
+
+
+@dataclass(frozen=True)
+class PreparedNetwork:
+    """A bundle written for profiling, and what each of its kernel calls is."""
+
+    bundle_dir: Path
+    target: str
+    flags: str
+    input_floats: int
+    kernels: tuple[KernelInfo, ...]
+
+    @property
+    def codegen_version(self) -> str:
+        """Version of the whole call sequence: every kernel's codegen version in order."""
+        text = "\0".join(k.codegen_version for k in self.kernels)
+        return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+def prepare_network(
+    model: ModelSource, target: Target, bundle_dir: Path, *, input_shape: tuple[int, ...] | None = None
+) -> PreparedNetwork:
+    """Lower `model` and write its C bundle to `bundle_dir`, replacing it (no flash measurement, no budget check)."""
+    mod = import_model(model, input_shape)
+    lowered, graph = lower_model(mod)
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise NotImplementedError(
+            f"profiling models with {len(graph.inputs)} inputs and {len(graph.outputs)} outputs: "
+            f"only one input and one output are supported for target {target.name}"
+        )
+    emitted = emit_kernels(lowered, graph)
+    plan = plan_arena(arena_buffers(graph, emitted))
+    flags = codegen_flags(target)
+    bundle_dir = Path(bundle_dir)
+    if bundle_dir.exists():
+        shutil.rmtree(bundle_dir)
+    bundle_dir.mkdir(parents=True)
+    manifest = write_bundle(bundle_dir, graph, emitted, plan, target.name, [*target.cflags, *target.opt_flags])
+    write_manifest(bundle_dir, manifest)
+    macs = count_macs(lowered, graph)
+    kernels = []
+    for call, n_macs in zip(graph.calls, macs):
+        text = emitted[call.kernel].text
+        k_hash = kernel_hash(text, call.kernel)
+        kernels.append(KernelInfo(call.index, call.kernel, k_hash, codegen_version(k_hash, flags), n_macs, text))
+    return PreparedNetwork(bundle_dir, target.name, flags, graph.inputs[0].elems, tuple(kernels))
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _open_segment(profile_path: Path) -> int | None:
+    """Kernel index running when QEMU stopped (last segment of the open window), None if unknown."""
+    if not profile_path.is_file():
+        return None
+    windows, is_open, last = 0, False, None
+    for line in profile_path.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if parts[:1] == ["windows"] and len(parts) >= 4:
+            windows, is_open = int(parts[1]), parts[3] != "0"
+        elif parts[:1] == ["segment"] and len(parts) == 4 and is_open and int(parts[2]) == windows:
+            last = int(parts[3])
+    return last
+
+
+def _kernel_label(index: int | None, names: list[str]) -> str:
+    if index is None or index < 0:
+        return "before the first kernel"
+    if index < len(names):
+        return f"in kernel {index} '{names[index]}'"
+    return f"in kernel {index}"
+
+
+def profile_elf_named(
+    elf: Path,
+    target: Target,
+    inputs: list[np.ndarray],
+    kernel_names: list[str],
+    *,
+    timeout_s: float = 60.0,
+    cache_dir: Path = DEFAULT_PLUGIN_CACHE,
+) -> Profile:
+    """Profile the last call of a harness ELF built with profile=True, naming the kernel on failure.
+
+    A guest that does not exit within `timeout_s` gets SIGTERM (QEMU then writes the plugin's
+    profile), and the error names the kernel whose segment was open; a fault likewise.
+    """
+    plugin_so = build_plugin(cache_dir)
+    what = f"{Path(elf).name} on {target.name}"
+    with tempfile.TemporaryDirectory(prefix="tvmnas-kprof-") as tmp:
+        work = Path(tmp)
+        out = work / "profile.txt"
+        _write_job(work / JOB_FILE, inputs, None)
+        cmd = qemu_command(elf, target, qemu_plugin_args(plugin_so, elf, out))
+        proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=TERM_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            where = _kernel_label(_open_segment(out), kernel_names)
+            raise EmulatorError(f"{what}: guest hung {where} (no exit within {timeout_s:g} s)") from None
+        if proc.returncode != 0:
+            where = _kernel_label(_open_segment(out), kernel_names)
+            try:
+                _check_exit(proc.returncode, what, stderr, [])
+            except EmulatorError as err:
+                raise EmulatorError(f"{err} {where}") from None
+        blocks = parse_block_profile(out)
+    if blocks.windows != len(inputs):
+        raise EmulatorError(f"{what}: expected {len(inputs)} measured windows, got {blocks.windows}")
+    return profile_from_blocks(blocks, timing_table_for(target), window=-1)
+
+
+def profile_input(n_floats: int, seed: int = PROFILE_INPUT_SEED) -> np.ndarray:
+    """The fixed standard-normal input every profile run uses (data-dependent branches stay fixed)."""
+    return np.random.default_rng(seed).standard_normal(n_floats).astype(np.float32)
+
+
+def measure_network(
+    prepared: PreparedNetwork, target: Target, build_dir: Path, *, timeout_s: float = 60.0
+) -> Profile:
+    """Build a prepared bundle with kernel marks and profile one call on the target's emulator."""
+    elf = build(prepared.bundle_dir, target, build_dir, profile=True)
+    names = [k.name for k in prepared.kernels]
+    profile = profile_elf_named(elf, target, [profile_input(prepared.input_floats)], names, timeout_s=timeout_s)
+    if len(profile.kernels) != len(prepared.kernels):
+        raise EmulatorError(
+            f"{prepared.bundle_dir}: {len(profile.kernels)} kernel segments measured for {len(prepared.kernels)} calls"
+        )
+    return profile
+
+
+def profile_network_json(
+    model: ModelSource,
+    target: Target,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:
+    """Per-kernel profile of a whole network in one emulator run, as the `tvmnas profile` JSON."""
+    with tempfile.TemporaryDirectory(prefix="tvmnas-netprof-") as tmp:
+        prepared = prepare_network(model, target, Path(tmp) / "bundle", input_shape=input_shape)
+        profile = measure_network(prepared, target, Path(tmp) / "build", timeout_s=timeout_s)
+    return {
+        "target": target.name,
+        "instructions": profile.instructions,
+        "cycles": profile.cycles,
+        "instructions_note": INSTRUCTIONS_NOTE,
+        "cycles_note": CYCLES_NOTE,
+        "macs": sum(k.macs for k in prepared.kernels),
+        "preamble_instructions": profile.preamble_instructions,
+        "kernels": [
+            {
+                "index": k.index,
+                "name": k.name,
+                "kernel_hash": k.kernel_hash,
+                "macs": k.macs,
+                "instructions": m.instructions,
+                "cycles": m.cycles,
+            }
+            for k, m in zip(prepared.kernels, profile.kernels)
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- sampled candidates
+
+
+def prepare_candidate(spec: OpSpec, target: Target, bundle_dir: Path, *, seed: int = 0) -> PreparedNetwork:
+    """Compile one sampled operator alone as a single-op network into `bundle_dir`."""
+    return prepare_network(spec.build(seed), target, bundle_dir, input_shape=spec.input_shape)
+
+
+def kernel_keys(prepared: PreparedNetwork) -> list[KernelKey]:
+    """The database keys of a prepared network's kernels, in call order."""
+    return [KernelKey(prepared.target, k.kernel_hash, k.codegen_version, prepared.flags) for k in prepared.kernels]
+
+
+def kernel_rows(spec: OpSpec, prepared: PreparedNetwork, profile: Profile) -> list[KernelRow]:
+    """One database row per kernel call of a measured candidate."""
+    return [
+        KernelRow(
+            target=prepared.target,
+            kernel_hash=k.kernel_hash,
+            codegen_version=k.codegen_version,
+            flags=prepared.flags,
+            kernel_name=k.name,
+            op=spec.op,
+            params=spec.params_json(),
+            macs=k.macs,
+            instructions=m.instructions,
+            cycles=m.cycles,
+            c_text=k.c_text,
+        )
+        for k, m in zip(prepared.kernels, profile.kernels)
+    ]
+
+
+def candidate_row(spec: OpSpec, prepared: PreparedNetwork, rows: dict[KernelKey, KernelRow]) -> CandidateRow:
+    """The candidate's row: its kernels in call order and their summed MACs, instructions and cycles.
+
+    The block total is the sum of its kernels' rows (the window's few preamble instructions are
+    left out), so it is the same whichever candidate first measured a shared kernel.
+    """
+    keys = kernel_keys(prepared)
+    used = [rows[key] for key in keys]
+    return CandidateRow(
+        target=prepared.target,
+        candidate_key=spec.key,
+        codegen_version=prepared.codegen_version,
+        flags=prepared.flags,
+        op=spec.op,
+        params=spec.params_json(),
+        kernels=json.dumps([[k.index, k.name, k.kernel_hash] for k in prepared.kernels]),
+        macs=sum(r.macs for r in used),
+        instructions=sum(r.instructions for r in used),
+        cycles=sum(r.cycles for r in used),
+    )
+
+
+def profile_candidate(
+    spec: OpSpec, target: Target, db: ProfileDB, work_dir: Path, *, timeout_s: float = 60.0
+) -> tuple[CandidateRow, int]:
+    """Profile one candidate into `db` unless all its kernels are there; returns (row, kernels added)."""
+    prepared = prepare_candidate(spec, target, Path(work_dir) / "bundle")
+    known = {key: db.kernel(key) for key in kernel_keys(prepared)}
+    new: list[KernelRow] = []
+    if any(row is None for row in known.values()):
+        profile = measure_network(prepared, target, Path(work_dir) / "build", timeout_s=timeout_s)
+        new = [r for r in kernel_rows(spec, prepared, profile) if known.get(r.key) is None]
+    rows = {**{k: v for k, v in known.items() if v is not None}, **{r.key: r for r in new}}
+    row = candidate_row(spec, prepared, rows)
+    added = db.record(row, new)
+    return row, added
