@@ -72,3 +72,7 @@ class TargetDescriptorError(TvmnasError):
 
 class ProfileDatabaseError(TvmnasError):
     """A profile database file is unreadable, of another schema version, or not a profile database."""
+
+
+class VerificationError(TvmnasError):
+    """The compiled C, run on the emulator, disagrees with the trained model beyond tolerance."""

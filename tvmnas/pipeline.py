@@ -1,0 +1,435 @@
+"""The end-to-end job: search, retrain, compile to C, build for the target, verify on its emulator
+against the trained PyTorch model, profile per layer, and write the report.
+
+Every stage writes its artifact and then a marker (work/stages/<stage>.json) holding its result; a
+rerun into the same folder with the same settings skips finished stages, and search and training
+resume from their last epoch checkpoint. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.markup import escape
+
+from tvmnas.data.arrays import ArrayDataset
+from tvmnas.errors import BudgetViolationError, TvmnasError, VerificationError
+from tvmnas.search.cost import Budgets, CostModel, MacCostModel
+from tvmnas.search.genotype import SPACES, Genotype
+from tvmnas.search.search import SearchConfig
+from tvmnas.targets import DEFAULT_TARGET, Target, load_target
+
+STAGES = ("search", "train", "compile", "build", "verify", "profile", "report")
+BUNDLE_DIR = "c_bundle"
+WORK_DIR = "work"
+SETTINGS_FILE = "settings.json"
+MODEL_FILES = ("model.pt2", "model.onnx", "genotype.json", "metrics.json")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Every setting of one end-to-end run. The defaults finish on digits in minutes on 2 cores.
+
+    sweep: lambdas to sweep (empty = one search with cost_weight); the deployed model is then the
+    fastest Pareto point whose test accuracy is within sweep_accuracy_drop of the front's best.
+    cost_model: 'auto' (learned surrogate for the target when one is available, else MACs) or 'mac'.
+    verify_images: held-out test images run on the emulator and compared with PyTorch.
+    logit_tolerance: largest allowed |C logit - PyTorch logit| in verification.
+    """
+
+    dataset: str = "digits"
+    data_root: Path | None = None
+    limit_train: int | None = None
+    target: str = DEFAULT_TARGET
+    space: str = "chain"
+    cost_weight: float = 0.5
+    sweep: tuple[float, ...] = ()
+    sweep_accuracy_drop: float = 0.01
+    cost_model: str = "auto"
+    search_epochs: int = 10
+    train_epochs: int = 20
+    batch_size: int = 64
+    seed: int = 0
+    board_budgets: bool = True
+    budget_cycles: float | None = None
+    chain_layers: tuple[tuple[int, int], ...] = SearchConfig.chain_layers
+    channels: int = 8
+    cells: int = 3
+    verify_images: int = 256
+    logit_tolerance: float = 1e-3
+    ignore_budget: bool = False
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise TvmnasError(f"unknown search space '{self.space}' (expected one of {', '.join(SPACES)})")
+        if self.cost_model not in ("auto", "mac"):
+            raise TvmnasError(f"unknown cost model '{self.cost_model}' (expected auto or mac)")
+        if self.search_epochs < 1 or self.train_epochs < 1:
+            raise TvmnasError("search and train epochs must be at least 1")
+        if self.verify_images < 1:
+            raise TvmnasError(f"verify_images must be at least 1, got {self.verify_images}")
+        if self.cost_weight < 0 or any(lam < 0 for lam in self.sweep):
+            raise TvmnasError("cost weights (lambda) must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (paths as text, tuples as lists), as recorded in work/settings.json."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+@dataclass
+class PipelineResult:
+    """Where the run wrote its outputs and the summary also saved as summary.json."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+class StageLog:
+    """Stage headers, timings and spinners on stderr (rich); silent when disabled."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+
+        self.enabled = enabled
+        self.console = Console(stderr=True, quiet=not enabled)
+        self.seconds: dict[str, float] = {}
+
+    def header(self, index: int, name: str, what: str) -> None:
+        """Announce stage `index` of the run."""
+        self.console.rule(f"[bold]{index}/{len(STAGES)} {name}[/bold]: {escape(what)}", align="left")
+
+    def skipped(self, name: str) -> None:
+        """Say a stage's result was found in the output folder."""
+        self.console.print(f"  [dim]{name}: already done (result in work/stages/{name}.json), skipped[/dim]")
+        self.seconds[name] = 0.0
+
+    def done(self, name: str, seconds: float, line: str) -> None:
+        """Close a stage with its time and one line of result."""
+        self.seconds[name] = seconds
+        self.console.print(f"  [green]{name} done[/green] in {seconds:.1f} s: {escape(line)}")
+
+    def status(self, text: str):  # noqa: ANN201 (rich Status context manager)
+        """A spinner for steps without epochs."""
+        return self.console.status(escape(text))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename): a kill never leaves half a marker."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class Stages:
+    """Runs each stage once per output folder: its result is stored in a marker and reused on rerun."""
+
+    def __init__(self, work: Path, log: StageLog) -> None:
+        self.dir = work / "stages"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+
+    def run(self, name: str, what: str, fn: Callable[[], dict[str, Any]], line: Callable[[dict], str]) -> dict:
+        """Return the stored result of `name`, or run `fn`, store its result, and return it."""
+        marker = self.dir / f"{name}.json"
+        self.log.header(STAGES.index(name) + 1, name, what)
+        if marker.is_file():
+            self.log.skipped(name)
+            return json.loads(marker.read_text())
+        start = time.monotonic()
+        result = fn()
+        _write_json(marker, result)
+        self.log.done(name, time.monotonic() - start, line(result))
+        return result
+
+
+# ---------------------------------------------------------------------------------------------- cost model
+
+
+def search_cost_model(name: str, target: Target) -> tuple[CostModel, str]:
+    """The cost model the search uses and a sentence for the report saying which one and why.
+
+    'auto' takes the learned, distilled cost for `target` when tvmnas.cost provides one for it, and
+    the MAC count otherwise; 'mac' always takes the MAC count.
+    """
+    mac = MacCostModel()
+    mac_note = "MAC count (cycles proxy = multiply-accumulates; parameters and activations at 4 bytes each)"
+    if name == "mac":
+        return mac, mac_note + ", as requested"
+    learned = _learned_cost_model(target)
+    if learned is None:
+        return mac, mac_note + f": no learned cost model is available for {target.name}"
+    model, note = learned
+    return model, note
+
+
+def _learned_cost_model(target: Target) -> tuple[CostModel, str] | None:
+    """The distilled differentiable cost for `target` from tvmnas.cost, or None when it has none."""
+    try:
+        from tvmnas.cost import load_search_cost  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    from tvmnas.errors import CostModelError
+
+    try:
+        model = load_search_cost(target)
+    except CostModelError as err:
+        return MacCostModel(), f"MAC count: the learned cost model for {target.name} could not be used ({err})"
+    return model, f"learned cost model '{model.name}' for {target.name} ({model.unit})"
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def _search_config(settings: PipelineSettings, target: Target, cost_weight: float) -> SearchConfig:
+    budgets = Budgets(
+        settings.budget_cycles,
+        target.flash_bytes if settings.board_budgets else None,
+        target.sram_bytes if settings.board_budgets else None,
+    )
+    try:
+        return SearchConfig(
+            space=settings.space, target=target.name, epochs=settings.search_epochs, batch_size=settings.batch_size,
+            seed=settings.seed, cost_weight=cost_weight, budgets=budgets, chain_layers=settings.chain_layers,
+            channels=settings.channels, cells=settings.cells,
+        )
+    except ValueError as err:
+        raise TvmnasError(f"bad search setting: {err}") from err
+
+
+def _train_config(settings: PipelineSettings):  # noqa: ANN202 (TrainConfig, imported lazily)
+    from tvmnas.train import TrainConfig
+
+    return TrainConfig(epochs=settings.train_epochs, batch_size=settings.batch_size, seed=settings.seed)
+
+
+def _stage_search(settings: PipelineSettings, data: ArrayDataset, target: Target, cost_model: CostModel,
+                  work: Path, progress: bool) -> dict[str, Any]:
+    from tvmnas.search.search import search
+
+    config = _search_config(settings, target, settings.cost_weight)
+    found = search(data, work / "search", config, cost_model=cost_model, progress=progress)
+    return {
+        "genotype_path": str(work / "search" / "genotype.json"), "genotype": str(found.genotype),
+        "cost_unit": found.cost_unit, "cost": asdict(found.cost), "violations": found.violations,
+        "search_val_accuracy": found.val_accuracy, "cost_weight": settings.cost_weight,
+    }
+
+
+def _stage_sweep(settings: PipelineSettings, data: ArrayDataset, target: Target, cost_model: CostModel,
+                 work: Path, progress: bool) -> dict[str, Any]:
+    from tvmnas.search.sweep import pareto_front, sweep
+
+    config = _search_config(settings, target, settings.cost_weight)
+    points = sweep(data, work / "sweep", list(settings.sweep), config, _train_config(settings),
+                   cost_model=cost_model, measure=True, progress=progress)
+    front = pareto_front(points)
+    if not front:
+        raise BudgetViolationError([f"every lambda in {list(settings.sweep)} gave an architecture over budget"])
+    best = max(points[i].test_accuracy for i in front)
+    good = [i for i in front if points[i].test_accuracy >= best - settings.sweep_accuracy_drop]
+    chosen = min(good, key=lambda i: points[i].cycles)
+    run_dir = Path(points[chosen].run_dir)
+    found = json.loads((run_dir / "search" / "search.json").read_text())
+    return {
+        "genotype_path": str(run_dir / "train" / "genotype.json"), "genotype": found["genotype"],
+        "cost_unit": found["cost_unit"], "cost": found["cost"], "violations": found["violations"],
+        "search_val_accuracy": found["search_val_accuracy"], "cost_weight": points[chosen].cost_weight,
+        "model_dir": str(run_dir / "train"), "points": [asdict(p) for p in points], "front": front,
+        "chosen": chosen,
+    }
+
+
+def _stage_train(settings: PipelineSettings, data: ArrayDataset, found: dict[str, Any], work: Path,
+                 progress: bool) -> dict[str, Any]:
+    if "model_dir" in found:  # the sweep trained every point already
+        model_dir = Path(found["model_dir"])
+    else:
+        from tvmnas.train import train
+
+        model_dir = work / "train"
+        train(Genotype.load(Path(found["genotype_path"])), data, model_dir, _train_config(settings),
+              progress=progress)
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    return {"model_dir": str(model_dir), "metrics": metrics}
+
+
+def _stage_compile(settings: PipelineSettings, target: Target, trained: dict[str, Any], out: Path,
+                   log: StageLog) -> dict[str, Any]:
+    from tvmnas.compiler import compile_model
+
+    with log.status(f"compiling model.onnx to C for {target.name} (TVM)"):
+        compiled = compile_model(Path(trained["model_dir"]) / "model.onnx", target, out / BUNDLE_DIR,
+                                 ignore_budget=settings.ignore_budget)
+    return {"bundle": str(compiled.out_dir), "manifest": compiled.manifest}
+
+
+def _stage_build(target: Target, bundle: Path, work: Path, log: StageLog) -> dict[str, Any]:
+    from tvmnas.runner import build, memory_usage
+
+    with log.status(f"building the bundle for {target.emulator_machine} with arm-none-eabi-gcc"):
+        elf = build(bundle, target, work / "build")
+        profile_elf = build(bundle, target, work / "build_profile", profile=True)
+    usage = memory_usage(elf, target)
+    return {"elf": str(elf), "profile_elf": str(profile_elf), "memory": asdict(usage)}
+
+
+def _reference_logits(model_dir: Path, images: np.ndarray) -> np.ndarray:
+    """Logits of the trained PyTorch model (the exported .pt2 program) for each image, one at a time."""
+    import torch
+
+    module = torch.export.load(model_dir / "model.pt2").module()
+    with torch.no_grad():
+        return np.stack([module(torch.from_numpy(x[None])).numpy()[0] for x in images]).astype(np.float32)
+
+
+def _stage_verify(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: dict[str, Any],
+                  built: dict[str, Any], work: Path, log: StageLog) -> dict[str, Any]:
+    from tvmnas.runner import run
+
+    n = min(settings.verify_images, len(data.test_x))
+    images, labels = data.test_x[:n], data.test_y[:n]
+    with log.status(f"running {n} held-out test images on QEMU {target.emulator_machine} and in PyTorch"):
+        result = run(Path(built["elf"]), target, [x[None] for x in images], timeout_s=60 + 2 * n)
+        reference = _reference_logits(Path(trained["model_dir"]), images)
+    emulated = np.stack(result.outputs).reshape(reference.shape)
+    np.save(work / "verify_emulated_logits.npy", emulated)
+    np.save(work / "verify_reference_logits.npy", reference)
+    diff = np.abs(emulated - reference)
+    same_class = emulated.argmax(1) == reference.argmax(1)
+    verdict = {
+        "images": n, "source": f"first {n} images of the {data.name} test split (never used by search or training)",
+        "classes_agree": int(same_class.sum()), "max_abs_logit_diff": float(diff.max()),
+        "mean_abs_logit_diff": float(diff.mean()), "logit_tolerance": settings.logit_tolerance,
+        "emulated_accuracy": float((emulated.argmax(1) == labels).mean()),
+        "reference_accuracy": float((reference.argmax(1) == labels).mean()),
+        "instructions_min": int(min(result.instructions)), "instructions_max": int(max(result.instructions)),
+        "passed": bool(same_class.all() and diff.max() <= settings.logit_tolerance),
+    }
+    if not verdict["passed"]:
+        raise VerificationError(
+            f"C on {target.emulator_machine} disagrees with PyTorch on {n - verdict['classes_agree']} of {n} "
+            f"images, max |logit diff| {verdict['max_abs_logit_diff']:.3g} vs tolerance {settings.logit_tolerance:g}"
+        )
+    return verdict
+
+
+def _stage_profile(data: ArrayDataset, target: Target, built: dict[str, Any], log: StageLog) -> dict[str, Any]:
+    from tvmnas.profiling import profile_elf
+
+    with log.status(f"profiling one inference per kernel on {target.emulator_machine}"):
+        profile = profile_elf(Path(built["profile_elf"]), target, [data.test_x[:1]])
+    figures = profile.to_json()
+    figures["preamble_cycles"] = profile.preamble_cycles
+    figures["latency_s"] = profile.cycles / target.clock_hz
+    return figures
+
+
+# ---------------------------------------------------------------------------------------------- the job
+
+
+def _check_settings(work: Path, settings: PipelineSettings, restart: bool) -> None:
+    """Refuse to mix two runs' artifacts: a folder holds one settings.json, or is cleared by restart."""
+    recorded = work / SETTINGS_FILE
+    if recorded.is_file():
+        same = json.loads(recorded.read_text()) == settings.to_dict()
+        if restart or not same:
+            if not restart:
+                raise TvmnasError(
+                    f"'{work.parent}' holds a run with other settings: use another --out, or --restart to redo it"
+                )
+            shutil.rmtree(work)
+    elif work.exists() and restart:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    _write_json(recorded, settings.to_dict())
+
+
+def _copy_model_files(model_dir: Path, out: Path) -> None:
+    for name in MODEL_FILES:
+        shutil.copyfile(model_dir / name, out / name)
+
+
+def run_pipeline(
+    out_dir: Path,
+    settings: PipelineSettings = PipelineSettings(),
+    *,
+    dataset: ArrayDataset | None = None,
+    restart: bool = False,
+    progress: bool = False,
+) -> PipelineResult:
+    """Search, retrain, compile, build, verify on the emulator, profile and report into `out_dir`.
+
+    out_dir gets report.md, report.html, plots/, summary.json, the C bundle (c_bundle/), model.pt2,
+    model.onnx, genotype.json and metrics.json; intermediate files live in out_dir/work. A rerun with
+    the same settings resumes; other settings need `restart` (which clears work/ first).
+    `dataset` replaces loading settings.dataset (its name must still describe it).
+    Raises VerificationError when the C output disagrees with PyTorch.
+    """
+    from tvmnas.data import load_dataset
+    from tvmnas.report import write_report
+
+    out = Path(out_dir)
+    work = out / WORK_DIR
+    _check_settings(work, settings, restart)
+    log = StageLog(progress)
+    target = load_target(settings.target)
+    data = dataset if dataset is not None else load_dataset(
+        settings.dataset, root=settings.data_root, limit_train=settings.limit_train)
+    cost_model, cost_note = search_cost_model(settings.cost_model, target)
+    stages = Stages(work, log)
+    log.console.print(escape(f"tvmnas: {data.name} {data.input_shape} -> {settings.space} space -> "
+                             f"{target.name} ({target.board_name}); cost model: {cost_note}"))
+
+    if settings.sweep:
+        found = stages.run("search", f"lambda sweep {list(settings.sweep)} (search + retrain + emulate each)",
+                           lambda: _stage_sweep(settings, data, target, cost_model, work, progress),
+                           lambda r: f"chose lambda={r['cost_weight']:g}: {r['genotype']}")
+    else:
+        found = stages.run("search", f"{settings.search_epochs} epochs, lambda={settings.cost_weight:g}",
+                           lambda: _stage_search(settings, data, target, cost_model, work, progress),
+                           lambda r: r["genotype"])
+    trained = stages.run("train", f"{settings.train_epochs} epochs from scratch, export .pt2 / .onnx",
+                         lambda: _stage_train(settings, data, found, work, progress),
+                         lambda r: f"test accuracy {r['metrics']['test_accuracy']:.4f}")
+    compiled = stages.run("compile", f"TVM -> standalone C for {target.name}",
+                          lambda: _stage_compile(settings, target, trained, out, log),
+                          lambda r: f"arena {r['manifest']['arena_bytes']:,} B, "
+                                    f"flash {r['manifest']['flash_bytes']:,} B")
+    built = stages.run("build", f"arm-none-eabi-gcc for {target.emulator_machine}",
+                       lambda: _stage_build(target, Path(compiled["bundle"]), work, log),
+                       lambda r: f"{Path(r['elf']).name}: flash {r['memory']['flash_bytes']:,} B, "
+                                 f"SRAM {r['memory']['sram_bytes']:,} B")
+    verified = stages.run("verify", "C on QEMU vs PyTorch on held-out images",
+                          lambda: _stage_verify(settings, data, target, trained, built, work, log),
+                          lambda r: f"{r['classes_agree']}/{r['images']} classes agree, "
+                                    f"max |logit diff| {r['max_abs_logit_diff']:.2g}")
+    profiled = stages.run("profile", "exact instructions and estimated cycles per kernel",
+                          lambda: _stage_profile(data, target, built, log),
+                          lambda r: f"{r['instructions']:,} instructions, ~{r['cycles']:,} cycles (estimate)")
+
+    _copy_model_files(Path(trained["model_dir"]), out)
+    summary = {
+        "settings": settings.to_dict(), "dataset": data.name, "input_shape": list(data.input_shape),
+        "target": asdict(target), "cost_model": cost_model.name, "cost_model_note": cost_note,
+        "search": found, "train": trained, "compile": compiled, "build": built, "verify": verified,
+        "profile": profiled,
+    }
+    log.header(len(STAGES), "report", "report.md, report.html and plots")
+    start = time.monotonic()
+    write_report(out, summary, Genotype.load(out / "genotype.json"))
+    _write_json(out / "summary.json", summary)
+    log.done("report", time.monotonic() - start, f"{out / 'report.html'}")
+    return PipelineResult(out, summary, dict(log.seconds))
+
