@@ -60,3 +60,16 @@ def test_unknown_keys_and_ops_are_errors():
         Genotype("darts", (1, 8, 8), 10, 8, cells=1, normal=cell, reduce=cell)
     with pytest.raises(GenotypeError, match="not valid JSON"):
         Genotype.from_json("{")
+
+
+def test_search_writes_the_graph_beside_the_genotype(tmp_path):
+    import networkx as nx
+
+    from tvmnas.data import load_dataset
+    from tvmnas.search.search import SearchConfig, search
+
+    result = search(load_dataset("digits", limit_train=64, limit_test=16), tmp_path,
+                    SearchConfig(space="chain", epochs=1, batch_size=32))
+    graph = nx.read_graphml(tmp_path / "genotype.graphml")
+    assert graph.number_of_edges() == len(result.genotype.layers) + 2
+    assert Genotype.load(tmp_path / "genotype.json") == result.genotype

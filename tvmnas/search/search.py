@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -148,7 +149,8 @@ def search(
     progress: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> SearchResult:
-    """Run DEff-ARTS on `dataset`, writing genotype.json, search.json, search_log.csv and a checkpoint to out_dir.
+    """Run DEff-ARTS on `dataset`, writing genotype.json (+ .graphml), search.json, search_log.csv and a
+    checkpoint to out_dir.
 
     The training images are split into a weight half and an architecture half (fixed by the seed).
     With resume, an existing checkpoint in out_dir (same settings) is continued from its last epoch;
@@ -252,6 +254,7 @@ def search(
     }
     genotype = replace(genotype, extra={"search": record})
     genotype.save(out_dir / "genotype.json")
+    nx.write_graphml(genotype.to_networkx(), out_dir / "genotype.graphml")
     (out_dir / "search.json").write_text(json.dumps({**record, "genotype": str(genotype),
                                                       "config": settings["config"]}, indent=2, sort_keys=True) + "\n")
     return SearchResult(genotype, exact, cost_term.reference, cost_model.unit, violations, val_acc, history)
