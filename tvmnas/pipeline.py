@@ -382,12 +382,12 @@ def run_pipeline(
 
     out = Path(out_dir)
     work = out / WORK_DIR
-    _check_settings(work, settings, restart)
-    log = StageLog(progress)
     target = load_target(settings.target)
     data = dataset if dataset is not None else load_dataset(
         settings.dataset, root=settings.data_root, limit_train=settings.limit_train)
     cost_model, cost_note = search_cost_model(settings.cost_model, target)
+    _check_settings(work, settings, restart)  # only now, so bad settings leave no folder behind
+    log = StageLog(progress)
     stages = Stages(work, log)
     log.console.print(escape(f"tvmnas: {data.name} {data.input_shape} -> {settings.space} space -> "
                              f"{target.name} ({target.board_name}); cost model: {cost_note}"))
