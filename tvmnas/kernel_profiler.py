@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,7 @@ from tvm import tirx
 
 from tvmnas.codegen.bundle import PRELUDE, write_bundle, write_manifest
 from tvmnas.compiler import arena_buffers, emit_kernels, lower_model
-from tvmnas.errors import EmulatorError
+from tvmnas.errors import EmulatorError, TvmnasError
 from tvmnas.frontend import ModelSource, import_model
 from tvmnas.passes import CallGraph, plan_arena
 from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
@@ -358,8 +361,8 @@ def kernel_keys(prepared: PreparedNetwork) -> list[KernelKey]:
     return [KernelKey(prepared.target, k.kernel_hash, k.codegen_version, prepared.flags) for k in prepared.kernels]
 
 
-def kernel_rows(spec: OpSpec, prepared: PreparedNetwork, profile: Profile) -> list[KernelRow]:
-    """One database row per kernel call of a measured candidate."""
+def kernel_rows(spec: OpSpec, prepared: PreparedNetwork, counts: list[tuple[int, int]]) -> list[KernelRow]:
+    """One database row per kernel call of a measured candidate; counts are (instructions, cycles)."""
     return [
         KernelRow(
             target=prepared.target,
@@ -370,11 +373,11 @@ def kernel_rows(spec: OpSpec, prepared: PreparedNetwork, profile: Profile) -> li
             op=spec.op,
             params=spec.params_json(),
             macs=k.macs,
-            instructions=m.instructions,
-            cycles=m.cycles,
+            instructions=n,
+            cycles=c,
             c_text=k.c_text,
         )
-        for k, m in zip(prepared.kernels, profile.kernels)
+        for k, (n, c) in zip(prepared.kernels, counts, strict=True)
     ]
 
 
@@ -384,8 +387,7 @@ def candidate_row(spec: OpSpec, prepared: PreparedNetwork, rows: dict[KernelKey,
     The block total is the sum of its kernels' rows (the window's few preamble instructions are
     left out), so it is the same whichever candidate first measured a shared kernel.
     """
-    keys = kernel_keys(prepared)
-    used = [rows[key] for key in keys]
+    used = [rows[key] for key in kernel_keys(prepared)]
     return CandidateRow(
         target=prepared.target,
         candidate_key=spec.key,
@@ -400,17 +402,181 @@ def candidate_row(spec: OpSpec, prepared: PreparedNetwork, rows: dict[KernelKey,
     )
 
 
+@dataclass
+class RunStats:
+    """What a profiling run did: candidates measured, found complete in the database, or failed."""
+
+    measured: int = 0
+    cached: int = 0
+    kernels_added: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+ProgressHook = Callable[[OpSpec, str], None]
+MEASURE, DONE, WAIT = "measure", "done", "wait"
+
+
+class _Scheduler:
+    """Decides per prepared candidate: already recorded, computable from stored kernels, or to measure.
+
+    Kernels being measured for one candidate are 'in flight'; a candidate that needs one of them
+    waits for that measurement instead of repeating it, so nothing is measured twice in one run.
+    Only this object writes to the database (one transaction per candidate).
+    """
+
+    def __init__(self, db: ProfileDB, on_done: ProgressHook | None) -> None:
+        self.db, self.on_done = db, on_done
+        self.stats = RunStats()
+        self.in_flight: set[KernelKey] = set()
+        self.waiting: list[tuple[OpSpec, PreparedNetwork]] = []
+
+    def _finish(self, spec: OpSpec, status: str) -> None:
+        if self.on_done is not None:
+            self.on_done(spec, status)
+
+    def _stored(self, prepared: PreparedNetwork) -> dict[KernelKey, KernelRow | None]:
+        return {key: self.db.kernel(key) for key in kernel_keys(prepared)}
+
+    def decide(self, spec: OpSpec, prepared: PreparedNetwork) -> str:
+        """DONE (recorded now or before), WAIT (a kernel it needs is in flight) or MEASURE (keys claimed)."""
+        if self.db.has_candidate(prepared.target, spec.key, prepared.codegen_version, prepared.flags):
+            self.stats.cached += 1
+            self._finish(spec, "cached")
+            return DONE
+        stored = self._stored(prepared)
+        missing = {key for key, row in stored.items() if row is None}
+        if not missing:
+            self.db.record(candidate_row(spec, prepared, stored), [])
+            self.stats.cached += 1
+            self._finish(spec, "cached")
+            return DONE
+        if missing & self.in_flight:
+            self.waiting.append((spec, prepared))
+            return WAIT
+        self.in_flight |= missing
+        return MEASURE
+
+    def measured(self, spec: OpSpec, prepared: PreparedNetwork, counts: list[tuple[int, int]]) -> None:
+        """Write a measured candidate's new kernels and its row in one transaction."""
+        stored = self._stored(prepared)
+        new = {r.key: r for r in kernel_rows(spec, prepared, counts) if stored.get(r.key) is None}
+        rows = {**{k: v for k, v in stored.items() if v is not None}, **new}
+        self.stats.kernels_added += self.db.record(candidate_row(spec, prepared, rows), list(new.values()))
+        self.stats.measured += 1
+        self.in_flight -= set(new)
+        self._finish(spec, "measured")
+
+    def failed(self, spec: OpSpec, prepared: PreparedNetwork | None, err: BaseException) -> None:
+        self.stats.failures.append(f"{spec.key}: {err}")
+        if prepared is not None:
+            self.in_flight -= set(kernel_keys(prepared))
+        self._finish(spec, "failed")
+
+    def take_ready(self) -> list[tuple[OpSpec, PreparedNetwork]]:
+        """Waiting candidates whose kernels are no longer in flight (removed from the wait list)."""
+        ready, still = [], []
+        for item in self.waiting:
+            (still if set(kernel_keys(item[1])) & self.in_flight else ready).append(item)
+        self.waiting = still
+        return ready
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _prepare_task(spec: OpSpec, target: Target, work_dir: Path) -> PreparedNetwork:
+    return prepare_candidate(spec, target, work_dir / "bundle")
+
+
+def _measure_task(prepared: PreparedNetwork, target: Target, timeout_s: float) -> list[tuple[int, int]]:
+    profile = measure_network(prepared, target, prepared.bundle_dir.parent / "build", timeout_s=timeout_s)
+    return [(k.instructions, k.cycles) for k in profile.kernels]
+
+
+# A candidate that cannot be compiled or run is reported and skipped; anything else is a bug and propagates.
+CANDIDATE_ERRORS = (TvmnasError, NotImplementedError)
+
+
+def profile_candidates(
+    specs: list[OpSpec],
+    target: Target,
+    db: ProfileDB,
+    work_dir: Path,
+    *,
+    jobs: int = 1,
+    timeout_s: float = 60.0,
+    on_done: ProgressHook | None = None,
+) -> RunStats:
+    """Profile every candidate into `db`, skipping what it already holds; `jobs` worker processes.
+
+    Workers compile and measure; this process alone writes the database, one transaction per
+    candidate, so a run killed at any moment keeps every finished candidate and a rerun measures
+    only the rest. A candidate that fails (build error, hang, fault) is listed in the stats and
+    leaves no row, so a rerun retries it.
+    """
+    work_dir = Path(work_dir)
+    sched = _Scheduler(db, on_done)
+    if jobs <= 1:
+        for i, spec in enumerate(specs):
+            _profile_inline(spec, target, work_dir / f"{i:05d}", timeout_s, sched)
+        return sched.stats
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        todo = [(spec, work_dir / f"{i:05d}") for i, spec in enumerate(specs)][::-1]
+        running: dict[Future, tuple[OpSpec, PreparedNetwork | None]] = {}
+        while todo or running:
+            while todo and sum(p is None for _, p in running.values()) < jobs:
+                spec, cand_dir = todo.pop()
+                running[pool.submit(_prepare_task, spec, target, cand_dir)] = (spec, None)
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                spec, prepared = running.pop(fut)
+                err = fut.exception()
+                if err is not None and not isinstance(err, CANDIDATE_ERRORS):
+                    raise err
+                if err is not None:
+                    sched.failed(spec, prepared, err)
+                    ready = sched.take_ready()
+                elif prepared is None:
+                    ready = [(spec, fut.result())]
+                else:
+                    sched.measured(spec, prepared, fut.result())
+                    shutil.rmtree(prepared.bundle_dir.parent, ignore_errors=True)
+                    ready = sched.take_ready()
+                for r_spec, r_prep in ready:
+                    verdict = sched.decide(r_spec, r_prep)
+                    if verdict == MEASURE:
+                        running[pool.submit(_measure_task, r_prep, target, timeout_s)] = (r_spec, r_prep)
+                    elif verdict == DONE:
+                        shutil.rmtree(r_prep.bundle_dir.parent, ignore_errors=True)
+    return sched.stats
+
+
+def _profile_inline(spec: OpSpec, target: Target, work_dir: Path, timeout_s: float, sched: _Scheduler) -> None:
+    prepared = None
+    try:
+        prepared = _prepare_task(spec, target, work_dir)
+        if sched.decide(spec, prepared) == MEASURE:
+            sched.measured(spec, prepared, _measure_task(prepared, target, timeout_s))
+    except CANDIDATE_ERRORS as err:
+        sched.failed(spec, prepared, err)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
 def profile_candidate(
     spec: OpSpec, target: Target, db: ProfileDB, work_dir: Path, *, timeout_s: float = 60.0
-) -> tuple[CandidateRow, int]:
-    """Profile one candidate into `db` unless all its kernels are there; returns (row, kernels added)."""
-    prepared = prepare_candidate(spec, target, Path(work_dir) / "bundle")
-    known = {key: db.kernel(key) for key in kernel_keys(prepared)}
-    new: list[KernelRow] = []
-    if any(row is None for row in known.values()):
-        profile = measure_network(prepared, target, Path(work_dir) / "build", timeout_s=timeout_s)
-        new = [r for r in kernel_rows(spec, prepared, profile) if known.get(r.key) is None]
-    rows = {**{k: v for k, v in known.items() if v is not None}, **{r.key: r for r in new}}
-    row = candidate_row(spec, prepared, rows)
-    added = db.record(row, new)
-    return row, added
+) -> CandidateRow:
+    """Profile one candidate into `db` (measuring only if a kernel is missing) and return its row.
+
+    Raises the candidate's own error (EmulatorError naming the kernel on a hang or fault).
+    """
+    sched = _Scheduler(db, None)
+    prepared = _prepare_task(spec, target, Path(work_dir))
+    if sched.decide(spec, prepared) == MEASURE:
+        sched.measured(spec, prepared, _measure_task(prepared, target, timeout_s))
+    rows = {key: db.kernel(key) for key in kernel_keys(prepared)}
+    return candidate_row(spec, prepared, rows)  # type: ignore[arg-type]

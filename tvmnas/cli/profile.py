@@ -1,0 +1,105 @@
+"""`tvmnas profile MODEL --target NAME` (per-kernel figures of one network) and
+`tvmnas profile-ops` (fill the profile database with sampled candidate kernels)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tvmnas.cli.app import app
+from tvmnas.errors import TvmnasError
+
+# Sampled candidates must fit the real board: activations in half its SRAM, weights in an eighth of
+# its flash, and time quickly on the emulator.
+SAMPLE_MAX_MACS = 2_000_000
+SAMPLE_MAX_ACTIVATION_BYTES = 256 * 1024
+SAMPLE_MAX_WEIGHTS = 64 * 1024
+
+
+@app.command("profile")
+def profile_command(
+    model: Path = typer.Argument(..., help="Model file: .onnx or a saved torch.export program (.pt2)."),
+    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
+    timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before the guest counts as hung."),
+) -> None:
+    """Time every fused kernel of a network in one emulator run: instructions (exact) and cycles (estimated)."""
+    from tvmnas.kernel_profiler import profile_network_json
+    from tvmnas.targets import load_target
+
+    tgt = load_target(target)
+    print(f"profiling {model} on {tgt.name} ({tgt.emulator_machine}) ...", file=sys.stderr)
+    report = profile_network_json(model, tgt, timeout_s=timeout_s)
+    print(json.dumps(report))
+
+
+@app.command("profile-ops")
+def profile_ops_command(
+    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
+    count: int = typer.Option(100, "--count", "-n", min=1, help="Number of sampled candidates."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes."),
+    db_path: Path = typer.Option(..., "--db", help="SQLite profile database (created if absent, resumed if present)."),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed: the same seed samples the same candidates."),
+    ops: Optional[str] = typer.Option(None, "--ops", help="Comma-separated op types (default: all; see tvmnas.sampler.OP_TYPES)."),
+    timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before a candidate's guest counts as hung."),
+) -> None:
+    """Profile sampled candidate kernels into the database; rerun to resume (finished ones are skipped)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tvmnas.kernel_profiler import profile_candidates
+    from tvmnas.profiledb import ProfileDB
+    from tvmnas.sampler import OP_TYPES, sample_ops
+    from tvmnas.targets import load_target
+
+    tgt = load_target(target)
+    op_list = [o.strip() for o in ops.split(",") if o.strip()] if ops else list(OP_TYPES)
+    unknown = [o for o in op_list if o not in OP_TYPES]
+    if unknown:
+        raise TvmnasError(f"unknown op type '{unknown[0]}' for --ops (known: {', '.join(OP_TYPES)})")
+    specs = sample_ops(
+        count,
+        seed,
+        ops=op_list,
+        max_macs=SAMPLE_MAX_MACS,
+        max_activation_bytes=min(SAMPLE_MAX_ACTIVATION_BYTES, tgt.sram_bytes // 2),
+        max_weight_count=min(SAMPLE_MAX_WEIGHTS, tgt.flash_bytes // 32),
+    )
+    console = Console(stderr=True)
+    start = time.monotonic()
+    with ProfileDB(db_path) as db, tempfile.TemporaryDirectory(prefix="tvmnas-profile-ops-") as work:
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[last]}"), console=console, transient=False,
+        ) as progress:
+            task = progress.add_task(f"profiling on {tgt.name}", total=len(specs), last="")
+
+            def on_done(spec, status: str) -> None:
+                progress.update(task, advance=1, last=f"{status}: {spec.key}")
+
+            stats = profile_candidates(specs, tgt, db, Path(work), jobs=jobs, timeout_s=timeout_s, on_done=on_done)
+        kernels_in_db, candidates_in_db = db.counts()
+    for failure in stats.failures:
+        console.print(f"failed: {failure}", markup=False, highlight=False)
+    summary = {
+        "target": tgt.name,
+        "db": str(db_path),
+        "seed": seed,
+        "requested": len(specs),
+        "measured": stats.measured,
+        "cached": stats.cached,
+        "failed": len(stats.failures),
+        "kernels_added": stats.kernels_added,
+        "kernels_in_db": kernels_in_db,
+        "candidates_in_db": candidates_in_db,
+        "jobs": jobs,
+        "seconds": round(time.monotonic() - start, 1),
+    }
+    print(json.dumps(summary))
+    if stats.failures:
+        raise TvmnasError(f"{len(stats.failures)} of {len(specs)} candidates failed; first: {stats.failures[0]}")
