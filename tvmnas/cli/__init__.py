@@ -10,3 +10,4 @@ from tvmnas.cli import search  # noqa: F401,E402
 from tvmnas.cli import train  # noqa: F401,E402
 from tvmnas.cli import run, targets  # noqa: F401,E402
 from tvmnas.cli import pipeline  # noqa: F401,E402
+from tvmnas.cli import profile  # noqa: F401,E402
