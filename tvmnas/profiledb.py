@@ -168,7 +168,8 @@ class ProfileDB:
     def record(self, candidate: CandidateRow, kernels: Iterable[KernelRow]) -> int:
         """Insert a candidate and its newly measured kernels in one transaction; returns kernels added.
 
-        Rows already present are left as they are (first measurement wins), so a replay is harmless.
+        Rows already present are left as they are (first measurement wins), so a replay is harmless;
+        any other constraint failure rolls the whole candidate back.
         """
         kernels = list(kernels)
         added = 0
@@ -176,14 +177,14 @@ class ProfileDB:
             self._conn.execute("BEGIN IMMEDIATE")
             for k in kernels:
                 cur = self._conn.execute(
-                    f"INSERT OR IGNORE INTO kernels ({', '.join(_KERNEL_COLUMNS)}) "
-                    f"VALUES ({', '.join('?' * len(_KERNEL_COLUMNS))})",
+                    f"INSERT INTO kernels ({', '.join(_KERNEL_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_KERNEL_COLUMNS))}) ON CONFLICT DO NOTHING",
                     tuple(asdict(k).values()),
                 )
                 added += cur.rowcount
             self._conn.execute(
-                f"INSERT OR IGNORE INTO candidates ({', '.join(_CANDIDATE_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(_CANDIDATE_COLUMNS))})",
+                f"INSERT INTO candidates ({', '.join(_CANDIDATE_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_CANDIDATE_COLUMNS))}) ON CONFLICT DO NOTHING",
                 tuple(asdict(candidate).values()),
             )
             self._conn.execute("COMMIT")
