@@ -1,0 +1,114 @@
+"""`tvmnas profile` (per-kernel JSON of a network) and `tvmnas profile-ops` (database fill, kill and resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tvmnas.cli import app
+from tvmnas.errors import TvmnasError, UnknownTargetError
+from tvmnas.kernel_profiler import count_module_macs
+from tvmnas.profiledb import ProfileDB
+from tvmnas.zoo import export_onnx, get_entry
+
+CLI = [sys.executable, "-c", "from tvmnas.cli import main; main()"]
+CHEAP_OPS = "pointwise,max_pool,add,linear,depthwise,avg_pool,global_avg_pool"
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_profile_prints_every_kernel_and_totals_that_add_up(tmp_path: Path) -> None:
+    entry = get_entry("m0_cnn")
+    model = entry.build()
+    onnx_path = export_onnx(model, entry.input_shape, tmp_path / "m0_cnn.onnx")
+    result = CliRunner().invoke(app, ["profile", str(onnx_path), "--target", "cortex-m0"])
+    assert result.exit_code == 0, result.output
+    report = last_json(result.stdout)
+    assert report["cycles_note"] == "estimated from a per-core timing table"
+    kernels = report["kernels"]
+    assert len(kernels) >= 4
+    assert all(set(k) >= {"name", "macs", "instructions", "cycles"} for k in kernels)
+    assert all(k["instructions"] > 0 and k["cycles"] >= k["instructions"] for k in kernels)
+    assert report["instructions"] == report["preamble_instructions"] + sum(k["instructions"] for k in kernels)
+    assert report["cycles"] > sum(k["cycles"] for k in kernels) - 1
+    assert sum(k["macs"] for k in kernels) == count_module_macs(model, entry.input_shape)
+
+
+def test_profile_of_a_missing_model_or_unknown_target_is_one_clear_error(tmp_path: Path) -> None:
+    missing = CliRunner().invoke(app, ["profile", str(tmp_path / "nope.onnx"), "--target", "cortex-m4"])
+    assert missing.exit_code != 0 and isinstance(missing.exception, TvmnasError)
+    assert "nope.onnx" in str(missing.exception) and "\n" not in str(missing.exception)
+    unknown = CliRunner().invoke(app, ["profile", str(tmp_path / "nope.onnx"), "--target", "cortex-m99"])
+    assert isinstance(unknown.exception, UnknownTargetError)
+    assert "cortex-m99" in str(unknown.exception)
+
+
+def test_profile_ops_fills_the_database_and_a_rerun_measures_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "p.db"
+    args = ["profile-ops", "--target", "cortex-m4", "--count", "2", "--db", str(db), "--seed", "3", "--ops", CHEAP_OPS]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    summary = last_json(first.stdout)
+    assert (summary["measured"], summary["cached"], summary["failed"], summary["candidates_in_db"]) == (2, 0, 0, 2)
+    second = last_json(CliRunner().invoke(app, args).stdout)
+    assert (second["measured"], second["cached"], second["kernels_in_db"]) == (0, 2, summary["kernels_in_db"])
+
+
+def test_profile_ops_rejects_an_unknown_op_type(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["profile-ops", "--db", str(tmp_path / "p.db"), "--ops", "conv,warp"])
+    assert isinstance(result.exception, TvmnasError) and "'warp'" in str(result.exception)
+
+
+def _candidate_count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+def _snapshot(db: Path) -> tuple[list, list]:
+    with ProfileDB(db) as opened:
+        return opened.kernels(), opened.candidates()
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_profile_ops_killed_and_resumed_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    count = 6
+    common = ["profile-ops", "--target", "cortex-m4", "--count", str(count), "--seed", "11", "--ops", CHEAP_OPS]
+    killed_db, clean_db = tmp_path / "killed.db", tmp_path / "clean.db"
+
+    proc = subprocess.Popen([*CLI, *common, "--jobs", "2", "--db", str(killed_db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while _candidate_count(killed_db) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its workers, mid-run
+    proc.communicate()
+    landed = _candidate_count(killed_db)
+    assert 2 <= landed < count, f"the run was not interrupted mid-way ({landed} of {count} landed)"
+
+    resumed = subprocess.run([*CLI, *common, "--jobs", "2", "--db", str(killed_db)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = last_json(resumed.stdout)
+    assert summary["cached"] == landed and summary["measured"] == count - landed
+
+    clean = subprocess.run([*CLI, *common, "--jobs", "1", "--db", str(clean_db)], capture_output=True, text=True)
+    assert clean.returncode == 0, clean.stderr
+    assert _snapshot(killed_db) == _snapshot(clean_db)
+    kernels, candidates = _snapshot(clean_db)
+    assert len(candidates) == count and len({k.key for k in kernels}) == len(kernels)
