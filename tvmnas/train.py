@@ -56,11 +56,12 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int,
+              device: torch.device | str) -> tuple[float, float]:
     model.eval()
     loss, correct = 0.0, 0
     with torch.no_grad():
-        for xb, yb in batches(x, y, batch_size):
+        for xb, yb in batches(x, y, batch_size, device=device):
             logits = model(xb)
             loss += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
@@ -100,6 +101,7 @@ def train(
     resume: bool = True,
     progress: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> TrainResult:
     """Train `genotype`'s network from scratch on dataset.train, evaluate on dataset.test, export.
 
@@ -116,7 +118,7 @@ def train(
     settings = {"config": asdict(config), "genotype": genotype.to_dict(), "dataset": dataset.name,
                 "train_examples": len(dataset.train_x)}
     torch.manual_seed(config.seed)
-    model = build_model(genotype)
+    model = build_model(genotype).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,7 @@ def train(
             model.train()
             loss_sum, correct, seen = 0.0, 0, 0
             for xb, yb in batches(dataset.train_x, dataset.train_y, config.batch_size,
-                                  shuffle_seed=config.seed * 100_003 + epoch):
+                                  shuffle_seed=config.seed * 100_003 + epoch, device=device):
                 optimizer.zero_grad(set_to_none=True)
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
@@ -151,7 +153,7 @@ def train(
                 correct += int((logits.argmax(1) == yb).sum())
                 seen += len(yb)
                 bar.update(epoch=f"{epoch + 1}/{config.epochs}", loss=float(loss.detach()), acc=correct / seen)
-            test_loss, test_acc = _evaluate(model, dataset.test_x, dataset.test_y, config.batch_size)
+            test_loss, test_acc = _evaluate(model, dataset.test_x, dataset.test_y, config.batch_size, device)
             row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "test_loss": test_loss, "test_acc": test_acc}
             history.append(row)
@@ -162,7 +164,7 @@ def train(
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)
 
-    model.eval()
+    model = model.to("cpu").eval()
     counts = count_module(model, dataset.input_shape)
     export = export_model(model, dataset.input_shape, out_dir)
     genotype.save(out_dir / "genotype.json")

@@ -73,14 +73,15 @@ def make_dataset(
 
 
 def batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (images, labels) tensors; with a seed the order is a fixed permutation of it."""
+    """Yield (images, labels) tensors on `device`; with a seed the order is a fixed permutation of it."""
     n = len(x)
     order = np.arange(n) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(n)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
-        yield torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
+        yield torch.from_numpy(x[idx]).to(device), torch.from_numpy(y[idx]).to(device)
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -172,20 +172,21 @@ class CostTerm:
     """Prices a supernet's slots once with a CostModel, then gives the expected cost of any alphas."""
 
     def __init__(self, slots: list[CostSlot], cost_model: CostModel, *, weights: CostWeights = CostWeights(),
-                 budgets: Budgets = Budgets(), budget_weight: float = 10.0):
+                 budgets: Budgets = Budgets(), budget_weight: float = 10.0, device: torch.device | str = "cpu"):
         self.slots = slots
         self.cost_model = cost_model
         self.weights = weights
         self.budgets = budgets
         self.budget_weight = budget_weight
+        self.device = torch.device(device)
         # per slot: [n_candidates] tensors of each component
         self._table: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for slot in slots:
             costs = [cost_model.layer_cost(spec) for spec in slot.candidates]
             self._table.append((
-                torch.stack([c.cycles.reshape(()) for c in costs]).float(),
-                torch.stack([c.param_bytes.reshape(()) for c in costs]).float(),
-                torch.stack([c.act_bytes.reshape(()) for c in costs]).float(),
+                torch.stack([c.cycles.reshape(()) for c in costs]).float().to(self.device),
+                torch.stack([c.param_bytes.reshape(()) for c in costs]).float().to(self.device),
+                torch.stack([c.act_bytes.reshape(()) for c in costs]).float().to(self.device),
             ))
         ref = self._totals([(t[0].max(), t[1].max(), t[2].max()) for t in self._table])
         self.reference = CostFigures(*(float(v) for v in ref))
@@ -217,7 +218,7 @@ class CostTerm:
         total_w = max(w.cycles + w.param_bytes + w.sram_bytes, 1e-12)
         norm = (w.cycles * cycles / max(ref.cycles, 1.0) + w.param_bytes * params / max(ref.param_bytes, 1.0)
                 + w.sram_bytes * peak / max(ref.peak_act_bytes, 1.0)) / total_w
-        penalty = torch.zeros(())
+        penalty = torch.zeros((), device=self.device)
         b = self.budgets
         for value, limit in ((cycles, b.cycles), (params, b.flash_bytes), (peak, b.sram_bytes)):
             if limit is not None:

@@ -127,11 +127,12 @@ def _tau(config: SearchConfig, epoch: int) -> float:
     return config.tau_max * (config.tau_min / config.tau_max) ** (epoch / (config.epochs - 1))
 
 
-def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int,
+              device: torch.device | str) -> tuple[float, float]:
     model.eval()
     loss, correct = 0.0, 0
     with torch.no_grad():
-        for xb, yb in batches(x, y, batch_size):
+        for xb, yb in batches(x, y, batch_size, device=device):
             logits = model(xb)
             loss += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
@@ -148,22 +149,24 @@ def search(
     resume: bool = True,
     progress: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> SearchResult:
     """Run DEff-ARTS on `dataset`, writing genotype.json (+ .graphml), search.json, search_log.csv and a
     checkpoint to out_dir.
 
     The training images are split into a weight half and an architecture half (fixed by the seed).
     With resume, an existing checkpoint in out_dir (same settings) is continued from its last epoch;
-    `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is written.
+    `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is written. Bit-exact resume
+    is checked on CPU; other devices may differ in their random streams.
     The result lists budget violations of the derived genotype; the caller must act on them.
     """
     cost_model = cost_model or MacCostModel()
     out_dir = Path(out_dir)
     settings = _settings(config, dataset, cost_model)
     torch.manual_seed(config.seed)
-    model = build_supernet(config, dataset.input_shape, dataset.num_classes)
+    model = build_supernet(config, dataset.input_shape, dataset.num_classes).to(device)
     cost_term = CostTerm(model.cost_slots(), cost_model, weights=config.cost_weights, budgets=config.budgets,
-                         budget_weight=config.budget_weight)
+                         budget_weight=config.budget_weight, device=device)
     architect = Architect(model, cost_term, cost_weight=config.cost_weight, lr=config.arch_lr,
                           weight_decay=config.arch_weight_decay, second_order=config.second_order,
                           unrolled_lr=config.weight_lr)
@@ -199,8 +202,10 @@ def search(
             architect.unrolled_lr = lr
             model.train()
             sums = {"loss": 0.0, "correct": 0, "n": 0, "arch": 0.0, "cost": 0.0, "pen": 0.0}
-            train_iter = batches(x_tr, y_tr, config.batch_size, shuffle_seed=config.seed * 100_003 + 2 * epoch)
-            val_iter = batches(x_va, y_va, config.batch_size, shuffle_seed=config.seed * 100_003 + 2 * epoch + 1)
+            train_iter = batches(x_tr, y_tr, config.batch_size, shuffle_seed=config.seed * 100_003 + 2 * epoch,
+                                 device=device)
+            val_iter = batches(x_va, y_va, config.batch_size, shuffle_seed=config.seed * 100_003 + 2 * epoch + 1,
+                               device=device)
             for xb, yb in (pair for pair, _ in zip(zip(train_iter, val_iter), range(steps))):
                 (xt, yt), (xv, yv) = xb, yb
                 if epoch >= config.warmup_epochs:
@@ -222,7 +227,7 @@ def search(
                 figures = cost_term.figures(model.arch_logits())
                 bar.update(epoch=f"{epoch + 1}/{config.epochs}", loss=float(loss.detach()),
                            acc=sums["correct"] / sums["n"], cycles=figures.cycles)
-            val_loss, val_acc = _evaluate(model, x_va, y_va, config.batch_size)
+            val_loss, val_acc = _evaluate(model, x_va, y_va, config.batch_size, device)
             figures = cost_term.figures(model.arch_logits())
             row = {
                 "epoch": epoch, "lr": lr, "tau": model.tau,
