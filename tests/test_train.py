@@ -100,3 +100,35 @@ def test_cli_train_missing_genotype_exits_with_one_line(tmp_path, capsys, monkey
     assert exc.value.code == 1
     assert capsys.readouterr().err.strip() == f"error: genotype file '{tmp_path / 'nope.json'}' does not exist"
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_search_then_train(tmp_path, capsys, monkeypatch):
+    from tvmnas.cli import main
+
+    common = ["--limit-train", "96", "--batch-size", "32", "--no-progress"]
+    monkeypatch.setattr(sys, "argv", ["tvmnas", "search", "--space", "chain", "--target", "cortex-m0", "--epochs",
+                                      "1", "--cost-weight", "1", "--out", str(tmp_path / "s"), *common])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 0
+    found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert found["budget_ok"] is True and found["cost_unit"] == "MAC proxy"
+    monkeypatch.setattr(sys, "argv", ["tvmnas", "train", found["genotype"], "--epochs", "1",
+                                      "--out", str(tmp_path / "t"), *common])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["macs"] == found["cycles"] and trained["param_bytes"] == found["param_bytes"]
+    assert (tmp_path / "t" / "model.onnx").is_file() and (tmp_path / "t" / "model.pt2").is_file()
+
+
+def test_cli_search_unknown_target_leaves_no_output(tmp_path, capsys, monkeypatch):
+    from tvmnas.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["tvmnas", "search", "--target", "pdp-11", "--out", str(tmp_path / "s")])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 1
+    assert "pdp-11" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "s").exists()

@@ -53,6 +53,8 @@ class Genotype:
 
     space 'darts': channels (initial C), cells, stem_multiplier, reduction_cells, normal, reduce.
     space 'chain': channels (stem width), layers, head_channels (0 = no 1x1 head conv).
+    extra: provenance written by the search (target, cost model, exact cost, budget status); it is
+    saved and reloaded but takes no part in equality.
     """
 
     space: str
