@@ -1,0 +1,115 @@
+"""`tvmnas dynamic train | select | compile | export`: one weight-shared network, K run-time configurations."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tvmnas.cli.app import app
+
+dynamic_app = typer.Typer(help="Dynamic networks: train a super-network, pick K sub-networks, compile them "
+                               "to one switchable C artifact.", no_args_is_help=True)
+app.add_typer(dynamic_app, name="dynamic")
+
+
+@dynamic_app.command("train")
+def train_command(
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits, cifar10, folder, or a data folder."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder for cifar10 / folder data sets."),
+    epochs: int = typer.Option(10, "--epochs", "-e", help="Training epochs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the super-network."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(0.05, "--lr", help="Initial SGD learning rate (cosine schedule)."),
+    random_subnets: int = typer.Option(2, "--random-subnets", help="Random sub-networks per step besides the largest and smallest."),
+    holdout: int = typer.Option(300, "--holdout", help="Training examples kept aside for `select`'s accuracy estimate."),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use only the first N training images."),
+    limit_test: Optional[int] = typer.Option(None, "--limit-test", help="Use only the first N test images."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Train the super-network (sandwich rule, in-place distillation); prints metrics as JSON."""
+    from tvmnas.data import load_dataset
+    from tvmnas.dynamic.train import SupernetTrainConfig, train_supernet
+
+    data = load_dataset(dataset, root=data_root, limit_train=limit_train, limit_test=limit_test)
+    config = SupernetTrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, lr=lr,
+                                 random_subnets=random_subnets, holdout=holdout)
+    source = {"name": dataset, "root": str(data_root) if data_root else None, "limit_train": limit_train,
+              "limit_test": limit_test}
+    print(f"training a super-network on {data.name} ...", file=sys.stderr)
+    _, metrics = train_supernet(data, out, config, progress=progress, data_source=source)
+    print(json.dumps({k: metrics[k] for k in ("largest_test_acc", "smallest_test_acc", "train_examples")}
+                     | {"out": str(out)}))
+
+
+@dynamic_app.command("select")
+def select_command(
+    supernet: Path = typer.Argument(..., help="Super-network folder (`tvmnas dynamic train --out`)."),
+    k: int = typer.Option(4, "--k", help="Number of configurations to keep."),
+    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the selection."),
+    candidates: int = typer.Option(24, "--candidates", help="Sub-networks evaluated (smallest, largest, random)."),
+    cost_model: str = typer.Option("auto", "--cost-model", help="auto (surrogate if shipped for the target), surrogate, mac."),
+) -> None:
+    """Pick K sub-networks along the held-out accuracy / cost Pareto front; prints them as JSON."""
+    from tvmnas.data import load_dataset
+    from tvmnas.dynamic.select import select_subnets
+    from tvmnas.dynamic.train import load_supernet
+    from tvmnas.targets import load_target
+
+    net, metrics = load_supernet(supernet)
+    source = metrics.get("data_source") or {"name": metrics.get("dataset", "digits")}
+    settings = metrics.get("settings", {})
+    root = Path(source["root"]) if source.get("root") else None
+    data = load_dataset(source["name"], root=root, limit_train=source.get("limit_train"),
+                        limit_test=source.get("limit_test"))
+    tgt = load_target(target)
+    print(f"evaluating {candidates} sub-networks for {tgt.name} ...", file=sys.stderr)
+    sel = select_subnets(net, data, tgt, out, k=k, candidates=candidates, holdout=settings.get("holdout", 300),
+                         seed=settings.get("seed", 0), cost_model=cost_model)
+    print(json.dumps({"out": str(out), "cost_model": sel["cost_model"], "cost_unit": sel["cost_unit"],
+                      "configs": [{"index": c["index"], "holdout_acc": c["holdout_acc"], "cycles": c["cycles"]}
+                                  for c in sel["configs"]]}))
+
+
+@dynamic_app.command("compile")
+def compile_command(
+    selection: Path = typer.Argument(..., help="Selection folder (`tvmnas dynamic select --out`)."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name; default: the selection's target."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory for the C bundle (replaced if present)."),
+    ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Emit even if flash/SRAM exceed the board's budget."),
+) -> None:
+    """Compile the K configurations into ONE C bundle (shared weights, run-time switch)."""
+    from tvmnas.dynamic.compile import compile_dynamic
+    from tvmnas.dynamic.select import load_selection
+    from tvmnas.targets import load_target
+
+    sel = load_selection(selection)
+    tgt = load_target(target or sel.meta["target"])
+    print(f"compiling {len(sel.subnets)} configurations for {tgt.name} ...", file=sys.stderr)
+    result = compile_dynamic(
+        sel.subnets, sel.shared, sel.spec.input_shape, tgt, out,
+        accuracies=[e["holdout_acc"] for e in sel.entries], cycles=[int(e["cycles"]) for e in sel.entries],
+        extra_manifest={"cost_unit": sel.meta.get("cost_unit"), "selection": str(selection)}, ignore_budget=ignore_budget)
+    m = result.manifest
+    print(f"wrote {out}: flash {m['flash_bytes']:,} B, arena per config "
+          f"{[c['arena_bytes'] for c in m['configs']]}", file=sys.stderr)
+    print(json.dumps({k: m[k] for k in ("target", "arena_bytes", "flash_bytes", "inputs", "outputs", "num_configs")}
+                     | {"config_arena_bytes": [c["arena_bytes"] for c in m["configs"]]}))
+
+
+@dynamic_app.command("export")
+def export_command(
+    selection: Path = typer.Argument(..., help="Selection folder (`tvmnas dynamic select --out`)."),
+    config: int = typer.Option(..., "--config", help="Configuration index to export."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for model.pt2 / model.onnx."),
+) -> None:
+    """Export one configuration as a standalone .pt2 and .onnx; prints the export summary as JSON."""
+    from tvmnas.dynamic.export import export_subnet
+
+    info = export_subnet(selection, config, out)
+    print(json.dumps(info | {"out": str(out)}))

@@ -1,0 +1,398 @@
+"""One C artifact for K sub-networks: weights stored once, one call sequence per configuration,
+a run-time switch and the arena each configuration needs.
+
+Each sub-network goes through the ordinary compiler front half (import, MCULowering, MCU
+schedules, call graph) with its BatchNorms kept as per-channel scale/shift, so its conv and
+linear weights are bit-identical slices of the super-network's tensors. `share_weights` maps
+every such constant onto one stored shared array; `StridedWeightView` makes each kernel read its
+slice in place (strided access). The per-configuration scale/shift vectors are stored per
+configuration. Kernels that print identically are emitted once.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+from torch import nn
+
+from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, arena_pointer, layer_comment, makefile, tensor_json
+from tvmnas.codegen.bundle import weights_array, write_manifest
+from tvmnas.codegen.c_printer import c_identifier, c_type, print_kernel
+from tvmnas.compiler import CompiledModel, arena_buffers, check_budgets, lower_model, object_flash_bytes
+from tvmnas.dynamic.kernel_merge import MergedKernel, merge_kernels
+from tvmnas.dynamic.policy import POLICY_DECLARATIONS, ConfigInfo, policy_source
+from tvmnas.dynamic.subnet import bn_as_affine
+from tvmnas.errors import TvmnasError
+from tvmnas.frontend import import_model
+from tvmnas.passes import (
+    ArenaPlan,
+    CallGraph,
+    LowerTIRForC,
+    SharedWeightLayout,
+    StridedWeightView,
+    WeightView,
+    plan_arena,
+    share_weights,
+)
+from tvmnas.targets import Target
+
+PLACEHOLDER = "tvmnas_kernel_to_name"
+
+
+@dataclass
+class ConfigProgram:
+    """One configuration's compiled call sequence: graph, kernel name per call, arena plan."""
+
+    graph: CallGraph
+    call_kernels: list[str]                 # kernel text key of each call (KernelTable.calls), in order
+    signatures: dict[str, EmittedKernel]    # by the graph's kernel name (for arena planning)
+    plan: ArenaPlan
+
+
+def lower_subnetwork(net: nn.Module, input_shape: tuple[int, int, int]) -> tuple[tvm.IRModule, CallGraph]:
+    """Import a sub-network with its BatchNorms as scale/shift (not folded) and lower it."""
+    unfolded = bn_as_affine(copy.deepcopy(net))
+    return lower_model(import_model(unfolded, (1, *input_shape)))
+
+
+def shared_name(name: str) -> str:
+    return f"model_shared_{c_identifier(name)}"
+
+
+def private_name(k: int, name: str) -> str:
+    return f"model_c{k}_{c_identifier(name)}"
+
+
+def canonical_parameters(text: str, params: list[str]) -> str:
+    """Kernel text with its parameters renamed by position (arg0, arg1, ...): the same layer in two
+    configurations then prints the same even though the graph names its tensors differently."""
+    renames = {p: f"arg{i}" for i, p in enumerate(params)}
+    return re.sub(r"\b[A-Za-z_]\w*\b", lambda m: renames.get(m.group(0), m.group(0)), text)
+
+
+class KernelTable:
+    """Emitted kernels by text; `finalize` merges those that differ only in integer literals."""
+
+    def __init__(self, merge: bool = True) -> None:
+        self.merge = merge
+        self.order: list[str] = []                 # unique texts (placeholder name), first-seen order
+        self.first_name: dict[str, str] = {}
+        self._cache: dict[tuple, EmittedKernel] = {}
+        self.functions: dict[str, str] = {}        # final name -> C text
+        self.calls: dict[str, tuple[str, tuple[int, ...]]] = {}   # text -> (name, extra int args)
+
+    def emit(self, k: int, func, kernel: str, views: dict[int, WeightView]) -> tuple[str, EmittedKernel]:
+        """Print `func` reading `views`; returns its text key and the printed kernel."""
+        key = (k, kernel, tuple(sorted(views.items())))
+        if key not in self._cache:
+            viewed = StridedWeightView(func, views)
+            flat = LowerTIRForC()(tvm.IRModule({PLACEHOLDER: viewed}))
+            text, sig = print_kernel(flat[PLACEHOLDER], PLACEHOLDER)
+            self._cache[key] = EmittedKernel(canonical_parameters(text, sig.params), sig)
+        emitted = self._cache[key]
+        if emitted.text not in self.first_name:
+            name = f"c{k}_{kernel}"
+            while name in self.first_name.values():
+                name += "_"
+            self.first_name[emitted.text] = name
+            self.order.append(emitted.text)
+        return emitted.text, emitted
+
+    def finalize(self) -> None:
+        """Decide the emitted functions and each kernel text's call (name and extra arguments)."""
+        names = [self.first_name[t] for t in self.order]
+        if self.merge:
+            groups = merge_kernels(self.order, names, PLACEHOLDER)
+        else:
+            groups = [MergedKernel(n, t.replace(f" {PLACEHOLDER}(", f" {n}(", 1), {t: ()})
+                      for t, n in zip(self.order, names)]
+        for group in groups:
+            self.functions[group.name] = group.text
+            for text, args in group.arguments.items():
+                self.calls[text] = (group.name, args)
+
+
+def build_programs(
+    lowered: list[tuple[tvm.IRModule, CallGraph]], layout: SharedWeightLayout, table: KernelTable
+) -> list[ConfigProgram]:
+    """Emit every configuration's kernels (reading shared weights through views) and plan its arena."""
+    programs = []
+    for k, (mod, graph) in enumerate(lowered):
+        names, signatures = [], {}
+        for call in graph.calls:
+            views = {i: layout.views[(k, a)] for i, a in enumerate(call.args) if (k, a) in layout.views}
+            name, emitted = table.emit(k, mod[call.kernel], call.kernel, views)
+            names.append(name)
+            signatures.setdefault(call.kernel, emitted)
+        plan = plan_arena(arena_buffers(graph, signatures))
+        programs.append(ConfigProgram(graph, names, signatures, plan))
+    return programs
+
+
+def _argument(k: int, name: str, graph: CallGraph, layout: SharedWeightLayout) -> str:
+    if name == graph.inputs[0].name:
+        return "input"
+    if name == graph.outputs[0].name:
+        return "output"
+    if (k, name) in layout.views:
+        return shared_name(layout.views[(k, name)].shared)
+    if (k, name) in layout.private:
+        return private_name(k, name)
+    return c_identifier(name)
+
+
+def config_run_function(k: int, program: ConfigProgram, layout: SharedWeightLayout, table: KernelTable) -> str:
+    """`model_run_c<k>`: configuration k's arena pointers and commented kernel calls."""
+    graph, plan = program.graph, program.plan
+    lines = [f"static int model_run_c{k}(const float *input, float *output, uint8_t *arena) {{"]
+    out_name = graph.outputs[0].name
+    for call in graph.calls:
+        for out in call.outputs:
+            if out != out_name:
+                lines.append(arena_pointer(out, graph.tensors[out], plan.offsets[out], "activation"))
+    for call, text in zip(graph.calls, program.call_kernels):
+        sig = program.signatures[call.kernel].signature
+        kernel, extra = table.calls[text]
+        args = [_argument(k, a, graph, layout) for a in call.args] + [_argument(k, o, graph, layout) for o in call.outputs]
+        for scratch_name, dtype, _ in sig.scratch:
+            args.append(f"({c_type(dtype)} *)(arena + {plan.offsets[f'{call.index}:{scratch_name}']}) /* scratch */")
+        args += [str(v) for v in extra]
+        lines.append("")
+        lines.append("  " + layer_comment(call.index, call.kernel, graph, call.args, call.outputs))
+        lines.append(f"  TVMNAS_KERNEL_MARK({call.index});")
+        lines.append(f"  {kernel}({', '.join(args)});")
+    if not any(graph.inputs[0].name in call.args for call in graph.calls):
+        lines.append("  (void)input;")
+    if not plan.offsets:
+        lines.append("  (void)arena;")
+    lines.append("  return 0;\n}\n")
+    return "\n".join(lines)
+
+
+def switch_source(programs: list[ConfigProgram]) -> str:
+    """The configuration switch, per-configuration arena sizes and the dispatching model_run."""
+    n = len(programs)
+    runs = ", ".join(f"model_run_c{k}" for k in range(n))
+    sizes = ", ".join(f"{max(p.plan.arena_bytes, 16)}u" for p in programs)
+    return f"""\
+typedef int (*model_run_fn)(const float *input, float *output, uint8_t *arena);
+static const model_run_fn model_runs[MODEL_NUM_CONFIGS] = {{{runs}}};
+static const uint32_t model_arena_sizes[MODEL_NUM_CONFIGS] = {{{sizes}}};
+static int model_config = 0;
+
+int model_set_config(int k) {{
+  if (k < 0 || k >= MODEL_NUM_CONFIGS) return -1;
+  model_config = k;
+  return 0;
+}}
+
+int model_get_config(void) {{ return model_config; }}
+
+size_t model_arena_size(int k) {{
+  return (k >= 0 && k < MODEL_NUM_CONFIGS) ? (size_t)model_arena_sizes[k] : 0u;
+}}
+
+int model_run(const float *input, float *output, uint8_t *arena) {{
+  return model_runs[model_config](input, output, arena);
+}}
+"""
+
+
+def dynamic_header(programs: list[ConfigProgram], target: str) -> str:
+    """model.h of a dynamic bundle: the single-model API plus the configuration switch."""
+    graph = programs[0].graph
+    (inp,), (out,) = graph.inputs, graph.outputs
+    arena = max(max(p.plan.arena_bytes for p in programs), 16)
+    return f"""\
+/* tvmnas generated dynamic model API (target {target}): {len(programs)} configurations of one
+ * weight-shared network in one artifact. Weights are stored once; each configuration has its own
+ * call sequence.
+ *
+ * model_set_config(k) selects configuration k (0 = the default; returns -1 if k is out of range)
+ * and takes effect at the next model_run(). model_arena_size(k) is the arena configuration k
+ * needs (at most MODEL_ARENA_SIZE): a smaller configuration may be given a smaller arena and the
+ * rest of the SRAM used for other work. Input: MODEL_INPUT_SIZE floats (NCHW); output:
+ * MODEL_OUTPUT_SIZE floats. Not reentrant across configurations (the selection is global).
+ */
+#ifndef MODEL_H
+#define MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MODEL_INPUT_SIZE {inp.elems}
+#define MODEL_OUTPUT_SIZE {out.elems}
+#define MODEL_ARENA_SIZE {arena}
+#define MODEL_NUM_CONFIGS {len(programs)}
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+int model_run(const float *input, float *output, uint8_t *arena);
+int model_set_config(int k);
+int model_get_config(void);
+size_t model_arena_size(int k);
+{POLICY_DECLARATIONS}
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* MODEL_H */
+"""
+
+
+def weights_files(layout: SharedWeightLayout) -> tuple[str, str]:
+    """(model_weights.h, model_weights.c): shared arrays once, then each configuration's own."""
+    entries = [(shared_name(n), a) for n, a in sorted(layout.arrays.items())]
+    entries += [(private_name(k, n), a) for (k, n), a in sorted(layout.private.items())]
+    decls = [f"extern const {c_type(str(a.dtype))} {name}[{max(a.size, 1)}];" for name, a in entries]
+    header = "#ifndef MODEL_WEIGHTS_H\n#define MODEL_WEIGHTS_H\n#include <stdint.h>\n\n" + "\n".join(decls) + "\n\n#endif\n"
+    source = "\n".join(['#include "model_weights.h"\n'] + [weights_array(name, a) for name, a in entries])
+    return header, source
+
+
+EXAMPLE = """\
+/* Switch configurations at run time: pick by budget, give a smaller configuration a smaller arena. */
+#include "model.h"
+
+static uint8_t sram[MODEL_ARENA_SIZE] __attribute__((aligned(16)));
+static float input[MODEL_INPUT_SIZE];
+static float output[MODEL_OUTPUT_SIZE];
+
+int classify(uint32_t cycle_budget, size_t free_sram) {
+  int k = model_pick_config(cycle_budget, free_sram < sizeof sram ? free_sram : sizeof sram);
+  if (k < 0 || model_set_config(k) != 0) return -1;
+  /* sram[model_arena_size(k) .. MODEL_ARENA_SIZE) stays free for other work during this call. */
+  model_run(input, output, sram);
+  int best = 0;
+  for (int i = 1; i < MODEL_OUTPUT_SIZE; ++i) {
+    if (output[i] > output[best]) best = i;
+  }
+  return best;
+}
+"""
+
+
+def model_source(programs: list[ConfigProgram], layout: SharedWeightLayout, table: KernelTable,
+                 infos: list[ConfigInfo]) -> str:
+    parts = [PRELUDE]
+    parts += [table.functions[name] for name in sorted(table.functions)]
+    parts += [config_run_function(k, p, layout, table) for k, p in enumerate(programs)]
+    parts.append(switch_source(programs))
+    parts.append(policy_source(infos))
+    return "\n".join(parts)
+
+
+def _check_same_io(programs: list[ConfigProgram]) -> None:
+    first = programs[0].graph
+    for k, p in enumerate(programs):
+        g = p.graph
+        if len(g.inputs) != 1 or len(g.outputs) != 1:
+            raise TvmnasError(f"configuration {k}: one input and one output are supported, got "
+                              f"{len(g.inputs)} and {len(g.outputs)}")
+        if (g.inputs[0].shape, g.outputs[0].shape) != (first.inputs[0].shape, first.outputs[0].shape):
+            raise TvmnasError(f"configuration {k}: input/output shapes {g.inputs[0].shape}/{g.outputs[0].shape} "
+                              f"differ from configuration 0's {first.inputs[0].shape}/{first.outputs[0].shape}")
+
+
+def compile_dynamic(
+    subnets: list[nn.Module],
+    shared: dict[str, np.ndarray],
+    input_shape: tuple[int, int, int],
+    target: Target,
+    out_dir: Path,
+    *,
+    accuracies: list[float] | None = None,
+    cycles: list[int] | None = None,
+    extra_manifest: dict | None = None,
+    ignore_budget: bool = False,
+    merge: bool = True,
+) -> CompiledModel:
+    """Compile K sub-networks into one switchable C bundle in `out_dir` (atomic, like compile_model).
+
+    shared: the super-network tensors every sub-network's weights are slices of.
+    accuracies / cycles: per configuration, for the run-time policy table (held-out accuracy,
+    estimated cycles); missing ones are 0. merge: emit kernels that differ only in integer
+    literals as one function (False keeps one function per configuration and layer).
+    """
+    if not subnets:
+        raise TvmnasError("a dynamic bundle needs at least one sub-network")
+    out_dir = Path(out_dir)
+    lowered = [lower_subnetwork(net, input_shape) for net in subnets]
+    layout = share_weights([g.constants for _, g in lowered], shared)
+    table = KernelTable(merge)
+    programs = build_programs(lowered, layout, table)
+    table.finalize()
+    _check_same_io(programs)
+    n = len(programs)
+    accuracies = list(accuracies or [0.0] * n)
+    cycles = list(cycles or [0] * n)
+    infos = [ConfigInfo(accuracies[k], int(cycles[k]), programs[k].plan.arena_bytes) for k in range(n)]
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        header, weights_c = weights_files(layout)
+        (staging / "model.h").write_text(dynamic_header(programs, target.name))
+        (staging / "model_weights.h").write_text(header)
+        (staging / "model_weights.c").write_text(weights_c)
+        (staging / "model.c").write_text(model_source(programs, layout, table, infos))
+        (staging / "Makefile").write_text(makefile([*target.cflags, *target.opt_flags]))
+        (staging / "examples").mkdir()
+        (staging / "examples" / "switch.c").write_text(EXAMPLE)
+        manifest = dynamic_manifest(programs, layout, table, infos, target.name)
+        manifest.update(extra_manifest or {})
+        manifest["flash_bytes"] = object_flash_bytes(staging, target)
+        if not ignore_budget:
+            check_budgets(manifest, target)
+        write_manifest(staging, manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CompiledModel(out_dir, manifest)
+
+
+def dynamic_manifest(programs: list[ConfigProgram], layout: SharedWeightLayout, table: KernelTable,
+                     infos: list[ConfigInfo], target: str) -> dict:
+    """manifest.json of a dynamic bundle: the compile fields plus per-configuration figures."""
+    first = programs[0].graph
+    unshared = sum(int(sum(a.nbytes for a in p.graph.constants.values())) for p in programs)
+    return {
+        "target": target,
+        "inputs": [tensor_json(t) for t in first.inputs],
+        "outputs": [tensor_json(t) for t in first.outputs],
+        "arena_bytes": max(p.plan.arena_bytes for p in programs),
+        "num_configs": len(programs),
+        "weights_bytes": layout.shared_bytes + layout.private_bytes,
+        "shared_weights_bytes": layout.shared_bytes,
+        "private_weights_bytes": layout.private_bytes,
+        "separate_weights_bytes": unshared,
+        "kernels": [{"name": name} for name in sorted(table.functions)],
+        "configs": [
+            {
+                "index": k,
+                "arena_bytes": p.plan.arena_bytes,
+                "arena_lower_bound_bytes": p.plan.lower_bound_bytes,
+                "accuracy": infos[k].accuracy,
+                "cycles": infos[k].cycles,
+                "weights_bytes": int(sum(a.nbytes for a in p.graph.constants.values())),
+                "kernels": [
+                    {"index": c.index, "name": table.calls[text][0], "outputs": list(c.outputs),
+                     "output_shapes": [list(p.graph.tensors[o].shape) for o in c.outputs]}
+                    for c, text in zip(p.graph.calls, p.call_kernels)
+                ],
+            }
+            for k, p in enumerate(programs)
+        ],
+    }

@@ -1,0 +1,40 @@
+"""Export one selected sub-network as a standalone model (.pt2 and .onnx), like `tvmnas train` does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tvmnas.dynamic.select import load_selection
+from tvmnas.errors import TvmnasError
+from tvmnas.train import export_model
+
+
+def export_subnet(sel_dir: Path, config: int, out_dir: Path) -> dict[str, Any]:
+    """Write model.pt2, model.onnx and subnet.json for configuration `config` of a selection.
+
+    The sub-network keeps its BatchNorms (the compiler folds them), so `tvmnas compile` on the
+    result gives the "compiled alone" baseline of that configuration. The folder appears whole or not at all.
+    """
+    selection = load_selection(sel_dir)
+    if not 0 <= config < len(selection.subnets):
+        raise TvmnasError(f"--config {config} out of range: the selection has {len(selection.subnets)} configurations")
+    entry = selection.entries[config]
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        info = export_model(selection.subnets[config], selection.spec.input_shape, staging)
+        info.update({"config_index": config, "config": entry["config"], "holdout_acc": entry["holdout_acc"],
+                     "cycles": entry["cycles"], "cost_unit": selection.meta.get("cost_unit")})
+        (staging / "subnet.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return info
