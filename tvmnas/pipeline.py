@@ -175,18 +175,18 @@ def search_cost_model(name: str, target: Target) -> tuple[CostModel, str]:
 
 
 def _learned_cost_model(target: Target) -> tuple[CostModel, str] | None:
-    """The distilled differentiable cost for `target` from tvmnas.cost, or None when it has none."""
+    """The distilled differentiable cost shipped for `target` (tvmnas.cost), or None without one."""
     try:
-        from tvmnas.cost import load_search_cost  # type: ignore[attr-defined]
+        from tvmnas.cost.distill import DistilledCostModel
+        from tvmnas.errors import CostModelError
     except ImportError:
         return None
-    from tvmnas.errors import CostModelError
-
     try:
-        model = load_search_cost(target)
+        model = DistilledCostModel.shipped(target.name)
     except CostModelError as err:
-        return MacCostModel(), f"MAC count: the learned cost model for {target.name} could not be used ({err})"
-    return model, f"learned cost model '{model.name}' for {target.name} ({model.unit})"
+        return MacCostModel(), f"MAC count (the learned cost model is not available: {err})"
+    return model, (f"learned cost model '{model.name}' ({model.unit}: an MLP distilled from an XGBoost "
+                   f"surrogate of kernels profiled on the emulated {target.core})")
 
 
 # ---------------------------------------------------------------------------------------------- stages

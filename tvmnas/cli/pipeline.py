@@ -41,7 +41,7 @@ def run_all_command(
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Compile even if over the board's budget."),
     verify_images: int = typer.Option(256, "--verify-images", help="Held-out images to compare on QEMU."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same result."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0 = torch's default)."),
+    threads: int = typer.Option(1, "--threads", help="torch CPU threads (0 = torch's default; small images gain nothing from more)."),
     restart: bool = typer.Option(False, "--restart", help="Clear the output folder's work/ and start over."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress on stderr."),
 ) -> None:
