@@ -1,0 +1,339 @@
+"""KernelFeatures: a fixed-length feature vector per fused TIR kernel, for learned cost models.
+
+Features are read from the legalized, fused PrimFunc as MCULowering leaves it (SBlocks with
+iteration domains, before any schedule or LowerTIRForC), so they describe what a kernel computes
+(loop extents, MACs, bytes moved, operator kind, kernel size, stride, channels) and stay stable
+when loop structure changes underneath. A PrimFunc without SBlocks (already flat) is also
+accepted: its BufferStores are then counted under their enclosing loops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import tirx
+
+DTYPE_BYTES = {"float32": 4, "int32": 4, "int8": 1, "uint8": 1, "int16": 2, "int64": 8, "float64": 8, "bool": 1}
+ARITH = ("Add", "Sub", "Mul", "Div", "FloorDiv", "FloorMod", "Max", "Min")
+COMPARE = ("LT", "LE", "GT", "GE", "EQ", "NE", "And", "Or", "Not")
+
+# Operator classes, from the block names LegalizeOps gives (first match wins).
+OP_CLASSES = ("depthwise", "conv", "matmul", "pool_max", "pool_avg", "mean", "concat", "elementwise")
+_CLASS_KEYS = (
+    ("depthwise", ("depthwise",)),
+    ("conv", ("conv2d",)),
+    ("matmul", ("matmul", "dense")),
+    ("pool_max", ("pool_max",)),
+    ("pool_avg", ("pool_sum", "pool_avg", "adaptive_pool")),
+    ("mean", ("mean", "_red")),
+    ("concat", ("concatenate",)),
+)
+
+# The vector layout: every model trained on these features depends on this order.
+FEATURE_NAMES: tuple[str, ...] = (
+    "n_blocks", "n_reduce_blocks", "n_pad_blocks", "n_elementwise_blocks",
+    "log_iters_total", "log_iters_reduce", "log_iters_spatial", "log_iters_pad",
+    "log_loads", "log_flops", "log_macs", "log_compares",
+    "log_bytes_in", "log_bytes_out", "log_bytes_temp", "n_params",
+    "log_loop_entries", "log_main_out_elems", "log_loads_reduce", "log_loads_elementwise",
+    *(f"class_{c}" for c in OP_CLASSES),
+    "main_log_domain", "main_log_reduce", "main_depth",
+    "main_inner0", "main_inner1", "main_inner2",
+    "kernel_h", "kernel_w", "stride", "dilation",
+    "channels_in", "channels_out", "out_h", "out_w", "groups_depthwise",
+    "has_clip", "has_residual_add", "spatial_ops_per_elem",
+)
+
+
+@dataclass
+class BlockStats:
+    """What one SBlock (or bare BufferStore) does: domain, loop extents, loads and ops per iteration."""
+
+    name: str
+    domain: int
+    extents: list[int]
+    reduce_extents: list[int]
+    loads: int
+    arith: dict[str, int]
+    compares: int
+    is_pad: bool
+    store_buffer: str
+    store_shape: tuple[int, ...]
+    read_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    stride: int = 1
+    dilation: int = 1
+
+
+def _expr_children(e) -> list:
+    kind = type(e).__name__
+    if kind in ARITH or kind in COMPARE[:-1]:
+        return [e.a, e.b]
+    if kind == "Not":
+        return [e.a]
+    if kind in ("Cast",):
+        return [e.value]
+    if kind == "Select":
+        return [e.condition, e.true_value, e.false_value]
+    if kind == "Call":
+        return list(e.args)
+    if kind in ("BufferLoad", "TensorLoad"):
+        return list(e.indices)
+    return []
+
+
+def _count_expr(e, counts: dict[str, int], loads: list) -> None:
+    kind = type(e).__name__
+    if kind in ("BufferLoad", "TensorLoad"):
+        loads.append(e)
+    elif kind == "Call":
+        op = e.op.name.rsplit(".", 1)[-1] if hasattr(e.op, "name") else "call"
+        counts["call:" + op] = counts.get("call:" + op, 0) + 1
+    elif kind in ARITH or kind in COMPARE or kind == "Select":
+        counts[kind] = counts.get(kind, 0) + 1
+    for child in _expr_children(e):
+        _count_expr(child, counts, loads)
+
+
+def _int(x) -> int:
+    return int(x.value) if hasattr(x, "value") else int(x)
+
+
+def _shape(buffer) -> tuple[int, ...]:
+    return tuple(_int(d) for d in buffer.shape)
+
+
+def _load_source(load):
+    """The buffer (or buffer-typed Var) a load reads."""
+    return load.source if type(load).__name__ == "TensorLoad" else load.buffer
+
+
+def _linear_coeff(index, var) -> int | None:
+    """Coefficient of `var` in an affine index, or None when the index is not affine in it."""
+    coeffs = tvm.sym.detect_linear_equation(index, [var])
+    if len(coeffs) != 2 or not hasattr(coeffs[0], "value"):
+        return None
+    return int(coeffs[0].value)
+
+
+def _block_stats(block, loops: list[int], store) -> BlockStats:
+    counts: dict[str, int] = {}
+    loads: list = []
+    _count_expr(store.value, counts, loads)
+    reduce_extents, spatial_vars, reduce_vars = [], [], []
+    for iv in getattr(block, "iter_vars", []):
+        if int(iv.iter_type) == tirx.IterVar.CommReduce:
+            reduce_extents.append(_int(iv.dom.extent))
+            reduce_vars.append(iv.var)
+        else:
+            spatial_vars.append(iv.var)
+    value_kind = type(store.value).__name__
+    is_pad = counts.get("call:if_then_else", 0) > 0 or value_kind == "Select"
+    compares = sum(v for k, v in counts.items() if k in COMPARE)
+    arith = {k: v for k, v in counts.items() if k in ARITH or k.startswith("call:")}
+    stride = dilation = 1
+    if reduce_vars and len(spatial_vars) >= 2:
+        # the activation read indexed by an output row and a kernel row: conv or pool window
+        for load in loads:
+            if len(load.indices) < 3:
+                continue
+            idx = load.indices[-2]
+            s = _linear_coeff(idx, spatial_vars[-2])
+            d = _linear_coeff(idx, reduce_vars[-2]) if len(reduce_vars) >= 2 else None
+            if s and d:
+                stride, dilation = s, d
+                break
+    return BlockStats(
+        name=str(getattr(block, "name_hint", store.buffer.name)),
+        domain=int(np.prod(loops, dtype=np.int64)) if loops else 1,
+        extents=list(loops),
+        reduce_extents=reduce_extents,
+        loads=len(loads),
+        arith=arith,
+        compares=compares,
+        is_pad=is_pad,
+        store_buffer=store.buffer.name,
+        store_shape=_shape(store.buffer),
+        read_shapes=[_shape(_load_source(ld)) for ld in loads],
+        stride=stride,
+        dilation=dilation,
+    )
+
+
+def collect_blocks(func: tirx.PrimFunc) -> list[BlockStats]:
+    """One BlockStats per SBlock with a BufferStore body (or per bare BufferStore), in program order."""
+    out: list[BlockStats] = []
+
+    def visit(stmt, loops: list[int], block) -> None:
+        kind = type(stmt).__name__
+        if kind == "SeqStmt":
+            for child in stmt.seq:
+                visit(child, loops, block)
+        elif kind == "For":
+            ext = stmt.extent
+            visit(stmt.body, loops + [_int(ext) if hasattr(ext, "value") else 1], block)
+        elif kind == "SBlockRealize":
+            visit(stmt.block, loops, stmt.block)
+        elif kind == "SBlock":
+            if stmt.init is not None:
+                pass  # the init store runs once per output element: accounted by the domain split below
+            visit(stmt.body, loops, stmt)
+        elif kind in ("BufferStore", "TensorStore"):
+            out.append(_block_stats(block if block is not None else stmt, loops, stmt))
+        elif kind == "IfThenElse":
+            visit(stmt.then_case, loops, block)
+            if stmt.else_case is not None:
+                visit(stmt.else_case, loops, block)
+        elif hasattr(stmt, "body"):
+            visit(stmt.body, loops, block)
+
+    visit(func.body, [], None)
+    return out
+
+
+def op_class(blocks: list[BlockStats]) -> str:
+    """The kernel's operator class (one of OP_CLASSES), from its block names."""
+    names = " ".join(b.name for b in blocks)
+    for cls, keys in _CLASS_KEYS:
+        if any(k in names for k in keys):
+            return cls
+    return "elementwise"
+
+
+def _log(x: float) -> float:
+    return math.log1p(max(float(x), 0.0))
+
+
+def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
+    """Feature dict (keys = FEATURE_NAMES) of one fused PrimFunc.
+
+    Counts: iterations per block (product of enclosing loop extents), loads and arithmetic per
+    iteration, MACs (iterations of reduction blocks that multiply, or pool windows), bytes of the
+    parameters read / written and of internal buffers. Shape features come from the main block
+    (the reduction block with the largest domain, else the largest block).
+    """
+    blocks = collect_blocks(func)
+    params = list(func.params)
+    written = {b.store_buffer for b in blocks}
+    bytes_in = bytes_out = bytes_temp = 0
+    param_names = set()
+    for p in params:
+        buf = _param_buffer(func, p)
+        if buf is None:
+            continue
+        nbytes = int(np.prod(_shape(buf), dtype=np.int64)) * DTYPE_BYTES.get(str(buf.dtype), 4)
+        param_names.add(buf.name)
+        if buf.name in written:
+            bytes_out += nbytes
+        else:
+            bytes_in += nbytes
+    for b in {b.store_buffer: b for b in blocks}.values():
+        if b.store_buffer not in param_names:
+            bytes_temp += int(np.prod(b.store_shape, dtype=np.int64)) * 4
+
+    reduce_blocks = [b for b in blocks if b.reduce_extents]
+    pad_blocks = [b for b in blocks if b.is_pad and not b.reduce_extents]
+    elem_blocks = [b for b in blocks if not b.reduce_extents and not b.is_pad]
+    iters_total = sum(b.domain for b in blocks)
+    iters_reduce = sum(b.domain for b in reduce_blocks)
+    loads = sum(b.domain * b.loads for b in blocks)
+    flops = sum(b.domain * sum(b.arith.values()) for b in blocks)
+    compares = sum(b.domain * b.compares for b in blocks)
+    macs = sum(b.domain for b in reduce_blocks)
+
+    main = max(reduce_blocks or blocks, key=lambda b: b.domain, default=None)
+    cls = op_class(blocks)
+    if cls == "conv" and main is not None and len(main.reduce_extents) == 3 and main.reduce_extents[0] == 1:
+        cls = "depthwise"  # LegalizeOps names grouped convs conv2d too; one input channel per group
+    f: dict[str, float] = {
+        "n_blocks": len(blocks),
+        "n_reduce_blocks": len(reduce_blocks),
+        "n_pad_blocks": len(pad_blocks),
+        "n_elementwise_blocks": len(elem_blocks),
+        "log_iters_total": _log(iters_total),
+        "log_iters_reduce": _log(iters_reduce),
+        "log_iters_spatial": _log(sum(b.domain for b in elem_blocks)),
+        "log_iters_pad": _log(sum(b.domain for b in pad_blocks)),
+        "log_loads": _log(loads),
+        "log_flops": _log(flops),
+        "log_macs": _log(macs),
+        "log_compares": _log(compares),
+        "log_bytes_in": _log(bytes_in),
+        "log_bytes_out": _log(bytes_out),
+        "log_bytes_temp": _log(bytes_temp),
+        "n_params": len(params),
+        "log_loop_entries": _log(sum(b.domain // max(1, b.extents[-1] if b.extents else 1) for b in blocks)),
+        "log_main_out_elems": _log(main.domain // max(1, int(np.prod(main.reduce_extents))) if main else 0),
+        "log_loads_reduce": _log(sum(b.domain * b.loads for b in reduce_blocks)),
+        "log_loads_elementwise": _log(sum(b.domain * b.loads for b in elem_blocks + pad_blocks)),
+        **{f"class_{c}": float(c == cls) for c in OP_CLASSES},
+    }
+    ext = list(main.extents) if main else []
+    inner = (ext[::-1] + [0, 0, 0])[:3]
+    red = main.reduce_extents if main else []
+    out_shape = main.store_shape if main else ()
+    f.update({
+        "main_log_domain": _log(main.domain if main else 0),
+        "main_log_reduce": _log(np.prod(red) if red else 0),
+        "main_depth": len(ext),
+        "main_inner0": inner[0],
+        "main_inner1": inner[1],
+        "main_inner2": inner[2],
+        "kernel_h": red[-2] if len(red) >= 2 else (red[0] if cls.startswith("pool") and red else 1),
+        "kernel_w": red[-1] if red else 1,
+        "stride": main.stride if main else 1,
+        "dilation": main.dilation if main else 1,
+        "channels_in": red[0] if len(red) >= 3 else (red[0] if cls == "matmul" and red else 0),
+        "channels_out": out_shape[1] if len(out_shape) >= 2 else 0,
+        "out_h": out_shape[2] if len(out_shape) == 4 else 1,
+        "out_w": out_shape[3] if len(out_shape) == 4 else 1,
+        "groups_depthwise": float(cls == "depthwise"),
+        "has_clip": float(any("Min" in b.arith and "Max" in b.arith for b in elem_blocks)),
+        "has_residual_add": float(any(
+            "Add" in b.arith and sum(shape == b.store_shape for shape in b.read_shapes) >= 2 for b in elem_blocks
+        )),
+        "spatial_ops_per_elem": (sum(b.domain * (b.loads + sum(b.arith.values())) for b in elem_blocks)
+                                 / max(1, main.domain // max(1, int(np.prod(red))) if main and red else 1)),
+    })
+    assert set(f) == set(FEATURE_NAMES), sorted(set(FEATURE_NAMES) ^ set(f))
+    return {name: float(f[name]) for name in FEATURE_NAMES}
+
+
+def _param_buffer(func: tirx.PrimFunc, param):
+    """The buffer a parameter stands for (0.27: the buffer-typed Var itself; older: buffer_map)."""
+    if hasattr(param, "shape") and hasattr(param, "dtype"):
+        return param
+    bmap = getattr(func, "buffer_map", None)
+    if bmap is not None and param in bmap:
+        return bmap[param]
+    return None
+
+
+def kernel_macs(func: tirx.PrimFunc) -> int:
+    """Multiply-accumulates (reduction-block iterations: conv, matmul, pool windows, means)."""
+    return int(sum(b.domain for b in collect_blocks(func) if b.reduce_extents))
+
+
+def kernel_hash(func: tirx.PrimFunc) -> str:
+    """Identity of a kernel independent of its name: structural hash of the PrimFunc (free vars mapped)."""
+    import tvm_ffi
+
+    h = tvm_ffi.structural_hash(func.with_attr("global_symbol", "k"), map_free_vars=True)
+    return hashlib.sha1(str(h).encode()).hexdigest()[:16]
+
+
+def feature_vector(features: dict[str, float]) -> np.ndarray:
+    """The features as float32 in FEATURE_NAMES order."""
+    return np.array([features[n] for n in FEATURE_NAMES], dtype=np.float32)
+
+
+def extract_kernel_features(mod: tvm.IRModule) -> dict[str, dict[str, float]]:
+    """Analysis: features of every PrimFunc of `mod`, keyed by its global name (sorted)."""
+    out = {}
+    for gv, func in sorted(mod.functions.items(), key=lambda kv: kv[0].name_hint):
+        if isinstance(func, tirx.PrimFunc):
+            out[gv.name_hint] = kernel_features(func)
+    return out

@@ -1,0 +1,72 @@
+"""Regenerate the shipped cost models (tvmnas/cost/data/) from the project's own profiler.
+
+  python scripts/fit_cost_models.py            # profile (if no data yet), fit, distill
+  python scripts/fit_cost_models.py --profile  # re-profile even if the data file exists
+
+Stages, all seeded and single-threaded so that the same toolchain gives the same files:
+1. profile: FIT_NETWORKS random networks (seed FIT_SEED, split 'fit') and EVAL_NETWORKS (seed
+   EVAL_SEED, split 'eval'), half chain / half DARTS, compiled once and profiled on each target
+   -> profiles.json.gz (per-kernel features, MACs, exact instructions, estimated cycles).
+2. fit: one XGBoost surrogate per target on the 'fit' split only -> surrogate-<target>.json.
+3. distill: per target, the differentiable cost's MLP fitted to the surrogate -> distilled-<target>.pt.
+The 'eval' split is never used for fitting: benchmarks/cost_model_accuracy.py reports on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tvmnas.cost.collect import ProfileData, collect
+from tvmnas.cost.networks import interleave, random_genotypes
+from tvmnas.cost.surrogate import CostSurrogate
+from tvmnas.targets import load_target
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "tvmnas" / "cost" / "data"
+TARGETS = ("cortex-m4", "cortex-m7")
+FIT_NETWORKS, FIT_SEED = 16, 1
+EVAL_NETWORKS, EVAL_SEED = 50, 2
+EVAL_TARGET = "cortex-m4"  # whole-network evaluation; other targets are judged by kernel cross-validation
+
+
+def profile(path: Path) -> ProfileData:
+    """Stage 1: compile and profile the fit and eval networks on every target."""
+    jobs = interleave(random_genotypes(FIT_NETWORKS, FIT_SEED), random_genotypes(EVAL_NETWORKS, EVAL_SEED))
+    return collect(jobs, [load_target(t) for t in TARGETS], save_to=path,
+                   split_targets={"eval": [load_target(EVAL_TARGET)]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true", help="re-profile even if the data file exists")
+    parser.add_argument("--out", type=Path, default=DATA_DIR, help="output folder (default: the package data)")
+    parser.add_argument("--skip-distill", action="store_true", help="fit the surrogates only")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data_path = args.out / "profiles.json.gz"
+    start = time.time()
+    if args.profile or not data_path.is_file():
+        data = profile(data_path)
+        print(f"profiled {len(data.networks)} networks in {time.time() - start:.0f} s -> {data_path}", file=sys.stderr)
+    else:
+        data = ProfileData.load(data_path)
+    for target in TARGETS:
+        rows = data.kernel_rows(target, split="fit")
+        surrogate = CostSurrogate.fit(rows, target)
+        surrogate.save(args.out / f"surrogate-{target}.json")
+        print(f"{target}: surrogate fitted on {len(rows)} kernels -> surrogate-{target}.json", file=sys.stderr)
+        if not args.skip_distill:
+            from tvmnas.cost.distill import distill
+
+            model, report = distill(surrogate)
+            model.save(args.out / f"distilled-{target}.pt")
+            print(f"{target}: distilled cost R^2 {report['r2']:.3f}, Spearman {report['spearman']:.3f}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""CostSurrogate fit / predict / save / load, the baselines and the accuracy figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tvmnas.cost.evaluate import MacLinear, PerOpLUT, accuracy, cross_validate
+from tvmnas.cost.surrogate import CostSurrogate, load_surrogate
+from tvmnas.errors import CostModelError
+from tvmnas.passes import FEATURE_NAMES
+
+
+def synthetic_rows(n: int, seed: int) -> list[dict]:
+    """Kernels whose cycles are 3 per MAC plus 2 per output element plus 400 per call, x1.3 for 5x5 kernels."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        macs = float(rng.integers(1_000, 2_000_000))
+        outs = float(rng.integers(64, 20_000))
+        k = int(rng.choice([1, 3, 5]))
+        f = {name: 0.0 for name in FEATURE_NAMES}
+        f.update({"log_macs": math.log1p(macs), "log_main_out_elems": math.log1p(outs), "n_blocks": 3.0,
+                  "kernel_h": k, "kernel_w": k, "stride": 1.0, "class_conv": 1.0, "log_bytes_out": math.log1p(4 * outs)})
+        cycles = (3 * macs + 2 * outs + 400) * (1.3 if k == 5 else 1.0)
+        rows.append({"hash": f"h{seed}-{i}", "name": f"k{i}", "features": f, "macs": macs, "cycles": cycles})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def fitted() -> CostSurrogate:
+    return CostSurrogate.fit(synthetic_rows(300, 0), "cortex-m4", rounds=300)
+
+
+def test_surrogate_predicts_held_out_kernels_within_ten_percent(fitted: CostSurrogate) -> None:
+    rows = synthetic_rows(100, 1)
+    acc = accuracy(fitted.predict([r["features"] for r in rows]), np.array([r["cycles"] for r in rows]))
+    assert acc.within_10pct >= 0.95
+    assert acc.spearman >= 0.98
+
+
+def test_save_load_round_trip_predicts_identically(fitted: CostSurrogate, tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    fitted.save(path)
+    again = CostSurrogate.load(path, "cortex-m4")
+    feats = [r["features"] for r in synthetic_rows(20, 2)]
+    assert np.array_equal(fitted.predict(feats), again.predict(feats))
+    fitted.save(tmp_path / "s2.json")
+    assert path.read_bytes() == (tmp_path / "s2.json").read_bytes()
+
+
+def test_fitting_is_deterministic() -> None:
+    rows = synthetic_rows(60, 3)
+    a = CostSurrogate.fit(rows, "cortex-m7", rounds=50)
+    b = CostSurrogate.fit(rows, "cortex-m7", rounds=50)
+    feats = [r["features"] for r in rows]
+    assert np.array_equal(a.predict(feats), b.predict(feats))
+
+
+def test_load_rejects_other_target_missing_file_and_foreign_json(fitted: CostSurrogate, tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    fitted.save(path)
+    with pytest.raises(CostModelError, match="cortex-m4, not cortex-m7"):
+        CostSurrogate.load(path, "cortex-m7")
+    with pytest.raises(CostModelError, match="does not exist"):
+        CostSurrogate.load(tmp_path / "missing.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(CostModelError, match="is not a tvmnas-cost-surrogate file"):
+        CostSurrogate.load(tmp_path / "other.json")
+
+
+def test_too_few_kernels_is_a_named_error() -> None:
+    with pytest.raises(CostModelError, match="too few"):
+        CostSurrogate.fit(synthetic_rows(5, 4), "cortex-m4")
+
+
+def test_baselines_fit_their_own_model() -> None:
+    rows = synthetic_rows(200, 5)
+    lin = MacLinear.fit(rows)
+    assert 2.5 < lin.a < 4.5
+    lut = PerOpLUT.fit(rows)
+    assert lut.table["conv/k5x5/s1"] > lut.table["conv/k3x3/s1"]
+
+
+def test_cross_validation_reports_every_predictor() -> None:
+    res = cross_validate(synthetic_rows(60, 6), "cortex-m4", folds=3, rounds=50)
+    assert set(res) == {"surrogate", "MACs-linear", "per-op LUT"}
+    assert all(r["n"] == 60 for r in res.values())
+
+
+def test_accuracy_figures() -> None:
+    acc = accuracy(np.array([100.0, 215.0, 290.0]), np.array([100.0, 200.0, 300.0]))
+    assert acc.within_10pct == pytest.approx(1.0)
+    assert acc.within_20pct == 1.0
+    assert acc.spearman == pytest.approx(1.0)
+    assert acc.mape == pytest.approx((0 + 0.075 + 1 / 30) / 3)
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
+def test_shipped_surrogates_load_and_price_larger_kernels_higher(target: str) -> None:
+    surrogate = load_surrogate(target)
+    assert surrogate.target == target
+    small, large = synthetic_rows(2, 7)
+    small["features"]["log_macs"], large["features"]["log_macs"] = math.log1p(1e4), math.log1p(1e6)
+    p = surrogate.predict([small["features"], large["features"]])
+    assert 0 < p[0] < p[1]
+
+
+def test_missing_shipped_surrogate_names_the_target() -> None:
+    with pytest.raises(CostModelError, match="no pre-fitted cost surrogate for target cortex-m0"):
+        load_surrogate("cortex-m0")

@@ -1,0 +1,209 @@
+"""Profile data for cost models: compile whole networks once, build and profile them per target,
+and keep one row per kernel call (features, MACs, exact instructions, estimated cycles).
+
+Features are those of tvmnas.passes.kernel_features on the fused, legalized PrimFunc; cycles are
+the project's per-core timing-table estimate over an exact emulated instruction trace.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tvmnas.codegen.bundle import write_bundle
+from tvmnas.compiler import arena_buffers, emit_kernels, lower_model
+from tvmnas.errors import CostModelError
+from tvmnas.frontend import import_model
+from tvmnas.passes import kernel_features, kernel_hash, kernel_macs, plan_arena
+from tvmnas.search.genotype import Genotype
+from tvmnas.targets import Target
+
+DATA_VERSION = 1
+
+
+@dataclass
+class ProfileData:
+    """Kernels (by hash: name, features, MACs) and networks (genotype, split, per-target calls)."""
+
+    kernels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    networks: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        """Write gzipped JSON with sorted keys (same data, same bytes)."""
+        doc = {"version": DATA_VERSION, "kernels": self.kernels, "networks": self.networks}
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        with gzip.GzipFile(Path(path), "wb", mtime=0) as fh:
+            fh.write(text.encode())
+
+    @classmethod
+    def load(cls, path: Path) -> "ProfileData":
+        """Read a file written by save()."""
+        path = Path(path)
+        if not path.is_file():
+            raise CostModelError(f"profile data file '{path}' does not exist")
+        try:
+            with gzip.open(path, "rt") as fh:
+                doc = json.load(fh)
+        except (OSError, json.JSONDecodeError) as err:
+            raise CostModelError(f"profile data file '{path}' is not gzipped JSON: {err}") from err
+        if doc.get("version") != DATA_VERSION:
+            raise CostModelError(f"profile data file '{path}' has version {doc.get('version')}, expected {DATA_VERSION}")
+        return cls(doc["kernels"], doc["networks"])
+
+    def targets(self) -> list[str]:
+        """Targets that at least one network was profiled on."""
+        return sorted({t for n in self.networks for t in n["targets"]})
+
+    def kernel_rows(self, target: str, split: str | None = None) -> list[dict[str, Any]]:
+        """One row per distinct kernel measured on `target` (networks of `split`, or all):
+        hash, name, features, macs, instructions, cycles (identical kernels measure identically)."""
+        rows: dict[str, dict[str, Any]] = {}
+        for net in self.networks:
+            if (split is not None and net["split"] != split) or target not in net["targets"]:
+                continue
+            for call in net["targets"][target]["calls"]:
+                if call["hash"] not in rows:
+                    k = self.kernels[call["hash"]]
+                    rows[call["hash"]] = {"hash": call["hash"], "name": k["name"], "features": k["features"],
+                                          "macs": k["macs"], "instructions": call["instructions"],
+                                          "cycles": call["cycles"]}
+        return [rows[h] for h in sorted(rows)]
+
+
+def _lower_network(genotype: Genotype, seed: int):
+    from tvmnas.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(genotype).eval()
+    mod = import_model(model, (1, *genotype.input_shape))
+    return lower_model(mod)
+
+
+def profile_network(
+    genotype: Genotype,
+    targets: list[Target],
+    data: ProfileData,
+    *,
+    name: str,
+    split: str,
+    seed: int = 0,
+    timeout_s: float = 120,
+) -> dict[str, Any]:
+    """Lower `genotype` once, then build and profile it for each target; append its rows to `data`."""
+    from tvmnas.profiling import profile_elf
+    from tvmnas.runner import build
+
+    lowered, graph = _lower_network(genotype, seed)
+    kernels = emit_kernels(lowered, graph)
+    plan = plan_arena(arena_buffers(graph, kernels))
+    hashes: dict[str, str] = {}
+    for kname in sorted({c.kernel for c in graph.calls}):
+        func = lowered[kname]
+        h = kernel_hash(func)
+        hashes[kname] = h
+        if h not in data.kernels:
+            data.kernels[h] = {"name": kname, "features": kernel_features(func), "macs": kernel_macs(func)}
+    x = np.random.default_rng(seed).standard_normal(int(np.prod(genotype.input_shape))).astype(np.float32)
+    entry: dict[str, Any] = {"name": name, "split": split, "genotype": genotype.to_dict(), "targets": {}}
+    with tempfile.TemporaryDirectory(prefix="tvmnas-cost-") as tmp:
+        for target in targets:
+            bundle = Path(tmp) / f"bundle-{target.name}"
+            bundle.mkdir()
+            write_bundle(bundle, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags])
+            elf = build(bundle, target, Path(tmp) / f"build-{target.name}", profile=True)
+            prof = profile_elf(elf, target, [x], timeout_s=timeout_s)
+            if len(prof.kernels) != len(graph.calls):
+                raise CostModelError(
+                    f"{name} on {target.name}: profile has {len(prof.kernels)} kernel segments for {len(graph.calls)} calls"
+                )
+            entry["targets"][target.name] = {
+                "instructions": prof.instructions,
+                "cycles": prof.cycles,
+                "preamble_cycles": prof.preamble_cycles,
+                "calls": [
+                    {"kernel": c.kernel, "hash": hashes[c.kernel], "instructions": k.instructions, "cycles": k.cycles}
+                    for c, k in zip(graph.calls, prof.kernels)
+                ],
+            }
+    data.networks.append(entry)
+    return entry
+
+
+def collect(
+    genotypes: list[tuple[str, str, Genotype]],
+    targets: list[Target],
+    *,
+    save_to: Path | None = None,
+    split_targets: dict[str, list[Target]] | None = None,
+    progress: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> ProfileData:
+    """Profile every (name, split, genotype) on every target (or on split_targets[split]), in order.
+
+    With `save_to`, the data is written after every network and networks already in that file
+    are not profiled again (an interrupted run resumes where it stopped).
+    """
+    data = ProfileData.load(save_to) if save_to is not None and Path(save_to).is_file() else ProfileData()
+    done = {n["name"] for n in data.networks}
+    for i, (name, split, genotype) in enumerate(genotypes):
+        if name in done:
+            continue
+        use = (split_targets or {}).get(split, targets)
+        entry = profile_network(genotype, use, data, name=name, split=split, seed=i)
+        if save_to is not None:
+            data.save(save_to)
+        cycles = ", ".join(f"{t}: {v['cycles']:,}" for t, v in entry["targets"].items())
+        progress(f"[{i + 1}/{len(genotypes)}] {name} ({split}, {genotype.space}): {cycles} cycles")
+    data.networks.sort(key=lambda n: [g[0] for g in genotypes].index(n["name"]) if n["name"] in
+                       [g[0] for g in genotypes] else len(genotypes))
+    return data
+
+
+def kernel_rows_from_db(db_path: Path, target: str,
+                        progress: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> list[dict[str, Any]]:
+    """Kernel rows for fitting from a tvmnas profile database (tvmnas profile-ops).
+
+    The database keeps C text, not TIR, so each sampled candidate is lowered again to read its
+    kernels' features; a kernel joins its measured row by the database's kernel hash.
+    """
+    from tvmnas.kernel_profiler import kernel_hash as c_hash
+    from tvmnas.profiledb import ProfileDB
+    from tvmnas.sampler import OpSpec
+
+    with ProfileDB(Path(db_path)) as db:
+        measured = {k.kernel_hash: k for k in db.kernels(target)}
+        candidates = db.candidates(target)
+    if not measured:
+        raise CostModelError(f"profile database '{db_path}' has no kernels measured on {target}")
+    rows: dict[str, dict[str, Any]] = {}
+    for i, cand in enumerate(candidates):
+        if all(k[2] in rows for k in cand.kernel_list()):
+            continue
+        spec = OpSpec.from_json(cand.params)
+        lowered, graph = lower_model(import_model(spec.build(0), spec.input_shape))
+        emitted = emit_kernels(lowered, graph)
+        for name, kernel in emitted.items():
+            h = c_hash(kernel.text, name)
+            if h in measured and h not in rows:
+                m = measured[h]
+                rows[h] = {"hash": h, "name": name, "features": kernel_features(lowered[name]),
+                           "macs": kernel_macs(lowered[name]), "instructions": m.instructions, "cycles": m.cycles}
+        progress(f"[{i + 1}/{len(candidates)}] {cand.candidate_key}: {len(rows)} kernels with features")
+    return [rows[h] for h in sorted(rows)]
+
+
+def load_kernel_rows(source: Path, target: str) -> list[dict[str, Any]]:
+    """Fit rows from profile data (.json.gz, its 'fit' networks) or a profile database (SQLite)."""
+    source = Path(source)
+    if not source.is_file():
+        raise CostModelError(f"profile source '{source}' does not exist")
+    if source.name.endswith(".json.gz"):
+        return ProfileData.load(source).kernel_rows(target, split="fit")
+    return kernel_rows_from_db(source, target)

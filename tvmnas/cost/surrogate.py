@@ -1,0 +1,157 @@
+"""CostSurrogate: per-target XGBoost regressor of log cycles per fused kernel, from kernel features.
+
+The prediction is prior x correction: a non-negative linear model of cycles over raw counts
+(MACs, loads, arithmetic, padding and element-wise iterations, blocks), fitted on relative error,
+gives the base margin; XGBoost fits log(cycles) - log(prior) on all features. The prior carries
+the scaling with size, so the trees only learn per-shape efficiency (unrolling, strides, kernel
+sizes) and extrapolate to larger kernels sensibly. Cycles are the profiler's timing-table estimate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tvmnas.errors import CostModelError
+from tvmnas.passes.kernel_features import FEATURE_NAMES
+
+FORMAT = "tvmnas-cost-surrogate"
+FORMAT_VERSION = 1
+DATA_DIR = Path(__file__).resolve().parent / "data"
+# raw counts the linear prior is fitted over (exp(log1p feature) - 1), plus a constant per call
+PRIOR_FEATURES = ("log_macs", "log_loads_reduce", "log_loads_elementwise", "log_flops", "log_compares",
+                  "log_iters_pad", "log_iters_spatial", "log_loop_entries", "log_main_out_elems", "n_blocks")
+XGB_PARAMS: dict[str, Any] = {
+    "objective": "reg:squarederror",
+    "max_depth": 5,
+    "eta": 0.05,
+    "subsample": 0.9,
+    "colsample_bytree": 0.9,
+    "min_child_weight": 1.0,
+    "lambda": 1.0,
+    "nthread": 1,
+    "seed": 0,
+    "tree_method": "exact",
+}
+XGB_ROUNDS = 800
+
+
+def feature_matrix(features: Sequence[dict[str, float]]) -> np.ndarray:
+    """Rows of FEATURE_NAMES values (float32)."""
+    return np.array([[f[n] for n in FEATURE_NAMES] for f in features], dtype=np.float32).reshape(-1, len(FEATURE_NAMES))
+
+
+def _prior_design(features: Sequence[dict[str, float]]) -> np.ndarray:
+    cols = []
+    for f in features:
+        row = [math.expm1(f[n]) if n.startswith("log_") else f[n] for n in PRIOR_FEATURES]
+        cols.append(row + [1.0])
+    return np.array(cols, dtype=np.float64).reshape(-1, len(PRIOR_FEATURES) + 1)
+
+
+class CostSurrogate:
+    """Predicts estimated cycles of fused kernels on one target (see the module docstring)."""
+
+    def __init__(self, target: str, prior_coef: np.ndarray, booster, meta: dict[str, Any] | None = None):
+        self.target = target
+        self.prior_coef = np.asarray(prior_coef, dtype=np.float64)
+        self.booster = booster
+        self.meta = dict(meta or {})
+
+    # ------------------------------------------------------------------ fit / predict
+
+    @classmethod
+    def fit(cls, rows: Sequence[dict[str, Any]], target: str, *, rounds: int = XGB_ROUNDS) -> "CostSurrogate":
+        """Fit on kernel rows ({'features', 'cycles', ...}, as ProfileData.kernel_rows gives them)."""
+        import xgboost as xgb
+        from scipy.optimize import nnls
+
+        if len(rows) < 10:
+            raise CostModelError(f"{target}: {len(rows)} profiled kernels are too few to fit a surrogate (need 10)")
+        feats = [r["features"] for r in rows]
+        y = np.array([float(r["cycles"]) for r in rows])
+        design = _prior_design(feats)
+        coef, _ = nnls(design / y[:, None], np.ones(len(y)))  # relative-error least squares, coefficients >= 0
+        prior = np.maximum(design @ coef, 1.0)
+        dtrain = xgb.DMatrix(feature_matrix(feats), label=np.log(y), base_margin=np.log(prior),
+                             feature_names=list(FEATURE_NAMES))
+        booster = xgb.train(XGB_PARAMS, dtrain, num_boost_round=rounds)
+        digest = hashlib.sha1(json.dumps(sorted(r["hash"] for r in rows if "hash" in r)).encode()).hexdigest()[:16]
+        meta = {"kernels": len(rows), "kernel_set": digest, "rounds": rounds,
+                "cycles_are": "estimate from the core's timing table over exact emulated instructions"}
+        return cls(target, coef, booster, meta)
+
+    def prior(self, features: Sequence[dict[str, float]]) -> np.ndarray:
+        """The linear prior alone (cycles)."""
+        return np.maximum(_prior_design(features) @ self.prior_coef, 1.0)
+
+    def predict(self, features: Sequence[dict[str, float]]) -> np.ndarray:
+        """Predicted cycles, one per feature dict."""
+        import xgboost as xgb
+
+        if not features:
+            return np.zeros(0)
+        dm = xgb.DMatrix(feature_matrix(features), base_margin=np.log(self.prior(features)),
+                         feature_names=list(FEATURE_NAMES))
+        return np.exp(self.booster.predict(dm).astype(np.float64))
+
+    def predict_one(self, features: dict[str, float]) -> float:
+        """Predicted cycles of one kernel."""
+        return float(self.predict([features])[0])
+
+    __call__ = predict_one
+
+    # ------------------------------------------------------------------ files
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: target, feature layout, prior, the XGBoost model as JSON."""
+        raw = bytes(self.booster.save_raw("json")).decode()
+        return {"format": FORMAT, "version": FORMAT_VERSION, "target": self.target,
+                "feature_names": list(FEATURE_NAMES), "prior_features": list(PRIOR_FEATURES),
+                "prior_coef": [float(c) for c in self.prior_coef], "meta": self.meta, "xgboost": json.loads(raw)}
+
+    def save(self, path: Path) -> None:
+        """Write the surrogate as one JSON file."""
+        Path(path).write_text(json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")) + "\n")
+
+    @classmethod
+    def load(cls, path: Path, target: str | None = None) -> "CostSurrogate":
+        """Read a file written by save(); checks format, feature layout and (if given) the target."""
+        import xgboost as xgb
+
+        path = Path(path)
+        if not path.is_file():
+            raise CostModelError(f"cost surrogate file '{path}' does not exist")
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CostModelError(f"cost surrogate file '{path}' is not JSON: {err}") from err
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
+            raise CostModelError(f"'{path}' is not a {FORMAT} file of version {FORMAT_VERSION}")
+        if doc["feature_names"] != list(FEATURE_NAMES) or doc["prior_features"] != list(PRIOR_FEATURES):
+            raise CostModelError(f"cost surrogate '{path}' was fitted on another kernel feature layout: refit it")
+        if target is not None and doc["target"] != target:
+            raise CostModelError(f"cost surrogate '{path}' is for target {doc['target']}, not {target}")
+        booster = xgb.Booster(params={"nthread": 1})
+        booster.load_model(bytearray(json.dumps(doc["xgboost"]).encode()))
+        return cls(doc["target"], np.array(doc["prior_coef"]), booster, doc.get("meta"))
+
+
+def shipped_targets() -> list[str]:
+    """Targets with a pre-fitted surrogate in the package data."""
+    return sorted(p.stem.removeprefix("surrogate-") for p in DATA_DIR.glob("surrogate-*.json"))
+
+
+def load_surrogate(target: str) -> CostSurrogate:
+    """The pre-fitted surrogate shipped for `target`."""
+    path = DATA_DIR / f"surrogate-{target}.json"
+    if not path.is_file():
+        have = ", ".join(shipped_targets()) or "none"
+        raise CostModelError(f"no pre-fitted cost surrogate for target {target} (shipped: {have}); "
+                             f"fit one with 'tvmnas cost fit'")
+    return CostSurrogate.load(path, target)
