@@ -25,17 +25,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import tvm
 from tvm import tirx
 
-from tvmnas.codegen.bundle import PRELUDE, write_bundle, write_manifest
+from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, write_bundle, write_manifest
 from tvmnas.compiler import arena_buffers, emit_kernels, lower_model
 from tvmnas.errors import EmulatorError, TvmnasError
 from tvmnas.frontend import ModelSource, import_model
-from tvmnas.passes import CallGraph, plan_arena
+from tvmnas.passes import CallGraph, KernelCall, plan_arena
 from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
 from tvmnas.profiling import Profile, build_plugin, parse_block_profile, profile_from_blocks, qemu_plugin_args
 from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
@@ -197,18 +197,57 @@ class PreparedNetwork:
         return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
 
-def prepare_network(
-    model: ModelSource, target: Target, bundle_dir: Path, *, input_shape: tuple[int, ...] | None = None
-) -> PreparedNetwork:
-    """Lower `model` and write its C bundle to `bundle_dir`, replacing it (no flash measurement, no budget check)."""
-    mod = import_model(model, input_shape)
-    lowered, graph = lower_model(mod)
+@dataclass(frozen=True)
+class LoweredNetwork:
+    """A network after the MCU pipeline: its call graph, printed kernels and MACs per call (target-free)."""
+
+    graph: CallGraph
+    kernels: dict[str, EmittedKernel]
+    macs: tuple[int, ...]
+
+
+def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = None) -> LoweredNetwork:
+    """Import and lower `model` and print its kernels; the same for every target."""
+    lowered, graph = lower_model(import_model(model, input_shape))
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise NotImplementedError(
             f"profiling models with {len(graph.inputs)} inputs and {len(graph.outputs)} outputs: "
-            f"only one input and one output are supported for target {target.name}"
+            "only one input and one output are supported"
         )
-    emitted = emit_kernels(lowered, graph)
+    return LoweredNetwork(graph, emit_kernels(lowered, graph), tuple(count_macs(lowered, graph)))
+
+
+def isolate_call(network: LoweredNetwork, index: int, *, seed: int = PROFILE_INPUT_SEED) -> LoweredNetwork:
+    """A one-kernel network running only call `index`, as the cost model's kernel table sees it.
+
+    The call's first tensor argument becomes the input, any further tensor argument (the other
+    side of an add or concat) a seeded constant, and its first output the output.
+    """
+    graph = network.graph
+    call = graph.calls[index]
+    tensor_args = [a for a in call.args if a in graph.tensors]
+    if not tensor_args:
+        raise NotImplementedError(f"isolating call {index} '{call.kernel}': it reads no tensor")
+    rng = np.random.default_rng(seed)
+    constants = {a: graph.constants[a] for a in call.args if a in graph.constants}
+    for name in dict.fromkeys(tensor_args[1:]):
+        if name != tensor_args[0]:
+            info = graph.tensors[name]
+            constants[name] = rng.standard_normal(info.shape).astype(info.dtype)
+    names = [tensor_args[0], *call.outputs]
+    solo = CallGraph(
+        inputs=[graph.tensors[tensor_args[0]]],
+        outputs=[graph.tensors[call.outputs[0]]],
+        tensors={n: graph.tensors[n] for n in names},
+        constants=constants,
+        calls=[KernelCall(0, call.kernel, call.args, call.outputs)],
+    )
+    return LoweredNetwork(solo, {call.kernel: network.kernels[call.kernel]}, (network.macs[index],))
+
+
+def write_network(network: LoweredNetwork, target: Target, bundle_dir: Path) -> PreparedNetwork:
+    """Write a lowered network's C bundle to `bundle_dir`, replacing it (no flash measurement, no budget check)."""
+    graph, emitted = network.graph, network.kernels
     plan = plan_arena(arena_buffers(graph, emitted))
     flags = codegen_flags(target)
     bundle_dir = Path(bundle_dir)
@@ -217,13 +256,19 @@ def prepare_network(
     bundle_dir.mkdir(parents=True)
     manifest = write_bundle(bundle_dir, graph, emitted, plan, target.name, [*target.cflags, *target.opt_flags])
     write_manifest(bundle_dir, manifest)
-    macs = count_macs(lowered, graph)
     kernels = []
-    for call, n_macs in zip(graph.calls, macs):
+    for call, n_macs in zip(graph.calls, network.macs, strict=True):
         text = emitted[call.kernel].text
         k_hash = kernel_hash(text, call.kernel)
         kernels.append(KernelInfo(call.index, call.kernel, k_hash, codegen_version(k_hash, flags), n_macs, text))
     return PreparedNetwork(bundle_dir, target.name, flags, graph.inputs[0].elems, tuple(kernels))
+
+
+def prepare_network(
+    model: ModelSource, target: Target, bundle_dir: Path, *, input_shape: tuple[int, ...] | None = None
+) -> PreparedNetwork:
+    """Lower `model` and write its C bundle to `bundle_dir`, replacing it (no flash measurement, no budget check)."""
+    return write_network(lower_network(model, input_shape=input_shape), target, bundle_dir)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -302,10 +347,18 @@ def profile_input(n_floats: int, seed: int = PROFILE_INPUT_SEED) -> np.ndarray:
 
 
 def measure_network(
-    prepared: PreparedNetwork, target: Target, build_dir: Path, *, timeout_s: float = 60.0
+    prepared: PreparedNetwork,
+    target: Target,
+    build_dir: Path,
+    *,
+    timeout_s: float = 60.0,
+    extra_cflags: Sequence[str] = (),
 ) -> Profile:
-    """Build a prepared bundle with kernel marks and profile one call on the target's emulator."""
-    elf = build(prepared.bundle_dir, target, build_dir, profile=True)
+    """Build a prepared bundle with kernel marks and profile one call on the target's emulator.
+
+    extra_cflags are for experiments only: rows keyed by `prepared.flags` must not use them.
+    """
+    elf = build(prepared.bundle_dir, target, build_dir, profile=True, extra_cflags=extra_cflags)
     names = [k.name for k in prepared.kernels]
     profile = profile_elf_named(elf, target, [profile_input(prepared.input_floats)], names, timeout_s=timeout_s)
     if len(profile.kernels) != len(prepared.kernels):

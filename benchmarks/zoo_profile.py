@@ -1,0 +1,204 @@
+"""Per-kernel profile of every zoo network on every target, and whole-network vs. summed-kernel figures.
+
+For each network and target: the whole network in one emulator run (instructions exact, cycles
+estimated from the core's timing table), the sum of its kernels' segments in that run, and the
+gap (the window preamble: the harness's call into model_run and the stack set-up before the first
+kernel). On the `--isolated` targets every call is also compiled and run alone, on a seeded input,
+as the kernel table of the cost model measures it; the sum of those isolated kernels against the
+network shows what summing a kernel table misses (data-dependent code paths, per-call overhead).
+Writes JSON, prints a table and replaces its section in benchmarks/RESULTS.md; never passes or fails.
+
+    python benchmarks/zoo_profile.py --isolated cortex-m4,cortex-m0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SECTION = "zoo_profile"
+
+
+def git_commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or "unknown"
+
+
+def replace_section(results_md: Path, name: str, body: str) -> None:
+    """Put `body` between this benchmark's markers in RESULTS.md (appended the first time)."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = results_md.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, results_md)
+
+
+def isolated_sums(network, target, work: Path, timeout_s: float, extra: list[str]) -> dict:
+    """Every call of `network` compiled and run alone; equal kernels (same hash) run once."""
+    from tvmnas.kernel_profiler import isolate_call, measure_network, write_network
+
+    seen: dict[str, tuple[int, int]] = {}
+    instructions = cycles = 0
+    for index, call in enumerate(network.graph.calls):
+        solo = write_network(isolate_call(network, index), target, work / f"solo{index}" / "bundle")
+        key = solo.kernels[0].kernel_hash
+        if key not in seen:
+            prof = measure_network(solo, target, work / f"solo{index}" / "build", timeout_s=timeout_s, extra_cflags=extra)
+            seen[key] = (prof.kernels[0].instructions, prof.kernels[0].cycles)
+        instructions += seen[key][0]
+        cycles += seen[key][1]
+    return {"isolated_instructions": instructions, "isolated_cycles": cycles, "isolated_runs": len(seen)}
+
+
+def profile_one(network, target, work: Path, isolated: bool, timeout_s: float, extra: list[str]) -> dict:
+    from tvmnas.errors import TvmnasError
+    from tvmnas.kernel_profiler import measure_network, write_network
+
+    try:
+        prepared = write_network(network, target, work / "bundle")
+        prof = measure_network(prepared, target, work / "build", timeout_s=timeout_s, extra_cflags=extra)
+    except TvmnasError as err:
+        return {"error": str(err).splitlines()[0], **fit(work / "bundle" / "manifest.json", target)}
+    row = {
+        "kernels": len(prof.kernels),
+        "macs": sum(network.macs),
+        "instructions": prof.instructions,
+        "cycles": prof.cycles,
+        "kernel_sum_instructions": sum(k.instructions for k in prof.kernels),
+        "kernel_sum_cycles": sum(k.cycles for k in prof.kernels),
+        "preamble_instructions": prof.preamble_instructions,
+        "preamble_cycles": prof.preamble_cycles,
+        "per_kernel": [
+            {"name": k.name, "macs": k.macs, "instructions": m.instructions, "cycles": m.cycles}
+            for k, m in zip(prepared.kernels, prof.kernels)
+        ],
+    }
+    if isolated:
+        try:
+            row.update(isolated_sums(network, target, work, timeout_s, extra))
+        except (TvmnasError, NotImplementedError) as err:
+            row["isolated_error"] = str(err).splitlines()[0]
+    return row
+
+
+def fit(manifest_path: Path, target) -> dict:
+    """Arena and weight bytes against the board's SRAM and flash (why a network does not link)."""
+    if not manifest_path.is_file():
+        return {}
+    m = json.loads(manifest_path.read_text())
+    arena, weights = m.get("arena_bytes", 0), m.get("weights_bytes", 0)
+    if arena > target.sram_bytes or weights > target.flash_bytes:
+        return {"does_not_fit": f"arena {arena:,} B / SRAM {target.sram_bytes:,} B, "
+                                f"weights {weights:,} B / flash {target.flash_bytes:,} B"}
+    return {}
+
+
+def pct(a: int, b: int) -> str:
+    return f"{100.0 * (a - b) / b:+.2f}%" if b else "-"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="", help="comma-separated targets (default: all)")
+    parser.add_argument("--models", default="", help="comma-separated zoo names (default: all)")
+    parser.add_argument("--isolated", default="cortex-m4", help="targets on which calls are also run alone")
+    parser.add_argument("--isolated-models", default="", help="models whose calls are run alone (default: all)")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--extra-cflags", default="", help="space-separated flags added to every build (experiments)")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "zoo_profile.json")
+    parser.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+
+    import torch
+
+    from tvmnas.kernel_profiler import lower_network
+    from tvmnas.targets import list_targets, load_target
+    from tvmnas.zoo import get_entry, list_zoo
+
+    torch.set_num_threads(1)
+    targets = [load_target(t) for t in args.targets.split(",") if t] or list_targets()
+    entries = [get_entry(m) for m in args.models.split(",") if m] or list_zoo()
+    isolated = {t for t in args.isolated.split(",") if t}
+    isolated_models = {m for m in args.isolated_models.split(",") if m} or {e.name for e in entries}
+    results: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="tvmnas-zoo-profile-") as tmp:
+        for entry in entries:
+            print(f"{entry.name} ...", file=sys.stderr)
+            network = lower_network(entry.build(), input_shape=entry.input_shape)
+            results[entry.name] = {
+                t.name: profile_one(network, t, Path(tmp) / entry.name / t.name, t.name in isolated and entry.name in isolated_models, args.timeout,
+                                    args.extra_cflags.split())
+                for t in targets
+            }
+
+    command = "python benchmarks/zoo_profile.py " + " ".join(sys.argv[1:])
+    result = {
+        "benchmark": SECTION,
+        "targets": [t.name for t in targets],
+        "commit": git_commit(),
+        "command": command,
+        "settings": {"isolated": sorted(isolated), "isolated_models": sorted(isolated_models), "timeout_s": args.timeout, "extra_cflags": args.extra_cflags},
+        "note": "instructions exact (QEMU plugin); cycles estimated from per-core timing tables",
+        "models": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    names = [t.name for t in targets]
+    cyc = ["| model | MACs | " + " | ".join(f"{n} Mcycles (cyc/MAC)" for n in names) + " |",
+           "|---|---|" + "---|" * len(names)]
+    for model, per_target in results.items():
+        cells = []
+        for n in names:
+            r = per_target[n]
+            if "error" in r:
+                cells.append("does not fit" if "does_not_fit" in r else "error")
+            else:
+                per_mac = f" ({r['cycles'] / r['macs']:.1f})" if r["macs"] else ""
+                cells.append(f"{r['cycles'] / 1e6:.2f}{per_mac}")
+        macs = next((r["macs"] for r in per_target.values() if "macs" in r), 0)
+        cyc.append(f"| {model} | {macs:,} | " + " | ".join(cells) + " |")
+
+    gap = ["| model | target | network instr. | sum of kernel segments | preamble | isolated kernels summed (instr.) "
+           "| isolated vs network (instr.) | isolated vs network (cycles) |", "|---|---|---|---|---|---|---|---|"]
+    for model, per_target in results.items():
+        for n in names:
+            r = per_target[n]
+            if "error" in r:
+                continue
+            iso_i = r.get("isolated_instructions")
+            iso_c = r.get("isolated_cycles")
+            gap.append(
+                f"| {model} | {n} | {r['instructions']:,} | {r['kernel_sum_instructions']:,} | {r['preamble_instructions']} "
+                f"| {f'{iso_i:,}' if iso_i is not None else r.get('isolated_error', '-')} "
+                f"| {pct(iso_i, r['instructions']) if iso_i is not None else '-'} "
+                f"| {pct(iso_c, r['cycles']) if iso_c is not None else '-'} |"
+            )
+    errors = [f"- {m} on {n}: {r.get('does_not_fit', r['error'])}"
+              for m, pt in results.items() for n, r in pt.items() if "error" in r]
+    print("\n".join(cyc))
+    print("\n".join(gap))
+    body = (
+        f"## Zoo profile on every target (commit {result['commit']})\n\n`{command}`\n\n"
+        "Whole network in one emulator run per target; cycles are estimates from per-core timing tables "
+        "(instructions are exact).\n\n" + "\n".join(cyc) + "\n\n"
+        "### Whole network vs. the sum of its kernels\n\n" + "\n".join(gap) + "\n\n"
+        + ("Networks that did not build or run:\n" + "\n".join(errors) + "\n" if errors else "")
+    )
+    replace_section(args.results_md, SECTION, body)
+
+
+if __name__ == "__main__":
+    main()
