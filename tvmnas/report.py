@@ -210,7 +210,8 @@ def _layout(graph: Any, genotype: Genotype) -> dict[str, tuple[float, float]]:
         sub = graph.subgraph([n for n in graph if n.startswith(kind + "/")])
         for depth, layer in enumerate(nx.topological_generations(sub)):
             for j, node in enumerate(sorted(layer)):
-                pos[node] = (float(depth), -row * 3.0 - j * 1.0 + (len(layer) - 1) / 2)
+                stagger = 0.6 * (depth % 2)  # keeps edges that skip a column off the nodes between
+                pos[node] = (float(depth), -row * 3.0 - j * 1.0 + (len(layer) - 1) / 2 + stagger)
     return pos
 
 
@@ -233,7 +234,7 @@ def plot_architecture(genotype: Genotype, path: Path) -> None:
     xs = [p[0] for p in pos.values()]
     ys = [p[1] for p in pos.values()]
     width = 1.6 + 1.35 * (max(xs) - min(xs) + 1)
-    height = 1.9 if genotype.space == "chain" else 1.2 + 1.0 * (max(ys) - min(ys) + 1)
+    height = 1.9 if genotype.space == "chain" else 1.0 + 0.8 * (max(ys) - min(ys) + 1)
     fig = _figure(min(width, 16), height)
     ax = fig.add_subplot(1, 1, 1)
     for a, b, d in graph.edges(data=True):
