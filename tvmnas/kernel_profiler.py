@@ -22,13 +22,15 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 import tvm
+from torch import nn
 from tvm import tirx
 
 from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, write_bundle, write_manifest
@@ -39,8 +41,8 @@ from tvmnas.passes import CallGraph, KernelCall, plan_arena
 from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
 from tvmnas.profiling import Profile, build_plugin, parse_block_profile, profile_from_blocks, qemu_plugin_args
 from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
-from tvmnas.sampler import OpSpec
 from tvmnas.runner import COMMON_CFLAGS, JOB_FILE, _check_exit, _write_job, build, qemu_command
+from tvmnas.sampler import OpSpec
 from tvmnas.targets import Target
 from tvmnas.toolchain import ARM_GCC, tool_path
 
@@ -140,11 +142,8 @@ def count_macs(lowered: tvm.IRModule, graph: CallGraph) -> list[int]:
     return [per_kernel[c.kernel] for c in graph.calls]
 
 
-def count_module_macs(module: "torch.nn.Module", input_shape: tuple[int, ...]) -> int:  # noqa: F821
+def count_module_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     """MACs of a torch module from its Conv2d and Linear layers (forward hooks on a zero input)."""
-    import torch
-    from torch import nn
-
     total = 0
 
     def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
@@ -289,7 +288,9 @@ def _open_segment(profile_path: Path) -> int | None:
 
 
 def _kernel_label(index: int | None, names: list[str]) -> str:
-    if index is None or index < 0:
+    if index is None:
+        return "(which kernel is unknown: the emulator wrote no profile)"
+    if index < 0:
         return "before the first kernel"
     if index < len(names):
         return f"in kernel {index} '{names[index]}'"
@@ -535,8 +536,6 @@ class _Scheduler:
 
 
 def _worker_init() -> None:
-    import torch
-
     torch.set_num_threads(1)
 
 
