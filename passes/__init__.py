@@ -4,10 +4,25 @@ from .call_graph import CallGraph, KernelCall, TensorInfo, extract_call_graph
 from .fold_batch_norm import FoldBatchNorm
 from .lower_tir import LowerTIRForC
 from .mcu_pipeline import MCULowering
+from .mcu_schedule import ScheduleForMCU
 from .split_to_slices import SplitToSlices
 from .plan_arena import ArenaBuffer, ArenaPlan, lower_bound, plan_arena
+from .kernel_features import FEATURE_NAMES, extract_kernel_features, feature_vector, kernel_features, kernel_hash, kernel_macs
+from .annotate_cost import AnnotateCost, predicted_cycles
+from .memory_estimate import EstimateMemory, MemoryEstimate, estimate_memory
 
 __all__ = [
+    "AnnotateCost",
+    "EstimateMemory",
+    "FEATURE_NAMES",
+    "MemoryEstimate",
+    "estimate_memory",
+    "predicted_cycles",
+    "extract_kernel_features",
+    "feature_vector",
+    "kernel_features",
+    "kernel_hash",
+    "kernel_macs",
     "ArenaBuffer",
     "ArenaPlan",
     "CallGraph",
@@ -16,8 +31,12 @@ __all__ = [
     "LowerTIRForC",
     "MCULowering",
     "SplitToSlices",
+    "ScheduleForMCU",
     "TensorInfo",
     "extract_call_graph",
     "lower_bound",
     "plan_arena",
 ]
+from .share_weights import ReadSharedWeights, SharedWeightLayout, StridedWeightView, WeightView, share_weights  # noqa: E402
+
+__all__ += ["ReadSharedWeights", "SharedWeightLayout", "StridedWeightView", "WeightView", "share_weights"]

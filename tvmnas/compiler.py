@@ -24,6 +24,7 @@ from tvmnas.passes import (
     CallGraph,
     LowerTIRForC,
     MCULowering,
+    ScheduleForMCU,
     extract_call_graph,
     plan_arena,
 )
@@ -39,9 +40,11 @@ class CompiledModel:
     manifest: dict
 
 
-def lower_model(mod: tvm.IRModule) -> tuple[tvm.IRModule, CallGraph]:
-    """Run the Relax MCU pipeline and read back the kernel call sequence."""
+def lower_model(mod: tvm.IRModule, schedule: bool = True) -> tuple[tvm.IRModule, CallGraph]:
+    """Run the Relax MCU pipeline (and the MCU schedules) and read back the kernel call sequence."""
     lowered = MCULowering()(mod)
+    if schedule:
+        lowered = ScheduleForMCU()(lowered)
     return lowered, extract_call_graph(lowered)
 
 
@@ -106,11 +109,12 @@ def compile_model(
     *,
     input_shape: tuple[int, ...] | None = None,
     ignore_budget: bool = False,
+    schedule: bool = True,
 ) -> CompiledModel:
     """Compile `model` for `target` into `out_dir` (replaced if it exists, untouched on error)."""
     out_dir = Path(out_dir)
     mod = import_model(model, input_shape)
-    lowered, graph = lower_model(mod)
+    lowered, graph = lower_model(mod, schedule)
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise NotImplementedError(
             f"models with {len(graph.inputs)} inputs and {len(graph.outputs)} outputs: "

@@ -108,7 +108,9 @@ class CPrinter:
         self.func = func
         self.name = name
         self.restrict = " restrict" if restrict else ""
-        self.names: dict[str, str] = {}     # TIR data-var name -> C name
+        self.storage_names: dict[str, str] = {}  # buffer data-var name -> C name (buffers alias by name)
+        self.var_names: dict[int, str] = {}      # scalar var object -> C name (loop vars can share names)
+        self.taken: set[str] = set()
         self.locals_: list[str] = []
         self.scratch: list[tuple[str, str, int]] = []
         self.written: set[str] = set()
@@ -117,14 +119,30 @@ class CPrinter:
     # ---- names -------------------------------------------------------------------------
     def _storage(self, buffer) -> str:
         data = buffer.data
-        if type(data).__name__ == "Call":  # buffer_data(var)
-            key = data.args[0].name
-        else:
-            key = data.name
-        return self.names.setdefault(key, c_identifier(key))
+        key = data.args[0].name if type(data).__name__ == "Call" else data.name  # buffer_data(var)
+        if key not in self.storage_names:
+            self.storage_names[key] = self._fresh(key)
+        return self.storage_names[key]
 
     def _var(self, var) -> str:
-        return self.names.setdefault("var:" + var.name, c_identifier(var.name))
+        key = var.__chandle__()
+        if key not in self.var_names:
+            self.var_names[key] = self._fresh(var.name)
+        return self.var_names[key]
+
+    def _fresh(self, name: str) -> str:
+        base = c_identifier(name)
+        unique, k = base, 0
+        while unique in self.taken:
+            k += 1
+            unique = f"{base}_{k}"
+        self.taken.add(unique)
+        return unique
+
+    def _storage_of_param(self, param) -> str:
+        if param.name not in self.storage_names:
+            self.storage_names[param.name] = self._fresh(param.name)
+        return self.storage_names[param.name]
 
     # ---- expressions ---------------------------------------------------------------------
     def expr(self, e) -> str:
@@ -242,7 +260,7 @@ class CPrinter:
             ty = p.ty
             if type(ty).__name__ != "BufferType":
                 raise NotImplementedError(f"kernel {self.name}: scalar parameter {p.name} is not supported")
-            params.append(self.names.setdefault(p.name, c_identifier(p.name)))
+            params.append(self._storage_of_param(p))
             dtypes.append(str(ty.dtype))
             n = 1
             for dim in ty.shape:
