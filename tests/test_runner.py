@@ -264,7 +264,7 @@ def test_run_command_writes_output_and_prints_json(affine_bundle: Path, tmp_path
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["target"] == "cortex-m4" and summary["instructions"] > 0
-    assert summary["cycles_note"] == "estimated" and "cycles" in summary
+    assert summary["cycles_note"].startswith("estimated") and summary["cycles"] >= summary["instructions"]
     assert summary["flash_bytes"] > 0 and summary["sram_bytes"] >= summary["arena_bytes"] + summary["stack_bytes"]
     y = np.load(tmp_path / "y.npy")
     assert y.shape == (1, 16)

@@ -161,6 +161,7 @@ def profile_elf(
     timeout_s: float = 60,
     cache_dir: Path = DEFAULT_PLUGIN_CACHE,
     call: int = -1,
+    configs: list[int] | None = None,
 ) -> Profile:
     """Run a harness ELF (tvmnas.runner) on its inputs under the plugin; profile one model call.
 
@@ -168,13 +169,15 @@ def profile_elf(
     does not see), so window i is the model call on inputs[i]; `call` picks i (default: the last).
     Its instructions equal the harness's exact count for that call plus a fixed window overhead
     (the marker calls). Bundles built with profile=True call tvmnas_kernel_mark before each kernel.
+    `configs` selects the configuration of a dynamic bundle per call, as in tvmnas.runner.run.
     """
     if not inputs:
         raise EmulatorError(f"{Path(elf).name}: profiling needs at least one input")
     plugin_so = build_plugin(cache_dir)
     with tempfile.TemporaryDirectory(prefix="tvmnas-profile-") as tmp:
         out = Path(tmp) / "profile.txt"
-        run(elf, target, inputs, timeout_s=timeout_s, qemu_extra_args=qemu_plugin_args(plugin_so, elf, out))
+        run(elf, target, inputs, configs=configs, timeout_s=timeout_s,
+            qemu_extra_args=qemu_plugin_args(plugin_so, elf, out))
         blocks = parse_block_profile(out)
     if blocks.windows != len(inputs):
         raise EmulatorError(
