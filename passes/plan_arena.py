@@ -64,3 +64,31 @@ def plan_arena(buffers: list[ArenaBuffer], alignment: int = ALIGNMENT) -> ArenaP
     arena = max((e for _, e, _ in placed), default=0)
     unshared = sum(_align(b.nbytes, alignment) for b in buffers)
     return ArenaPlan(dict(sorted(offsets.items())), arena, lower_bound(buffers), unshared)
+
+
+def stock_storage_bytes(mod) -> int:
+    """Bytes TVM's own planner reserves for the intermediate tensors of `main` (for comparison).
+
+    Runs ToNonDataflow, RemovePurityChecking, CallTIRRewrite and StaticPlanBlockMemory on a fused
+    module (as MCULowering leaves it) and sums its `alloc_storage` sizes. Kernel scratch is not
+    included: stock TVM allocates it at run time through the workspace API.
+    """
+    import tvm
+    from tvm import relax
+
+    planned = tvm.transform.Sequential(
+        [
+            relax.transform.ToNonDataflow(),
+            relax.transform.RemovePurityChecking(),
+            relax.transform.CallTIRRewrite(),
+            relax.transform.StaticPlanBlockMemory(),
+        ]
+    )(mod)
+    alloc_storage = tvm.ir.Op.get("relax.memory.alloc_storage")
+    total = 0
+    for block in planned["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and value.op.same_as(alloc_storage):
+                total += int(value.args[0].values[0])
+    return total
