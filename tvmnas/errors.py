@@ -74,5 +74,9 @@ class ProfileDatabaseError(TvmnasError):
     """A profile database file is unreadable, of another schema version, or not a profile database."""
 
 
+class CostModelError(TvmnasError):
+    """A cost surrogate file or its profile data is missing, malformed, or for another target."""
+
+
 class VerificationError(TvmnasError):
     """The compiled C, run on the emulator, disagrees with the trained model beyond tolerance."""

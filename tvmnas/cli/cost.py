@@ -1,0 +1,56 @@
+"""`tvmnas cost fit` (fit a surrogate from profile data) and `tvmnas cost predict` (price a model)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tvmnas.cli.app import app
+
+cost_app = typer.Typer(help="Learned cost models: fit per-target surrogates, predict cycles without the emulator.",
+                       no_args_is_help=True)
+app.add_typer(cost_app, name="cost")
+
+
+@cost_app.command("fit")
+def fit_command(
+    db: Path = typer.Option(..., "--db", help="Profile database (tvmnas profile-ops) or profile data (.json.gz)."),
+    target: str = typer.Option(..., "--target", "-t", help="Target whose measurements to fit."),
+    out: Path = typer.Option(..., "--out", "-o", help="Surrogate file to write (JSON)."),
+) -> None:
+    """Fit an XGBoost surrogate of log cycles per kernel on the profiled kernels of one target."""
+    from tvmnas.cost.collect import load_kernel_rows
+    from tvmnas.cost.surrogate import CostSurrogate
+    from tvmnas.targets import load_target
+
+    tgt = load_target(target)
+    rows = load_kernel_rows(db, tgt.name)
+    print(f"fitting {tgt.name} surrogate on {len(rows)} kernels ...", file=sys.stderr)
+    surrogate = CostSurrogate.fit(rows, tgt.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    surrogate.save(out)
+    fitted = surrogate.predict([r["features"] for r in rows])
+    within = sum(abs(p / r["cycles"] - 1) <= 0.10 for p, r in zip(fitted, rows)) / len(rows)
+    print(json.dumps({"target": tgt.name, "kernels": len(rows), "out": str(out),
+                      "train_within_10pct": round(float(within), 4)}))
+
+
+@cost_app.command("predict")
+def predict_command(
+    model: Path = typer.Argument(..., help="Model file: .onnx or a saved torch.export program (.pt2)."),
+    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
+    surrogate: Optional[Path] = typer.Option(None, "--surrogate", help="Surrogate file (default: the shipped one)."),
+) -> None:
+    """Predicted cycles per kernel and in total, as JSON shaped like `tvmnas profile` (no emulator run)."""
+    from tvmnas.cost.predict import predict_model_json
+    from tvmnas.cost.surrogate import CostSurrogate, load_surrogate
+    from tvmnas.targets import load_target
+
+    tgt = load_target(target)
+    model_surrogate = CostSurrogate.load(surrogate, tgt.name) if surrogate else load_surrogate(tgt.name)
+    print(f"predicting {model} on {tgt.name} with the surrogate ...", file=sys.stderr)
+    print(json.dumps(predict_model_json(model, model_surrogate)))
