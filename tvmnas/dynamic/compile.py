@@ -31,16 +31,8 @@ from tvmnas.dynamic.policy import POLICY_DECLARATIONS, ConfigInfo, policy_source
 from tvmnas.dynamic.subnet import bn_as_affine
 from tvmnas.errors import TvmnasError
 from tvmnas.frontend import import_model
-from tvmnas.passes import (
-    ArenaPlan,
-    CallGraph,
-    LowerTIRForC,
-    SharedWeightLayout,
-    StridedWeightView,
-    WeightView,
-    plan_arena,
-    share_weights,
-)
+from tvmnas.passes import ArenaPlan, CallGraph, LowerTIRForC, plan_arena
+from tvmnas.passes.share_weights import SharedWeightLayout, StridedWeightView, WeightView, share_weights
 from tvmnas.targets import Target
 
 PLACEHOLDER = "tvmnas_kernel_to_name"

@@ -205,3 +205,39 @@ def load_supernet(sup_dir: Path) -> tuple[DynamicSupernet, dict[str, Any]]:
     metrics_path = sup_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     return net.eval(), metrics
+
+
+def train_standalone(
+    spec: SupernetSpec,
+    subnet: SubnetConfig,
+    dataset: ArrayDataset,
+    config: SupernetTrainConfig = SupernetTrainConfig(),
+) -> tuple["torch.nn.Module", float]:
+    """Train sub-network `subnet` alone from scratch with the super-network's settings (same
+    examples, epochs, optimizer and schedule; labels only) and return it with its test accuracy:
+    the baseline a weight-shared sub-network is compared with."""
+    from tvmnas.dynamic.subnet import SubNetwork
+
+    parts = split(dataset, config.holdout, config.seed)
+    torch.manual_seed(config.seed)
+    model = SubNetwork(spec, subnet)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=True)
+    steps = num_batches(len(parts.train_x), config.batch_size)
+    for epoch in range(config.epochs):
+        model.train()
+        for i, (xb, yb) in enumerate(batches(parts.train_x, parts.train_y, config.batch_size,
+                                             shuffle_seed=config.seed * 1000 + epoch)):
+            lr = 0.5 * config.lr * (1 + math.cos(math.pi * (epoch * steps + i) / (config.epochs * steps)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for xb, yb in batches(dataset.test_x, dataset.test_y, 256):
+            correct += int((model(xb).argmax(1) == yb).sum())
+    return model, correct / max(len(dataset.test_x), 1)

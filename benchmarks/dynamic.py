@@ -1,0 +1,241 @@
+"""Dynamic networks side by side: one weight-shared artifact vs the same sub-networks alone.
+
+Measures, in one run:
+- accuracy: each selected sub-network (weights from the super-network, BN recalibrated) vs the
+  same architecture trained alone for the same epochs on the same examples (test set);
+- flash: the one switchable artifact vs the largest sub-network compiled alone and vs the sum
+  of all K compiled alone (what separate models would cost);
+- QEMU: one process switching between all K configurations several times mid-stream, every
+  output compared with PyTorch; exact instructions per configuration; switching cost in
+  instructions (model_set_config's executed path, and model_run after a switch vs after the same
+  configuration).
+
+Writes benchmarks/results/dynamic.json and its section of benchmarks/RESULTS.md. Never fails on
+a figure. Example (about 15-20 CPU minutes on a loaded 2-core host):
+  python benchmarks/dynamic.py --dataset cifar10 --data-root ../shared/data/cifar10 \
+      --epochs 6 --limit-train 5000 --limit-test 2000 --image-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- dynamic:start -->", "<!-- dynamic:end -->"
+
+
+def git_commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or "unknown"
+
+
+def downsample(data, size: int):
+    """Average-pool the images of an ArrayDataset to size x size (smaller runs on CPU)."""
+    from tvmnas.data.arrays import ArrayDataset
+
+    def pool(x: np.ndarray) -> np.ndarray:
+        f = x.shape[-1] // size
+        if f <= 1:
+            return x
+        n, c, h, w = x.shape
+        return np.ascontiguousarray(x.reshape(n, c, h // f, f, w // f, f).mean((3, 5)), dtype=np.float32)
+
+    return ArrayDataset(data.name, pool(data.train_x), data.train_y, pool(data.test_x), data.test_y, data.classes)
+
+
+def bench_spec(input_shape, num_classes):
+    from tvmnas.dynamic.supernet import StageSpec, SupernetSpec, default_spec
+
+    if input_shape[1] <= 8:
+        return default_spec(input_shape, num_classes)
+    stages = (StageSpec(16, 1, 1), StageSpec(24, 2, 2), StageSpec(32, 2, 2))
+    return SupernetSpec(tuple(input_shape), num_classes, 16, stages, expands=(2, 4))
+
+
+def test_accuracy(model, x, y) -> float:
+    from tvmnas.data.arrays import batches
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for xb, yb in batches(x, y, 256):
+            correct += int((model(xb).argmax(1) == yb).sum())
+    return correct / len(x)
+
+
+def set_config_instructions(elf: Path) -> int:
+    """Instructions on model_set_config's in-range path (straight-line code: its instructions
+    minus the out-of-range early return), counted from the disassembly."""
+    out = subprocess.run(["arm-none-eabi-objdump", "-d", "--no-show-raw-insn", str(elf)], capture_output=True,
+                         text=True, check=True).stdout
+    body = re.search(r"<model_set_config>:\n(.*?)\n\n", out, re.S)
+    if body is None:
+        return -1
+    lines = [ln for ln in body.group(1).splitlines() if re.match(r"\s+[0-9a-f]+:\s", ln) and ".word" not in ln]
+    return len(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = f"{START}\n{body.rstrip()}\n{END}"
+    if START in text and END in text:
+        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--limit-train", type=int, default=None)
+    parser.add_argument("--limit-test", type=int, default=None)
+    parser.add_argument("--image-size", type=int, default=None, help="average-pool images to this size")
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--candidates", type=int, default=16)
+    parser.add_argument("--target", default="cortex-m4")
+    parser.add_argument("--rounds", type=int, default=3, help="times the QEMU stream cycles through all K")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "dynamic")
+    parser.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from tvmnas.compiler import compile_model
+    from tvmnas.data import load_dataset
+    from tvmnas.dynamic.compile import compile_dynamic
+    from tvmnas.dynamic.select import load_selection, select_subnets
+    from tvmnas.dynamic.train import SupernetTrainConfig, train_standalone, train_supernet
+    from tvmnas.runner import build, memory_usage, run
+    from tvmnas.targets import load_target
+
+    t0 = time.time()
+    data = load_dataset(args.dataset, root=args.data_root, limit_train=args.limit_train, limit_test=args.limit_test)
+    if args.image_size:
+        data = downsample(data, args.image_size)
+    target = load_target(args.target)
+    spec = bench_spec(data.input_shape, data.num_classes)
+    holdout = min(500, len(data.train_x) // 10)
+    settings = SupernetTrainConfig(epochs=args.epochs, holdout=holdout)
+    out = args.out
+    print(f"[{time.time() - t0:.0f}s] training the super-network ({len(data.train_x)} images, {args.epochs} epochs)",
+          file=sys.stderr)
+    net, sup_metrics = train_supernet(data, out / "supernet", settings, spec=spec)
+    t_super = time.time() - t0
+    print(f"[{time.time() - t0:.0f}s] selecting {args.k}", file=sys.stderr)
+    select_subnets(net, data, target, out / "selection", k=args.k, candidates=args.candidates, holdout=holdout,
+                   seed=settings.seed)
+    sel = load_selection(out / "selection")
+    rows = []
+    for k, (entry, sub) in enumerate(zip(sel.entries, sel.subnets)):
+        print(f"[{time.time() - t0:.0f}s] training config {k} alone", file=sys.stderr)
+        t1 = time.time()
+        _, alone_acc = train_standalone(spec, sub.config, data, settings)
+        rows.append({"index": k, "config": entry["config"], "cost": entry["cycles"], "holdout_acc": entry["holdout_acc"],
+                     "shared_test_acc": test_accuracy(sub, data.test_x, data.test_y), "alone_test_acc": alone_acc,
+                     "alone_train_seconds": time.time() - t1})
+    print(f"[{time.time() - t0:.0f}s] compiling", file=sys.stderr)
+    dyn = compile_dynamic(sel.subnets, sel.shared, spec.input_shape, target, out / "dynamic_c",
+                          accuracies=[e["holdout_acc"] for e in sel.entries],
+                          cycles=[int(e["cycles"]) for e in sel.entries], ignore_budget=True).manifest
+    alone_flash = []
+    for k, sub in enumerate(sel.subnets):
+        m = compile_model(sub, target, out / f"alone_c{k}", input_shape=(1, *spec.input_shape), ignore_budget=True)
+        alone_flash.append(m.manifest["flash_bytes"])
+    largest = int(np.argmax(alone_flash))
+
+    print(f"[{time.time() - t0:.0f}s] QEMU switching run", file=sys.stderr)
+    elf = build(out / "dynamic_c", target, out / "dynamic_c" / "build")
+    usage = memory_usage(elf, target)
+    idx = np.arange(args.rounds * args.k * 2) % len(data.test_x)
+    # each round: every config twice in a row (same-config baseline), order rotated between rounds
+    configs = []
+    for r in range(args.rounds):
+        order = [(k + r) % args.k for k in range(args.k)]
+        configs += [k for k in order for _ in range(2)]
+    inputs = [data.test_x[i] for i in idx]
+    result = run(elf, target, inputs, configs=configs, timeout_s=600)
+    errors, per_config, after_switch, after_same = [], {}, {}, {}
+    for j, (k, x, y) in enumerate(zip(configs, inputs, result.outputs)):
+        with torch.no_grad():
+            ref = sel.subnets[k](torch.from_numpy(x[None])).numpy().ravel()
+        errors.append(float(np.abs(ref - y).max()))
+        per_config.setdefault(k, result.instructions[j])
+        switched = j == 0 or configs[j - 1] != k
+        (after_switch if switched else after_same).setdefault(k, []).append(result.instructions[j])
+    run_delta = max(abs(max(after_switch[k]) - min(after_same[k])) for k in after_same)
+    set_cfg = set_config_instructions(elf)
+
+    report = {
+        "target": target.name, "commit": git_commit(), "dataset": data.name,
+        "settings": {"epochs": args.epochs, "train_examples": sup_metrics["train_examples"],
+                     "holdout_examples": holdout, "test_examples": len(data.test_x),
+                     "input_shape": list(spec.input_shape), "k": args.k, "candidates": args.candidates,
+                     "spec": spec.to_dict()},
+        "cost_model": sel.meta["cost_model"], "cost_unit": sel.meta["cost_unit"],
+        "configs": rows,
+        "flash": {"dynamic_bytes": dyn["flash_bytes"], "alone_bytes": alone_flash,
+                  "largest_alone_bytes": alone_flash[largest], "sum_alone_bytes": int(sum(alone_flash)),
+                  "ratio_to_largest": dyn["flash_bytes"] / alone_flash[largest],
+                  "ratio_to_sum": dyn["flash_bytes"] / sum(alone_flash),
+                  "shared_weights_bytes": dyn["shared_weights_bytes"],
+                  "private_weights_bytes": dyn["private_weights_bytes"],
+                  "elf_flash_bytes": usage.flash_bytes},
+        "arena_bytes": [c["arena_bytes"] for c in dyn["configs"]],
+        "qemu": {"calls": len(configs), "sequence": configs, "max_abs_error": max(errors),
+                 "instructions_per_config": [per_config[k] for k in range(args.k)],
+                 "model_run_delta_after_switch": run_delta,
+                 "set_config_instructions": set_cfg},
+        "seconds": {"supernet_train": t_super, "total": time.time() - t0},
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "dynamic.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+    cmd = "python benchmarks/dynamic.py " + " ".join(sys.argv[1:])
+    lines = [
+        f"## Dynamic networks: one switchable artifact ({target.name}, commit {report['commit']})", "",
+        f"`{cmd}`", "",
+        f"{data.name}: {sup_metrics['train_examples']} training images ({holdout} more held out for selection), "
+        f"{len(data.test_x)} test images, input {tuple(spec.input_shape)}, {args.epochs} epochs for the "
+        f"super-network and for each sub-network trained alone (same examples, optimizer and schedule). "
+        f"Selection cost: {sel.meta['cost_unit']}. Small CPU-only runs: absolute accuracies are low; "
+        f"compare the columns.", "",
+        "| config | cost | arena B | instructions (exact) | shared-weight test acc | trained-alone test acc | difference (points) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r, arena, instr in zip(rows, report["arena_bytes"], report["qemu"]["instructions_per_config"]):
+        diff = 100 * (r["shared_test_acc"] - r["alone_test_acc"])
+        lines.append(f"| {r['index']} | {r['cost']:,.0f} | {arena:,} | {instr:,} | {100 * r['shared_test_acc']:.1f} % | "
+                     f"{100 * r['alone_test_acc']:.1f} % | {diff:+.1f} |")
+    f = report["flash"]
+    q = report["qemu"]
+    lines += [
+        "",
+        f"Flash (code + constants, from the objects): one artifact {f['dynamic_bytes']:,} B; largest sub-network "
+        f"alone {f['largest_alone_bytes']:,} B (ratio {f['ratio_to_largest']:.3f}x); all {args.k} alone "
+        f"{f['sum_alone_bytes']:,} B (artifact = {f['ratio_to_sum']:.2f}x of that). Shared weights "
+        f"{f['shared_weights_bytes']:,} B, per-configuration BN scale/shift {f['private_weights_bytes']:,} B.",
+        "",
+        f"QEMU ({target.emulator_machine}): one process, {q['calls']} calls switching through all {args.k} "
+        f"configurations {args.rounds} times; max |output - PyTorch| = {q['max_abs_error']:.2e}. Switching: "
+        f"model_set_config is {q['set_config_instructions']} instructions (from the disassembly); model_run "
+        f"after a switch costs {q['model_run_delta_after_switch']} instructions more than after the same "
+        f"configuration (exact counts).",
+    ]
+    write_section(args.results_md, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
