@@ -138,6 +138,11 @@ def test_rerun_skips_finished_stages_and_other_settings_are_refused(demo: tuple[
     assert {s: again.stage_seconds[s] for s in STAGES[:-1]} == {s: 0.0 for s in STAGES[:-1]}
     assert again.summary["profile"] == summary["profile"]
     assert again.summary["verify"] == summary["verify"]
+    (out / "work" / "stages" / "verify.json").unlink()  # redo verification: profiling follows it
+    redo = run_pipeline(out, REDUCED)
+    ran = {s for s in STAGES if redo.stage_seconds[s] > 0}
+    assert ran == {"verify", "profile", "report"}
+    assert redo.summary["verify"] == summary["verify"]
     with pytest.raises(TvmnasError, match="other settings"):
         run_pipeline(out, replace(REDUCED, train_epochs=3))
 

@@ -141,12 +141,17 @@ class Stages:
         self.log = log
 
     def run(self, name: str, what: str, fn: Callable[[], dict[str, Any]], line: Callable[[dict], str]) -> dict:
-        """Return the stored result of `name`, or run `fn`, store its result, and return it."""
+        """Return the stored result of `name`, or run `fn`, store its result, and return it.
+
+        Running a stage drops the stored results of the stages after it, so they run again too.
+        """
         marker = self.dir / f"{name}.json"
         self.log.header(STAGES.index(name) + 1, name, what)
         if marker.is_file():
             self.log.skipped(name)
             return json.loads(marker.read_text())
+        for later in STAGES[STAGES.index(name) + 1:]:  # their results were made from the old one
+            (self.dir / f"{later}.json").unlink(missing_ok=True)
         start = time.monotonic()
         result = fn()
         _write_json(marker, result)
