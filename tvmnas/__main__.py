@@ -1,0 +1,5 @@
+"""`python -m tvmnas` is the `tvmnas` command."""
+
+from tvmnas.cli import main
+
+main()
