@@ -176,8 +176,10 @@ def StridedWeightView(func: tirx.PrimFunc, views: Mapping[int, WeightView]) -> t
         if shape != tuple(view.shape):
             raise ValueError(f"parameter {param.name} has shape {shape}, its view expects {view.shape}")
         start, end = _param_decl_span(text, param.name)
-        strides = ", ".join(f"T.int64({s})" for s in view.strides)
-        extra = f", strides=({strides}{',' if len(view.strides) == 1 else ''}), elem_offset=T.int64({view.elem_offset})"
+        index_type = str(param.ty.shape[0].ty) if shape else "int64"   # strides use the shape's index type
+        strides = ", ".join(f"T.{index_type}({s})" for s in view.strides)
+        extra = (f", strides=({strides}{',' if len(view.strides) == 1 else ''}), "
+                 f"elem_offset=T.{index_type}({view.elem_offset})")
         text = text[: end - 1] + extra + text[end - 1:]
     rewritten = tvm.script.from_source(text)
     for index, view in views.items():
