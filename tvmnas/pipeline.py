@@ -405,7 +405,8 @@ def run_pipeline(
         found = stages.run("search", f"{settings.search_epochs} epochs, lambda={settings.cost_weight:g}",
                            lambda: _stage_search(settings, data, target, cost_model, work, progress),
                            lambda r: r["genotype"])
-    trained = stages.run("train", f"{settings.train_epochs} epochs from scratch, export .pt2 / .onnx",
+    trained = stages.run("train", ("the chosen point, retrained by the sweep" if settings.sweep else
+                                   f"{settings.train_epochs} epochs from scratch, export .pt2 / .onnx"),
                          lambda: _stage_train(settings, data, found, work, progress),
                          lambda r: f"test accuracy {r['metrics']['test_accuracy']:.4f}")
     compiled = stages.run("compile", f"TVM -> standalone C for {target.name}",

@@ -331,7 +331,7 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[Block]:
                      else "Over the search budgets: " + "; ".join(found["violations"]) + ".")),
     ]
     if "pareto" in plots:
-        blocks += _sweep_blocks(found, plots["pareto"])
+        blocks += _sweep_blocks(found, plots["pareto"], float(s["sweep_accuracy_drop"]))
     blocks += [
         Heading("How the figures were obtained"),
         Items((
@@ -372,7 +372,7 @@ def _layer_rows(manifest: dict[str, Any], prof: dict[str, Any]) -> list[tuple[st
     return rows
 
 
-def _sweep_blocks(found: dict[str, Any], pareto_png: str) -> list[Block]:
+def _sweep_blocks(found: dict[str, Any], pareto_png: str, accuracy_drop: float) -> list[Block]:
     points, front, chosen = found["points"], set(found["front"]), found["chosen"]
     rows = tuple(
         (f"{p['cost_weight']:g}", f"{p['test_accuracy']:.2%}", f"{p['cycles']:,.0f}",
@@ -387,8 +387,8 @@ def _sweep_blocks(found: dict[str, Any], pareto_png: str) -> list[Block]:
         Image(pareto_png, "Test accuracy against estimated cycles per lambda (cycles: estimate from emulation)"),
         Table(("lambda", "test accuracy", "cycles (estimate)", "instructions (exact)", "model flash B", "status"),
               rows),
-        Paragraph("The deployed model is the fastest point on the Pareto front whose accuracy is within the "
-                  "sweep's accuracy allowance of the front's best."),
+        Paragraph(f"The deployed model (λ = {points[chosen]['cost_weight']:g}) is the fastest point on the "
+                  f"Pareto front whose test accuracy is within {accuracy_drop:.1%} of the front's best."),
     ]
 
 
