@@ -247,7 +247,7 @@ def _r2(pred: np.ndarray, true: np.ndarray) -> float:
     return 1.0 - float(np.sum((pred - true) ** 2)) / max(float(np.sum((true - true.mean()) ** 2)), 1e-12)
 
 
-def fit_mlp(specs: Sequence[LayerSpec], log_cycles: np.ndarray, *, steps: int = 3000, seed: int = 0) -> CostMLP:
+def fit_mlp(specs: Sequence[LayerSpec], log_cycles: np.ndarray, *, steps: int = 1500, seed: int = 0) -> CostMLP:
     """Full-batch Adam on squared error of log cycles (seeded, deterministic on CPU)."""
     torch.manual_seed(seed)
     mlp = CostMLP()

@@ -28,17 +28,17 @@ PRIOR_FEATURES = ("log_macs", "log_loads_reduce", "log_loads_elementwise", "log_
                   "log_iters_pad", "log_iters_spatial", "log_loop_entries", "log_main_out_elems", "n_blocks")
 XGB_PARAMS: dict[str, Any] = {
     "objective": "reg:squarederror",
-    "max_depth": 5,
+    "max_depth": 4,
     "eta": 0.05,
     "subsample": 0.9,
-    "colsample_bytree": 0.9,
+    "colsample_bytree": 0.8,
     "min_child_weight": 1.0,
     "lambda": 1.0,
     "nthread": 1,
     "seed": 0,
     "tree_method": "exact",
 }
-XGB_ROUNDS = 800
+XGB_ROUNDS = 600
 
 
 def feature_matrix(features: Sequence[dict[str, float]]) -> np.ndarray:

@@ -1,0 +1,84 @@
+"""`tvmnas cost fit` and `tvmnas cost predict`: JSON shape of `tvmnas profile`, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tvmnas.cost.collect import ProfileData
+from tvmnas.passes import FEATURE_NAMES
+
+
+def tvmnas(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from tvmnas.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    path = tmp_path_factory.mktemp("cli") / "net.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False)
+    return path
+
+
+def test_predict_prints_the_profile_json_shape(onnx_model: Path) -> None:
+    proc = tvmnas("cost", "predict", str(onnx_model), "--target", "cortex-m4")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["instructions"] is None
+    assert report["cycles_note"] == "predicted by the surrogate"
+    assert report["target"] == "cortex-m4"
+    assert len(report["kernels"]) >= 2
+    for k in report["kernels"]:
+        assert set(k) >= {"name", "macs", "instructions", "cycles"}
+        assert k["cycles"] > 0
+    assert report["cycles"] == sum(k["cycles"] for k in report["kernels"])
+    assert max(k["macs"] for k in report["kernels"]) >= 4 * 8 * 8 * 9
+
+
+def test_unknown_target_is_one_line(onnx_model: Path) -> None:
+    proc = tvmnas("cost", "predict", str(onnx_model), "--target", "cortex-m99")
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "cortex-m99" in lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+def test_fit_from_profile_data_then_predict_with_it(tmp_path: Path, onnx_model: Path) -> None:
+    data = ProfileData()
+    calls = []
+    for i in range(40):
+        f = {n: 0.0 for n in FEATURE_NAMES}
+        macs = 1000.0 * (i + 1)
+        f.update({"log_macs": math.log1p(macs), "n_blocks": 2.0, "class_conv": 1.0})
+        data.kernels[f"h{i}"] = {"name": f"k{i}", "features": f, "macs": macs}
+        calls.append({"kernel": f"k{i}", "hash": f"h{i}", "instructions": int(macs * 5), "cycles": int(macs * 9 + 300)})
+    data.networks.append({"name": "fit00", "split": "fit", "genotype": {},
+                          "targets": {"cortex-m7": {"instructions": 0, "cycles": 0, "preamble_cycles": 0, "calls": calls}}})
+    db = tmp_path / "profiles.json.gz"
+    data.save(db)
+    out = tmp_path / "m7.json"
+    proc = tvmnas("cost", "fit", "--db", str(db), "--target", "cortex-m7", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["kernels"] == 40
+    proc = tvmnas("cost", "predict", str(onnx_model), "--target", "cortex-m7", "--surrogate", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["target"] == "cortex-m7"
+    proc = tvmnas("cost", "predict", str(onnx_model), "--target", "cortex-m4", "--surrogate", str(out))
+    assert proc.returncode == 1
+    assert "is for target cortex-m7, not cortex-m4" in proc.stderr
+
+
+def test_fit_from_a_missing_source_is_one_line(tmp_path: Path) -> None:
+    proc = tvmnas("cost", "fit", "--db", str(tmp_path / "none.db"), "--target", "cortex-m4", "--out", str(tmp_path / "x.json"))
+    assert proc.returncode == 1
+    assert "does not exist" in proc.stderr.strip().splitlines()[-1]
