@@ -217,6 +217,26 @@ def test_bad_settings_fail_with_one_line() -> None:
         PipelineSettings(sweep=(0.5, -1.0))
 
 
+def test_auto_cost_model_is_learned_where_shipped_else_macs() -> None:
+    """'auto' takes the target's learned cost when one is shipped (frozen: plain values for the
+    search's table), the MAC count otherwise, and says which in the report's sentence."""
+    from tvmnas.pipeline import search_cost_model
+    from tvmnas.search.layer_spec import LayerSpec
+    from tvmnas.targets import list_targets, load_target
+
+    spec = LayerSpec("mb_k3_e3", c_in=8, c_out=16, h=8, w=8, stride=2, kernel=3, expand=3)
+    for target in list_targets():
+        model, note = search_cost_model("auto", target)
+        if model.name == "mac":
+            assert note.startswith("MAC count")
+        else:
+            assert target.name in model.name and note.startswith("learned cost model")
+        cycles = model.layer_cost(spec).cycles
+        assert float(cycles) > 0 and not cycles.requires_grad
+    model, note = search_cost_model("mac", load_target("cortex-m4"))
+    assert model.name == "mac" and note.endswith("as requested")
+
+
 def test_cli_lists_the_job_options() -> None:
     from tvmnas.cli import app
 

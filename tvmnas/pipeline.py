@@ -190,6 +190,9 @@ def _learned_cost_model(target: Target) -> tuple[CostModel, str] | None:
         model = DistilledCostModel.shipped(target.name)
     except CostModelError as err:
         return MacCostModel(), f"MAC count (the learned cost model is not available: {err})"
+    # The search prices every candidate once and keeps the table across steps; the learned model is
+    # not trained here, so its parameters are frozen and the table holds plain values.
+    model.mlp.requires_grad_(False)
     return model, (f"learned cost model '{model.name}' ({model.unit}: an MLP distilled from an XGBoost "
                    f"surrogate of kernels profiled on the emulated {target.core})")
 
