@@ -70,7 +70,7 @@ class BlockStats:
 
 def _expr_children(e) -> list:
     kind = type(e).__name__
-    if kind in ARITH or kind in COMPARE[:-1]:
+    if kind in ARITH or kind in COMPARE[:-1]:  # binary nodes (Not is unary)
         return [e.a, e.b]
     if kind == "Not":
         return [e.a]
@@ -178,9 +178,7 @@ def collect_blocks(func: tirx.PrimFunc) -> list[BlockStats]:
         elif kind == "SBlockRealize":
             visit(stmt.block, loops, stmt.block)
         elif kind == "SBlock":
-            if stmt.init is not None:
-                pass  # the init store runs once per output element: accounted by the domain split below
-            visit(stmt.body, loops, stmt)
+            visit(stmt.body, loops, stmt)  # the init store (once per output element) is not counted
         elif kind in ("BufferStore", "TensorStore"):
             out.append(_block_stats(block if block is not None else stmt, loops, stmt))
         elif kind == "IfThenElse":

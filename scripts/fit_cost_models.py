@@ -39,9 +39,9 @@ DISTILL_SPECS, DISTILL_SEED = 100, 0
 EVAL_TARGET = "cortex-m4"  # whole-network evaluation; other targets are judged by kernel cross-validation
 
 
-def profile(path: Path) -> ProfileData:
-    """Stage 1: compile and profile the fit and eval networks on every target."""
-    jobs = interleave(random_genotypes(FIT_NETWORKS, FIT_SEED), random_genotypes(EVAL_NETWORKS, EVAL_SEED))
+def profile(path: Path, fit_networks: int, eval_networks: int) -> ProfileData:
+    """Stage 1: compile and profile the fit and eval networks (resuming from `path` if present)."""
+    jobs = interleave(random_genotypes(fit_networks, FIT_SEED), random_genotypes(eval_networks, EVAL_SEED))
     return collect(jobs, [load_target(t) for t in TARGETS], save_to=path,
                    split_targets={"eval": [load_target(EVAL_TARGET)]})
 
@@ -51,13 +51,19 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="re-profile even if the data file exists")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="output folder (default: the package data)")
     parser.add_argument("--skip-distill", action="store_true", help="fit the surrogates only")
+    parser.add_argument("--fit-networks", type=int, default=FIT_NETWORKS, help="networks to fit on")
+    parser.add_argument("--eval-networks", type=int, default=EVAL_NETWORKS, help="held-out networks")
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     data_path = args.out / "profiles.json.gz"
     start = time.time()
-    if args.profile or not data_path.is_file():
-        data = profile(data_path)
+    if args.profile:
+        data_path.unlink(missing_ok=True)
+    have = ProfileData.load(data_path).networks if data_path.is_file() else []
+    wanted = {"fit": args.fit_networks, "eval": args.eval_networks}
+    if any(sum(n["split"] == s for n in have) < k for s, k in wanted.items()):
+        data = profile(data_path, args.fit_networks, args.eval_networks)
         print(f"profiled {len(data.networks)} networks in {time.time() - start:.0f} s -> {data_path}", file=sys.stderr)
     else:
         data = ProfileData.load(data_path)

@@ -8,6 +8,7 @@ the project's per-core timing-table estimate over an exact emulated instruction 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import sys
 import tempfile
@@ -29,6 +30,14 @@ from tvmnas.targets import Target
 DATA_VERSION = 1
 
 
+def gzip_bytes(text: str) -> bytes:
+    """Gzip with no file name and no time stamp in the header: same text, same bytes."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", filename="", mtime=0) as fh:
+        fh.write(text.encode())
+    return buf.getvalue()
+
+
 @dataclass
 class ProfileData:
     """Kernels (by hash: name, features, MACs) and networks (genotype, split, per-target calls)."""
@@ -40,8 +49,7 @@ class ProfileData:
         """Write gzipped JSON with sorted keys (same data, same bytes)."""
         doc = {"version": DATA_VERSION, "kernels": self.kernels, "networks": self.networks}
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-        with gzip.GzipFile(Path(path), "wb", mtime=0) as fh:
-            fh.write(text.encode())
+        Path(path).write_bytes(gzip_bytes(text))
 
     @classmethod
     def load(cls, path: Path) -> "ProfileData":
@@ -184,7 +192,7 @@ def kernel_rows_from_db(db_path: Path, target: str,
         raise CostModelError(f"profile database '{db_path}' has no kernels measured on {target}")
     rows: dict[str, dict[str, Any]] = {}
     for i, cand in enumerate(candidates):
-        if all(k[2] in rows for k in cand.kernel_list()):
+        if all(k[2] in rows for k in cand.kernel_list):
             continue
         spec = OpSpec.from_json(cand.params)
         lowered, graph = lower_model(import_model(spec.build(0), spec.input_shape))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tvmnas.cost.collect import gzip_bytes
 from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate, load_surrogate
 from tvmnas.errors import CostModelError
 from tvmnas.search.cost import LayerCost, MacCostModel
@@ -236,9 +237,9 @@ def featurise_specs(specs: Sequence[LayerSpec], path: Path | None = None,
             done[key] = {"spec": asdict(spec), "kernels": spec_kernel_features(spec)}
             progress(f"[{i + 1}/{len(specs)}] lowered {spec}")
             if path is not None:
-                with gzip.GzipFile(path, "wb", mtime=0) as fh:
-                    fh.write(json.dumps(sorted(done.values(), key=lambda e: json.dumps(e["spec"], sort_keys=True)),
-                                        sort_keys=True, separators=(",", ":")).encode())
+                Path(path).write_bytes(gzip_bytes(json.dumps(
+                    sorted(done.values(), key=lambda e: json.dumps(e["spec"], sort_keys=True)),
+                    sort_keys=True, separators=(",", ":"))))
         out.append(done[key])
     return out
 

@@ -1,0 +1,79 @@
+"""Profile data for cost models: the JSON round trip, kernel rows, and rows joined from a profile database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tvmnas.cost.collect import ProfileData, kernel_rows_from_db, load_kernel_rows
+from tvmnas.cost.networks import interleave, random_genotypes
+from tvmnas.errors import CostModelError
+from tvmnas.passes import FEATURE_NAMES
+
+
+def tiny_data() -> ProfileData:
+    f = {n: 0.0 for n in FEATURE_NAMES}
+    data = ProfileData(kernels={"a": {"name": "k_a", "features": f, "macs": 10}, "b": {"name": "k_b", "features": f, "macs": 20}})
+    call = lambda h, c: {"kernel": f"k_{h}", "hash": h, "instructions": c // 2, "cycles": c}  # noqa: E731
+    data.networks = [
+        {"name": "fit00", "split": "fit", "genotype": {}, "targets": {"cortex-m4": {
+            "instructions": 0, "cycles": 300, "preamble_cycles": 0, "calls": [call("a", 100), call("a", 100), call("b", 100)]}}},
+        {"name": "eval00", "split": "eval", "genotype": {}, "targets": {"cortex-m4": {
+            "instructions": 0, "cycles": 100, "preamble_cycles": 0, "calls": [call("b", 100)]}}},
+    ]
+    return data
+
+
+def test_round_trip_is_byte_identical(tmp_path: Path) -> None:
+    data = tiny_data()
+    data.save(tmp_path / "a.json.gz")
+    again = ProfileData.load(tmp_path / "a.json.gz")
+    again.save(tmp_path / "b.json.gz")
+    assert (tmp_path / "a.json.gz").read_bytes() == (tmp_path / "b.json.gz").read_bytes()
+    assert again.targets() == ["cortex-m4"]
+
+
+def test_kernel_rows_are_distinct_kernels_of_a_split() -> None:
+    data = tiny_data()
+    assert [r["hash"] for r in data.kernel_rows("cortex-m4", "fit")] == ["a", "b"]
+    assert [r["hash"] for r in data.kernel_rows("cortex-m4", "eval")] == ["b"]
+    assert data.kernel_rows("cortex-m7") == []
+
+
+def test_missing_or_foreign_files_are_named_errors(tmp_path: Path) -> None:
+    with pytest.raises(CostModelError, match="does not exist"):
+        load_kernel_rows(tmp_path / "nothing.json.gz", "cortex-m4")
+    (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(CostModelError, match="not gzipped JSON"):
+        ProfileData.load(tmp_path / "bad.json.gz")
+
+
+def test_random_networks_are_seeded_and_cover_both_spaces() -> None:
+    a, b = random_genotypes(6, 3), random_genotypes(6, 3)
+    assert [g.to_json() for g in a] == [g.to_json() for g in b]
+    assert {g.space for g in a} == {"chain", "darts"}
+    jobs = interleave(a[:2], b[:3])
+    assert [(n, s) for n, s, _ in jobs] == [("fit00", "fit"), ("eval00", "eval"), ("fit01", "fit"),
+                                           ("eval01", "eval"), ("eval02", "eval")]
+
+
+def test_rows_from_a_profile_database_join_features_by_kernel_hash(tmp_path: Path) -> None:
+    from tvmnas.kernel_profiler import candidate_row, kernel_rows, prepare_candidate
+    from tvmnas.profiledb import ProfileDB
+    from tvmnas.sampler import OpSpec
+    from tvmnas.targets import load_target
+
+    target = load_target("cortex-m4")
+    spec = OpSpec("conv", 8, 4, 8, kernel=3)
+    prepared = prepare_candidate(spec, target, tmp_path / "bundle")
+    counts = [(1000 + i, 2000 + i) for i in range(len(prepared.kernels))]
+    rows = kernel_rows(spec, prepared, counts)
+    with ProfileDB(tmp_path / "p.db") as db:
+        db.record(candidate_row(spec, prepared, {r.key: r for r in rows}), rows)
+    joined = kernel_rows_from_db(tmp_path / "p.db", "cortex-m4", progress=lambda m: None)
+    assert {r["hash"] for r in joined} == {k.kernel_hash for k in prepared.kernels}
+    assert sorted(r["cycles"] for r in joined) == sorted({c for _, c in counts})
+    assert all(set(r["features"]) == set(FEATURE_NAMES) for r in joined)
+    with pytest.raises(CostModelError, match="no kernels measured on cortex-m7"):
+        kernel_rows_from_db(tmp_path / "p.db", "cortex-m7")
