@@ -11,3 +11,4 @@ from tvmnas.cli import train  # noqa: F401,E402
 from tvmnas.cli import run, targets  # noqa: F401,E402
 from tvmnas.cli import pipeline  # noqa: F401,E402
 from tvmnas.cli import profile  # noqa: F401,E402
+from tvmnas.cli import dynamic  # noqa: F401,E402
