@@ -115,3 +115,16 @@ def test_cli_search_over_budget_exits_nonzero_with_one_line(tmp_path, capsys, mo
     last = captured.err.strip().splitlines()[-1]
     assert last.startswith("error: architecture over budget: flash (parameter bytes)") and "> budget 100" in last
     assert json.loads(captured.out.strip().splitlines()[-1])["budget_ok"] is False
+
+
+def test_search_runs_with_the_shipped_learned_cost(tmp_path):
+    """The learned (distilled) cost plugs into the search; several architecture steps run through it."""
+    from tvmnas.cost.distill import DistilledCostModel
+
+    cost = DistilledCostModel.shipped("cortex-m4")
+    assert any(p.requires_grad for p in cost.mlp.parameters())  # the table must not keep its graph
+    data = load_dataset("digits", limit_train=128, limit_test=32)
+    config = SearchConfig(space="chain", epochs=2, batch_size=32, cost_weight=5.0, seed=0)
+    result = search(data, tmp_path, config, cost_model=cost)
+    assert result.cost_unit == cost.unit
+    assert result.cost.cycles > 0 and len(result.history) == 2

@@ -125,6 +125,7 @@ def compile_model(
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary output folder
     try:
         manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags])
         manifest["flash_bytes"] = object_flash_bytes(staging, target)

@@ -37,6 +37,9 @@ def search_command(
     budget_flash: Optional[int] = typer.Option(None, "--budget-flash", help="Parameter-bytes budget."),
     budget_sram: Optional[int] = typer.Option(None, "--budget-sram", help="Peak activation-bytes budget."),
     board_budgets: bool = typer.Option(False, "--board-budgets", help="Use the target board's flash/SRAM as budgets."),
+    cost_model_name: str = typer.Option(
+        "auto", "--cost-model",
+        help="auto: the learned (distilled) cost for the target when shipped, else MACs; mac: MAC count."),
     w_cycles: float = typer.Option(1.0, "--w-cycles", help="Weight of cycles inside the cost."),
     w_flash: float = typer.Option(0.0, "--w-flash", help="Weight of parameter bytes inside the cost."),
     w_sram: float = typer.Option(0.0, "--w-sram", help="Weight of peak activation bytes inside the cost."),
@@ -59,7 +62,8 @@ def search_command(
 ) -> None:
     """Search an architecture with loss = CE + lambda * cost; print a JSON summary, exit 1 if over budget."""
     from tvmnas.data import load_dataset
-    from tvmnas.search.cost import Budgets, CostWeights, MacCostModel
+    from tvmnas.pipeline import search_cost_model
+    from tvmnas.search.cost import Budgets, CostWeights
     from tvmnas.search.search import SearchConfig, search
     from tvmnas.targets import load_target
 
@@ -81,7 +85,11 @@ def search_command(
     data = load_dataset(dataset, root=data_root, limit_train=limit_train)
     print(f"searching {space} on {data.name} {data.input_shape} for {tgt.name}, lambda={cost_weight} ...",
           file=sys.stderr)
-    result = search(data, out, config, cost_model=MacCostModel(), resume=resume, progress=progress)
+    if cost_model_name not in ("auto", "mac"):
+        raise TvmnasError(f"unknown cost model '{cost_model_name}' (expected auto or mac)")
+    cost_model, cost_note = search_cost_model(cost_model_name, tgt)
+    print(f"cost: {cost_note}", file=sys.stderr)
+    result = search(data, out, config, cost_model=cost_model, resume=resume, progress=progress)
     print(f"{result.genotype}", file=sys.stderr)
     summary = {
         "genotype": str(out / "genotype.json"), "cost_unit": result.cost_unit,

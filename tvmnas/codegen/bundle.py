@@ -184,8 +184,13 @@ def makefile(cflags: list[str]) -> str:
     flags = " ".join(cflags)
     return f"""\
 # Builds libmodel.a for the target. Link it with your firmware (and -lm).
-CC ?= arm-none-eabi-gcc
-AR ?= arm-none-eabi-ar
+# `make CC=... AR=... CFLAGS=...` overrides the defaults below.
+ifeq ($(origin CC),default)
+CC = arm-none-eabi-gcc
+endif
+ifeq ($(origin AR),default)
+AR = arm-none-eabi-ar
+endif
 CFLAGS ?= {flags} -ffreestanding -ffunction-sections -fdata-sections -Wall -Wextra -Werror
 
 libmodel.a: model.o model_weights.o

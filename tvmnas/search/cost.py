@@ -179,10 +179,12 @@ class CostTerm:
         self.budgets = budgets
         self.budget_weight = budget_weight
         self.device = torch.device(device)
-        # per slot: [n_candidates] tensors of each component
+        # per slot: [n_candidates] tensors of each component. Candidate shapes are fixed, so the table
+        # is a constant for the architecture step: no graph back into a learned cost model is kept.
         self._table: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for slot in slots:
-            costs = [cost_model.layer_cost(spec) for spec in slot.candidates]
+            with torch.no_grad():
+                costs = [cost_model.layer_cost(spec) for spec in slot.candidates]
             self._table.append((
                 torch.stack([c.cycles.reshape(()) for c in costs]).float().to(self.device),
                 torch.stack([c.param_bytes.reshape(()) for c in costs]).float().to(self.device),
