@@ -24,7 +24,6 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +108,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="times the QEMU stream cycles through all K")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "dynamic")
     parser.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--qemu-only", action="store_true",
+                        help="reuse --out and results/dynamic.json of an earlier run; redo only the QEMU part")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -117,7 +118,6 @@ def main() -> None:
     from tvmnas.dynamic.compile import compile_dynamic
     from tvmnas.dynamic.select import load_selection, select_subnets
     from tvmnas.dynamic.train import SupernetTrainConfig, train_standalone, train_supernet
-    from tvmnas.runner import build, memory_usage, run
     from tvmnas.targets import load_target
 
     t0 = time.time()
@@ -129,6 +129,12 @@ def main() -> None:
     holdout = min(500, len(data.train_x) // 10)
     settings = SupernetTrainConfig(epochs=args.epochs, holdout=holdout)
     out = args.out
+    if args.qemu_only:
+        report = json.loads((HERE / "results" / "dynamic.json").read_text())
+        sel = load_selection(out / "selection")
+        report["qemu"] = measure_qemu(out / "dynamic_c", sel.subnets, data.test_x, target, args.k, args.rounds)
+        finish(report, args.results_md)
+        return
     print(f"[{time.time() - t0:.0f}s] training the super-network ({len(data.train_x)} images, {args.epochs} epochs)",
           file=sys.stderr)
     net, sup_metrics = train_supernet(data, out / "supernet", settings, spec=spec)
@@ -156,27 +162,7 @@ def main() -> None:
     largest = int(np.argmax(alone_flash))
 
     print(f"[{time.time() - t0:.0f}s] QEMU switching run", file=sys.stderr)
-    elf = build(out / "dynamic_c", target, out / "dynamic_c" / "build")
-    usage = memory_usage(elf, target)
-    idx = np.arange(args.rounds * args.k * 2) % len(data.test_x)
-    # each round: every config twice in a row (same-config baseline), order rotated between rounds
-    configs = []
-    for r in range(args.rounds):
-        order = [(k + r) % args.k for k in range(args.k)]
-        configs += [k for k in order for _ in range(2)]
-    inputs = [data.test_x[i] for i in idx]
-    result = run(elf, target, inputs, configs=configs, timeout_s=600)
-    errors, per_config, after_switch, after_same = [], {}, {}, {}
-    for j, (k, x, y) in enumerate(zip(configs, inputs, result.outputs)):
-        with torch.no_grad():
-            ref = sel.subnets[k](torch.from_numpy(x[None])).numpy().ravel()
-        errors.append(float(np.abs(ref - y).max()))
-        per_config.setdefault(k, result.instructions[j])
-        switched = j == 0 or configs[j - 1] != k
-        (after_switch if switched else after_same).setdefault(k, []).append(result.instructions[j])
-    run_delta = max(abs(max(after_switch[k]) - min(after_same[k])) for k in after_same)
-    set_cfg = set_config_instructions(elf)
-
+    qemu = measure_qemu(out / "dynamic_c", sel.subnets, data.test_x, target, args.k, args.rounds)
     report = {
         "target": target.name, "commit": git_commit(), "dataset": data.name,
         "settings": {"epochs": args.epochs, "train_examples": sup_metrics["train_examples"],
@@ -191,25 +177,59 @@ def main() -> None:
                   "ratio_to_sum": dyn["flash_bytes"] / sum(alone_flash),
                   "shared_weights_bytes": dyn["shared_weights_bytes"],
                   "private_weights_bytes": dyn["private_weights_bytes"],
-                  "elf_flash_bytes": usage.flash_bytes},
+                  },
         "arena_bytes": [c["arena_bytes"] for c in dyn["configs"]],
-        "qemu": {"calls": len(configs), "sequence": configs, "max_abs_error": max(errors),
-                 "instructions_per_config": [per_config[k] for k in range(args.k)],
-                 "model_run_delta_after_switch": run_delta,
-                 "set_config_instructions": set_cfg},
+        "qemu": qemu,
         "seconds": {"supernet_train": t_super, "total": time.time() - t0},
     }
+    report["command"] = "python benchmarks/dynamic.py " + " ".join(sys.argv[1:])
+    report["text"] = {"data": data.name, "train": sup_metrics["train_examples"], "holdout": holdout,
+                      "test": len(data.test_x), "input_shape": list(spec.input_shape), "epochs": args.epochs,
+                      "machine": target.emulator_machine, "k": args.k, "rounds": args.rounds}
+    finish(report, args.results_md)
+
+
+def measure_qemu(bundle: Path, subnets, test_x: np.ndarray, target, k_count: int, rounds: int) -> dict:
+    """One QEMU process: every round runs each configuration twice in a row on that round's test
+    image (order rotated between rounds); outputs vs PyTorch, exact counts, switching cost."""
+    from tvmnas.runner import build, memory_usage, run
+
+    elf = build(bundle, target, bundle / "build")
+    configs, inputs = [], []
+    for r in range(rounds):
+        for k in [(k + r) % k_count for k in range(k_count)]:
+            configs += [k, k]
+            inputs += [test_x[r % len(test_x)]] * 2
+    result = run(elf, target, inputs, configs=configs, timeout_s=600)
+    errors, per_config, deltas = [], {}, []
+    for j, (k, x, y) in enumerate(zip(configs, inputs, result.outputs)):
+        with torch.no_grad():
+            ref = subnets[k](torch.from_numpy(x[None])).numpy().ravel()
+        errors.append(float(np.abs(ref - y).max()))
+        per_config.setdefault(k, result.instructions[j])
+        if j % 2 == 1:   # second call of a pair: same config, same input, no switch before it
+            deltas.append(result.instructions[j - 1] - result.instructions[j])
+    return {"calls": len(configs), "sequence": configs, "max_abs_error": max(errors),
+            "instructions_per_config": [per_config[k] for k in range(k_count)],
+            "model_run_delta_after_switch": max(deltas, key=abs),
+            "set_config_instructions": set_config_instructions(elf),
+            "elf_flash_bytes": memory_usage(elf, target).flash_bytes}
+
+
+def finish(report: dict, results_md: Path) -> None:
+    """Write results/dynamic.json and this benchmark's RESULTS.md section; print the section."""
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "dynamic.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-
-    cmd = "python benchmarks/dynamic.py " + " ".join(sys.argv[1:])
+    t = report["text"]
+    rows, args_k, target_name = report["configs"], t["k"], report["target"]
+    cmd = report["command"]
     lines = [
-        f"## Dynamic networks: one switchable artifact ({target.name}, commit {report['commit']})", "",
+        f"## Dynamic networks: one switchable artifact ({target_name}, commit {report['commit']})", "",
         f"`{cmd}`", "",
-        f"{data.name}: {sup_metrics['train_examples']} training images ({holdout} more held out for selection), "
-        f"{len(data.test_x)} test images, input {tuple(spec.input_shape)}, {args.epochs} epochs for the "
+        f"{t['data']}: {t['train']} training images ({t['holdout']} more held out for selection), "
+        f"{t['test']} test images, input {tuple(t['input_shape'])}, {t['epochs']} epochs for the "
         f"super-network and for each sub-network trained alone (same examples, optimizer and schedule). "
-        f"Selection cost: {sel.meta['cost_unit']}. Small CPU-only runs: absolute accuracies are low; "
+        f"Selection cost: {report['cost_unit']}. Small CPU-only runs: absolute accuracies are low; "
         f"compare the columns.", "",
         "| config | cost | arena B | instructions (exact) | shared-weight test acc | trained-alone test acc | difference (points) |",
         "|---|---|---|---|---|---|---|",
@@ -223,17 +243,17 @@ def main() -> None:
     lines += [
         "",
         f"Flash (code + constants, from the objects): one artifact {f['dynamic_bytes']:,} B; largest sub-network "
-        f"alone {f['largest_alone_bytes']:,} B (ratio {f['ratio_to_largest']:.3f}x); all {args.k} alone "
+        f"alone {f['largest_alone_bytes']:,} B (ratio {f['ratio_to_largest']:.3f}x); all {args_k} alone "
         f"{f['sum_alone_bytes']:,} B (artifact = {f['ratio_to_sum']:.2f}x of that). Shared weights "
         f"{f['shared_weights_bytes']:,} B, per-configuration BN scale/shift {f['private_weights_bytes']:,} B.",
         "",
-        f"QEMU ({target.emulator_machine}): one process, {q['calls']} calls switching through all {args.k} "
-        f"configurations {args.rounds} times; max |output - PyTorch| = {q['max_abs_error']:.2e}. Switching: "
+        f"QEMU ({t['machine']}): one process, {q['calls']} calls switching through all {args_k} "
+        f"configurations {t['rounds']} times; max |output - PyTorch| = {q['max_abs_error']:.2e}. Switching: "
         f"model_set_config is {q['set_config_instructions']} instructions (from the disassembly); model_run "
-        f"after a switch costs {q['model_run_delta_after_switch']} instructions more than after the same "
-        f"configuration (exact counts).",
+        f"right after a switch differs by {q['model_run_delta_after_switch']} instructions from the same call "
+        f"repeated without a switch (exact counts, same input).",
     ]
-    write_section(args.results_md, "\n".join(lines))
+    write_section(results_md, "\n".join(lines))
     print("\n".join(lines))
 
 
