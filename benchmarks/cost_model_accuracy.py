@@ -136,6 +136,20 @@ def main() -> None:
             by_space = ", ".join(f"{v} {k}" for k, v in r["eval_networks_by_space"].items())
             lines += table(f"Whole eval networks ({by_space}), predicted total = sum of per-call predictions:",
                            r["networks"])
+    lines += ["### Against the goals of the cost-model issue", ""]
+    for target, r in result["targets"].items():
+        cv = r["cv"]["surrogate"]
+        lines.append(f"- {target}, per kernel (cross-validated): {pct(cv['within_10pct'])} within +/-10% "
+                     f"(goal 95%), Spearman {cv['spearman']:.3f} (goal 0.98).")
+        if "held_out_kernels" in r:
+            h = r["held_out_kernels"]["surrogate"]
+            lines.append(f"- {target}, eval-network kernels: {pct(h['within_10pct'])} within +/-10%, "
+                         f"Spearman {h['spearman']:.3f}.")
+        if "networks" in r:
+            n = r["networks"]["surrogate"]
+            lines.append(f"- {target}, whole networks: {pct(n['within_10pct'])} of {n['n']} within +/-10% "
+                         f"(goal: 95% of at least 50 networks).")
+    lines.append("")
     if "distilled" in result:
         lines += ["### Distilled differentiable cost vs the surrogate (held-out layer specs)", "",
                   "| target | specs fit / test | R^2 (log cycles) | Spearman | within +/-10% | within +/-20% |",

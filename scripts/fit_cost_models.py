@@ -10,7 +10,7 @@ Stages, all seeded and single-threaded so that the same toolchain gives the same
 2. fit: one XGBoost surrogate per target on the 'fit' split only -> surrogate-<target>.json.
    The eval networks are profiled on EVAL_TARGET only (whole-network check); every target is also
    judged by cross-validation over distinct kernels (benchmarks/cost_model_accuracy.py).
-3. distill: DISTILL_SPECS layer specs of both spaces lowered once (features cached in
+3. distill: DISTILL_SPECS layer specs of both spaces (plus classifier / reduce heads) lowered once (features cached in
    distill-specs.json.gz), priced by each surrogate; the MLP fitted to 80 % of them ->
    distilled-<target>.pt, fidelity on the other 20 % -> distill-report.json.
 The 'eval' split is never used for fitting: benchmarks/cost_model_accuracy.py reports on it.
@@ -74,9 +74,10 @@ def main() -> None:
         surrogate.save(args.out / f"surrogate-{target}.json")
         print(f"{target}: surrogate fitted on {len(rows)} kernels -> surrogate-{target}.json", file=sys.stderr)
         if not args.skip_distill:
-            from tvmnas.cost.distill import distill, featurise_specs, random_specs
+            from tvmnas.cost.distill import distill, featurise_specs, head_specs, random_specs
 
-            featurised = featurise_specs(random_specs(DISTILL_SPECS, DISTILL_SEED), args.out / "distill-specs.json.gz")
+            specs = random_specs(DISTILL_SPECS, DISTILL_SEED) + head_specs()
+            featurised = featurise_specs(specs, args.out / "distill-specs.json.gz")
             model, reports[target] = distill(surrogate, featurised)
             model.save(args.out / f"distilled-{target}.pt")
             print(f"{target}: distilled cost vs surrogate on held-out specs: R^2 (log) {reports[target]['r2']:.3f}, "

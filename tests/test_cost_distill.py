@@ -93,3 +93,15 @@ def test_save_load_round_trip(model: DistilledCostModel, tmp_path: Path) -> None
     assert float(again.cycles(spec)) == pytest.approx(float(model.cycles(spec)))
     assert again.table == model.table
     assert again.target == "cortex-m4"
+
+
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
+def test_shipped_distilled_models_price_wider_layers_higher(target: str) -> None:
+    shipped = DistilledCostModel.shipped(target)
+    assert shipped.target == target and shipped.surrogate is not None and shipped.table
+    narrow = float(shipped.layer_cost(LayerSpec("mb_k5_e3", 16, 16, 16, 16, 1, kernel=5, expand=3)).cycles.detach())
+    wide = float(shipped.layer_cost(LayerSpec("mb_k5_e3", 16, 48, 16, 16, 1, kernel=5, expand=3)).cycles.detach())
+    assert 0 < narrow < wide
+    width = torch.tensor(24.0, requires_grad=True)
+    shipped.mlp_cycles("sep_conv_3x3", width, width, 16, 16, kernel=3).backward()
+    assert float(width.grad) > 0

@@ -12,3 +12,4 @@ from tvmnas.cli import run, targets  # noqa: F401,E402
 from tvmnas.cli import pipeline  # noqa: F401,E402
 from tvmnas.cli import profile  # noqa: F401,E402
 from tvmnas.cli import dynamic  # noqa: F401,E402
+from tvmnas.cli import cost  # noqa: F401,E402

@@ -223,6 +223,13 @@ def random_specs(count: int, seed: int) -> list[LayerSpec]:
     return specs
 
 
+def head_specs() -> list[LayerSpec]:
+    """Classifier and factorized-reduce layers at a few sizes (random_specs does not draw them)."""
+    out = [LayerSpec("classifier", c, 10, hw, hw) for c in (16, 64, 128) for hw in (1, 4, 8)]
+    out += [LayerSpec("factorized_reduce", c, 2 * c, hw, hw, 2) for c in (8, 24) for hw in (8, 16, 32)]
+    return out
+
+
 def featurise_specs(specs: Sequence[LayerSpec], path: Path | None = None,
                     progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[dict[str, Any]]:
     """[{spec, kernels: [features per call]}] for each spec; cached in `path` (gzipped JSON) if given."""
@@ -299,5 +306,5 @@ def distill(surrogate: CostSurrogate, featurised: Sequence[dict[str, Any]], *, h
     return model, report
 
 
-__all__ = ["CostMLP", "DistilledCostModel", "distill", "featurise_specs", "fit_mlp", "random_specs",
+__all__ = ["CostMLP", "DistilledCostModel", "distill", "featurise_specs", "fit_mlp", "head_specs", "random_specs",
            "spec_kernel_features"]

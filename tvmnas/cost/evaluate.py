@@ -1,6 +1,7 @@
 """Held-out accuracy of cost predictors, and the two baselines the learned model is judged against.
 
-- MacLinear: cycles = a x MACs + b, least squares over the fit kernels (the MicroNets proxy).
+- MacLinear: cycles = a x MACs + b, least squares on relative error over the fit kernels (the
+  MicroNets proxy: latency linear in operation count).
 - PerOpLUT: median cycles per MAC (per output element where a kernel has no MACs) for each
   (operator class, kernel size, stride), falling back to the operator class: a plain lookup table.
 Held out by kernel: kernels of the 'eval' networks whose hash never occurs in a 'fit' network.
@@ -38,7 +39,7 @@ def _op(f: dict[str, float]) -> str:
 
 
 class MacLinear:
-    """cycles = a x MACs + b (least squares, a, b >= 0)."""
+    """cycles = a x MACs + b (least squares on relative error, a, b >= 0)."""
 
     name = "MACs-linear"
 
@@ -51,7 +52,7 @@ class MacLinear:
 
         x = np.array([[_macs(r["features"]), 1.0] for r in rows])
         y = np.array([float(r["cycles"]) for r in rows])
-        (a, b), _ = nnls(x, y)
+        (a, b), _ = nnls(x / y[:, None], np.ones(len(y)))
         return cls(float(a), float(b))
 
     def predict(self, features: Sequence[dict[str, float]]) -> np.ndarray:
