@@ -123,7 +123,7 @@ class _Rules:
                 _try(sch.compute_inline, pad)
             elif band is not None:
                 _try(sch.compute_at, pad, band)
-        if has_reduce:
+        if has_reduce and (fuse_epilogue or register_tile):  # accumulator init hoisted out of the reduction
             _try(sch.decompose_reduction, red, sch.get_loops(red)[first_reduce])
         if unroll_window:
             for loop in sch.get_loops(red)[first_reduce:]:
