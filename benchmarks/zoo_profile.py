@@ -5,7 +5,7 @@ estimated from the core's timing table), the sum of its kernels' segments in tha
 gap (the window preamble: the harness's call into model_run and the stack set-up before the first
 kernel). On the `--isolated` targets every call is also compiled and run alone, on a seeded input,
 as the kernel table of the cost model measures it; the sum of those isolated kernels against the
-network shows what summing a kernel table misses (data-dependent code paths, per-call overhead).
+network shows what summing a kernel table misses (see EXPLANATION below).
 Writes JSON, prints a table and replaces its section in benchmarks/RESULTS.md; never passes or fails.
 
     python benchmarks/zoo_profile.py --isolated cortex-m4,cortex-m0
@@ -113,16 +113,20 @@ def pct(a: int, b: int) -> str:
 EXPLANATION = """\
 Why the sums differ. Inside one run, the network's instructions equal the window preamble plus
 the kernel segments exactly (the preamble is the harness's call into model_run and its stack
-set-up, a few instructions). Kernels timed alone, as a kernel table holds them, differ for two
+set-up, a few instructions). Kernels timed alone, as a kernel table holds them, differ for three
 reasons. (1) Machine code depends on the call context: at -O3 gcc inlines a static kernel that is
 called once into model_run when the translation unit is small (a one-kernel bundle), but in a
 whole network its inlining budget runs out and several kernels stay out of line, specialised on
 their constant arguments (`.constprop` clones); the same C text thus compiles differently.
 Built with `--extra-cflags=-fno-inline-functions-called-once`, ResNet-8's isolated kernels match
-their in-network segments within 2 instructions each, except (2): a residual add whose second
+their in-network segments within 0.01 % each (sum +0.16 %), except (2): a residual add whose second
 operand is an activation in the network becomes a constant array in flash when isolated (+6 %
-on those two kernels). Marking kernels noinline in the generated C would make kernel timings
-context-free; until then a summed kernel table over-estimates whole networks by the figures above.
+on those two kernels). (3) On cores without an FPU (cortex-m0, cortex-m3) float arithmetic runs
+in libgcc soft-float routines whose paths depend on the values (zeros and equal exponents take
+short cuts): with (1) removed, m0_cnn's first kernel (same input in both runs) matches exactly,
+while kernels fed ReLU outputs in the network but signed random data alone differ by 1-30 %
+(global mean +33 %). Marking kernels noinline in the generated C would remove (1); (3) needs
+representative activations, not random ones, when timing kernels for soft-float cores.
 """
 
 
