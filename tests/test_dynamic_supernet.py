@@ -119,7 +119,8 @@ def test_bn_as_affine_keeps_outputs_and_removes_batchnorm():
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
 
 
-def test_sandwich_training_lowers_the_losses_of_large_and_small_subnets():
+@pytest.mark.parametrize("label_weight", [0.0, 0.5])
+def test_sandwich_training_lowers_the_losses_of_large_and_small_subnets(label_weight):
     torch.manual_seed(0)
     net = _net()
     x = torch.from_numpy(_images(64))
@@ -137,7 +138,7 @@ def test_sandwich_training_lowers_the_losses_of_large_and_small_subnets():
     big0, small0 = losses()
     for _ in range(15):
         opt.zero_grad()
-        sandwich_step(net, x, y, rng, 1)
+        sandwich_step(net, x, y, rng, 1, label_weight)
         opt.step()
     big1, small1 = losses()
     assert big1 < 0.7 * big0

@@ -27,6 +27,7 @@ def train_command(
     lr: float = typer.Option(0.05, "--lr", help="Initial SGD learning rate (cosine schedule)."),
     random_subnets: int = typer.Option(2, "--random-subnets", help="Random sub-networks per step besides the largest and smallest."),
     holdout: int = typer.Option(300, "--holdout", help="Training examples kept aside for `select`'s accuracy estimate."),
+    label_weight: float = typer.Option(0.5, "--label-weight", help="Share of label cross-entropy in the smaller sub-networks' loss (rest: distillation from the largest)."),
     limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use only the first N training images."),
     limit_test: Optional[int] = typer.Option(None, "--limit-test", help="Use only the first N test images."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
@@ -37,7 +38,7 @@ def train_command(
 
     data = load_dataset(dataset, root=data_root, limit_train=limit_train, limit_test=limit_test)
     config = SupernetTrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, lr=lr,
-                                 random_subnets=random_subnets, holdout=holdout)
+                                 random_subnets=random_subnets, holdout=holdout, label_weight=label_weight)
     source = {"name": dataset, "root": str(data_root) if data_root else None, "limit_train": limit_train,
               "limit_test": limit_test}
     print(f"training a super-network on {data.name} ...", file=sys.stderr)

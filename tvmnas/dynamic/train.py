@@ -53,6 +53,7 @@ class SupernetTrainConfig:
     grad_clip: float = 5.0
     random_subnets: int = 2
     holdout: int = 300          # training examples kept aside for the selection's accuracy estimate
+    label_weight: float = 0.5   # students' loss: this much cross-entropy on labels, the rest distillation
     calibration_batches: int = 8
 
     def __post_init__(self) -> None:
@@ -85,16 +86,25 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
 
 
 def sandwich_step(net: DynamicSupernet, x: torch.Tensor, y: torch.Tensor, rng: random.Random,
-                  random_subnets: int) -> tuple[float, float]:
-    """Accumulate the sandwich-rule gradients of one batch; returns (largest's loss, its accuracy)."""
+                  random_subnets: int, label_weight: float = 0.0) -> tuple[float, float]:
+    """Accumulate the sandwich-rule gradients of one batch; returns (largest's loss, its accuracy).
+
+    The largest sub-network learns from the labels; the smallest and the random ones from its
+    detached predictions, mixed with `label_weight` of label cross-entropy (a young teacher is
+    still weak, so pure distillation would copy its mistakes).
+    """
     spec = net.spec
-    logits = net(x, largest(spec))
-    loss = F.cross_entropy(logits, y)
+    top = net(x, largest(spec))
+    loss = F.cross_entropy(top, y)
     loss.backward()
-    teacher = logits.detach()
+    teacher = top.detach()
     for config in [smallest(spec)] + [sample(spec, rng) for _ in range(random_subnets)]:
-        distillation_loss(net(x, config), teacher).backward()
-    return float(loss.detach()), float((logits.argmax(1) == y).float().mean())
+        logits = net(x, config)
+        loss_k = (1 - label_weight) * distillation_loss(logits, teacher)
+        if label_weight:
+            loss_k = loss_k + label_weight * F.cross_entropy(logits, y)
+        loss_k.backward()
+    return float(loss.detach()), float((teacher.argmax(1) == y).float().mean())
 
 
 @torch.no_grad()
@@ -161,7 +171,7 @@ def train_supernet(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
-                loss, acc = sandwich_step(net, xb, yb, rng, config.random_subnets)
+                loss, acc = sandwich_step(net, xb, yb, rng, config.random_subnets, config.label_weight)
                 torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
                 optimizer.step()
                 loss_sum, acc_sum = loss_sum + loss, acc_sum + acc
