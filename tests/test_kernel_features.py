@@ -73,7 +73,7 @@ def test_features_from_onnx_equal_features_from_pytorch(tmp_path: Path) -> None:
     from_torch = extract_kernel_features(lower_model(import_model(net, (1, 3, 16, 16)))[0])
     from_onnx = extract_kernel_features(lower_model(import_model(onnx_path))[0])
     shape_keys = ("log_macs", "kernel_h", "kernel_w", "stride", "dilation", "channels_out", "out_h", "out_w",
-                  "class_conv", "log_bytes_in", "log_bytes_out")
+                  "class_conv", "log_bytes_out")
 
     def conv(features: dict) -> tuple:
         main = max(features.values(), key=lambda f: f["log_macs"])
