@@ -98,6 +98,11 @@ class _Rules:
     def apply(self, inline_padding: bool, fuse_epilogue: bool, register_tile: bool, unroll_window: bool):
         sch = self.sch
         reductions = self.reductions()
+        if not reductions and fuse_epilogue:
+            # a purely injective kernel (concat, slice, transpose, elementwise chains): compute every
+            # element straight into the output instead of staging each step in scratch
+            for b in self.blocks()[:-1]:
+                _try(sch.compute_inline, b)
         if len(reductions) != 1:
             return sch.mod["main"]
         red = reductions[0]
@@ -155,7 +160,8 @@ class ScheduleForMCU:
     reduction block (conv, depthwise conv, dense/matmul, pooling) are scheduled, others untouched.
     Rules (constructor arguments, each can be switched off):
     - fuse_epilogue: bias/activation chains are inlined and computed right after each output tile's
-      reduction, so accumulators stay in registers and no full-size intermediate exists.
+      reduction, so accumulators stay in registers and no full-size intermediate exists; in kernels
+      without a reduction (concat, slice, transpose, elementwise) every step is inlined into the output.
     - register_tile: output channels (tile_channels) x output columns (tile_width) become the
       innermost unrolled loops, so every loaded weight and input is reused from registers.
     - inline_padding: True computes zero padding inside the inner loop (no scratch, branches per

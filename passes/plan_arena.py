@@ -19,6 +19,7 @@ class ArenaBuffer:
     nbytes: int
     first: int
     last: int
+    is_scratch: bool = False  # a kernel's private workspace rather than a tensor of the graph
 
     def overlaps(self, other: "ArenaBuffer") -> bool:
         return self.first <= other.last and other.first <= self.last
@@ -42,14 +43,17 @@ def lower_bound(buffers: list[ArenaBuffer]) -> int:
     return max(sum(_align(b.nbytes) for b in buffers if b.first <= s <= b.last) for s in steps)
 
 
-def plan_arena(buffers: list[ArenaBuffer], alignment: int = ALIGNMENT) -> ArenaPlan:
-    """Greedy-by-size placement: each buffer (largest first) goes to the lowest aligned offset
-    where it does not overlap, in address and lifetime, any buffer already placed.
+_ORDERS = {
+    "size": lambda b: (-b.nbytes, b.first, b.name),
+    "first_use": lambda b: (b.first, -b.nbytes, b.name),
+    "lifetime": lambda b: (-(b.last - b.first), -b.nbytes, b.name),
+    "area": lambda b: (-b.nbytes * (b.last - b.first + 1), b.first, b.name),
+}
 
-    Deterministic: ties broken by first use, then name.
-    """
-    order = sorted(buffers, key=lambda b: (-b.nbytes, b.first, b.name))
-    placed: list[tuple[int, int, ArenaBuffer]] = []  # (offset, end, buffer)
+
+def _place(order: list[ArenaBuffer], alignment: int) -> tuple[dict[str, int], int]:
+    """Each buffer in turn goes to the lowest aligned offset clear of every placed buffer it overlaps in time."""
+    placed: list[tuple[int, int, ArenaBuffer]] = []
     offsets: dict[str, int] = {}
     for buf in order:
         size = _align(buf.nbytes, alignment)
@@ -61,7 +65,21 @@ def plan_arena(buffers: list[ArenaBuffer], alignment: int = ALIGNMENT) -> ArenaP
             offset = max(offset, _align(end, alignment))
         placed.append((offset, offset + size, buf))
         offsets[buf.name] = offset
-    arena = max((e for _, e, _ in placed), default=0)
+    return offsets, max((e for _, e, _ in placed), default=0)
+
+
+def plan_arena(buffers: list[ArenaBuffer], alignment: int = ALIGNMENT) -> ArenaPlan:
+    """Greedy first-fit placement tried in several orders (largest first, first use, longest
+    lifetime, largest size x lifetime); the smallest arena wins, ties to the earlier order.
+
+    Deterministic: every order breaks ties by name.
+    """
+    best: tuple[dict[str, int], int] | None = None
+    for key in _ORDERS.values():
+        offsets, arena = _place(sorted(buffers, key=key), alignment)
+        if best is None or arena < best[1]:
+            best = (offsets, arena)
+    offsets, arena = best
     unshared = sum(_align(b.nbytes, alignment) for b in buffers)
     return ArenaPlan(dict(sorted(offsets.items())), arena, lower_bound(buffers), unshared)
 

@@ -26,6 +26,7 @@ from tvmnas.passes import (
     MCULowering,
     ScheduleForMCU,
     extract_call_graph,
+    lower_bound,
     plan_arena,
 )
 from tvmnas.targets import Target
@@ -43,9 +44,34 @@ class CompiledModel:
 def lower_model(mod: tvm.IRModule, schedule: bool = True) -> tuple[tvm.IRModule, CallGraph]:
     """Run the Relax MCU pipeline (and the MCU schedules) and read back the kernel call sequence."""
     lowered = MCULowering()(mod)
+    graph = extract_call_graph(lowered)
     if schedule:
-        lowered = ScheduleForMCU()(lowered)
-    return lowered, extract_call_graph(lowered)
+        lowered = schedule_within_bound(lowered, graph)
+    return lowered, graph
+
+
+def schedule_within_bound(lowered: tvm.IRModule, graph: CallGraph) -> tvm.IRModule:
+    """ScheduleForMCU everywhere, except that a kernel whose padded-row scratch would lift the arena
+    above the live-tensor bound computes its padding inline instead (no scratch, a little slower)."""
+    scheduled = ScheduleForMCU()(lowered)
+    kernels = emit_kernels(scheduled, graph)
+    buffers = arena_buffers(graph, kernels)
+    tensors = [b for b in buffers if not b.is_scratch]
+    bound = lower_bound(tensors)
+    over = set()
+    for call in graph.calls:
+        scratch = sum(b.nbytes for b in buffers if b.is_scratch and b.first == call.index)
+        live = lower_bound([b for b in tensors if b.first <= call.index <= b.last])
+        if scratch and live + scratch > bound:
+            over.add(call.kernel)
+    if not over:
+        return scheduled
+    tight = ScheduleForMCU(inline_padding=True)(
+        tvm.IRModule({gv: f for gv, f in lowered.functions.items() if gv.name_hint in over})
+    )
+    for gv, func in tight.functions.items():
+        scheduled[gv.name_hint] = func
+    return scheduled
 
 
 def emit_kernels(lowered: tvm.IRModule, graph: CallGraph) -> dict[str, EmittedKernel]:
@@ -76,7 +102,7 @@ def arena_buffers(graph: CallGraph, kernels: dict[str, EmittedKernel]) -> list[A
                 buffers.append(ArenaBuffer(out, graph.tensors[out].nbytes, call.index, last))
         for name, dtype, elems in kernels[call.kernel].signature.scratch:
             nbytes = elems * (4 if dtype in ("float32", "int32") else 1)
-            buffers.append(ArenaBuffer(f"{call.index}:{name}", nbytes, call.index, call.index))
+            buffers.append(ArenaBuffer(f"{call.index}:{name}", nbytes, call.index, call.index, is_scratch=True))
     return buffers
 
 

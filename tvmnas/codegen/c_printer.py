@@ -273,7 +273,9 @@ class CPrinter:
             for p, d in zip(params, dtypes)
         ]
         decls += [f"{c_type(d)} *{self.restrict} {n}" for n, d, _ in self.scratch]
-        header = f"static void {self.name}({', '.join(decls)})"
+        # noinline: a kernel compiles to the same code wherever it is called, so its profiled cost
+        # (and the cost model keyed on its C text) holds in any network; it also bounds stack use.
+        header = f"static __attribute__((noinline)) void {self.name}({', '.join(decls)})"
         body = "\n".join(self.locals_ + self.lines)
         sig = KernelSignature(self.name, params, dtypes, elems, written, list(self.scratch))
         return f"{header} {{\n{body}\n}}\n", sig
