@@ -15,34 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import git_commit, replace_section  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 SECTION = "profile_rate"
 
 
-def git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False)
-    return proc.stdout.strip() or "unknown"
 
 
-def replace_section(results_md: Path, name: str, body: str) -> None:
-    """Put `body` between this benchmark's markers in RESULTS.md (appended the first time)."""
-    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = results_md.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, results_md)
 
 
 def timed_run(specs: list, target, db_path: Path, jobs: int) -> dict:
@@ -134,7 +120,7 @@ def main() -> None:
         "candidate again (to get its kernel hashes) and measures only those whose kernels are not in the "
         "database, e.g. because the code generator changed since the fresh pass.\n"
     )
-    replace_section(args.results_md, SECTION, body)
+    replace_section(SECTION, results_md=args.results_md, body=body)
 
 
 if __name__ == "__main__":
