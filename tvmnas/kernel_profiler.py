@@ -41,7 +41,7 @@ from tvmnas.passes import CallGraph, KernelCall, plan_arena
 from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
 from tvmnas.profiling import Profile, build_plugin, parse_block_profile, profile_from_blocks, qemu_plugin_args
 from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
-from tvmnas.runner import COMMON_CFLAGS, JOB_FILE, _check_exit, _write_job, build, qemu_command
+from tvmnas.runner import COMMON_CFLAGS, JOB_FILE, check_exit, write_job, build, qemu_command
 from tvmnas.sampler import OpSpec
 from tvmnas.targets import Target
 from tvmnas.toolchain import ARM_GCC, tool_path
@@ -316,7 +316,7 @@ def profile_elf_named(
     with tempfile.TemporaryDirectory(prefix="tvmnas-kprof-") as tmp:
         work = Path(tmp)
         out = work / "profile.txt"
-        _write_job(work / JOB_FILE, inputs, None)
+        write_job(work / JOB_FILE, inputs, None)
         cmd = qemu_command(elf, target, qemu_plugin_args(plugin_so, elf, out))
         proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -333,7 +333,7 @@ def profile_elf_named(
         if proc.returncode != 0:
             where = _kernel_label(_open_segment(out), kernel_names)
             try:
-                _check_exit(proc.returncode, what, stderr, [])
+                check_exit(proc.returncode, what, stderr, [])
             except EmulatorError as err:
                 raise EmulatorError(f"{err} {where}") from None
         blocks = parse_block_profile(out)

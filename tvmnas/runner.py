@@ -170,7 +170,7 @@ def build_host(bundle_dir: Path, build_dir: Path, *, extra_cflags: Sequence[str]
     return exe
 
 
-def _write_job(path: Path, inputs: Sequence[np.ndarray], configs: Sequence[int] | None) -> None:
+def write_job(path: Path, inputs: Sequence[np.ndarray], configs: Sequence[int] | None) -> None:
     if not inputs:
         raise EmulatorError("no inputs given: a run needs at least one input tensor")
     flat = [np.ascontiguousarray(x, dtype="<f4").reshape(-1) for x in inputs]
@@ -212,7 +212,7 @@ def _read_result(path: Path, what: str) -> tuple[list[int], list[int], list[np.n
     return configs, rcs, counts, outputs
 
 
-def _check_exit(code: int, what: str, stderr: str, rcs: Sequence[int]) -> None:
+def check_exit(code: int, what: str, stderr: str, rcs: Sequence[int]) -> None:
     if code == 0:
         return
     if code == EXIT_MODEL_ERROR and rcs:
@@ -266,7 +266,7 @@ def run(
         raise EmulatorError(f"{what}: no such ELF")
     with tempfile.TemporaryDirectory(prefix="tvmnas-run-") as tmp:
         work = Path(tmp)
-        _write_job(work / JOB_FILE, inputs, configs)
+        write_job(work / JOB_FILE, inputs, configs)
         cmd = qemu_command(elf, target, qemu_extra_args)
         try:
             proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -275,7 +275,7 @@ def run(
         got_configs, rcs, counts, outputs = (
             _read_result(work / RESULT_FILE, what) if (work / RESULT_FILE).exists() else ([], [], [], [])
         )
-        _check_exit(proc.returncode, what, proc.stderr, rcs)
+        check_exit(proc.returncode, what, proc.stderr, rcs)
         if len(outputs) != len(inputs):
             raise EmulatorError(f"{what}: result file holds {len(outputs)} of {len(inputs)} calls")
     return RunResult(
@@ -295,7 +295,7 @@ def run_host(
     what = f"{exe} (host)"
     with tempfile.TemporaryDirectory(prefix="tvmnas-host-") as tmp:
         work = Path(tmp)
-        _write_job(work / JOB_FILE, inputs, configs)
+        write_job(work / JOB_FILE, inputs, configs)
         try:
             proc = subprocess.run(
                 [str(exe.resolve()), JOB_FILE, RESULT_FILE],
@@ -312,7 +312,7 @@ def run_host(
         )
         if proc.returncode < 0:
             raise EmulatorError(f"{what}: killed by signal {-proc.returncode}")
-        _check_exit(proc.returncode, what, proc.stderr, rcs)
+        check_exit(proc.returncode, what, proc.stderr, rcs)
     return outputs
 
 
