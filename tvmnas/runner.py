@@ -171,6 +171,7 @@ def build_host(bundle_dir: Path, build_dir: Path, *, extra_cflags: Sequence[str]
 
 
 def write_job(path: Path, inputs: Sequence[np.ndarray], configs: Sequence[int] | None) -> None:
+    """Write the job file the harness reads through semihosting: one (config, input) per call."""
     if not inputs:
         raise EmulatorError("no inputs given: a run needs at least one input tensor")
     flat = [np.ascontiguousarray(x, dtype="<f4").reshape(-1) for x in inputs]
@@ -213,6 +214,7 @@ def _read_result(path: Path, what: str) -> tuple[list[int], list[int], list[np.n
 
 
 def check_exit(code: int, what: str, stderr: str, rcs: Sequence[int]) -> None:
+    """Turn a non-zero emulator exit (fault handler code, hang, model error) into one EmulatorError."""
     if code == 0:
         return
     if code == EXIT_MODEL_ERROR and rcs:
