@@ -111,7 +111,10 @@ def test_generated_c_names_layers_and_arena_roles(tmp_path: Path) -> None:
     model, x, _ = _reference("m0_cnn")
     out = compile_model(model, load_target(M4), tmp_path / "c", input_shape=x.shape).out_dir
     source = (out / "model.c").read_text()
-    assert "/* 0: conv2d" in source and "-> 1x" in source
+    manifest = json.loads((out / "manifest.json").read_text())
+    first_conv = next(k for k in manifest["kernels"] if "conv2d" in k["name"])
+    assert first_conv["source"] == "conv1.conv"  # the torch module path of m0_cnn's first convolution
+    assert f"/* {first_conv['index']} conv1.conv: conv2d" in source and "-> 1x" in source
     assert "/* activation" in source
     assert "malloc" not in source and "tvm/" not in source
     assert "__attribute__((aligned(16)))" in (out / "model_weights.c").read_text()

@@ -18,7 +18,7 @@ from tvm import tirx
 from tvmnas.codegen.bundle import EmittedKernel, write_bundle, write_manifest
 from tvmnas.codegen.c_printer import print_kernel
 from tvmnas.errors import BudgetExceededError, BuildError
-from tvmnas.frontend import ModelSource, import_model
+from tvmnas.frontend import ModelSource, SourceLayers, import_model_with_sources
 from tvmnas.passes import (
     ArenaBuffer,
     CallGraph,
@@ -106,6 +106,33 @@ def arena_buffers(graph: CallGraph, kernels: dict[str, EmittedKernel]) -> list[A
     return buffers
 
 
+KERNEL_HEADS = ("conv2d", "matmul", "max_pool2d", "avg_pool2d", "mean", "softmax")
+
+
+def kernel_sources(graph: CallGraph, sources: SourceLayers) -> dict[int, str]:
+    """Source layer name per kernel call, matched on (heading operator, weight shape, output shape):
+    the n-th such kernel gets the n-th such source layer, where both counts agree."""
+    keyed: dict[tuple, list[int]] = {}
+    for call in graph.calls:
+        name = call.kernel[len("fused_"):] if call.kernel.startswith("fused_") else call.kernel
+        head = next((h for h in KERNEL_HEADS if name.startswith(h)), None)
+        if head is None:
+            continue
+        weight = None
+        if head in ("conv2d", "matmul"):
+            consts = [graph.constants[a] for a in call.args if a in graph.constants]
+            weight = tuple(consts[0].shape) if consts else None
+        keyed.setdefault((head, weight, graph.tensors[call.outputs[0]].shape), []).append(call.index)
+    named: dict[int, str] = {}
+    for key, calls in keyed.items():
+        candidates = sources.get(key, [])
+        if not candidates and key[0] == "matmul" and key[1]:  # a Linear's weight is stored transposed
+            candidates = sources.get((key[0], key[1][::-1], key[2]), [])
+        if len(candidates) == len(calls):
+            named.update(zip(calls, candidates))
+    return named
+
+
 def object_flash_bytes(out_dir: Path, target: Target) -> int:
     """Flash taken by the bundle's own code and constants, compiled with the target's flags."""
     require_tools()
@@ -139,7 +166,7 @@ def compile_model(
 ) -> CompiledModel:
     """Compile `model` for `target` into `out_dir` (replaced if it exists, untouched on error)."""
     out_dir = Path(out_dir)
-    mod = import_model(model, input_shape)
+    mod, sources = import_model_with_sources(model, input_shape)
     lowered, graph = lower_model(mod, schedule)
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise NotImplementedError(
@@ -153,7 +180,8 @@ def compile_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary output folder
     try:
-        manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags])
+        manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags],
+                                kernel_sources(graph, sources))
         manifest["flash_bytes"] = object_flash_bytes(staging, target)
         if not ignore_budget:
             check_budgets(manifest, target)

@@ -14,11 +14,33 @@ from tvmnas.errors import ModelLoadError, UnsupportedOperatorError
 ModelSource = Union[str, Path, "torch.nn.Module"]  # noqa: F821
 
 
+# Source operators -> the Relax operator that heads the fused kernel computing them.
+TORCH_KERNEL_OPS = {
+    "conv2d": "conv2d", "convolution": "conv2d", "linear": "matmul", "max_pool2d": "max_pool2d",
+    "avg_pool2d": "avg_pool2d", "adaptive_avg_pool2d": "mean", "mean": "mean", "softmax": "softmax",
+}
+ONNX_KERNEL_OPS = {
+    "Conv": "conv2d", "Gemm": "matmul", "MatMul": "matmul", "MaxPool": "max_pool2d",
+    "AveragePool": "avg_pool2d", "GlobalAveragePool": "mean", "ReduceMean": "mean", "Softmax": "softmax",
+}
+
+# (Relax op heading a kernel, weight shape or None, output shape) -> source layer names in graph order
+SourceLayers = dict[tuple, list[str]]
+
+
 def import_model(model: ModelSource, input_shape: tuple[int, ...] | None = None) -> tvm.IRModule:
     """Relax IRModule (weights bound as constants) from a file path or an in-memory torch module.
 
     `input_shape` is needed only for an nn.Module (a file carries its shapes).
     """
+    return import_model_with_sources(model, input_shape)[0]
+
+
+def import_model_with_sources(
+    model: ModelSource, input_shape: tuple[int, ...] | None = None
+) -> tuple[tvm.IRModule, SourceLayers]:
+    """`import_model`, plus the source layer names (torch module paths or ONNX node names) of the
+    operators that head kernels, in graph order, so generated code can name layers users know."""
     import torch
 
     if isinstance(model, torch.nn.Module):
@@ -29,7 +51,7 @@ def import_model(model: ModelSource, input_shape: tuple[int, ...] | None = None)
             program = torch.export.export(model.eval(), (example,))
         except Exception as err:  # torch.export raises many unrelated types
             raise ModelLoadError(f"torch.export failed on the module: {_first_line(err)}") from None
-        return _from_exported_program(program)
+        return _from_exported_program(program), _torch_sources(program)
     path = Path(model)
     if not path.is_file():
         raise ModelLoadError(f"model file '{path}' does not exist")
@@ -41,8 +63,44 @@ def import_model(model: ModelSource, input_shape: tuple[int, ...] | None = None)
             program = torch.export.load(str(path))
         except Exception as err:  # a corrupt archive raises zipfile, pickle or runtime errors
             raise ModelLoadError(f"'{path}' is not a readable torch.export program: {_first_line(err)}") from None
-        return _from_exported_program(program)
+        return _from_exported_program(program), _torch_sources(program)
     raise ModelLoadError(f"'{path}': unknown model format '{suffix}' (expected .onnx or .pt2)")
+
+
+def _torch_sources(program) -> SourceLayers:
+    sources: SourceLayers = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        op = TORCH_KERNEL_OPS.get(str(node.target).split(".")[1] if "." in str(node.target) else "")
+        val = node.meta.get("val")
+        if op and hasattr(val, "shape"):
+            weight = node.args[1].meta.get("val") if op in ("conv2d", "matmul") and len(node.args) > 1 else None
+            key = (op, tuple(weight.shape) if hasattr(weight, "shape") else None, tuple(val.shape))
+            stack = node.meta.get("nn_module_stack") or {}
+            sources.setdefault(key, []).append(list(stack.values())[-1][0] if stack else node.name)
+    return sources
+
+
+def _onnx_sources(proto) -> SourceLayers:
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {i.name: tuple(i.dims) for i in proto.graph.initializer}
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = tuple(d.dim_value for d in dims)
+    sources: SourceLayers = {}
+    for i, node in enumerate(proto.graph.node):
+        op = ONNX_KERNEL_OPS.get(node.op_type)
+        if op and node.output[0] in shapes:
+            weight = shapes.get(node.input[1]) if op == "conv2d" and len(node.input) > 1 else None
+            if op == "matmul" and len(node.input) > 1 and node.input[1] in shapes:
+                w = shapes[node.input[1]]
+                weight = w[::-1] if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute) else w
+            key = (op, weight, shapes[node.output[0]])
+            sources.setdefault(key, []).append(node.name or f"{node.op_type}_{i}")
+    return sources
 
 
 def _first_line(err: BaseException) -> str:
@@ -77,7 +135,7 @@ def _torch_node_name(program, op: str) -> str:
     return "?"
 
 
-def _import_onnx(path: Path) -> tvm.IRModule:
+def _import_onnx(path: Path) -> tuple[tvm.IRModule, SourceLayers]:
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -87,7 +145,7 @@ def _import_onnx(path: Path) -> tvm.IRModule:
     except Exception as err:  # protobuf decode errors have no common base class
         raise ModelLoadError(f"'{path}' is not a valid ONNX model: {_first_line(err)}") from None
     try:
-        return from_onnx(proto)
+        return from_onnx(proto), _onnx_sources(proto)
     except tvm.error.OpNotImplemented as err:
         ops = str(err).split(":")[-1]
         op = ops.split(",")[0].strip().splitlines()[0].strip()

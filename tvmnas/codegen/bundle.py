@@ -55,14 +55,16 @@ def shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape) or "1"
 
 
-def layer_comment(index: int, kernel: str, graph: CallGraph, args: tuple[str, ...], outputs: tuple[str, ...]) -> str:
-    """`/* 3: conv2d_add_relu 1x16x32x32 -> 1x16x32x32 float32 */` for one call."""
+def layer_comment(index: int, kernel: str, graph: CallGraph, args: tuple[str, ...], outputs: tuple[str, ...],
+                  source: str | None = None) -> str:
+    """`/* 3 stack1.conv1: conv2d_add_relu 1x16x32x32 -> 1x16x32x32 float32 */` for one call."""
     ins = [graph.tensors[a] for a in args if a in graph.tensors]
     outs = [graph.tensors[o] for o in outputs]
     op = kernel[len("fused_"):] if kernel.startswith("fused_") else kernel
     src = ", ".join(shape_text(t.shape) for t in ins) or "-"
     dst = ", ".join(shape_text(t.shape) for t in outs)
-    return f"/* {index}: {op} {src} -> {dst} {outs[0].dtype} */"
+    where = f"{index} {source}" if source else f"{index}"
+    return f"/* {where}: {op} {src} -> {dst} {outs[0].dtype} */"
 
 
 def weights_array(name: str, array: np.ndarray) -> str:
@@ -147,7 +149,8 @@ def call_argument(name: str, graph: CallGraph) -> str:
     return c_identifier(name)
 
 
-def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: ArenaPlan) -> str:
+def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: ArenaPlan,
+                 sources: dict[int, str] | None = None) -> str:
     """model_run(): arena pointers named by role and offset, then one commented call per kernel."""
     lines = ["int model_run(const float *input, float *output, uint8_t *arena) {"]
     out_name = graph.outputs[0].name
@@ -162,7 +165,8 @@ def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
             key = f"{call.index}:{scratch_name}"
             args.append(f"({c_type(dtype)} *)(arena + {plan.offsets[key]}) /* scratch */")
         lines.append("")
-        lines.append("  " + layer_comment(call.index, call.kernel, graph, call.args, call.outputs))
+        lines.append("  " + layer_comment(call.index, call.kernel, graph, call.args, call.outputs,
+                                           (sources or {}).get(call.index)))
         lines.append(f"  TVMNAS_KERNEL_MARK({call.index});")
         lines.append(f"  {call.kernel}({', '.join(args)});")
     if not any(graph.inputs[0].name in call.args for call in graph.calls):
@@ -173,10 +177,11 @@ def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
     return "\n".join(lines)
 
 
-def model_source(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: ArenaPlan) -> str:
+def model_source(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: ArenaPlan,
+                 sources: dict[int, str] | None = None) -> str:
     parts = [PRELUDE]
     parts += [kernels[name].text for name in sorted(kernels)]
-    parts.append(run_function(graph, kernels, plan))
+    parts.append(run_function(graph, kernels, plan, sources))
     return "\n".join(parts)
 
 
@@ -235,6 +240,7 @@ def write_bundle(
     plan: ArenaPlan,
     target_name: str,
     cflags: list[str],
+    sources: dict[int, str] | None = None,
 ) -> dict:
     """Write every bundle file into `out_dir` (which must exist) and return the manifest dict
     without the flash figure (the caller measures it from the compiled objects)."""
@@ -242,7 +248,7 @@ def write_bundle(
     (out_dir / "model.h").write_text(model_header(graph, plan.arena_bytes, target_name))
     (out_dir / "model_weights.h").write_text(weights_header(names, graph))
     (out_dir / "model_weights.c").write_text(weights_source(names, graph))
-    (out_dir / "model.c").write_text(model_source(graph, kernels, plan))
+    (out_dir / "model.c").write_text(model_source(graph, kernels, plan, sources))
     (out_dir / "Makefile").write_text(makefile(cflags))
     (out_dir / "examples").mkdir()
     (out_dir / "examples" / "classify.c").write_text(EXAMPLE)
@@ -258,6 +264,7 @@ def write_bundle(
             {
                 "index": c.index,
                 "name": c.kernel,
+                "source": (sources or {}).get(c.index),
                 "inputs": [a for a in c.args if a in graph.tensors],
                 "outputs": list(c.outputs),
                 "output_shapes": [list(graph.tensors[o].shape) for o in c.outputs],
