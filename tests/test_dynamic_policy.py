@@ -92,3 +92,18 @@ def test_kernels_differing_in_structure_or_floats_stay_apart():
     assert len(merge_kernels(list(local_changed), ["k0", "k1"], "K")) == 2
     (alone,) = merge_kernels([A], ["k0"], "K")
     assert alone.arguments == {A: ()} and "static void k0(" in alone.text
+
+
+def test_selection_keeps_the_largest_and_spreads_along_the_front():
+    from tvmnas.dynamic.select import Candidate, choose, choose_nested, pareto_front
+    from tvmnas.dynamic.supernet import SubnetConfig
+
+    def cand(i: int, acc: float, cost: float) -> Candidate:
+        return Candidate(SubnetConfig(i, (i,), (1,), (3,), (2,)), acc, cost, 0, 0)
+
+    cands = [cand(1, 0.5, 10), cand(2, 0.6, 20), cand(3, 0.55, 30), cand(4, 0.7, 40), cand(5, 0.8, 80),
+             cand(6, 0.75, 160)]
+    assert [c.config.stem for c in pareto_front(cands)] == [1, 2, 4, 5]
+    assert [c.config.stem for c in choose(cands, 3)] == [1, 2, 5]
+    nested = choose_nested(cands, 3, cands[-1].config)       # the largest is dominated but kept
+    assert [c.config.stem for c in nested] == [1, 5, 6]

@@ -109,6 +109,16 @@ def choose(cands: list[Candidate], k: int) -> list[Candidate]:
     return sorted(picked, key=lambda c: (c.cycles, -c.holdout_acc))
 
 
+def choose_nested(cands: list[Candidate], k: int, anchor: SubnetConfig) -> list[Candidate]:
+    """`choose` with the `anchor` candidate (the largest sub-network) always kept: every other
+    sub-network is then a nested slice of it, so the shared arrays cost no more than it does."""
+    top = [c for c in cands if c.config == anchor]
+    if not top:
+        return choose(cands, k)
+    rest = [c for c in cands if c.config != anchor]
+    return sorted(choose(rest, k - 1) + top, key=lambda c: (c.cycles, -c.holdout_acc))
+
+
 def evaluate_candidates(net: DynamicSupernet, configs: list[SubnetConfig], calib_x: np.ndarray,
                         holdout_x: np.ndarray, holdout_y: np.ndarray, estimator: CostEstimator,
                         *, calibration_batches: int = 8) -> list[Candidate]:
@@ -149,8 +159,12 @@ def select_subnets(
     seed: int = 0,
     cost_model: str = "auto",
     calibration_batches: int = 8,
+    keep_largest: bool = True,
 ) -> dict[str, Any]:
     """Evaluate candidates, pick k, and write the selection folder (atomically).
+
+    keep_largest: always select the largest sub-network (when it fits), so the others are
+    nested in it and the artifact's shared weights cost no more than the largest alone.
 
     The folder holds selection.json, the super-network weights and one state dict per chosen
     sub-network (with its own BatchNorm statistics): all that compile and export need.
@@ -168,7 +182,7 @@ def select_subnets(
         smallest_c = min(cands, key=lambda c: c.params)
         raise TvmnasError(f"no sub-network fits target {target.name}: the smallest needs {4 * smallest_c.params:,} B "
                           f"of weights (flash {target.flash_bytes:,} B)")
-    picked = choose(fits, k)
+    picked = choose_nested(fits, k, largest(net.spec)) if keep_largest else choose(fits, k)
     front_keys = {c.config for c in pareto_front(fits)}
     selection = {
         "format_version": 1,
