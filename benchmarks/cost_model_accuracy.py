@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import git_commit, replace_section  # noqa: E402
 
 import numpy as np
 
@@ -35,24 +37,8 @@ SECTION = "cost_model_accuracy"
 PREDICTORS = ("surrogate", "MACs-linear", "per-op LUT")
 
 
-def git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False)
-    return proc.stdout.strip() or "unknown"
 
 
-def replace_section(results_md: Path, name: str, body: str) -> None:
-    """Put `body` between this benchmark's markers in RESULTS.md (appended the first time)."""
-    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
-    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = results_md.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, results_md)
 
 
 def evaluate_target(data: ProfileData, target: str, folds: int) -> dict:
@@ -160,7 +146,7 @@ def main() -> None:
         lines.append("")
     body = "\n".join(lines)
     print(body)
-    replace_section(args.results_md, SECTION, body)
+    replace_section(SECTION, body, results_md=args.results_md)
     print(f"wrote {args.out} and the '{SECTION}' section of {args.results_md}", file=sys.stderr)
 
 

@@ -26,16 +26,15 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import git_commit, replace_section  # noqa: E402
+
 import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-START, END = "<!-- dynamic:start -->", "<!-- dynamic:end -->"
 
 
-def git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=False)
-    return proc.stdout.strip() or "unknown"
 
 
 def downsample(data, size: int):
@@ -84,14 +83,6 @@ def set_config_instructions(elf: Path) -> int:
     return len(lines)
 
 
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"{START}\n{body.rstrip()}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def main() -> None:
@@ -253,7 +244,7 @@ def finish(report: dict, results_md: Path) -> None:
         f"right after a switch differs by {q['model_run_delta_after_switch']} instructions from the same call "
         f"repeated without a switch (exact counts, same input).",
     ]
-    write_section(results_md, "\n".join(lines))
+    replace_section("dynamic", "\n".join(lines), results_md=results_md)
     print("\n".join(lines))
 
 
