@@ -15,6 +15,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import git_commit, replace_section  # noqa: E402
 
+import torch  # noqa: E402
+
 from tvmnas.compiler import compile_model, lower_model  # noqa: E402
+from tvmnas.models import build_model  # noqa: E402
+from tvmnas.search.genotype import Genotype  # noqa: E402
 from tvmnas.frontend import import_model  # noqa: E402
 from tvmnas.kernel_profiler import count_module_macs  # noqa: E402
 from tvmnas.passes import stock_storage_bytes  # noqa: E402
@@ -31,7 +36,7 @@ from tvmnas.runner import build, run  # noqa: E402
 from tvmnas.targets import load_target  # noqa: E402
 from tvmnas.zoo import ZOO  # noqa: E402
 
-OUT_JSON = Path(__file__).resolve().parent / "results" / "compiler_zoo.json"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HEADLINE = ("resnet8", "mobilenetv2_tiny", "darts_cells")
 
 
@@ -78,15 +83,37 @@ def tensor_figures(model, entry) -> dict:
     }
 
 
-def measure(nets: list[str], targets: list[str], save) -> dict:
+@dataclass(frozen=True)
+class SearchedNetwork:
+    """A network the search found, rebuilt from its genotype.json (cycles do not depend on weights)."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    genotype_path: Path
+
+    def build(self) -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_model(Genotype.load(self.genotype_path)).eval()
+
+    def sample_input(self, seed: int = 0) -> torch.Tensor:
+        return torch.from_numpy(np.random.RandomState(seed).randn(*self.input_shape).astype("float32"))
+
+
+def searched_network(path: Path) -> SearchedNetwork:
+    genotype = Genotype.load(path)
+    return SearchedNetwork(f"searched:{path.stem}", (1, *genotype.input_shape), path)
+
+
+def measure(nets: list[str], targets: list[str], save, genotypes: list[Path] = ()) -> dict:
     result = {"commit": git_commit(), "nets": {}, "targets": targets}
-    for name in nets:
-        entry = ZOO[name]
+    entries = [ZOO[name] for name in nets] + [searched_network(p) for p in genotypes]
+    for entry in entries:
+        name = entry.name
         model = entry.build()
         x = entry.sample_input(0).numpy()
         row = {"macs": count_module_macs(model, entry.input_shape), **tensor_figures(model, entry)}
         for tname in targets:
-            if tname != targets[0] and name not in HEADLINE:
+            if tname != targets[0] and name not in HEADLINE and not name.startswith("searched:"):
                 continue
             target = load_target(tname)
             variants = {}
@@ -107,8 +134,10 @@ def measure(nets: list[str], targets: list[str], save) -> dict:
 
 def render(result: dict, command: str) -> str:
     t0 = result["targets"][0]
+    searched = all(name.startswith("searched:") for name in result["nets"])
+    what = "networks found by the search (rebuilt from their genotype.json)" if searched else "the test zoo"
     lines = [
-        f"## Compiler on the test zoo ({t0}, commit {result['commit']})",
+        f"## Compiler on {what} ({t0}, commit {result['commit']})",
         "",
         f"`{command}`",
         "",
@@ -153,15 +182,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default="cortex-m4,cortex-m7")
     parser.add_argument("--nets", default=",".join(sorted(ZOO)))
+    parser.add_argument("--genotypes", default="", help="comma-separated genotype.json files found by the search")
+    parser.add_argument("--section", default="compiler_zoo", help="RESULTS.md section and results/<name>.json")
     args = parser.parse_args()
     command = "python benchmarks/compiler_zoo.py " + " ".join(sys.argv[1:])
-    OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
+    out_json = RESULTS_DIR / f"{args.section}.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
 
     def save(result: dict) -> None:
-        OUT_JSON.write_text(json.dumps(result, indent=1) + "\n")
-        replace_section("compiler_zoo", render(result, command.strip()))
+        out_json.write_text(json.dumps(result, indent=1) + "\n")
+        replace_section(args.section, render(result, command.strip()))
 
-    result = measure(args.nets.split(","), args.targets.split(","), save)
+    genotypes = [Path(p) for p in args.genotypes.split(",") if p]
+    nets = [n for n in args.nets.split(",") if n]
+    result = measure(nets, args.targets.split(","), save, genotypes)
     print(render(result, command.strip()))
 
 
