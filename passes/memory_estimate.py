@@ -9,7 +9,7 @@ from tvm import tirx
 
 from .call_graph import DTYPE_BYTES, extract_call_graph
 from .lower_tir import LowerTIRForC
-from .plan_arena import ArenaBuffer, plan_arena
+from .plan_arena import graph_buffers, plan_arena
 
 # Code-size model (bytes of Thumb-2 at -O3): a fixed part (model_run, shared helpers) plus one
 # figure per distinct kernel. Checked against compiled zoo models (m0_cnn, resnet8, lenet5,
@@ -72,19 +72,7 @@ def estimate_memory(mod: tvm.IRModule, func_name: str = "main") -> MemoryEstimat
     used = sorted({c.kernel for c in graph.calls})
     flat = LowerTIRForC()(tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv.name_hint in used}))
     scratch = {gv.name_hint: _scratch(f) for gv, f in flat.functions.items() if isinstance(f, tirx.PrimFunc)}
-    io = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
-    last_use: dict[str, int] = {}
-    for call in graph.calls:
-        for a in call.args:
-            last_use[a] = call.index
-    buffers = []
-    for call in graph.calls:
-        for out in call.outputs:
-            if out not in io:
-                buffers.append(ArenaBuffer(out, graph.tensors[out].nbytes, call.index, last_use.get(out, call.index)))
-        for name, nbytes in scratch.get(call.kernel, []):
-            buffers.append(ArenaBuffer(f"{call.index}:{name}", nbytes, call.index, call.index))
-    plan = plan_arena(buffers)
+    plan = plan_arena(graph_buffers(graph, scratch))
     weights = int(sum(a.nbytes for a in graph.constants.values()))
     code = CODE_BASE_BYTES + CODE_PER_KERNEL_BYTES * len(used)
     return MemoryEstimate(weights + code, weights, code, plan.arena_bytes, plan.lower_bound_bytes)

@@ -35,6 +35,25 @@ class ArenaPlan:
     unshared_bytes: int      # every buffer laid end to end
 
 
+def graph_buffers(graph, scratch: dict[str, list[tuple[str, int]]]) -> list[ArenaBuffer]:
+    """Arena buffers of a CallGraph: every intermediate tensor from its producer to its last reader,
+    and each call's kernel scratch (`scratch[kernel]` = [(name, bytes)]) for that call only.
+    The model's inputs and outputs are the caller's buffers and are left out."""
+    io = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    last_use: dict[str, int] = {}
+    for call in graph.calls:
+        for a in call.args:
+            last_use[a] = call.index
+    buffers = []
+    for call in graph.calls:
+        for out in call.outputs:
+            if out not in io:
+                buffers.append(ArenaBuffer(out, graph.tensors[out].nbytes, call.index, last_use.get(out, call.index)))
+        for name, nbytes in scratch.get(call.kernel, []):
+            buffers.append(ArenaBuffer(f"{call.index}:{name}", nbytes, call.index, call.index, is_scratch=True))
+    return buffers
+
+
 def lower_bound(buffers: list[ArenaBuffer]) -> int:
     """Largest total size of buffers live at the same step (aligned as the plan aligns them)."""
     if not buffers:

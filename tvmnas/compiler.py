@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +28,11 @@ from tvmnas.passes import (
     MCULowering,
     ScheduleForMCU,
     extract_call_graph,
+    graph_buffers,
     lower_bound,
     plan_arena,
 )
+from tvmnas.passes.call_graph import DTYPE_BYTES
 from tvmnas.targets import Target
 from tvmnas.toolchain import require_tools
 
@@ -89,21 +93,28 @@ def emit_kernels(lowered: tvm.IRModule, graph: CallGraph) -> dict[str, EmittedKe
 
 def arena_buffers(graph: CallGraph, kernels: dict[str, EmittedKernel]) -> list[ArenaBuffer]:
     """Lifetimes of every intermediate tensor (producer to last reader) and kernel scratch."""
-    io = {graph.inputs[0].name, graph.outputs[0].name}
-    last_use: dict[str, int] = {}
-    for call in graph.calls:
-        for a in call.args:
-            last_use[a] = call.index
-    buffers = []
-    for call in graph.calls:
-        for out in call.outputs:
-            if out not in io:
-                last = last_use.get(out, call.index)
-                buffers.append(ArenaBuffer(out, graph.tensors[out].nbytes, call.index, last))
-        for name, dtype, elems in kernels[call.kernel].signature.scratch:
-            nbytes = elems * (4 if dtype in ("float32", "int32") else 1)
-            buffers.append(ArenaBuffer(f"{call.index}:{name}", nbytes, call.index, call.index, is_scratch=True))
-    return buffers
+    scratch = {
+        name: [(buf, elems * DTYPE_BYTES[dtype]) for buf, dtype, elems in k.signature.scratch]
+        for name, k in kernels.items()
+    }
+    return graph_buffers(graph, scratch)
+
+
+@contextmanager
+def staged_output(out_dir: Path) -> Iterator[Path]:
+    """A private folder beside `out_dir` to write into; it replaces `out_dir` only if the block
+    completes, and is removed on any error, so no half-written output is ever left behind."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary output folder
+    try:
+        yield staging
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 KERNEL_HEADS = ("conv2d", "matmul", "max_pool2d", "avg_pool2d", "mean", "softmax")
@@ -176,22 +187,13 @@ def compile_model(
     kernels = emit_kernels(lowered, graph)
     plan = plan_arena(arena_buffers(graph, kernels))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary output folder
-    try:
+    with staged_output(out_dir) as staging:
         manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags],
                                 kernel_sources(graph, sources))
         manifest["flash_bytes"] = object_flash_bytes(staging, target)
         if not ignore_budget:
             check_budgets(manifest, target)
         write_manifest(staging, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return CompiledModel(out_dir, manifest)
 
 

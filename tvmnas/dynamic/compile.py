@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +23,14 @@ from torch import nn
 from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, arena_pointer, layer_comment, makefile, tensor_json
 from tvmnas.codegen.bundle import weights_array, write_manifest
 from tvmnas.codegen.c_printer import c_identifier, c_type, print_kernel
-from tvmnas.compiler import CompiledModel, arena_buffers, check_budgets, lower_model, object_flash_bytes
+from tvmnas.compiler import (
+    CompiledModel,
+    arena_buffers,
+    check_budgets,
+    lower_model,
+    object_flash_bytes,
+    staged_output,
+)
 from tvmnas.dynamic.kernel_merge import MergedKernel, merge_kernels
 from tvmnas.dynamic.policy import POLICY_DECLARATIONS, ConfigInfo, policy_source
 from tvmnas.dynamic.subnet import bn_as_affine
@@ -329,9 +334,7 @@ def compile_dynamic(
     cycles = list(cycles or [0] * n)
     infos = [ConfigInfo(accuracies[k], int(cycles[k]), programs[k].plan.arena_bytes) for k in range(n)]
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_output(out_dir) as staging:
         header, weights_c = weights_files(layout)
         (staging / "model.h").write_text(dynamic_header(programs, target.name))
         (staging / "model_weights.h").write_text(header)
@@ -346,12 +349,6 @@ def compile_dynamic(
         if not ignore_budget:
             check_budgets(manifest, target)
         write_manifest(staging, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return CompiledModel(out_dir, manifest)
 
 
