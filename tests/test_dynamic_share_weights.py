@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import ctypes
 import subprocess
 from pathlib import Path
@@ -123,7 +125,7 @@ def test_kernel_reads_its_weights_from_the_shared_array(route, tmp_path):
     text, sig = print_kernel(func, "kernel")
     (tmp_path / "model.h").write_text("")
     (tmp_path / "model_weights.h").write_text("")
-    (tmp_path / "k.c").write_text(PRELUDE + text.replace("static void kernel(", "void kernel(", 1))
+    (tmp_path / "k.c").write_text(PRELUDE + re.sub(r"static (__attribute__\(\(\w+\)\) )?void kernel\(", "void kernel(", text, count=1))
     lib = tmp_path / "k.so"
     subprocess.run(["gcc", "-O1", "-shared", "-fPIC", f"-I{tmp_path}", str(tmp_path / "k.c"), "-o", str(lib), "-lm"],
                    check=True, capture_output=True)

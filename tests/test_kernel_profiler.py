@@ -141,7 +141,7 @@ def test_rerun_measures_nothing_and_codegen_change_remeasures_only_changed_kerne
 
 def _sabotage_kernel(bundle: Path, name: str, statement: str) -> None:
     source = (bundle / "model.c").read_text()
-    pattern = re.compile(rf"(static void {re.escape(name)}\([^)]*\)\s*\{{)")
+    pattern = re.compile(rf"(static (?:__attribute__\(\(\w+\)\) )?void {re.escape(name)}\([^)]*\)\s*\{{)")
     assert pattern.search(source), f"kernel {name} not found in model.c"
     (bundle / "model.c").write_text(pattern.sub(lambda m: m.group(1) + "\n  " + statement, source, count=1))
 
