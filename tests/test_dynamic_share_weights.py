@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 import ctypes
+import re
 import subprocess
 from pathlib import Path
 
