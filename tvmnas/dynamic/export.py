@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from tvmnas.compiler import staged_output
 from tvmnas.dynamic.select import load_selection
 from tvmnas.errors import TvmnasError
 from tvmnas.train import export_model
@@ -24,17 +23,9 @@ def export_subnet(sel_dir: Path, config: int, out_dir: Path) -> dict[str, Any]:
         raise TvmnasError(f"--config {config} out of range: the selection has {len(selection.subnets)} configurations")
     entry = selection.entries[config]
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_output(out_dir) as staging:
         info = export_model(selection.subnets[config], selection.spec.input_shape, staging)
         info.update({"config_index": config, "config": entry["config"], "holdout_acc": entry["holdout_acc"],
                      "cycles": entry["cycles"], "cost_unit": selection.meta.get("cost_unit")})
         (staging / "subnet.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return info

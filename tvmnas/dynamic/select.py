@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tvmnas.compiler import staged_output
 from tvmnas.data.arrays import ArrayDataset
 from tvmnas.dynamic.subnet import SubNetwork, extract_subnet
 from tvmnas.dynamic.supernet import DynamicSupernet, SubnetConfig, SupernetSpec, largest, sample, smallest
@@ -204,20 +203,12 @@ def select_subnets(
         ],
     }
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_output(out_dir) as staging:
         torch.save(net.state_dict(), staging / SUPERNET_FILE)
         for i, c in enumerate(picked):
             recalibrate(net, c.config, parts.train_x, max_batches=calibration_batches)
             torch.save(extract_subnet(net, c.config).state_dict(), staging / f"subnet_{i}.pt")
         (staging / SELECTION_FILE).write_text(json.dumps(selection, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return selection
 
 
