@@ -7,6 +7,8 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, is_tuple_get_item, rewrite_call, wildcard
 
+from .module_update import replace_functions
+
 
 def _array(const) -> np.ndarray:
     return const.value.numpy()
@@ -57,6 +59,4 @@ class FoldBatchNorm:
         for gv, func in mod.functions.items():
             if isinstance(func, relax.Function):
                 updates[gv] = rewrite_call(pattern, rewrite, func)
-        for gv, func in updates.items():
-            mod[gv] = func
-        return relax.transform.DeadCodeElimination()(mod)
+        return relax.transform.DeadCodeElimination()(replace_functions(mod, updates))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from .module_update import replace_functions
+
 _REDUCE = 2  # IterVar.iter_type of a commutative reduction axis
 _WINDOW_MAX = 7  # reduction loops up to this extent (kernel windows) are unrolled
 
@@ -192,6 +194,4 @@ class ScheduleForMCU:
             for gv, func in mod.functions.items()
             if isinstance(func, tirx.PrimFunc)
         }
-        for gv, func in updates.items():
-            mod[gv] = func
-        return mod
+        return replace_functions(mod, updates)

@@ -21,6 +21,8 @@ import numpy as np
 import tvm
 from tvm import tirx
 
+from .module_update import replace_functions
+
 TRANSPOSED = ".T"
 
 
@@ -205,6 +207,4 @@ class ReadSharedWeights:
         for gv, func in mod.functions.items():
             if gv.name_hint in self.views and isinstance(func, tirx.PrimFunc):
                 updates[gv] = StridedWeightView(func, self.views[gv.name_hint])
-        for gv, func in updates.items():
-            mod[gv] = func
-        return mod
+        return replace_functions(mod, updates)

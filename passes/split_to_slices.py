@@ -6,6 +6,8 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_op, is_tuple_get_item, rewrite_call, wildcard
 
+from .module_update import replace_functions
+
 
 def _bounds(extent: int, indices_or_sections) -> list[tuple[int, int]]:
     if isinstance(indices_or_sections, (int, tvm.tirx.IntImm)):
@@ -38,6 +40,4 @@ class SplitToSlices:
             return relax.op.strided_slice(m[data], axes=[axis], begin=[begin], end=[end])
 
         updates = {gv: rewrite_call(pattern, rewrite, f) for gv, f in mod.functions.items() if isinstance(f, relax.Function)}
-        for gv, func in updates.items():
-            mod[gv] = func
-        return relax.transform.DeadCodeElimination()(mod)
+        return relax.transform.DeadCodeElimination()(replace_functions(mod, updates))

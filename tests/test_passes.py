@@ -126,6 +126,23 @@ def test_split_to_slices_removes_split_and_keeps_values() -> None:
     np.testing.assert_array_equal(_run_relax(after, x), ref)
 
 
+def test_module_passes_leave_their_input_module_unchanged() -> None:
+    # like TVM's own passes: a new module out, the caller's module untouched
+    from tvmnas.passes import MCULowering, ScheduleForMCU
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    mod = import_model(net, (1, 3, 8, 8))
+    for make in (FoldBatchNorm, SplitToSlices):
+        before = {gv.name_hint: f for gv, f in mod.functions.items()}
+        make()(mod)
+        assert all(mod[name].same_as(f) for name, f in before.items()), make.__name__
+    lowered = MCULowering()(mod)
+    before = {gv.name_hint: f for gv, f in lowered.functions.items()}
+    scheduled = ScheduleForMCU()(lowered)
+    assert all(lowered[name].same_as(f) for name, f in before.items())
+    assert any(not scheduled[name].same_as(f) for name, f in before.items())
+
+
 def test_plan_arena_reuses_dead_buffers() -> None:
     bufs = [ArenaBuffer("a", 100, 0, 1), ArenaBuffer("b", 100, 1, 2), ArenaBuffer("c", 100, 2, 3)]
     plan = plan_arena(bufs)

@@ -70,8 +70,10 @@ def schedule_within_bound(lowered: tvm.IRModule, graph: CallGraph) -> tvm.IRModu
             over.add(call.kernel)
     if not over:
         return scheduled
+    # inline padding applied on top of the scheduled kernel: its register tiles and unrolled
+    # windows stay, the padded-row scratch is computed inline
     tight = ScheduleForMCU(inline_padding=True)(
-        tvm.IRModule({gv: f for gv, f in lowered.functions.items() if gv.name_hint in over})
+        tvm.IRModule({gv: f for gv, f in scheduled.functions.items() if gv.name_hint in over})
     )
     for gv, func in tight.functions.items():
         scheduled[gv.name_hint] = func
