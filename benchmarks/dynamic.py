@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=None, help="average-pool images to this size")
     parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="of --epochs, this many fine-tune the K chosen only (the super-network trains the rest)")
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--target", default="cortex-m4")
     parser.add_argument("--rounds", type=int, default=3, help="times the QEMU stream cycles through all K")
@@ -118,7 +120,10 @@ def main() -> None:
     target = load_target(args.target)
     spec = bench_spec(data.input_shape, data.num_classes)
     holdout = min(500, len(data.train_x) // 10)
+    if not 0 <= args.finetune_epochs < args.epochs:
+        raise SystemExit("dynamic.py: --finetune-epochs must be at least 0 and less than --epochs")
     settings = SupernetTrainConfig(epochs=args.epochs, holdout=holdout)
+    super_settings = SupernetTrainConfig(epochs=args.epochs - args.finetune_epochs, holdout=holdout)
     out = args.out
     if args.qemu_only:
         report = json.loads((HERE / "results" / "dynamic.json").read_text())
@@ -126,13 +131,13 @@ def main() -> None:
         report["qemu"] = measure_qemu(out / "dynamic_c", sel.subnets, data.test_x, target, args.k, args.rounds)
         finish(report, args.results_md)
         return
-    print(f"[{time.time() - t0:.0f}s] training the super-network ({len(data.train_x)} images, {args.epochs} epochs)",
-          file=sys.stderr)
-    net, sup_metrics = train_supernet(data, out / "supernet", settings, spec=spec)
+    print(f"[{time.time() - t0:.0f}s] training the super-network ({len(data.train_x)} images, "
+          f"{super_settings.epochs} epochs)", file=sys.stderr)
+    net, sup_metrics = train_supernet(data, out / "supernet", super_settings, spec=spec)
     t_super = time.time() - t0
     print(f"[{time.time() - t0:.0f}s] selecting {args.k}", file=sys.stderr)
     select_subnets(net, data, target, out / "selection", k=args.k, candidates=args.candidates, holdout=holdout,
-                   seed=settings.seed)
+                   seed=settings.seed, finetune_epochs=args.finetune_epochs, train_config=settings)
     sel = load_selection(out / "selection")
     rows = []
     for k, (entry, sub) in enumerate(zip(sel.entries, sel.subnets)):
@@ -176,6 +181,7 @@ def main() -> None:
     report["command"] = "python benchmarks/dynamic.py " + " ".join(sys.argv[1:])
     report["text"] = {"data": data.name, "train": sup_metrics["train_examples"], "holdout": holdout,
                       "test": len(data.test_x), "input_shape": list(spec.input_shape), "epochs": args.epochs,
+                      "finetune_epochs": args.finetune_epochs,
                       "machine": target.emulator_machine, "k": args.k, "rounds": args.rounds}
     finish(report, args.results_md)
 
@@ -219,7 +225,9 @@ def finish(report: dict, results_md: Path) -> None:
         f"`{cmd}`", "",
         f"{t['data']}: {t['train']} training images ({t['holdout']} more held out for selection), "
         f"{t['test']} test images, input {tuple(t['input_shape'])}, {t['epochs']} epochs for the "
-        f"super-network and for each sub-network trained alone (same examples, optimizer and schedule). "
+        f"shared weights ({t['epochs'] - t.get('finetune_epochs', 0)} training the super-network, "
+        f"{t.get('finetune_epochs', 0)} fine-tuning the {args_k} chosen sub-networks together) and for each "
+        f"sub-network trained alone (same examples, optimizer and schedule). "
         f"Selection cost: {report['cost_unit']}. Small CPU-only runs: absolute accuracies are low; "
         f"compare the columns.", "",
         "| config | cost | arena B | instructions (exact) | shared-weight test acc | trained-alone test acc | difference (points) |",

@@ -51,7 +51,7 @@ def test_train_select_compile_export_run(tmp_path: Path):
     assert 0.0 <= trained["largest_test_acc"] <= 1.0 and (sup / "supernet.pt").is_file()
 
     picked = last_json(tvmnas("dynamic", "select", str(sup), "--k", "2", "--target", "cortex-m4", "--out", str(sel),
-                              "--candidates", "4", "--cost-model", "mac"))
+                              "--candidates", "4", "--cost-model", "mac", "--finetune-epochs", "1"))
     assert [c["index"] for c in picked["configs"]] == [0, 1]
     assert picked["configs"][0]["cycles"] < picked["configs"][1]["cycles"]
     assert picked["cost_model"] == "mac"

@@ -20,7 +20,7 @@ from tvmnas.dynamic.supernet import (
     smallest,
     validate,
 )
-from tvmnas.dynamic.train import recalibrate, sandwich_step
+from tvmnas.dynamic.train import SupernetTrainConfig, finetune_selected, recalibrate, sandwich_step
 from tvmnas.errors import GenotypeError
 
 SPEC = SupernetSpec((1, 8, 8), 10, 8, (StageSpec(8, 2, 1), StageSpec(12, 1, 2)), width_fractions=(0.5, 1.0),
@@ -138,8 +138,29 @@ def test_sandwich_training_lowers_the_losses_of_large_and_small_subnets(label_we
     big0, small0 = losses()
     for _ in range(15):
         opt.zero_grad()
-        sandwich_step(net, x, y, rng, 1, label_weight)
+        sandwich_step(net, x, y, largest(SPEC), [smallest(SPEC), sample(SPEC, rng)], label_weight)
         opt.step()
     big1, small1 = losses()
     assert big1 < 0.7 * big0
     assert small1 < small0
+
+
+def test_finetuning_the_chosen_subnets_lowers_their_losses_and_keeps_weights_nested():
+    net = _net()
+    x = _images(128, seed=1)
+    y = np.arange(128) % 10
+    chosen = [smallest(SPEC), sample(SPEC, random.Random(3))]
+
+    def loss(config):
+        net.train()
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(net(torch.from_numpy(x), config), torch.from_numpy(y)))
+
+    before = [loss(c) for c in [largest(SPEC), *chosen]]
+    history = finetune_selected(net, largest(SPEC), chosen, x, y, SupernetTrainConfig(batch_size=32), epochs=3)
+    after = [loss(c) for c in [largest(SPEC), *chosen]]
+    assert len(history) == 3
+    assert all(a < b for a, b in zip(after, before)), (before, after)
+    # still one set of shared weights: the small config reads a slice of the fine-tuned tensors
+    sub = extract_subnet(net, smallest(SPEC))
+    torch.testing.assert_close(sub.stem[0].weight, net.stem.weight[:sub.stem[0].weight.shape[0], :, :, :])

@@ -55,11 +55,13 @@ def select_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the selection."),
     candidates: int = typer.Option(24, "--candidates", help="Sub-networks evaluated (smallest, largest, random)."),
     cost_model: str = typer.Option("auto", "--cost-model", help="auto (surrogate if shipped for the target), surrogate, mac."),
+    finetune_epochs: int = typer.Option(0, "--finetune-epochs", min=0,
+                                        help="Then train the shared weights this many epochs on the K chosen only."),
 ) -> None:
     """Pick K sub-networks along the held-out accuracy / cost Pareto front; prints them as JSON."""
     from tvmnas.data import load_dataset
     from tvmnas.dynamic.select import select_subnets
-    from tvmnas.dynamic.train import load_supernet
+    from tvmnas.dynamic.train import SupernetTrainConfig, load_supernet
     from tvmnas.targets import load_target
 
     net, metrics = load_supernet(supernet)
@@ -71,7 +73,8 @@ def select_command(
     tgt = load_target(target)
     print(f"evaluating {candidates} sub-networks for {tgt.name} ...", file=sys.stderr)
     sel = select_subnets(net, data, tgt, out, k=k, candidates=candidates, holdout=settings.get("holdout", 300),
-                         seed=settings.get("seed", 0), cost_model=cost_model)
+                         seed=settings.get("seed", 0), cost_model=cost_model, finetune_epochs=finetune_epochs,
+                         train_config=SupernetTrainConfig(**settings) if settings else None)
     print(json.dumps({"out": str(out), "cost_model": sel["cost_model"], "cost_unit": sel["cost_unit"],
                       "configs": [{"index": c["index"], "holdout_acc": c["holdout_acc"], "cycles": c["cycles"]}
                                   for c in sel["configs"]]}))

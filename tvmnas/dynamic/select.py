@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,15 @@ from tvmnas.compiler import staged_output
 from tvmnas.data.arrays import ArrayDataset
 from tvmnas.dynamic.subnet import SubNetwork, extract_subnet
 from tvmnas.dynamic.supernet import DynamicSupernet, SubnetConfig, SupernetSpec, largest, sample, smallest
-from tvmnas.dynamic.train import SUPERNET_FILE, accuracy, recalibrate, split
+from tvmnas.dynamic.train import (
+    SUPERNET_FILE,
+    Split,
+    SupernetTrainConfig,
+    accuracy,
+    finetune_selected,
+    recalibrate,
+    split,
+)
 from tvmnas.errors import CostModelError, ModelLoadError, TvmnasError
 from tvmnas.search.cost import count_module
 from tvmnas.targets import Target
@@ -159,6 +167,8 @@ def select_subnets(
     cost_model: str = "auto",
     calibration_batches: int = 8,
     keep_largest: bool = True,
+    finetune_epochs: int = 0,
+    train_config: SupernetTrainConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate candidates, pick k, and write the selection folder (atomically).
 
@@ -168,6 +178,9 @@ def select_subnets(
     The folder holds selection.json, the super-network weights and one state dict per chosen
     sub-network (with its own BatchNorm statistics): all that compile and export need.
     `holdout` and `seed` must match the training run so the accuracy estimate is held out.
+    finetune_epochs: after choosing, train the shared weights this many more epochs on the chosen
+    configurations only (finetune_selected, with `train_config`'s optimizer settings); their
+    held-out accuracies are then measured again. `net` is updated in place.
     """
     if k < 1:
         raise TvmnasError(f"--k must be at least 1, got {k}")
@@ -182,6 +195,13 @@ def select_subnets(
         raise TvmnasError(f"no sub-network fits target {target.name}: the smallest needs {4 * smallest_c.params:,} B "
                           f"of weights (flash {target.flash_bytes:,} B)")
     picked = choose_nested(fits, k, largest(net.spec)) if keep_largest else choose(fits, k)
+    if finetune_epochs > 0:
+        cfg = train_config or SupernetTrainConfig(holdout=holdout, seed=seed)
+        teacher = max(picked, key=lambda c: c.params)
+        finetune_selected(net, teacher.config, [c.config for c in picked if c is not teacher],
+                          parts.train_x, parts.train_y, cfg, finetune_epochs)
+        picked = [replace(c, holdout_acc=_holdout_accuracy(net, c.config, parts, calibration_batches))
+                  for c in picked]
     front_keys = {c.config for c in pareto_front(fits)}
     selection = {
         "format_version": 1,
@@ -191,6 +211,7 @@ def select_subnets(
         "cost_model": estimator.name,
         "cost_unit": estimator.unit,
         "accuracy_note": f"held-out accuracy on {len(parts.holdout_x)} training examples not used for the weights",
+        "finetune_epochs": finetune_epochs,
         "configs": [
             {"index": i, "config": c.config.to_dict(), "holdout_acc": c.holdout_acc, "cycles": c.cycles,
              "params": c.params, "file": f"subnet_{i}.pt"}
@@ -210,6 +231,11 @@ def select_subnets(
             torch.save(extract_subnet(net, c.config).state_dict(), staging / f"subnet_{i}.pt")
         (staging / SELECTION_FILE).write_text(json.dumps(selection, indent=2, sort_keys=True) + "\n")
     return selection
+
+
+def _holdout_accuracy(net: DynamicSupernet, config: SubnetConfig, parts: Split, calibration_batches: int) -> float:
+    recalibrate(net, config, parts.train_x, max_batches=calibration_batches)
+    return accuracy(net, config, parts.holdout_x, parts.holdout_y)
 
 
 @dataclass

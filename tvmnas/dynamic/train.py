@@ -14,7 +14,7 @@ import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -85,26 +85,66 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
     return -(F.softmax(teacher, 1) * F.log_softmax(student, 1)).sum(1).mean()
 
 
-def sandwich_step(net: DynamicSupernet, x: torch.Tensor, y: torch.Tensor, rng: random.Random,
-                  random_subnets: int, label_weight: float = 0.0) -> tuple[float, float]:
-    """Accumulate the sandwich-rule gradients of one batch; returns (largest's loss, its accuracy).
+def sandwich_step(net: DynamicSupernet, x: torch.Tensor, y: torch.Tensor, teacher_config: SubnetConfig,
+                  students: list[SubnetConfig], label_weight: float = 0.0) -> tuple[float, float]:
+    """Accumulate the sandwich-rule gradients of one batch; returns (teacher's loss, its accuracy).
 
-    The largest sub-network learns from the labels; the smallest and the random ones from its
-    detached predictions, mixed with `label_weight` of label cross-entropy (a young teacher is
-    still weak, so pure distillation would copy its mistakes).
+    The teacher (the largest sub-network) learns from the labels; every student from its detached
+    predictions, mixed with `label_weight` of label cross-entropy (a young teacher is still weak,
+    so pure distillation would copy its mistakes).
     """
-    spec = net.spec
-    top = net(x, largest(spec))
+    top = net(x, teacher_config)
     loss = F.cross_entropy(top, y)
     loss.backward()
     teacher = top.detach()
-    for config in [smallest(spec)] + [sample(spec, rng) for _ in range(random_subnets)]:
+    for config in students:
         logits = net(x, config)
         loss_k = (1 - label_weight) * distillation_loss(logits, teacher)
         if label_weight:
             loss_k = loss_k + label_weight * F.cross_entropy(logits, y)
         loss_k.backward()
     return float(loss.detach()), float((teacher.argmax(1) == y).float().mean())
+
+
+def run_epochs(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, config: SupernetTrainConfig, epochs: int,
+               step: Callable[[torch.Tensor, torch.Tensor], tuple[float, float]], *, lr: float | None = None,
+               name: str = "train", progress: bool = False) -> list[dict[str, float]]:
+    """SGD (Nesterov momentum, cosine learning rate from `lr` or config.lr to 0) over `epochs` epochs;
+    `step` accumulates one batch's gradients and returns (loss, accuracy). One row per epoch."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr or config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=True)
+    base_lr = lr or config.lr
+    steps = num_batches(len(x), config.batch_size)
+    history = []
+    with epoch_progress(name, steps * epochs, enabled=progress) as bar:
+        for epoch in range(epochs):
+            model.train()
+            loss_sum = acc_sum = 0.0
+            for i, (xb, yb) in enumerate(batches(x, y, config.batch_size, shuffle_seed=config.seed * 1000 + epoch)):
+                for group in optimizer.param_groups:
+                    group["lr"] = 0.5 * base_lr * (1 + math.cos(math.pi * (epoch * steps + i) / (epochs * steps)))
+                optimizer.zero_grad(set_to_none=True)
+                loss, acc = step(xb, yb)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                loss_sum, acc_sum = loss_sum + loss, acc_sum + acc
+                bar.update(1, loss=loss, acc=acc)
+            history.append({"epoch": epoch, "train_loss": loss_sum / steps, "train_acc": acc_sum / steps})
+    model.eval()
+    return history
+
+
+def finetune_selected(net: DynamicSupernet, teacher: SubnetConfig, students: list[SubnetConfig], x: np.ndarray,
+                      y: np.ndarray, config: SupernetTrainConfig, epochs: int, *,
+                      progress: bool = False) -> list[dict[str, float]]:
+    """Fine-tune the shared weights for exactly the selected sub-networks (sandwich rule over them:
+    the largest, `teacher`, on the labels, the `students` distilled from it), so that the
+    configurations the artifact ships get all the remaining updates. Learning rate: half the
+    training rate, cosine."""
+    torch.manual_seed(config.seed + 1)
+    return run_epochs(net, x, y, config, epochs,
+                      lambda xb, yb: sandwich_step(net, xb, yb, teacher, students, config.label_weight),
+                      lr=0.5 * config.lr, name="fine-tune", progress=progress)
 
 
 @torch.no_grad()
@@ -157,26 +197,12 @@ def train_supernet(
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     net = DynamicSupernet(spec)
-    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=True)
-    steps = num_batches(len(parts.train_x), config.batch_size)
-    history = []
-    with epoch_progress("supernet", steps * config.epochs, enabled=progress) as bar:
-        for epoch in range(config.epochs):
-            net.train()
-            loss_sum = acc_sum = 0.0
-            for i, (xb, yb) in enumerate(batches(parts.train_x, parts.train_y, config.batch_size,
-                                                 shuffle_seed=config.seed * 1000 + epoch)):
-                lr = 0.5 * config.lr * (1 + math.cos(math.pi * (epoch * steps + i) / (config.epochs * steps)))
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                loss, acc = sandwich_step(net, xb, yb, rng, config.random_subnets, config.label_weight)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-                optimizer.step()
-                loss_sum, acc_sum = loss_sum + loss, acc_sum + acc
-                bar.update(1, loss=loss, acc=acc)
-            history.append({"epoch": epoch, "train_loss": loss_sum / steps, "train_acc": acc_sum / steps})
+    history = run_epochs(
+        net, parts.train_x, parts.train_y, config, config.epochs,
+        lambda xb, yb: sandwich_step(net, xb, yb, largest(spec),
+                                     [smallest(spec)] + [sample(spec, rng) for _ in range(config.random_subnets)],
+                                     config.label_weight),
+        name="supernet", progress=progress)
     metrics: dict[str, Any] = {"dataset": dataset.name, "train_examples": len(parts.train_x),
                                "holdout_examples": len(parts.holdout_x), "settings": asdict(config),
                                "data_source": data_source or {"name": dataset.name}}
@@ -231,20 +257,14 @@ def train_standalone(
     parts = split(dataset, config.holdout, config.seed)
     torch.manual_seed(config.seed)
     model = SubNetwork(spec, subnet)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=True)
-    steps = num_batches(len(parts.train_x), config.batch_size)
-    for epoch in range(config.epochs):
-        model.train()
-        for i, (xb, yb) in enumerate(batches(parts.train_x, parts.train_y, config.batch_size,
-                                             shuffle_seed=config.seed * 1000 + epoch)):
-            lr = 0.5 * config.lr * (1 + math.cos(math.pi * (epoch * steps + i) / (config.epochs * steps)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, float]:
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        loss.backward()
+        return float(loss.detach()), float((logits.argmax(1) == yb).float().mean())
+
+    run_epochs(model, parts.train_x, parts.train_y, config, config.epochs, step, name="alone")
     model.eval()
     correct = 0
     with torch.no_grad():
