@@ -33,6 +33,19 @@ _CLASS_KEYS = (
     ("concat", ("concatenate",)),
 )
 
+# Dynamic counts over the kernel as printed to C (flat TIR after LowerTIRForC): every statement and
+# expression weighted by the trip count of its enclosing loops. Loads and stores with constant
+# indices hit register-tile accumulators; a load repeated in one loop body is counted once (the C
+# compiler keeps it in a register).
+FLAT_COUNTS = ("loop_iters", "loop_entries", "inner_iters", "unrolled_iters", "mem_loads", "mem_stores", "reg_accesses",
+               "fmul", "fadd", "fminmax", "fdiv", "fcalls", "selects", "int_ops", "compares", "branches")
+
+# gcc -O3 unrolls a loop completely when it runs at most this often and its unrolled body stays
+# small (its max-completely-peel-times and max-completely-peeled-insns defaults); TIR nodes stand
+# in for gcc's instruction estimate.
+UNROLL_MAX_TRIPS = 16
+UNROLL_MAX_NODES = 200
+
 # The vector layout: every model trained on these features depends on this order.
 FEATURE_NAMES: tuple[str, ...] = (
     "n_blocks", "n_reduce_blocks", "n_pad_blocks", "n_elementwise_blocks",
@@ -46,6 +59,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "kernel_h", "kernel_w", "stride", "dilation",
     "channels_in", "channels_out", "out_h", "out_w", "groups_depthwise",
     "has_clip", "has_residual_add", "spatial_ops_per_elem",
+    *(f"log_exec_{c}" for c in FLAT_COUNTS),
 )
 
 
@@ -296,8 +310,134 @@ def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
         "spatial_ops_per_elem": (sum(b.domain * (b.loads + sum(b.arith.values())) for b in elem_blocks)
                                  / max(1, main.domain // max(1, int(np.prod(red))) if main and red else 1)),
     })
+    f.update({f"log_exec_{k}": _log(v) for k, v in flat_counts(func).items()})
     assert set(f) == set(FEATURE_NAMES), sorted(set(FEATURE_NAMES) ^ set(f))
     return {name: float(f[name]) for name in FEATURE_NAMES}
+
+
+def _flat(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """The kernel as the C printer sees it (LowerTIRForC), or `func` itself when it is already flat."""
+    from .lower_tir import LowerTIRForC
+
+    if not _contains(func.body, ("SBlock", "SBlockRealize")):
+        return func
+    return LowerTIRForC()(tvm.IRModule({"kernel": func}))["kernel"]
+
+
+def _contains(stmt, kinds: tuple[str, ...]) -> bool:
+    """Whether a statement of one of `kinds` occurs in `stmt` (statements only, not expressions)."""
+    kind = type(stmt).__name__
+    if kind in kinds:
+        return True
+    if kind == "SeqStmt":
+        return any(_contains(child, kinds) for child in stmt.seq)
+    if kind == "IfThenElse":
+        return _contains(stmt.then_case, kinds) or (stmt.else_case is not None and _contains(stmt.else_case, kinds))
+    if kind == "SBlockRealize":
+        return _contains(stmt.block, kinds)
+    return hasattr(stmt, "body") and _contains(stmt.body, kinds)
+
+
+def _size(node) -> int:
+    """TIR nodes (statements and expressions) in `node`, a stand-in for its instruction count."""
+    kind = type(node).__name__
+    if kind == "SeqStmt":
+        return sum(_size(c) for c in node.seq)
+    if kind == "For":
+        trips = _int(node.extent) if hasattr(node.extent, "value") else 1
+        return 2 + trips * _size(node.body)
+    if kind in ("BufferStore", "TensorStore"):
+        return 1 + sum(_size(i) for i in node.indices) + _size(node.value)
+    if kind == "Bind":
+        return 1 + _size(node.value)
+    if kind == "IfThenElse":
+        return 1 + _size(node.condition) + _size(node.then_case) + (_size(node.else_case) if node.else_case else 0)
+    if kind == "Evaluate":
+        return _size(node.value)
+    if kind in ("IntImm", "FloatImm", "Var"):
+        return 0
+    if hasattr(node, "body"):
+        return _size(node.body)
+    return 1 + sum(_size(c) for c in _expr_children(node))
+
+
+def flat_counts(func: tirx.PrimFunc) -> dict[str, float]:
+    """FLAT_COUNTS of the kernel as printed to C: operations executed, weighted by loop trip counts."""
+    counts = dict.fromkeys(FLAT_COUNTS, 0.0)
+
+    def expr(e, weight: float, seen: set) -> None:
+        kind = type(e).__name__
+        is_float = str(getattr(e, "ty", "")).startswith("float")
+        if kind in ("BufferLoad", "TensorLoad"):
+            if all(type(i).__name__ == "IntImm" for i in e.indices):
+                counts["reg_accesses"] += weight
+            else:
+                key = (_load_source(e).name, str(e.indices))
+                if key not in seen:
+                    seen.add(key)
+                    counts["mem_loads"] += weight
+        elif kind == "Call":
+            op = e.op.name.rsplit(".", 1)[-1] if hasattr(e.op, "name") else "call"
+            if op == "if_then_else":
+                counts["selects"] += weight
+            elif op != "likely":
+                counts["fcalls"] += weight
+        elif kind == "Select":
+            counts["selects"] += weight
+        elif kind in ("Mul",) and is_float:
+            counts["fmul"] += weight
+        elif kind in ("Add", "Sub") and is_float:
+            counts["fadd"] += weight
+        elif kind in ("Min", "Max") and is_float:
+            counts["fminmax"] += weight
+        elif kind == "Div" and is_float:
+            counts["fdiv"] += weight
+        elif kind in ARITH:
+            counts["int_ops"] += weight
+        elif kind in COMPARE:
+            counts["compares"] += weight
+        for child in _expr_children(e):
+            expr(child, weight, seen)
+
+    def stmt(s, weight: float, seen: set) -> None:
+        kind = type(s).__name__
+        if kind == "SeqStmt":
+            for child in s.seq:
+                stmt(child, weight, seen)
+        elif kind == "For":
+            trips = _int(s.extent) if hasattr(s.extent, "value") else 1
+            if trips <= UNROLL_MAX_TRIPS and trips * _size(s.body) <= UNROLL_MAX_NODES:
+                counts["unrolled_iters"] += weight * trips  # the C compiler unrolls it completely
+                stmt(s.body, weight * trips, seen)
+                return
+            counts["loop_entries"] += weight
+            counts["loop_iters"] += weight * trips
+            if not _contains(s.body, ("For",)):
+                counts["inner_iters"] += weight * trips
+            stmt(s.body, weight * trips, set())
+        elif kind in ("BufferStore", "TensorStore"):
+            if all(type(i).__name__ == "IntImm" for i in s.indices):
+                counts["reg_accesses"] += weight
+            else:
+                counts["mem_stores"] += weight
+            for index in s.indices:
+                expr(index, weight, seen)
+            expr(s.value, weight, seen)
+        elif kind == "Bind":
+            expr(s.value, weight, seen)
+        elif kind == "IfThenElse":
+            counts["branches"] += weight
+            expr(s.condition, weight, seen)
+            stmt(s.then_case, weight, set(seen))
+            if s.else_case is not None:
+                stmt(s.else_case, weight, set(seen))
+        elif kind == "Evaluate":
+            expr(s.value, weight, seen)
+        elif hasattr(s, "body"):
+            stmt(s.body, weight, seen)
+
+    stmt(_flat(func).body, 1.0, set())
+    return counts
 
 
 def _param_buffer(func: tirx.PrimFunc, param):

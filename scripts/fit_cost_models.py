@@ -8,7 +8,7 @@ Stages, all seeded and single-threaded so that the same toolchain gives the same
    EVAL_SEED, split 'eval'), half chain / half DARTS, compiled once and profiled on each target
    -> profiles.json.gz (per-kernel features, MACs, exact instructions, estimated cycles).
 2. fit: one XGBoost surrogate per target on the 'fit' split only -> surrogate-<target>.json.
-   The eval networks are profiled on EVAL_TARGET only (whole-network check); every target is also
+   The eval networks are profiled on every target too (whole-network check); every target is also
    judged by cross-validation over distinct kernels (benchmarks/cost_model_accuracy.py).
 3. distill: DISTILL_SPECS layer specs of both spaces (plus classifier / reduce heads) lowered once (features cached in
    distill-specs.json.gz), priced by each surrogate; the MLP fitted to 80 % of them ->
@@ -26,30 +26,30 @@ from pathlib import Path
 
 import torch
 
-from tvmnas.cost.collect import ProfileData, collect
+from tvmnas.cost.collect import ProfileData, collect, refresh_features
 from tvmnas.cost.networks import interleave, random_genotypes
 from tvmnas.cost.surrogate import CostSurrogate
 from tvmnas.targets import load_target
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "tvmnas" / "cost" / "data"
 TARGETS = ("cortex-m4", "cortex-m7")
-FIT_NETWORKS, FIT_SEED = 16, 1
+FIT_NETWORKS, FIT_SEED = 24, 1
 EVAL_NETWORKS, EVAL_SEED = 50, 2
 DISTILL_SPECS, DISTILL_SEED = 100, 0
-EVAL_TARGET = "cortex-m4"  # whole-network evaluation; other targets are judged by kernel cross-validation
 
 
 def profile(path: Path, fit_networks: int, eval_networks: int) -> ProfileData:
     """Stage 1: compile and profile the fit and eval networks (resuming from `path` if present)."""
     jobs = interleave(random_genotypes(fit_networks, FIT_SEED), random_genotypes(eval_networks, EVAL_SEED))
-    return collect(jobs, [load_target(t) for t in TARGETS], save_to=path,
-                   split_targets={"eval": [load_target(EVAL_TARGET)]})
+    return collect(jobs, [load_target(t) for t in TARGETS], save_to=path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true", help="re-profile even if the data file exists")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="output folder (default: the package data)")
+    parser.add_argument("--refresh-features", action="store_true",
+                        help="recompute kernel features of the profile data (after a feature change), keep the measurements")
     parser.add_argument("--skip-distill", action="store_true", help="fit the surrogates only")
     parser.add_argument("--fit-networks", type=int, default=FIT_NETWORKS, help="networks to fit on")
     parser.add_argument("--eval-networks", type=int, default=EVAL_NETWORKS, help="held-out networks")
@@ -67,6 +67,9 @@ def main() -> None:
         print(f"profiled {len(data.networks)} networks in {time.time() - start:.0f} s -> {data_path}", file=sys.stderr)
     else:
         data = ProfileData.load(data_path)
+    if args.refresh_features:
+        refresh_features(data)
+        data.save(data_path)
     reports = {}
     for target in TARGETS:
         rows = data.kernel_rows(target, split="fit")

@@ -8,11 +8,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import tvm
 from torch import nn
 
 from tvmnas.compiler import lower_model
 from tvmnas.frontend import import_model
-from tvmnas.passes import FEATURE_NAMES, extract_kernel_features, feature_vector, kernel_features, kernel_hash, kernel_macs
+from tvmnas.passes import (
+    FEATURE_NAMES,
+    LowerTIRForC,
+    MCULowering,
+    ScheduleForMCU,
+    extract_call_graph,
+    extract_kernel_features,
+    feature_vector,
+    kernel_features,
+    kernel_hash,
+    kernel_macs,
+)
+from tvmnas.passes.kernel_features import flat_counts
 
 
 def lowered(module: nn.Module, shape: tuple[int, ...]):
@@ -90,3 +103,57 @@ def test_feature_vector_follows_feature_names() -> None:
     assert v.shape == (len(FEATURE_NAMES),)
     assert v[FEATURE_NAMES.index("channels_out")] == 4.0
     assert list(f) == list(FEATURE_NAMES)
+
+
+@pytest.mark.parametrize("c_in, c_out, k, groups, hw, pad", [(8, 16, 3, 1, 10, 0), (6, 12, 1, 1, 7, 0),
+                                                            (12, 12, 5, 12, 9, 0), (8, 16, 3, 1, 10, 1),
+                                                            (12, 12, 5, 12, 9, 2)])
+def test_flat_counts_multiply_once_per_mac(c_in: int, c_out: int, k: int, groups: int, hw: int, pad: int) -> None:
+    # however the schedule tiles the loops, the C code multiplies once per MAC; with zero padding
+    # it may skip the taps that fall on the padding, never more
+    mod, graph = lowered(nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=pad, groups=groups)), (1, c_in, hw, hw))
+    func = main_kernel(mod, graph)
+    out = hw + 2 * pad - k + 1
+    valid = sum(sum(0 <= o - pad + t < hw for t in range(k)) for o in range(out))  # in-bounds taps of one axis
+    inside = c_out * (c_in // groups) * valid * valid
+    counts = flat_counts(func)
+    assert kernel_macs(func) == out * out * c_out * (c_in // groups) * k * k
+    assert inside <= counts["fmul"] <= kernel_macs(func)
+    if pad == 0:
+        assert counts["fmul"] == kernel_macs(func)
+    assert counts["mem_stores"] >= out * out * c_out  # every output element written to memory at least once
+    assert counts["loop_iters"] >= counts["inner_iters"]
+    assert counts["loop_iters"] + counts["unrolled_iters"] > 0
+
+
+def test_short_loops_count_as_unrolled_not_as_loop_trips() -> None:
+    # gcc -O3 unrolls a short loop with a small body completely: no loop overhead remains
+    tiny, tiny_graph = lowered(nn.Sequential(nn.Conv2d(2, 2, 1)), (1, 2, 2, 2))
+    big, big_graph = lowered(nn.Sequential(nn.Conv2d(2, 2, 1)), (1, 2, 32, 32))
+    small_counts = flat_counts(main_kernel(tiny, tiny_graph))
+    big_counts = flat_counts(main_kernel(big, big_graph))
+    assert small_counts["unrolled_iters"] > small_counts["loop_iters"]
+    assert big_counts["loop_iters"] > 10 * small_counts["loop_iters"]
+
+
+def test_flat_counts_follow_the_schedule() -> None:
+    # inline padding (a select per tap, no scratch) vs a padded row scratch: same computation,
+    # different C code; the flat counts price the difference
+    net = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU())
+    torch.manual_seed(0)
+    mod = MCULowering()(import_model(net.eval(), (1, 8, 12, 12)))
+    graph = extract_call_graph(mod)
+    name = max({c.kernel for c in graph.calls}, key=lambda n: kernel_macs(mod[n]))
+    scratch = flat_counts(ScheduleForMCU()(mod)[name])
+    inline = flat_counts(ScheduleForMCU(inline_padding=True)(mod)[name])
+    unscheduled = flat_counts(mod[name])
+    assert inline["selects"] > scratch["selects"]
+    assert unscheduled["loop_iters"] > scratch["loop_iters"]  # unrolled windows and register tiles
+    assert max(scratch["fmul"], inline["fmul"], unscheduled["fmul"]) <= kernel_macs(mod[name])
+
+
+def test_flat_counts_of_an_already_flat_kernel_equal_those_before_lowering() -> None:
+    mod, graph = lowered(nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU6()), (1, 4, 8, 8))
+    func = main_kernel(mod, graph)
+    flat = LowerTIRForC()(tvm.IRModule({"k": func}))["k"]
+    assert flat_counts(flat) == flat_counts(func)

@@ -174,6 +174,29 @@ def collect(
     return data
 
 
+def refresh_features(data: ProfileData,
+                     progress: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> int:
+    """Recompute every kernel's features with today's kernel_features, keeping the measurements.
+
+    Each network is lowered again from its genotype; a kernel is matched by its hash, so a kernel
+    whose lowering changed since it was measured is left as it was (and counted as stale).
+    Returns the number of kernels whose features were recomputed.
+    """
+    fresh: set[str] = set()
+    for i, net in enumerate(data.networks):
+        lowered, graph = _lower_network(Genotype.from_dict(net["genotype"]), seed=0)
+        for kname in sorted({c.kernel for c in graph.calls}):
+            h = kernel_hash(lowered[kname])
+            if h in data.kernels and h not in fresh:
+                data.kernels[h]["features"] = kernel_features(lowered[kname])
+                fresh.add(h)
+        progress(f"[{i + 1}/{len(data.networks)}] {net['name']}: {len(fresh)} kernels refreshed")
+    stale = len(data.kernels) - len(fresh)
+    if stale:
+        progress(f"{stale} measured kernels no longer occur in today's lowering: their features are unchanged")
+    return len(fresh)
+
+
 def kernel_rows_from_db(db_path: Path, target: str,
                         progress: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> list[dict[str, Any]]:
     """Kernel rows for fitting from a tvmnas profile database (tvmnas profile-ops).

@@ -27,6 +27,7 @@ from torch import nn
 from tvmnas.cost.collect import gzip_bytes
 from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate, load_surrogate
 from tvmnas.errors import CostModelError
+from tvmnas.passes.kernel_features import FEATURE_NAMES
 from tvmnas.search.cost import LayerCost, MacCostModel
 from tvmnas.search.layer_spec import LayerSpec
 from tvmnas.search.ops import CHAIN_PRIMITIVES, FIXED_OPS, PRIMITIVES, chain_op_shape
@@ -236,7 +237,9 @@ def featurise_specs(specs: Sequence[LayerSpec], path: Path | None = None,
     done: dict[str, dict[str, Any]] = {}
     if path is not None and Path(path).is_file():
         with gzip.open(path, "rt") as fh:
-            done = {json.dumps(e["spec"], sort_keys=True): e for e in json.load(fh)}
+            # entries lowered under another feature layout are lowered again
+            done = {json.dumps(e["spec"], sort_keys=True): e for e in json.load(fh)
+                    if all(set(k) == set(FEATURE_NAMES) for k in e["kernels"])}
     out = []
     for i, spec in enumerate(specs):
         key = json.dumps(asdict(spec), sort_keys=True)

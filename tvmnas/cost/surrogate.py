@@ -1,8 +1,8 @@
 """CostSurrogate: per-target XGBoost regressor of log cycles per fused kernel, from kernel features.
 
 The prediction is prior x correction: a non-negative linear model of cycles over raw counts
-(MACs, loads, arithmetic, padding and element-wise iterations, blocks), fitted on relative error,
-gives the base margin; XGBoost fits log(cycles) - log(prior) on all features. The prior carries
+(operations the kernel's C code executes, MACs, loads, padding and element-wise iterations),
+fitted on relative error, gives the base margin; XGBoost fits log(cycles) - log(prior) on all features. The prior carries
 the scaling with size, so the trees only learn per-shape efficiency (unrolling, strides, kernel
 sizes) and extrapolate to larger kernels sensibly. Cycles are the profiler's timing-table estimate.
 """
@@ -18,13 +18,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from tvmnas.errors import CostModelError
-from tvmnas.passes.kernel_features import FEATURE_NAMES
+from tvmnas.passes.kernel_features import FEATURE_NAMES, FLAT_COUNTS
 
 FORMAT = "tvmnas-cost-surrogate"
 FORMAT_VERSION = 1
 DATA_DIR = Path(__file__).resolve().parent / "data"
-# raw counts the linear prior is fitted over (exp(log1p feature) - 1), plus a constant per call
-PRIOR_FEATURES = ("log_macs", "log_loads_reduce", "log_loads_elementwise", "log_flops", "log_compares",
+# raw counts the linear prior is fitted over (exp(log1p feature) - 1), plus a constant per call:
+# operations the printed C executes (loop trips, loads, stores, float and index arithmetic) and
+# the block-level counts of the computation
+PRIOR_FEATURES = tuple(f"log_exec_{c}" for c in FLAT_COUNTS) + ("log_macs", "log_loads_reduce", "log_loads_elementwise", "log_flops", "log_compares",
                   "log_iters_pad", "log_iters_spatial", "log_loop_entries", "log_main_out_elems", "n_blocks")
 XGB_PARAMS: dict[str, Any] = {
     "objective": "reg:squarederror",
