@@ -2,6 +2,11 @@
 
   python scripts/fit_cost_models.py            # profile (if no data yet), fit, distill
   python scripts/fit_cost_models.py --profile  # re-profile even if the data file exists
+  python scripts/fit_cost_models.py --refresh-features  # kernel features changed: recompute them, keep
+                                                        # the measurements, refit and distill
+
+The shipped files came from `--profile` (about an hour on 2 shared cores) on the kernels of the
+commit that added them; a change to the schedules or the C printer makes them stale (re-profile).
 
 Stages, all seeded and single-threaded so that the same toolchain gives the same files:
 1. profile: FIT_NETWORKS random networks (seed FIT_SEED, split 'fit') and EVAL_NETWORKS (seed
