@@ -350,7 +350,7 @@ def markdown(result: dict[str, Any], body: str) -> str:
         if f"matched_{kind}_over_cycle_cycles" in m:
             lines.append(f"- {kind} / cycle-aware cycles at matched accuracy: "
                          f"**{m[f'matched_{kind}_over_cycle_cycles']:.2f}x**")
-        elif kind in ("mac", "random"):
+        else:
             lines.append(f"- {kind}: no arm reached the matched accuracy")
     if "random_mean_over_cycle_cycles" in m:
         lines.append(f"- mean of all random samples / cycle-aware cycles: {m['random_mean_over_cycle_cycles']:.2f}x")
