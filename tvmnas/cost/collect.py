@@ -150,10 +150,9 @@ def collect(
     targets: list[Target],
     *,
     save_to: Path | None = None,
-    split_targets: dict[str, list[Target]] | None = None,
     progress: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
 ) -> ProfileData:
-    """Profile every (name, split, genotype) on every target (or on split_targets[split]), in order.
+    """Profile every (name, split, genotype) on every target, in order.
 
     With `save_to`, the data is written after every network and networks already in that file
     are not profiled again (an interrupted run resumes where it stopped).
@@ -163,8 +162,7 @@ def collect(
     for i, (name, split, genotype) in enumerate(genotypes):
         if name in done:
             continue
-        use = (split_targets or {}).get(split, targets)
-        entry = profile_network(genotype, use, data, name=name, split=split, seed=i)
+        entry = profile_network(genotype, targets, data, name=name, split=split, seed=i)
         if save_to is not None:
             data.save(save_to)
         cycles = ", ".join(f"{t}: {v['cycles']:,}" for t, v in entry["targets"].items())
