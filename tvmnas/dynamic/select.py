@@ -25,7 +25,6 @@ from tvmnas.dynamic.subnet import SubNetwork, extract_subnet
 from tvmnas.dynamic.supernet import DynamicSupernet, SubnetConfig, SupernetSpec, largest, sample, smallest
 from tvmnas.dynamic.train import (
     SUPERNET_FILE,
-    Split,
     SupernetTrainConfig,
     accuracy,
     finetune_selected,
@@ -126,6 +125,13 @@ def choose_nested(cands: list[Candidate], k: int, anchor: SubnetConfig) -> list[
     return sorted(choose(rest, k - 1) + top, key=lambda c: (c.cycles, -c.holdout_acc))
 
 
+def held_out_accuracy(net: DynamicSupernet, config: SubnetConfig, calib_x: np.ndarray, holdout_x: np.ndarray,
+                      holdout_y: np.ndarray, calibration_batches: int) -> float:
+    """Accuracy of `config` on held-out examples, after recalibrating its BatchNorm statistics."""
+    recalibrate(net, config, calib_x, max_batches=calibration_batches)
+    return accuracy(net, config, holdout_x, holdout_y)
+
+
 def evaluate_candidates(net: DynamicSupernet, configs: list[SubnetConfig], calib_x: np.ndarray,
                         holdout_x: np.ndarray, holdout_y: np.ndarray, estimator: CostEstimator,
                         *, calibration_batches: int = 8) -> list[Candidate]:
@@ -133,8 +139,7 @@ def evaluate_candidates(net: DynamicSupernet, configs: list[SubnetConfig], calib
     shape = net.spec.input_shape
     out = []
     for config in configs:
-        recalibrate(net, config, calib_x, max_batches=calibration_batches)
-        acc = accuracy(net, config, holdout_x, holdout_y)
+        acc = held_out_accuracy(net, config, calib_x, holdout_x, holdout_y, calibration_batches)
         sub = extract_subnet(net, config)
         counts = count_module(sub, shape)
         out.append(Candidate(config, acc, estimator.cycles(sub, shape), counts.params, 4 * counts.act_elems))
@@ -200,7 +205,8 @@ def select_subnets(
         teacher = max(picked, key=lambda c: c.params)
         finetune_selected(net, teacher.config, [c.config for c in picked if c is not teacher],
                           parts.train_x, parts.train_y, cfg, finetune_epochs)
-        picked = [replace(c, holdout_acc=_holdout_accuracy(net, c.config, parts, calibration_batches))
+        picked = [replace(c, holdout_acc=held_out_accuracy(net, c.config, parts.train_x, parts.holdout_x,
+                                                             parts.holdout_y, calibration_batches))
                   for c in picked]
     front_keys = {c.config for c in pareto_front(fits)}
     selection = {
@@ -231,11 +237,6 @@ def select_subnets(
             torch.save(extract_subnet(net, c.config).state_dict(), staging / f"subnet_{i}.pt")
         (staging / SELECTION_FILE).write_text(json.dumps(selection, indent=2, sort_keys=True) + "\n")
     return selection
-
-
-def _holdout_accuracy(net: DynamicSupernet, config: SubnetConfig, parts: Split, calibration_batches: int) -> float:
-    recalibrate(net, config, parts.train_x, max_batches=calibration_batches)
-    return accuracy(net, config, parts.holdout_x, parts.holdout_y)
 
 
 @dataclass

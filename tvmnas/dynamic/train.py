@@ -111,9 +111,9 @@ def run_epochs(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, config: Sup
                name: str = "train", progress: bool = False) -> list[dict[str, float]]:
     """SGD (Nesterov momentum, cosine learning rate from `lr` or config.lr to 0) over `epochs` epochs;
     `step` accumulates one batch's gradients and returns (loss, accuracy). One row per epoch."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr or config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=True)
     base_lr = lr or config.lr
+    optimizer = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=True)
     steps = num_batches(len(x), config.batch_size)
     history = []
     with epoch_progress(name, steps * epochs, enabled=progress) as bar:
