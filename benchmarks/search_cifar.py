@@ -182,7 +182,8 @@ def run_arm(name: str, args: argparse.Namespace, data: ArrayDataset, val: tuple[
                   macs=runs[0][0].metrics["macs"], params=runs[0][0].metrics["params"])
     log(f"{name}: measuring on QEMU (test acc {record['test_accuracy']:.3f})")
     t2 = time.time()
-    record.update(measure(arm_dir / f"train-seed{args.seed}", data.test_x[0], args), measure_s=round(time.time() - t2, 1))
+    record.update(measure(arm_dir / f"train-seed{args.seed}", data.test_x[0], args),
+                  measure_s=round(time.time() - t2, 1))
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     log(f"{name}: {record['cycles']:,} est. cycles, {record['instructions']:,} instructions, "
@@ -240,8 +241,8 @@ def summarise(arms: dict[str, dict[str, Any]], cycle_arm: str, match_points: flo
 
 def table(arms: dict[str, dict[str, Any]], ref_cycles: int) -> str:
     """Markdown table, one row per arm."""
-    rows = ["| arm | genotype | val acc (mean) | test acc: mean (per seed) | MACs | instructions (exact) | cycles (est.) | "
-            "cycles / cycle-aware | search s | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| arm | genotype | val acc (mean) | test acc: mean (per seed) | MACs | instructions (exact) | "
+            "cycles (est.) | cycles / cycle-aware | search s | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for a in arms.values():
         rows.append(
             f"| {a['arm']} | `{a['genotype']}` | {a['val_accuracy']:.3f} | {a['test_accuracy']:.3f} "
@@ -323,9 +324,10 @@ def markdown(result: dict[str, Any], body: str) -> str:
         f"epochs (arch lr {s['arch_lr']}), retrain {s['train_epochs']} epochs for every arm, batch "
         f"{s['batch_size']}, seed {s['seed']}, {s['threads']} torch threads; all arms together "
         f"{result['arms_s'] / 60:.0f} min of search, retraining and QEMU on a shared 2-core host (arms run "
-        f"one after another; a rerun skips finished arms). Instructions are exact (QEMU -icount); cycles are estimates from the "
-        f"cortex-m4 timing table (absolute error tens of percent, ranking dependable). One thread: on this "
-        f"loaded host 2 torch threads made one supernet step ~40x slower (60 s vs 1.4 s). The test subset "
+        f"one after another; a rerun skips finished arms). Instructions are exact (QEMU -icount); cycles are "
+        f"estimates from the cortex-m4 timing table (absolute error tens of percent, ranking dependable). "
+        f"One thread: on this loaded host 2 torch threads made one supernet step ~40x slower (60 s vs 1.4 s). "
+        f"The test subset "
         f"gives a standard error of about {100 * (0.25 / s['limit_test']) ** 0.5:.1f} points per accuracy.",
         "",
         body,

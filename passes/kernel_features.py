@@ -37,8 +37,9 @@ _CLASS_KEYS = (
 # expression weighted by the trip count of its enclosing loops. Loads and stores with constant
 # indices hit register-tile accumulators; a load repeated in one loop body is counted once (the C
 # compiler keeps it in a register).
-FLAT_COUNTS = ("loop_iters", "loop_entries", "inner_iters", "unrolled_iters", "mem_loads", "mem_stores", "reg_accesses",
-               "fmul", "fadd", "fminmax", "fdiv", "fcalls", "selects", "int_ops", "compares", "branches")
+FLAT_COUNTS = ("loop_iters", "loop_entries", "inner_iters", "unrolled_iters", "mem_loads", "mem_stores",
+               "reg_accesses", "fmul", "fadd", "fminmax", "fdiv", "fcalls", "selects", "int_ops", "compares",
+               "branches")
 
 # gcc -O3 unrolls a loop completely when it runs at most this often and its unrolled body stays
 # small (its max-completely-peel-times and max-completely-peeled-insns defaults); TIR nodes stand

@@ -54,7 +54,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="re-profile even if the data file exists")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="output folder (default: the package data)")
     parser.add_argument("--refresh-features", action="store_true",
-                        help="recompute kernel features of the profile data (after a feature change), keep the measurements")
+                        help="recompute kernel features of the profile data (after a feature change), "
+                             "keep the measurements")
     parser.add_argument("--skip-distill", action="store_true", help="fit the surrogates only")
     parser.add_argument("--fit-networks", type=int, default=FIT_NETWORKS, help="networks to fit on")
     parser.add_argument("--eval-networks", type=int, default=EVAL_NETWORKS, help="held-out networks")

@@ -2,9 +2,10 @@
 
 The prediction is prior x correction: a non-negative linear model of cycles over raw counts
 (operations the kernel's C code executes, MACs, loads, padding and element-wise iterations),
-fitted on relative error, gives the base margin; XGBoost fits log(cycles) - log(prior) on all features. The prior carries
-the scaling with size, so the trees only learn per-shape efficiency (unrolling, strides, kernel
-sizes) and extrapolate to larger kernels sensibly. Cycles are the profiler's timing-table estimate.
+fitted on relative error, gives the base margin; XGBoost fits log(cycles) - log(prior) on all
+features. The prior carries the scaling with size, so the trees only learn per-shape efficiency
+(unrolling, strides, kernel sizes) and extrapolate to larger kernels sensibly. Cycles are the
+profiler's timing-table estimate.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 # raw counts the linear prior is fitted over (exp(log1p feature) - 1), plus a constant per call:
 # operations the printed C executes (loop trips, loads, stores, float and index arithmetic) and
 # the block-level counts of the computation
-PRIOR_FEATURES = tuple(f"log_exec_{c}" for c in FLAT_COUNTS) + ("log_macs", "log_loads_reduce", "log_loads_elementwise", "log_flops", "log_compares",
+PRIOR_FEATURES = (*(f"log_exec_{c}" for c in FLAT_COUNTS),
+                  "log_macs", "log_loads_reduce", "log_loads_elementwise", "log_flops", "log_compares",
                   "log_iters_pad", "log_iters_spatial", "log_loop_entries", "log_main_out_elems", "n_blocks")
 XGB_PARAMS: dict[str, Any] = {
     "objective": "reg:squarederror",
