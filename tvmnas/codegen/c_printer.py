@@ -104,10 +104,11 @@ class KernelSignature:
 class CPrinter:
     """Prints one PrimFunc; create one instance per function."""
 
-    def __init__(self, func, name: str, restrict: bool = True) -> None:
+    def __init__(self, func, name: str, restrict: bool = True, noclone: bool = False) -> None:
         self.func = func
         self.name = name
         self.restrict = " restrict" if restrict else ""
+        self.noclone = noclone
         self.storage_names: dict[str, str] = {}  # buffer data-var name -> C name (buffers alias by name)
         self.var_names: dict[int, str] = {}      # scalar var object -> C name (loop vars can share names)
         self.taken: set[str] = set()
@@ -275,15 +276,21 @@ class CPrinter:
         decls += [f"{c_type(d)} *{self.restrict} {n}" for n, d, _ in self.scratch]
         # noinline: a kernel compiles to the same code wherever it is called, so its profiled cost
         # (and the cost model keyed on its C text) holds in any network; it also bounds stack use.
-        header = f"static __attribute__((noinline)) void {self.name}({', '.join(decls)})"
+        # noclone also stops gcc -O3 from copying the kernel per call site with its constant pointers
+        # propagated: faster, but each copy is paid for in flash again.
+        attributes = "noinline, noclone" if self.noclone else "noinline"
+        header = f"static __attribute__(({attributes})) void {self.name}({', '.join(decls)})"
         body = "\n".join(self.locals_ + self.lines)
         sig = KernelSignature(self.name, params, dtypes, elems, written, list(self.scratch))
         return f"{header} {{\n{body}\n}}\n", sig
 
 
-def print_kernel(func, name: str, restrict: bool = True) -> tuple[str, KernelSignature]:
-    """Print `func` (a lowered PrimFunc) as a static C function named `name`."""
+def print_kernel(func, name: str, restrict: bool = True, noclone: bool = False) -> tuple[str, KernelSignature]:
+    """Print `func` (a lowered PrimFunc) as a static C function named `name`.
+
+    noclone: forbid gcc's per-call-site copies, for a kernel that several programs call (dynamic bundles).
+    """
     try:
-        return CPrinter(func, name, restrict).print()
+        return CPrinter(func, name, restrict, noclone).print()
     except NotImplementedError as err:
         raise UnsupportedOperatorError(name, name, str(err)) from None

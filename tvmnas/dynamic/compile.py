@@ -27,6 +27,7 @@ from tvmnas.compiler import (
     CompiledModel,
     arena_buffers,
     check_budgets,
+    check_optimize,
     lower_model,
     object_flash_bytes,
     staged_output,
@@ -53,10 +54,11 @@ class ConfigProgram:
     plan: ArenaPlan
 
 
-def lower_subnetwork(net: nn.Module, input_shape: tuple[int, int, int]) -> tuple[tvm.IRModule, CallGraph]:
+def lower_subnetwork(net: nn.Module, input_shape: tuple[int, int, int],
+                     optimize: str = "size") -> tuple[tvm.IRModule, CallGraph]:
     """Import a sub-network with its BatchNorms as scale/shift (not folded) and lower it."""
     unfolded = bn_as_affine(copy.deepcopy(net))
-    return lower_model(import_model(unfolded, (1, *input_shape)))
+    return lower_model(import_model(unfolded, (1, *input_shape)), optimize=optimize)
 
 
 def shared_name(name: str) -> str:
@@ -91,7 +93,9 @@ class KernelTable:
         if key not in self._cache:
             viewed = StridedWeightView(func, views)
             flat = LowerTIRForC()(tvm.IRModule({PLACEHOLDER: viewed}))
-            text, sig = print_kernel(flat[PLACEHOLDER], PLACEHOLDER)
+            # noclone: every configuration calls a shared kernel with other constant pointers, and
+            # gcc's per-call-site copies would store the shared code once per configuration again
+            text, sig = print_kernel(flat[PLACEHOLDER], PLACEHOLDER, noclone=True)
             self._cache[key] = EmittedKernel(canonical_parameters(text, sig.params), sig)
         emitted = self._cache[key]
         if emitted.text not in self.first_name:
@@ -312,6 +316,7 @@ def compile_dynamic(
     extra_manifest: dict | None = None,
     ignore_budget: bool = False,
     merge: bool = True,
+    optimize: str = "size",
 ) -> CompiledModel:
     """Compile K sub-networks into one switchable C bundle in `out_dir` (atomic, like compile_model).
 
@@ -319,11 +324,14 @@ def compile_dynamic(
     accuracies / cycles: per configuration, for the run-time policy table (held-out accuracy,
     estimated cycles); missing ones are 0. merge: emit kernels that differ only in integer
     literals as one function (False keeps one function per configuration and layer).
+    optimize: "size" (default: rolled windows, inline padding; most layers of the K configurations
+    then share one function) or "speed" (each configuration's kernels as `tvmnas compile` builds them).
     """
     if not subnets:
         raise TvmnasError("a dynamic bundle needs at least one sub-network")
+    check_optimize(optimize)
     out_dir = Path(out_dir)
-    lowered = [lower_subnetwork(net, input_shape) for net in subnets]
+    lowered = [lower_subnetwork(net, input_shape, optimize) for net in subnets]
     layout = share_weights([g.constants for _, g in lowered], shared)
     table = KernelTable(merge)
     programs = build_programs(lowered, layout, table)
@@ -344,6 +352,7 @@ def compile_dynamic(
         (staging / "examples").mkdir()
         (staging / "examples" / "switch.c").write_text(EXAMPLE)
         manifest = dynamic_manifest(programs, layout, table, infos, target.name)
+        manifest["optimize"] = optimize
         manifest.update(extra_manifest or {})
         manifest["flash_bytes"] = object_flash_bytes(staging, target)
         if not ignore_budget:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 TOKEN = re.compile(r"\d+\.\d*(?:[eE][-+]?\d+)?f?|\d+[eE][-+]?\d+f?|[A-Za-z_]\w*|\d+|\S")
 LOCAL_ARRAY = re.compile(r"^\s*\w+ \w+\[\d+\];$", re.M)
 PARAM_PREFIX = "tvmnas_n"
-NO_CLONE = "__attribute__((noinline, noclone))"
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,6 @@ def merge_kernels(texts: list[str], names: list[str], placeholder: str) -> list[
         extra = "".join(f", int32_t {PARAM_PREFIX}{j}" for j in range(len(columns)))
         body = body[:header] + extra + body[header:]
         body = body.replace(f" {placeholder}(", f" {name}(", 1)
-        # gcc -O3 would otherwise clone the function per call site with the integers propagated
-        body = body.replace("static void ", f"{NO_CLONE} static void ", 1)
         arguments = {texts[i]: tuple(values[n] for values in columns) for n, i in enumerate(members)}
         merged.append(MergedKernel(name, body, arguments))
     return merged
