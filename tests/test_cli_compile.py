@@ -41,6 +41,7 @@ def test_compile_writes_bundle_and_prints_json(onnx_model: Path, tmp_path: Path)
     [
         (["compile", "missing.onnx", "--out", "o"], "does not exist"),
         (["compile", "MODEL", "--target", "cortex-m99", "--out", "o"], "cortex-m99"),
+        (["compile", "MODEL", "--optimize", "fast", "--out", "o"], "optimize must be one of speed, size"),
         (["compile", "MODEL", "--target", "cortex-m0", "--out", "o"], None),
     ],
 )

@@ -127,6 +127,20 @@ def test_qemu_one_process_switches_through_all_configs_several_times(family, bun
     assert all(max(v) - min(v) < 1000 for v in per_config.values())
 
 
+@pytest.mark.slow
+@pytest.mark.ci
+def test_size_bundle_shares_kernels_that_the_speed_bundle_keeps_apart(family, bundle):
+    net, subnets = family
+    out, size = bundle
+    speed = compile_dynamic(subnets, net.shared_tensors(), SPEC.input_shape, load_target("cortex-m4"),
+                            out.parent / "speed", optimize="speed").manifest
+    assert size["optimize"] == "size" and speed["optimize"] == "speed"
+    assert len(size["kernels"]) < len(speed["kernels"]) and size["flash_bytes"] < speed["flash_bytes"]
+    for folder in (out, out.parent / "speed"):
+        headers = re.findall(r"^.*\bvoid \w+\(const float.*$", (folder / "model.c").read_text(), re.M)
+        assert headers and all("noinline, noclone" in h for h in headers)
+
+
 def test_no_subnetworks_is_an_error(tmp_path):
     with pytest.raises(TvmnasError, match="at least one sub-network"):
         compile_dynamic([], {}, SPEC.input_shape, load_target("cortex-m4"), tmp_path / "out")

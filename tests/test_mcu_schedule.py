@@ -11,6 +11,7 @@ import tvm
 from tvm import tirx
 
 from tvmnas.compiler import compile_model, emit_kernels, lower_model
+from tvmnas.errors import TvmnasError
 from tvmnas.frontend import import_model
 from tvmnas.passes import ScheduleForMCU
 from tvmnas.passes.mcu_schedule import schedule_primfunc
@@ -77,6 +78,23 @@ def test_inline_padding_needs_no_scratch(unscheduled) -> None:
     assert emit_kernels(inlined, graph)[name].signature.scratch == []
 
 
+def test_size_schedule_rolls_windows_and_needs_no_scratch() -> None:
+    mod = import_model(ConvReluSoftmax(), (1, 4, 8, 8))
+    speed, graph = lower_model(mod)
+    size, _ = lower_model(mod, optimize="size")
+    name, _ = _prim(size, "fused_conv2d")
+    fast, small = emit_kernels(speed, graph)[name], emit_kernels(size, graph)[name]
+    rolled_window = "for (int32_t ry = 0; ry < 3; ++ry)"
+    assert rolled_window in small.text and rolled_window not in fast.text
+    assert small.signature.scratch == [] and len(small.text) < len(fast.text)
+    assert "tvmnas_maxf" in small.text  # the epilogue stays fused
+
+
+def test_unknown_optimize_goal_is_refused() -> None:
+    with pytest.raises(TvmnasError, match="optimize must be one of speed, size"):
+        lower_model(import_model(ConvReluSoftmax(), (1, 4, 8, 8)), optimize="fast")
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 @pytest.mark.parametrize("name", ["m0_resnet", "dilated_context"])
@@ -85,13 +103,17 @@ def test_scheduled_and_unscheduled_agree_on_qemu(name: str, tmp_path: Path) -> N
     model = entry.build()
     x = entry.sample_input(0).numpy()
     target = load_target("cortex-m4")
-    outputs, counts = [], []
-    for schedule in (False, True):
-        bundle = compile_model(model, target, tmp_path / str(schedule), input_shape=x.shape,
-                               ignore_budget=True, schedule=schedule)
-        result = run(build(bundle.out_dir, target, tmp_path / f"b{schedule}"), target, [x], timeout_s=600)
+    outputs, counts, flash = [], [], []
+    for schedule, optimize in ((False, "speed"), (True, "speed"), (True, "size")):
+        out = tmp_path / f"{schedule}_{optimize}"
+        bundle = compile_model(model, target, out, input_shape=x.shape, ignore_budget=True, schedule=schedule,
+                               optimize=optimize)
+        result = run(build(bundle.out_dir, target, out / "build"), target, [x], timeout_s=600)
         outputs.append(result.outputs[0])
         counts.append(result.instructions[0])
+        flash.append(bundle.manifest["flash_bytes"])
     scale = float(np.abs(outputs[0]).max())
-    assert float(np.abs(outputs[0] - outputs[1]).max()) <= 1e-5 * scale
+    for scheduled in outputs[1:]:
+        assert float(np.abs(outputs[0] - scheduled).max()) <= 1e-5 * scale
     assert counts[1] < counts[0]  # the schedule removes work: fewer instructions
+    assert flash[2] < flash[1]    # rolled windows: less code than unrolled ones
