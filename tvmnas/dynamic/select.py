@@ -70,7 +70,8 @@ class CostEstimator:
         self.unit = "estimated cycles (cost surrogate)" if self.surrogate is not None else "MACs (proxy, not cycles)"
 
     def cycles(self, net: SubNetwork, input_shape: tuple[int, int, int]) -> float:
-        """Estimated cost of one inference of `net`."""
+        """Estimated cost of one inference of `net`, its kernels built as `dynamic compile` builds them
+        by default (optimize="size")."""
         if self.surrogate is None:
             return float(count_module(net, input_shape).macs)
         from tvmnas.dynamic.compile import lower_subnetwork
