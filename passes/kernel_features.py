@@ -60,6 +60,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "kernel_h", "kernel_w", "stride", "dilation",
     "channels_in", "channels_out", "out_h", "out_w", "groups_depthwise",
     "has_clip", "has_residual_add", "spatial_ops_per_elem",
+    "window_valid_frac", "log_valid_macs", "log_padded_macs",
     *(f"log_exec_{c}" for c in FLAT_COUNTS),
 )
 
@@ -216,6 +217,39 @@ def op_class(blocks: list[BlockStats]) -> str:
     return "elementwise"
 
 
+def _taps_inside(out: int, kernel: int, stride: int, dilation: int, size: int, pad_before: int) -> float:
+    """Fraction of (output position, kernel tap) pairs along one axis that read inside the input."""
+    if out <= 0 or kernel <= 0:
+        return 1.0
+    pos = np.arange(out)[:, None] * stride + np.arange(kernel)[None, :] * dilation - pad_before
+    return float(np.mean((pos >= 0) & (pos < size)))
+
+
+def window_valid_fraction(input_shapes: list[tuple[int, ...]], main: BlockStats | None,
+                          kernel: tuple[int, int]) -> float:
+    """Fraction of a window's taps that fall inside the input rather than its zero border (1.0 unpadded).
+
+    A padded conv or pool pays for a border tap differently from an inside one (inline padding
+    branches past the load); this fraction tells the two apart. The input is the largest 4-D
+    parameter the kernel only reads (weights excluded); padding is inferred from the output size as
+    PyTorch pads, symmetrically (a border row that no window reaches does not count). Read from the
+    shapes alone, so it is the same before and after scheduling.
+    """
+    kh, kw = kernel
+    if main is None or len(main.store_shape) != 4 or (kh <= 1 and kw <= 1):
+        return 1.0
+    activations = [s for s in input_shapes if len(s) == 4 and tuple(s[2:]) != (kh, kw)]
+    if not activations:
+        return 1.0
+    h, w = max(activations, key=lambda s: s[2] * s[3])[2:]
+    out_h, out_w = main.store_shape[2:]
+    s, d = main.stride, main.dilation
+    pad_h = max(0, (out_h - 1) * s + d * (kh - 1) + 1 - h)
+    pad_w = max(0, (out_w - 1) * s + d * (kw - 1) + 1 - w)
+    return (_taps_inside(out_h, kh, s, d, h, (pad_h + 1) // 2)
+            * _taps_inside(out_w, kw, s, d, w, (pad_w + 1) // 2))
+
+
 def _log(x: float) -> float:
     return math.log1p(max(float(x), 0.0))
 
@@ -233,6 +267,7 @@ def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
     written = {b.store_buffer for b in blocks}
     bytes_in = bytes_out = bytes_temp = 0
     param_names = set()
+    input_shapes = []
     for p in params:
         buf = _param_buffer(func, p)
         if buf is None:
@@ -243,6 +278,7 @@ def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
             bytes_out += nbytes
         else:
             bytes_in += nbytes
+            input_shapes.append(_shape(buf))
     for b in {b.store_buffer: b for b in blocks}.values():
         if b.store_buffer not in param_names:
             bytes_temp += int(np.prod(b.store_shape, dtype=np.int64)) * 4
@@ -311,6 +347,9 @@ def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
         "spatial_ops_per_elem": (sum(b.domain * (b.loads + sum(b.arith.values())) for b in elem_blocks)
                                  / max(1, main.domain // max(1, int(np.prod(red))) if main and red else 1)),
     })
+    valid = window_valid_fraction(input_shapes, main, (int(f["kernel_h"]), int(f["kernel_w"])))
+    f.update({"window_valid_frac": valid, "log_valid_macs": _log(macs * valid),
+              "log_padded_macs": _log(macs * (1.0 - valid))})
     f.update({f"log_exec_{k}": _log(v) for k, v in flat_counts(func).items()})
     assert set(f) == set(FEATURE_NAMES), sorted(set(FEATURE_NAMES) ^ set(f))
     return {name: float(f[name]) for name in FEATURE_NAMES}

@@ -55,6 +55,11 @@ def test_conv_shape_features(c_in: int, c_out: int, k: int, stride: int, dilatio
     assert f["class_depthwise" if groups > 1 else "class_conv"] == 1.0
     macs = out_hw * out_hw * c_out * (c_in // groups) * k * k
     assert math.isclose(f["log_macs"], math.log1p(macs), rel_tol=1e-9)
+    # taps inside the input, counted per axis by brute force (PyTorch pads dilation * (k // 2))
+    pad = dilation * (k // 2)
+    inside = sum(0 <= o * stride + t * dilation - pad < hw for o in range(out_hw) for t in range(k)) / (out_hw * k)
+    assert math.isclose(f["window_valid_frac"], inside**2, rel_tol=1e-9)
+    assert math.isclose(f["log_valid_macs"], math.log1p(macs * inside**2), rel_tol=1e-9)
 
 
 def test_pool_and_linear_classes() -> None:
