@@ -265,7 +265,8 @@ def finish(report: dict, results_md: Path) -> None:
                                             report["qemu_speed"]["instructions_per_config"]):
         diff = 100 * (r["shared_test_acc"] - r["alone_test_acc"])
         lines.append(f"| {r['index']} | {r['cost']:,.0f} | {arena:,} | {instr:,} | {alone:,} | {instr / alone:.3f} | "
-                     f"{fast:,} | {100 * r['shared_test_acc']:.1f} % | {100 * r['alone_test_acc']:.1f} % | {diff:+.1f} |")
+                     f"{fast:,} | {100 * r['shared_test_acc']:.1f} % | {100 * r['alone_test_acc']:.1f} % | "
+                     f"{diff:+.1f} |")
     f = report["flash"]
     lines += [
         "",

@@ -45,6 +45,21 @@ def test_profile_prints_every_kernel_and_totals_that_add_up(tmp_path: Path) -> N
     assert sum(k["macs"] for k in kernels) == count_module_macs(model, entry.input_shape)
 
 
+def test_profile_optimize_size_times_the_size_build(tmp_path: Path) -> None:
+    entry = get_entry("m0_cnn")
+    onnx_path = export_onnx(entry.build(), entry.input_shape, tmp_path / "m0_cnn.onnx")
+    reports = {}
+    for goal in ("speed", "size"):
+        result = CliRunner().invoke(app, ["profile", str(onnx_path), "--target", "cortex-m4", "--optimize", goal])
+        assert result.exit_code == 0, result.output
+        reports[goal] = last_json(result.stdout)
+    speed, size = reports["speed"], reports["size"]
+    assert [k["macs"] for k in speed["kernels"]] == [k["macs"] for k in size["kernels"]]
+    # rolled windows are other kernels: other hashes and other counts, for the same work
+    assert {k["kernel_hash"] for k in speed["kernels"]} != {k["kernel_hash"] for k in size["kernels"]}
+    assert speed["instructions"] != size["instructions"]
+
+
 def test_profile_of_a_missing_model_or_unknown_target_is_one_clear_error(tmp_path: Path) -> None:
     missing = CliRunner().invoke(app, ["profile", str(tmp_path / "nope.onnx"), "--target", "cortex-m4"])
     assert missing.exit_code != 0 and isinstance(missing.exception, TvmnasError)

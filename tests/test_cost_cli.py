@@ -43,6 +43,11 @@ def test_predict_prints_the_profile_json_shape(onnx_model: Path) -> None:
         assert k["cycles"] > 0
     assert report["cycles"] == sum(k["cycles"] for k in report["kernels"])
     assert max(k["macs"] for k in report["kernels"]) >= 4 * 8 * 8 * 9
+    size = tvmnas("cost", "predict", str(onnx_model), "--target", "cortex-m4", "--optimize", "size")
+    assert size.returncode == 0, size.stderr
+    size_report = json.loads(size.stdout.strip().splitlines()[-1])
+    assert [k["macs"] for k in size_report["kernels"]] == [k["macs"] for k in report["kernels"]]
+    assert size_report["cycles"] != report["cycles"]  # priced on the rolled kernels the size build has
 
 
 def test_unknown_target_is_one_line(onnx_model: Path) -> None:

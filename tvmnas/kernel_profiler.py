@@ -205,9 +205,11 @@ class LoweredNetwork:
     macs: tuple[int, ...]
 
 
-def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = None) -> LoweredNetwork:
-    """Import and lower `model` and print its kernels; the same for every target."""
-    lowered, graph = lower_model(import_model(model, input_shape))
+def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = None,
+                  optimize: str = "speed") -> LoweredNetwork:
+    """Import and lower `model` (built for `optimize`, as `compile_model`) and print its kernels;
+    the same for every target."""
+    lowered, graph = lower_model(import_model(model, input_shape), optimize=optimize)
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise NotImplementedError(
             f"profiling models with {len(graph.inputs)} inputs and {len(graph.outputs)} outputs: "
@@ -264,10 +266,11 @@ def write_network(network: LoweredNetwork, target: Target, bundle_dir: Path) -> 
 
 
 def prepare_network(
-    model: ModelSource, target: Target, bundle_dir: Path, *, input_shape: tuple[int, ...] | None = None
+    model: ModelSource, target: Target, bundle_dir: Path, *, input_shape: tuple[int, ...] | None = None,
+    optimize: str = "speed",
 ) -> PreparedNetwork:
     """Lower `model` and write its C bundle to `bundle_dir`, replacing it (no flash measurement, no budget check)."""
-    return write_network(lower_network(model, input_shape=input_shape), target, bundle_dir)
+    return write_network(lower_network(model, input_shape=input_shape, optimize=optimize), target, bundle_dir)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -375,10 +378,12 @@ def profile_network_json(
     *,
     input_shape: tuple[int, ...] | None = None,
     timeout_s: float = 60.0,
+    optimize: str = "speed",
 ) -> dict[str, Any]:
-    """Per-kernel profile of a whole network in one emulator run, as the `tvmnas profile` JSON."""
+    """Per-kernel profile of a whole network in one emulator run, as the `tvmnas profile` JSON;
+    the kernels built for `optimize` ("speed" or "size"), as `tvmnas compile --optimize` builds them."""
     with tempfile.TemporaryDirectory(prefix="tvmnas-netprof-") as tmp:
-        prepared = prepare_network(model, target, Path(tmp) / "bundle", input_shape=input_shape)
+        prepared = prepare_network(model, target, Path(tmp) / "bundle", input_shape=input_shape, optimize=optimize)
         profile = measure_network(prepared, target, Path(tmp) / "build", timeout_s=timeout_s)
     return {
         "target": target.name,

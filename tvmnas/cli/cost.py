@@ -44,6 +44,8 @@ def predict_command(
     model: Path = typer.Argument(..., help="Model file: .onnx or a saved torch.export program (.pt2)."),
     target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
     surrogate: Optional[Path] = typer.Option(None, "--surrogate", help="Surrogate file (default: the shipped one)."),
+    optimize: str = typer.Option("speed", "--optimize",
+                                 help="Kernels as `tvmnas compile --optimize` builds them: speed or size."),
 ) -> None:
     """Predicted cycles per kernel and in total, as JSON shaped like `tvmnas profile` (no emulator run)."""
     from tvmnas.cost.predict import predict_model_json
@@ -53,4 +55,4 @@ def predict_command(
     tgt = load_target(target)
     model_surrogate = CostSurrogate.load(surrogate, tgt.name) if surrogate else load_surrogate(tgt.name)
     print(f"predicting {model} on {tgt.name} with the surrogate ...", file=sys.stderr)
-    print(json.dumps(predict_model_json(model, model_surrogate)))
+    print(json.dumps(predict_model_json(model, model_surrogate, optimize=optimize)))

@@ -86,8 +86,9 @@ def compile_command(
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name; default: the selection's target."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory for the C bundle (replaced if present)."),
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Emit even if flash/SRAM exceed the board's budget."),
-    optimize: str = typer.Option("size", "--optimize", help="size (rolled windows, inline padding: the configurations "
-                                 "share most kernels) or speed (each configuration's kernels as `tvmnas compile` builds them)."),
+    optimize: str = typer.Option("size", "--optimize",
+                                 help="size (rolled windows, inline padding: the configurations share most kernels) "
+                                      "or speed (each configuration's kernels as `tvmnas compile` builds them)."),
 ) -> None:
     """Compile the K configurations into ONE C bundle (shared weights, run-time switch)."""
     from tvmnas.dynamic.compile import compile_dynamic
@@ -100,8 +101,8 @@ def compile_command(
     result = compile_dynamic(
         sel.subnets, sel.shared, sel.spec.input_shape, tgt, out,
         accuracies=[e["holdout_acc"] for e in sel.entries], cycles=[int(e["cycles"]) for e in sel.entries],
-        extra_manifest={"cost_unit": sel.meta.get("cost_unit"), "selection": str(selection)}, ignore_budget=ignore_budget,
-        optimize=optimize)
+        extra_manifest={"cost_unit": sel.meta.get("cost_unit"), "selection": str(selection)},
+        ignore_budget=ignore_budget, optimize=optimize)
     m = result.manifest
     print(f"wrote {out}: flash {m['flash_bytes']:,} B, arena per config "
           f"{[c['arena_bytes'] for c in m['configs']]}", file=sys.stderr)

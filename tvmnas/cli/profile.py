@@ -27,6 +27,8 @@ def profile_command(
     model: Path = typer.Argument(..., help="Model file: .onnx or a saved torch.export program (.pt2)."),
     target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before the guest counts as hung."),
+    optimize: str = typer.Option("speed", "--optimize",
+                                 help="Kernels as `tvmnas compile --optimize` builds them: speed or size."),
 ) -> None:
     """Time every fused kernel of a network in one emulator run: instructions (exact) and cycles (estimated)."""
     from tvmnas.kernel_profiler import profile_network_json
@@ -34,7 +36,7 @@ def profile_command(
 
     tgt = load_target(target)
     print(f"profiling {model} on {tgt.name} ({tgt.emulator_machine}) ...", file=sys.stderr)
-    report = profile_network_json(model, tgt, timeout_s=timeout_s)
+    report = profile_network_json(model, tgt, timeout_s=timeout_s, optimize=optimize)
     print(json.dumps(report))
 
 

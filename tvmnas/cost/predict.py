@@ -13,12 +13,13 @@ CYCLES_NOTE = "predicted by the surrogate"
 
 
 def predict_model_json(model: ModelSource, surrogate: CostSurrogate, *,
-                       input_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Lower `model` as the compiler does and price every kernel call: {target, instructions (null),
-    cycles, cycles_note, macs, kernels: [{index, name, macs, instructions (null), cycles}]}."""
+                       input_shape: tuple[int, ...] | None = None, optimize: str = "speed") -> dict[str, Any]:
+    """Lower `model` as the compiler does (built for `optimize`) and price every kernel call:
+    {target, instructions (null), cycles, cycles_note, macs, kernels: [{index, name, macs, instructions
+    (null), cycles}]}."""
     from tvmnas.kernel_profiler import count_macs
 
-    lowered, graph = lower_model(import_model(model, input_shape))
+    lowered, graph = lower_model(import_model(model, input_shape), optimize=optimize)
     macs = count_macs(lowered, graph)
     features = {name: kernel_features(lowered[name]) for name in sorted({c.kernel for c in graph.calls})}
     names = sorted(features)
