@@ -48,11 +48,10 @@ class CompiledModel:
 OPTIMIZE_GOALS = ("speed", "size")
 
 
-def check_optimize(optimize: str) -> str:
-    """`optimize` if it names a goal, else one clear error."""
+def check_optimize(optimize: str) -> None:
+    """One clear error unless `optimize` names a goal (callers check before any costly import)."""
     if optimize not in OPTIMIZE_GOALS:
         raise TvmnasError(f"optimize must be one of {', '.join(OPTIMIZE_GOALS)}, not {optimize!r}")
-    return optimize
 
 
 def lower_model(mod: tvm.IRModule, schedule: bool = True, optimize: str = "speed") -> tuple[tvm.IRModule, CallGraph]:

@@ -29,7 +29,8 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 # the block-level counts of the computation
 PRIOR_FEATURES = (*(f"log_exec_{c}" for c in FLAT_COUNTS),
                   "log_macs", "log_valid_macs", "log_padded_macs", "log_loads_reduce", "log_loads_elementwise",
-                  "log_flops", "log_compares", "log_iters_pad", "log_iters_spatial", "log_loop_entries", "log_main_out_elems", "n_blocks")
+                  "log_flops", "log_compares", "log_iters_pad", "log_iters_spatial", "log_loop_entries",
+                  "log_main_out_elems", "n_blocks")
 XGB_PARAMS: dict[str, Any] = {
     "objective": "reg:squarederror",
     "max_depth": 4,
