@@ -83,6 +83,36 @@ def test_instruction_count_is_deterministic(tmp_path: Path) -> None:
     assert first.instructions[0] > 1000
 
 
+class _RepeatedInput(torch.nn.Module):
+    """One kernel takes the same tensor twice (concat(a, b, a)), as a DARTS cell whose identical
+    edges the importer merges does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.nn.functional.max_pool2d(x, 3, 2, 1)
+        b = self.conv(a)
+        return torch.cat([a, b, a], dim=1)
+
+
+def test_kernel_taking_one_tensor_twice_matches_pytorch_on_qemu(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _RepeatedInput().eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    target = load_target(M4)
+    bundle = compile_model(model, target, tmp_path / "c", input_shape=x.shape)
+    c_text = (bundle.out_dir / "model.c").read_text()
+    (call,) = [line.strip() for line in c_text.splitlines() if line.strip().startswith("concatenate(")]
+    args = call.removeprefix("concatenate(").removesuffix(");").split(", ")
+    assert len(set(args)) < len(args), call  # the same tensor passed twice
+    result = run(build(bundle.out_dir, target, tmp_path / "b"), target, [x])
+    _assert_close(result.outputs[0], ref)
+
+
 @pytest.mark.parametrize("route", ["onnx", "pt2"])
 def test_onnx_and_pytorch_routes_agree(route: str, tmp_path: Path) -> None:
     model, x, ref = _reference("m0_resnet")

@@ -110,6 +110,10 @@ class CPrinter:
         self.restrict = " restrict" if restrict else ""
         self.noclone = noclone
         self.storage_names: dict[str, str] = {}  # buffer data-var name -> C name (buffers alias by name)
+        # a kernel can take one tensor twice (concat(a, b, a)): its parameters then share a name, and
+        # the k-th body data var of that name stands for the k-th of them
+        self.repeated_params: dict[str, list[str]] = {}
+        self.repeated_storage: dict[int, str] = {}  # data var object -> C name, for those
         self.var_names: dict[int, str] = {}      # scalar var object -> C name (loop vars can share names)
         self.taken: set[str] = set()
         self.locals_: list[str] = []
@@ -120,7 +124,13 @@ class CPrinter:
     # ---- names -------------------------------------------------------------------------
     def _storage(self, buffer) -> str:
         data = buffer.data
-        key = data.args[0].name if type(data).__name__ == "Call" else data.name  # buffer_data(var)
+        var = data.args[0] if type(data).__name__ == "Call" else data  # buffer_data(var)
+        key = var.name
+        if key in self.repeated_params:
+            handle = var.__chandle__()
+            if handle not in self.repeated_storage:
+                self.repeated_storage[handle] = self.repeated_params[key].pop(0)
+            return self.repeated_storage[handle]
         if key not in self.storage_names:
             self.storage_names[key] = self._fresh(key)
         return self.storage_names[key]
@@ -141,8 +151,11 @@ class CPrinter:
         return unique
 
     def _storage_of_param(self, param) -> str:
-        if param.name not in self.storage_names:
-            self.storage_names[param.name] = self._fresh(param.name)
+        if param.name in self.storage_names:  # the same tensor passed again
+            queue = self.repeated_params.setdefault(param.name, [self.storage_names[param.name]])
+            queue.append(self._fresh(param.name))
+            return queue[-1]
+        self.storage_names[param.name] = self._fresh(param.name)
         return self.storage_names[param.name]
 
     # ---- expressions ---------------------------------------------------------------------
