@@ -145,6 +145,14 @@ def test_rerun_skips_finished_stages_and_other_settings_are_refused(demo: tuple[
     assert redo.summary["verify"] == summary["verify"]
     with pytest.raises(TvmnasError, match="other settings"):
         run_pipeline(out, replace(REDUCED, train_epochs=3))
+    # same settings, but the search would price architectures with another cost model (e.g. refitted)
+    import tvmnas.pipeline as pipeline
+
+    real = pipeline.search_cost_model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "search_cost_model", lambda name, target: (real(name, target)[0], "another cost model"))
+        with pytest.raises(TvmnasError, match="other settings"):
+            run_pipeline(out, REDUCED)
 
 
 @pytest.mark.slow

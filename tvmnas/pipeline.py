@@ -193,8 +193,8 @@ def _learned_cost_model(target: Target) -> tuple[CostModel, str] | None:
     # The search prices every candidate once and keeps the table across steps; the learned model is
     # not trained here, so its parameters are frozen and the table holds plain values.
     model.mlp.requires_grad_(False)
-    return model, (f"learned cost model '{model.name}' ({model.unit}: an MLP distilled from an XGBoost "
-                   f"surrogate of kernels profiled on the emulated {target.core})")
+    return model, (f"learned cost model '{model.name}' (file digest {model.digest}; {model.unit}: an MLP distilled "
+                   f"from an XGBoost surrogate of kernels profiled on the emulated {target.core})")
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -347,11 +347,13 @@ def _stage_profile(data: ArrayDataset, target: Target, built: dict[str, Any], lo
 # ---------------------------------------------------------------------------------------------- the job
 
 
-def _check_settings(work: Path, settings: PipelineSettings, restart: bool) -> None:
-    """Refuse to mix two runs' artifacts: a folder holds one settings.json, or is cleared by restart."""
+def _check_settings(work: Path, settings: PipelineSettings, restart: bool, cost_note: str) -> None:
+    """Refuse to mix two runs' artifacts: a folder holds one settings.json, or is cleared by restart.
+    The cost model the search used is part of the settings (a refitted model names another file digest)."""
     recorded = work / SETTINGS_FILE
+    wanted = {**settings.to_dict(), "search_cost_model": cost_note}
     if recorded.is_file():
-        same = json.loads(recorded.read_text()) == settings.to_dict()
+        same = json.loads(recorded.read_text()) == wanted
         if restart or not same:
             if not restart:
                 raise TvmnasError(
@@ -361,7 +363,7 @@ def _check_settings(work: Path, settings: PipelineSettings, restart: bool) -> No
     elif work.exists() and restart:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    _write_json(recorded, settings.to_dict())
+    _write_json(recorded, wanted)
 
 
 def _copy_model_files(model_dir: Path, out: Path) -> None:
@@ -394,7 +396,7 @@ def run_pipeline(
     data = dataset if dataset is not None else load_dataset(
         settings.dataset, root=settings.data_root, limit_train=settings.limit_train)
     cost_model, cost_note = search_cost_model(settings.cost_model, target)
-    _check_settings(work, settings, restart)  # only now, so bad settings leave no folder behind
+    _check_settings(work, settings, restart, cost_note)  # only now, so bad settings leave no folder behind
     log = StageLog(progress)
     stages = Stages(work, log)
     log.console.print(escape(f"tvmnas: {data.name} {data.input_shape} -> {settings.space} space -> "

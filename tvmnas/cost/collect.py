@@ -8,7 +8,6 @@ the project's per-core timing-table estimate over an exact emulated instruction 
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import torch
 
 from tvmnas.codegen.bundle import write_bundle
 from tvmnas.compiler import arena_buffers, emit_kernels, lower_model
+from tvmnas.cost.gzip_text import gzip_bytes
 from tvmnas.errors import CostModelError
 from tvmnas.frontend import import_model
 from tvmnas.passes import kernel_features, kernel_hash, kernel_macs, plan_arena
@@ -28,14 +28,6 @@ from tvmnas.search.genotype import Genotype
 from tvmnas.targets import Target
 
 DATA_VERSION = 1
-
-
-def gzip_bytes(text: str) -> bytes:
-    """Gzip with no file name and no time stamp in the header: same text, same bytes."""
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", filename="", mtime=0) as fh:
-        fh.write(text.encode())
-    return buf.getvalue()
 
 
 @dataclass

@@ -13,6 +13,7 @@ from the MLP), else the MLP. It implements tvmnas.search.cost.CostModel.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import random
 import sys
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tvmnas.cost.collect import gzip_bytes
+from tvmnas.cost.gzip_text import gzip_bytes
 from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate, load_surrogate
 from tvmnas.errors import CostModelError
 from tvmnas.passes.kernel_features import FEATURE_NAMES
@@ -110,8 +111,9 @@ class DistilledCostModel:
     unit = "estimated cycles (distilled surrogate)"
 
     def __init__(self, target: str, mlp: CostMLP, *, surrogate: CostSurrogate | None = None,
-                 table: dict[LayerSpec, float] | None = None, exact: bool = False):
+                 table: dict[LayerSpec, float] | None = None, exact: bool = False, digest: str = ""):
         self.target = target
+        self.digest = digest  # of the file it was loaded from: tells two fits apart
         self.name = f"distilled:{target}"
         self.mlp = mlp.eval()
         self.surrogate = surrogate
@@ -179,7 +181,8 @@ class DistilledCostModel:
         mlp = CostMLP()
         mlp.load_state_dict(doc["state"])
         table = {LayerSpec(**s): float(c) for s, c in doc["table"]}
-        return cls(doc["target"], mlp, surrogate=surrogate, table=table, exact=exact)
+        digest = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+        return cls(doc["target"], mlp, surrogate=surrogate, table=table, exact=exact, digest=digest)
 
     @classmethod
     def shipped(cls, target: str, *, exact: bool = False) -> "DistilledCostModel":
