@@ -47,6 +47,10 @@ FLAT_COUNTS = ("loop_iters", "loop_entries", "inner_iters", "unrolled_iters", "m
 UNROLL_MAX_TRIPS = 16
 UNROLL_MAX_NODES = 200
 
+# Block-level counts that also enter as ratios per unit of work (see ratio_features).
+BLOCK_COUNTS = ("loads", "flops", "compares", "iters_pad", "iters_spatial", "loop_entries", "loads_reduce",
+                "loads_elementwise", "bytes_in", "bytes_out", "bytes_temp", "padded_macs")
+
 # The vector layout: every model trained on these features depends on this order.
 FEATURE_NAMES: tuple[str, ...] = (
     "n_blocks", "n_reduce_blocks", "n_pad_blocks", "n_elementwise_blocks",
@@ -62,6 +66,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "has_clip", "has_residual_add", "spatial_ops_per_elem",
     "window_valid_frac", "log_valid_macs", "log_padded_macs",
     *(f"log_exec_{c}" for c in FLAT_COUNTS),
+    *(f"per_unit_{c}" for c in FLAT_COUNTS),
+    *(f"per_out_{c}" for c in FLAT_COUNTS),
+    *(f"share_{c}" for c in FLAT_COUNTS),
+    "units_per_out",
+    *(f"per_unit_block_{c}" for c in BLOCK_COUNTS),
 )
 
 
@@ -351,8 +360,31 @@ def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
     f.update({"window_valid_frac": valid, "log_valid_macs": _log(macs * valid),
               "log_padded_macs": _log(macs * (1.0 - valid))})
     f.update({f"log_exec_{k}": _log(v) for k, v in flat_counts(func).items()})
+    f.update(ratio_features(f))
     assert set(f) == set(FEATURE_NAMES), sorted(set(FEATURE_NAMES) ^ set(f))
     return {name: float(f[name]) for name in FEATURE_NAMES}
+
+
+def ratio_features(f: dict[str, float]) -> dict[str, float]:
+    """Counts per unit of work (MAC, or output element where a kernel has none), per output element,
+    and each executed-operation count's share of all of them.
+
+    Two kernels of one schedule family (same loop structure, other channel counts) share these
+    ratios while their absolute counts differ; trees split on a ratio where they cannot subtract
+    two log counts, so the family, and what it costs per MAC, is one split away.
+    """
+    raw = {k: math.expm1(v) for k, v in f.items() if k.startswith("log_")}
+    outs = max(raw["log_main_out_elems"], 1.0)
+    unit = raw["log_macs"] if raw["log_macs"] > 0 else outs
+    executed = {c: raw[f"log_exec_{c}"] for c in FLAT_COUNTS}
+    total = sum(executed.values()) + 1.0
+    return {
+        **{f"per_unit_{c}": v / unit for c, v in executed.items()},
+        **{f"per_out_{c}": v / outs for c, v in executed.items()},
+        **{f"share_{c}": v / total for c, v in executed.items()},
+        "units_per_out": unit / outs,
+        **{f"per_unit_block_{c}": raw[f"log_{c}"] / unit for c in BLOCK_COUNTS},
+    }
 
 
 def _flat(func: tirx.PrimFunc) -> tirx.PrimFunc:

@@ -5,14 +5,16 @@
   python scripts/fit_cost_models.py --refresh-features  # kernel features changed: recompute them, keep
                                                         # the measurements, refit and distill
 
-The shipped files came from `--profile` (about an hour on 2 shared cores) on the kernels of the
-commit that added them; a change to the schedules or the C printer makes them stale (re-profile).
+The shipped files came from profiling on the kernels of the commit that added them (`--profile`:
+about 45 s a network on 2 shared cores, so close to two hours for all 140); a change to the
+schedules or the C printer makes them stale (re-profile). Raising --fit-networks profiles only the
+networks not yet in the data file (the generator is seeded, so the first ones stay the same).
 
 Stages, all seeded and single-threaded so that the same toolchain gives the same files:
 1. profile: FIT_NETWORKS random networks (seed FIT_SEED, split 'fit') and EVAL_NETWORKS (seed
    EVAL_SEED, split 'eval'), half chain / half DARTS, compiled once and profiled on each target
    -> profiles.json.gz (per-kernel features, MACs, exact instructions, estimated cycles).
-2. fit: one XGBoost surrogate per target on the 'fit' split only -> surrogate-<target>.json.
+2. fit: one XGBoost surrogate per target on the 'fit' split only -> surrogate-<target>.json.gz.
    The eval networks are profiled on every target too (whole-network check); every target is also
    judged by cross-validation over distinct kernels (benchmarks/cost_model_accuracy.py).
 3. distill: DISTILL_SPECS layer specs of both spaces (plus classifier / reduce heads) lowered once (features cached in
@@ -38,7 +40,7 @@ from tvmnas.targets import load_target
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "tvmnas" / "cost" / "data"
 TARGETS = ("cortex-m4", "cortex-m7")
-FIT_NETWORKS, FIT_SEED = 24, 1
+FIT_NETWORKS, FIT_SEED = 90, 1
 EVAL_NETWORKS, EVAL_SEED = 50, 2
 DISTILL_SPECS, DISTILL_SEED = 100, 0
 
@@ -80,8 +82,8 @@ def main() -> None:
     for target in TARGETS:
         rows = data.kernel_rows(target, split="fit")
         surrogate = CostSurrogate.fit(rows, target)
-        surrogate.save(args.out / f"surrogate-{target}.json")
-        print(f"{target}: surrogate fitted on {len(rows)} kernels -> surrogate-{target}.json", file=sys.stderr)
+        surrogate.save(args.out / f"surrogate-{target}.json.gz")
+        print(f"{target}: surrogate fitted on {len(rows)} kernels -> surrogate-{target}.json.gz", file=sys.stderr)
         if not args.skip_distill:
             from tvmnas.cost.distill import distill, featurise_specs, head_specs, random_specs
 

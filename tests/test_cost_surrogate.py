@@ -43,14 +43,16 @@ def test_surrogate_predicts_held_out_kernels_within_ten_percent(fitted: CostSurr
     assert acc.spearman >= 0.98
 
 
-def test_save_load_round_trip_predicts_identically(fitted: CostSurrogate, tmp_path: Path) -> None:
-    path = tmp_path / "s.json"
+@pytest.mark.parametrize("suffix", [".json", ".json.gz"])
+def test_save_load_round_trip_predicts_identically(fitted: CostSurrogate, tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"s{suffix}"
     fitted.save(path)
+    assert (path.read_bytes()[:2] == b"\x1f\x8b") == suffix.endswith(".gz")
     again = CostSurrogate.load(path, "cortex-m4")
     feats = [r["features"] for r in synthetic_rows(20, 2)]
     assert np.array_equal(fitted.predict(feats), again.predict(feats))
-    fitted.save(tmp_path / "s2.json")
-    assert path.read_bytes() == (tmp_path / "s2.json").read_bytes()
+    fitted.save(tmp_path / f"s2{suffix}")
+    assert path.read_bytes() == (tmp_path / f"s2{suffix}").read_bytes()
 
 
 def test_fitting_is_deterministic() -> None:
@@ -71,6 +73,9 @@ def test_load_rejects_other_target_missing_file_and_foreign_json(fitted: CostSur
     (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(CostModelError, match="is not a tvmnas-cost-surrogate file"):
         CostSurrogate.load(tmp_path / "other.json")
+    (tmp_path / "broken.json.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(CostModelError, match="is not JSON"):
+        CostSurrogate.load(tmp_path / "broken.json.gz")
 
 
 def test_too_few_kernels_is_a_named_error() -> None:

@@ -162,3 +162,25 @@ def test_flat_counts_of_an_already_flat_kernel_equal_those_before_lowering() -> 
     func = main_kernel(mod, graph)
     flat = LowerTIRForC()(tvm.IRModule({"k": func}))["k"]
     assert flat_counts(flat) == flat_counts(func)
+
+
+def test_ratio_features_name_the_schedule_family_not_the_size() -> None:
+    # depthwise layers that differ only in channels (both too many to unroll the channel loop) run
+    # the same code per channel: the operation counts scale with the channels, their ratios do not
+    def features(channels: int) -> dict[str, float]:
+        net = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=channels), nn.ReLU())
+        mod, graph = lowered(net, (1, channels, 8, 8))
+        return kernel_features(main_kernel(mod, graph))
+
+    narrow, wide = features(16), features(32)
+    assert wide["log_exec_fmul"] > narrow["log_exec_fmul"] + 0.5
+    for op in ("fmul", "fadd", "fminmax", "mem_loads", "mem_stores", "reg_accesses", "selects", "compares"):
+        for name in (f"per_unit_{op}", f"per_out_{op}"):
+            assert narrow[name] > 0 and math.isclose(narrow[name], wide[name], rel_tol=1e-6), name
+    assert narrow["units_per_out"] == pytest.approx(9.0) and wide["units_per_out"] == pytest.approx(9.0)
+    macs = 8 * 8 * 32 * 9
+    assert math.isclose(wide["per_unit_fmul"] * macs, math.expm1(wide["log_exec_fmul"]), rel_tol=1e-6)
+    assert math.isclose(sum(wide[f"share_{c}"] for c in ("fmul", "fadd", "mem_loads")),
+                        sum(math.expm1(wide[f"log_exec_{c}"]) for c in ("fmul", "fadd", "mem_loads"))
+                        / (1.0 + sum(math.expm1(wide[n]) for n in FEATURE_NAMES if n.startswith("log_exec_"))),
+                        rel_tol=1e-6)

@@ -4,8 +4,10 @@ The prediction is prior x correction: a non-negative linear model of cycles over
 (operations the kernel's C code executes, MACs, loads, padding and element-wise iterations),
 fitted on relative error, gives the base margin; XGBoost fits log(cycles) - log(prior) on all
 features. The prior carries the scaling with size, so the trees only learn per-shape efficiency
-(unrolling, strides, kernel sizes) and extrapolate to larger kernels sensibly. Cycles are the
-profiler's timing-table estimate.
+(unrolling, strides, kernel sizes) and extrapolate to larger kernels sensibly. Each boosting
+round grows PARALLEL_TREES trees on different row and column samples and averages them, which
+lowers the variance of the correction on the few hundred kernels it is fitted on. Cycles are the
+profiler's timing-table estimate. Surrogate files are JSON, gzipped when the name ends in .gz.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tvmnas.cost.gzip_text import gzip_bytes, read_text
 from tvmnas.errors import CostModelError
 from tvmnas.passes.kernel_features import FEATURE_NAMES, FLAT_COUNTS
 
@@ -42,6 +45,7 @@ XGB_PARAMS: dict[str, Any] = {
     "nthread": 1,
     "seed": 0,
     "tree_method": "exact",
+    "num_parallel_tree": 5,
 }
 XGB_ROUNDS = 600
 
@@ -121,8 +125,12 @@ class CostSurrogate:
                 "prior_coef": [float(c) for c in self.prior_coef], "meta": self.meta, "xgboost": json.loads(raw)}
 
     def save(self, path: Path) -> None:
-        """Write the surrogate as one JSON file."""
-        Path(path).write_text(json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")) + "\n")
+        """Write the surrogate as one JSON file (gzipped, reproducibly, when `path` ends in .gz)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
+        if str(path).endswith(".gz"):
+            Path(path).write_bytes(gzip_bytes(text))
+        else:
+            Path(path).write_text(text)
 
     @classmethod
     def load(cls, path: Path, target: str | None = None) -> "CostSurrogate":
@@ -133,8 +141,8 @@ class CostSurrogate:
         if not path.is_file():
             raise CostModelError(f"cost surrogate file '{path}' does not exist")
         try:
-            doc = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+            doc = json.loads(read_text(path))
+        except ValueError as err:  # broken gzip, not UTF-8, not JSON
             raise CostModelError(f"cost surrogate file '{path}' is not JSON: {err}") from err
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
             raise CostModelError(f"'{path}' is not a {FORMAT} file of version {FORMAT_VERSION}")
@@ -149,12 +157,13 @@ class CostSurrogate:
 
 def shipped_targets() -> list[str]:
     """Targets with a pre-fitted surrogate in the package data."""
-    return sorted(p.stem.removeprefix("surrogate-") for p in DATA_DIR.glob("surrogate-*.json"))
+    files = DATA_DIR.glob("surrogate-*.json.gz")
+    return sorted(p.name.removeprefix("surrogate-").removesuffix(".json.gz") for p in files)
 
 
 def load_surrogate(target: str) -> CostSurrogate:
     """The pre-fitted surrogate shipped for `target`."""
-    path = DATA_DIR / f"surrogate-{target}.json"
+    path = DATA_DIR / f"surrogate-{target}.json.gz"
     if not path.is_file():
         have = ", ".join(shipped_targets()) or "none"
         raise CostModelError(f"no pre-fitted cost surrogate for target {target} (shipped: {have}); "
