@@ -30,18 +30,20 @@ import numpy as np
 
 from tvmnas.cost.collect import ProfileData
 from tvmnas.cost.evaluate import MacLinear, PerOpLUT, accuracy, cross_validate, held_out_kernels, network_totals
-from tvmnas.cost.surrogate import DATA_DIR, load_surrogate
+from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate, load_surrogate
 
 HERE = Path(__file__).resolve().parent
 SECTION = "cost_model_accuracy"
 PREDICTORS = ("surrogate", "MACs-linear", "per-op LUT")
 
 
+def fewer_fit_networks(data: ProfileData, count: int) -> ProfileData:
+    """The same data with only the first `count` fit networks (all eval networks kept)."""
+    fit = [n for n in data.networks if n["split"] == "fit"][:count]
+    return ProfileData(data.kernels, fit + [n for n in data.networks if n["split"] != "fit"])
 
 
-
-
-def evaluate_target(data: ProfileData, target: str, folds: int) -> dict:
+def evaluate_target(data: ProfileData, target: str, folds: int, subsets: list[int]) -> dict:
     """All figures of one target (see the module docstring)."""
     fit_rows = data.kernel_rows(target, split="fit")
     out: dict = {"fit_kernels": len(fit_rows), "cv": cross_validate(fit_rows, target, folds=folds)}
@@ -52,6 +54,13 @@ def evaluate_target(data: ProfileData, target: str, folds: int) -> dict:
         meas = np.array([float(r["cycles"]) for r in held])
         out["held_out_kernels"] = {name: accuracy(m.predict([r["features"] for r in held]), meas).row()
                                    for name, m in models.items()}
+        # how much the fit data buys: the same held-out kernels, surrogates fitted on fewer networks
+        out["fewer_fit_networks"] = {}
+        for count in subsets:
+            rows = fewer_fit_networks(data, count).kernel_rows(target, split="fit")
+            model = CostSurrogate.fit(rows, target)
+            out["fewer_fit_networks"][str(count)] = {
+                "fit_kernels": len(rows), **accuracy(model.predict([r["features"] for r in held]), meas).row()}
     nets = {}
     for name, m in models.items():
         pred, meas = network_totals(data, target, m.predict)
@@ -88,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA_DIR / "profiles.json.gz")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--subsets", type=int, nargs="*", default=[24],
+                        help="also fit on only the first N fit networks, scored on the same held-out kernels")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "cost_model_accuracy.json")
     parser.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
@@ -96,7 +107,7 @@ def main() -> None:
     result = {"commit": git_commit(), "data": str(args.data), "folds": args.folds,
               "networks": {s: sum(1 for n in data.networks if n["split"] == s) for s in ("fit", "eval")},
               "cycles_are": "estimates from per-core timing tables over exact emulated instructions",
-              "targets": {t: evaluate_target(data, t, args.folds) for t in data.targets()}}
+              "targets": {t: evaluate_target(data, t, args.folds, args.subsets) for t in data.targets()}}
     report_path = DATA_DIR / "distill-report.json"
     if report_path.is_file():
         result["distilled"] = json.loads(report_path.read_text())
@@ -118,6 +129,15 @@ def main() -> None:
         if "held_out_kernels" in r:
             lines += table("Per kernel, kernels of the eval networks that occur in no fit network:",
                            r["held_out_kernels"])
+            n_fit = result["networks"]["fit"]
+            lines += ["The surrogate fitted on fewer fit networks, scored on the same held-out kernels:", "",
+                      "| fit networks | fit kernels | within +/-10% | within +/-20% | Spearman | mean abs. error |",
+                      "|---|---|---|---|---|---|"]
+            full = r["held_out_kernels"]["surrogate"]
+            for count, f in [*r["fewer_fit_networks"].items(), (str(n_fit), {**full, "fit_kernels": r["fit_kernels"]})]:
+                lines.append(f"| {count} | {f['fit_kernels']} | {pct(f['within_10pct'])} | {pct(f['within_20pct'])} "
+                             f"| {f['spearman']:.3f} | {pct(f['mape'])} |")
+            lines.append("")
         if "networks" in r:
             by_space = ", ".join(f"{v} {k}" for k, v in r["eval_networks_by_space"].items())
             lines += table(f"Whole eval networks ({by_space}), predicted total = sum of per-call predictions:",
