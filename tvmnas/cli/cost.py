@@ -20,7 +20,8 @@ app.add_typer(cost_app, name="cost")
 def fit_command(
     db: Path = typer.Option(..., "--db", help="Profile database (tvmnas profile-ops) or profile data (.json.gz)."),
     target: str = typer.Option(..., "--target", "-t", help="Target whose measurements to fit."),
-    out: Path = typer.Option(..., "--out", "-o", help="Surrogate file to write (JSON)."),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Surrogate file to write (JSON, gzipped when the name ends in .gz)."),
 ) -> None:
     """Fit an XGBoost surrogate of log cycles per kernel on the profiled kernels of one target."""
     from tvmnas.cost.collect import load_kernel_rows

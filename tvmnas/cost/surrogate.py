@@ -126,11 +126,11 @@ class CostSurrogate:
 
     def save(self, path: Path) -> None:
         """Write the surrogate as one JSON file (gzipped, reproducibly, when `path` ends in .gz)."""
+        path = Path(path)
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
-        if str(path).endswith(".gz"):
-            Path(path).write_bytes(gzip_bytes(text))
-        else:
-            Path(path).write_text(text)
+        partial = path.with_name(path.name + ".partial")  # an interrupted write leaves no half file
+        partial.write_bytes(gzip_bytes(text) if path.name.endswith(".gz") else text.encode())
+        partial.replace(path)
 
     @classmethod
     def load(cls, path: Path, target: str | None = None) -> "CostSurrogate":
