@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import random
 import sys
@@ -175,13 +176,14 @@ class DistilledCostModel:
         path = Path(path)
         if not path.is_file():
             raise CostModelError(f"distilled cost file '{path}' does not exist")
-        doc = torch.load(path, weights_only=True)
+        raw = path.read_bytes()  # read once: loaded and digested
+        doc = torch.load(io.BytesIO(raw), weights_only=True)
         if doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION or doc.get("ops") != list(OPS_VOCAB):
             raise CostModelError(f"'{path}' is not a {FORMAT} file of version {FORMAT_VERSION} with this op vocabulary")
         mlp = CostMLP()
         mlp.load_state_dict(doc["state"])
         table = {LayerSpec(**s): float(c) for s, c in doc["table"]}
-        digest = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+        digest = hashlib.sha1(raw).hexdigest()[:12]
         return cls(doc["target"], mlp, surrogate=surrogate, table=table, exact=exact, digest=digest)
 
     @classmethod

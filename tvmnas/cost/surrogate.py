@@ -5,8 +5,9 @@ The prediction is prior x correction: a non-negative linear model of cycles over
 fitted on relative error, gives the base margin; XGBoost fits log(cycles) - log(prior) on all
 features. The prior carries the scaling with size, so the trees only learn per-shape efficiency
 (unrolling, strides, kernel sizes) and extrapolate to larger kernels sensibly. Each boosting
-round grows PARALLEL_TREES trees on different row and column samples and averages them, which
-lowers the variance of the correction on the few hundred kernels it is fitted on. Cycles are the
+round grows several trees on different row and column samples and averages them
+(num_parallel_tree in XGB_PARAMS), which lowers the variance of the correction on the thousand
+or so kernels it is fitted on. Cycles are the
 profiler's timing-table estimate. Surrogate files are JSON, gzipped when the name ends in .gz.
 """
 
