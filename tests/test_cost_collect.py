@@ -45,8 +45,14 @@ def test_missing_or_foreign_files_are_named_errors(tmp_path: Path) -> None:
     with pytest.raises(CostModelError, match="does not exist"):
         load_kernel_rows(tmp_path / "nothing.json.gz", "cortex-m4")
     (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
-    with pytest.raises(CostModelError, match="not gzipped JSON"):
+    with pytest.raises(CostModelError, match="is not JSON"):
         ProfileData.load(tmp_path / "bad.json.gz")
+    (tmp_path / "broken.json.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(CostModelError, match="is not JSON"):
+        ProfileData.load(tmp_path / "broken.json.gz")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(CostModelError, match="has version None"):
+        ProfileData.load(tmp_path / "list.json")
 
 
 def test_random_networks_are_seeded_and_cover_both_spaces() -> None:

@@ -7,7 +7,6 @@ the project's per-core timing-table estimate over an exact emulated instruction 
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import torch
 
 from tvmnas.codegen.bundle import write_bundle
 from tvmnas.compiler import arena_buffers, emit_kernels, lower_model
-from tvmnas.cost.gzip_text import gzip_bytes
+from tvmnas.cost.gzip_text import gzip_bytes, read_text
 from tvmnas.errors import CostModelError
 from tvmnas.frontend import import_model
 from tvmnas.passes import kernel_features, kernel_hash, kernel_macs, plan_arena
@@ -50,12 +49,12 @@ class ProfileData:
         if not path.is_file():
             raise CostModelError(f"profile data file '{path}' does not exist")
         try:
-            with gzip.open(path, "rt") as fh:
-                doc = json.load(fh)
-        except (OSError, json.JSONDecodeError) as err:
-            raise CostModelError(f"profile data file '{path}' is not gzipped JSON: {err}") from err
-        if doc.get("version") != DATA_VERSION:
-            raise CostModelError(f"profile data file '{path}' has version {doc.get('version')}, expected {DATA_VERSION}")
+            doc = json.loads(read_text(path))
+        except ValueError as err:  # broken gzip, not UTF-8, not JSON
+            raise CostModelError(f"profile data file '{path}' is not JSON: {err}") from err
+        if not isinstance(doc, dict) or doc.get("version") != DATA_VERSION:
+            version = doc.get("version") if isinstance(doc, dict) else None
+            raise CostModelError(f"profile data file '{path}' has version {version}, expected {DATA_VERSION}")
         return cls(doc["kernels"], doc["networks"])
 
     def targets(self) -> list[str]:

@@ -12,7 +12,6 @@ from the MLP), else the MLP. It implements tvmnas.search.cost.CostModel.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tvmnas.cost.gzip_text import gzip_bytes
+from tvmnas.cost.gzip_text import gzip_bytes, read_text
 from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate, load_surrogate
 from tvmnas.errors import CostModelError
 from tvmnas.passes.kernel_features import FEATURE_NAMES
@@ -241,10 +240,9 @@ def featurise_specs(specs: Sequence[LayerSpec], path: Path | None = None,
     """[{spec, kernels: [features per call]}] for each spec; cached in `path` (gzipped JSON) if given."""
     done: dict[str, dict[str, Any]] = {}
     if path is not None and Path(path).is_file():
-        with gzip.open(path, "rt") as fh:
-            # entries lowered under another feature layout are lowered again
-            done = {json.dumps(e["spec"], sort_keys=True): e for e in json.load(fh)
-                    if all(set(k) == set(FEATURE_NAMES) for k in e["kernels"])}
+        # entries lowered under another feature layout are lowered again
+        done = {json.dumps(e["spec"], sort_keys=True): e for e in json.loads(read_text(path))
+                if all(set(k) == set(FEATURE_NAMES) for k in e["kernels"])}
     out = []
     for i, spec in enumerate(specs):
         key = json.dumps(asdict(spec), sort_keys=True)
