@@ -97,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA_DIR / "profiles.json.gz")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--subsets", type=int, nargs="*", default=[24],
+    parser.add_argument("--subsets", type=int, nargs="*", default=[24, 90],
                         help="also fit on only the first N fit networks, scored on the same held-out kernels")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "cost_model_accuracy.json")
     parser.add_argument("--results-md", type=Path, default=HERE / "RESULTS.md")
