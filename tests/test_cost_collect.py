@@ -83,3 +83,18 @@ def test_rows_from_a_profile_database_join_features_by_kernel_hash(tmp_path: Pat
     assert all(set(r["features"]) == set(FEATURE_NAMES) for r in joined)
     with pytest.raises(CostModelError, match="no kernels measured on cortex-m7"):
         kernel_rows_from_db(tmp_path / "p.db", "cortex-m7")
+
+
+def test_profile_data_is_replaced_whole_and_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "profiles.json.gz"
+    ProfileData({"a": {"name": "k"}}, []).save(path)
+    assert ProfileData.load(path).kernels == {"a": {"name": "k"}}
+    assert [p.name for p in tmp_path.iterdir()] == ["profiles.json.gz"]
+
+    def interrupted(self, data):  # the rename never happens
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ProfileData({"b": {"name": "other"}}, []).save(path)
+    assert ProfileData.load(path).kernels == {"a": {"name": "k"}}  # the previous file, whole

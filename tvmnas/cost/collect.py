@@ -19,7 +19,7 @@ import torch
 
 from tvmnas.codegen.bundle import write_bundle
 from tvmnas.compiler import arena_buffers, emit_kernels, lower_model
-from tvmnas.cost.gzip_text import gzip_bytes, read_text
+from tvmnas.cost.gzip_text import gzip_bytes, read_text, replace_bytes
 from tvmnas.errors import CostModelError
 from tvmnas.frontend import import_model
 from tvmnas.passes import kernel_features, kernel_hash, kernel_macs, plan_arena
@@ -40,7 +40,7 @@ class ProfileData:
         """Write gzipped JSON with sorted keys (same data, same bytes)."""
         doc = {"version": DATA_VERSION, "kernels": self.kernels, "networks": self.networks}
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-        Path(path).write_bytes(gzip_bytes(text))
+        replace_bytes(path, gzip_bytes(text))
 
     @classmethod
     def load(cls, path: Path) -> "ProfileData":
@@ -52,8 +52,8 @@ class ProfileData:
             doc = json.loads(read_text(path))
         except ValueError as err:  # broken gzip, not UTF-8, not JSON
             raise CostModelError(f"profile data file '{path}' is not JSON: {err}") from err
-        if not isinstance(doc, dict) or doc.get("version") != DATA_VERSION:
-            version = doc.get("version") if isinstance(doc, dict) else None
+        version = doc.get("version") if isinstance(doc, dict) else None
+        if version != DATA_VERSION:
             raise CostModelError(f"profile data file '{path}' has version {version}, expected {DATA_VERSION}")
         return cls(doc["kernels"], doc["networks"])
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tvmnas.cost.gzip_text import gzip_bytes, read_text
+from tvmnas.cost.gzip_text import gzip_bytes, read_text, replace_bytes
 from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate, load_surrogate
 from tvmnas.errors import CostModelError
 from tvmnas.passes.kernel_features import FEATURE_NAMES
@@ -250,7 +250,7 @@ def featurise_specs(specs: Sequence[LayerSpec], path: Path | None = None,
             done[key] = {"spec": asdict(spec), "kernels": spec_kernel_features(spec)}
             progress(f"[{i + 1}/{len(specs)}] lowered {spec}")
             if path is not None:
-                Path(path).write_bytes(gzip_bytes(json.dumps(
+                replace_bytes(path, gzip_bytes(json.dumps(
                     sorted(done.values(), key=lambda e: json.dumps(e["spec"], sort_keys=True)),
                     sort_keys=True, separators=(",", ":"))))
         out.append(done[key])

@@ -1,4 +1,5 @@
-"""Reproducible gzip for the cost data files: same text, same bytes."""
+"""Reading and writing the cost data files: reproducible gzip (same text, same bytes), gzip
+recognised by its magic bytes, and writes that an interruption cannot leave half done."""
 
 from __future__ import annotations
 
@@ -26,3 +27,12 @@ def read_text(path: Path) -> str:
         except (OSError, EOFError, zlib.error) as err:
             raise ValueError(f"broken gzip data ({err})") from err
     return raw.decode()
+
+
+def replace_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through `<path>.partial` and a rename, so an interrupted write leaves
+    the previous file (or none), never half of one: resumable jobs rewrite their data file often."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)

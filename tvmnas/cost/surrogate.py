@@ -7,8 +7,8 @@ features. The prior carries the scaling with size, so the trees only learn per-s
 (unrolling, strides, kernel sizes) and extrapolate to larger kernels sensibly. Each boosting
 round grows several trees on different row and column samples and averages them
 (num_parallel_tree in XGB_PARAMS), which lowers the variance of the correction on the thousand
-or so kernels it is fitted on. Cycles are the
-profiler's timing-table estimate. Surrogate files are JSON, gzipped when the name ends in .gz.
+or so kernels it is fitted on. Cycles are the profiler's timing-table estimate. Surrogate files
+are JSON, gzipped when the name ends in .gz.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tvmnas.cost.gzip_text import gzip_bytes, read_text
+from tvmnas.cost.gzip_text import gzip_bytes, read_text, replace_bytes
 from tvmnas.errors import CostModelError
 from tvmnas.passes.kernel_features import FEATURE_NAMES, FLAT_COUNTS
 
@@ -127,11 +127,8 @@ class CostSurrogate:
 
     def save(self, path: Path) -> None:
         """Write the surrogate as one JSON file (gzipped, reproducibly, when `path` ends in .gz)."""
-        path = Path(path)
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")) + "\n"
-        partial = path.with_name(path.name + ".partial")  # an interrupted write leaves no half file
-        partial.write_bytes(gzip_bytes(text) if path.name.endswith(".gz") else text.encode())
-        partial.replace(path)
+        replace_bytes(path, gzip_bytes(text) if Path(path).name.endswith(".gz") else text.encode())
 
     @classmethod
     def load(cls, path: Path, target: str | None = None) -> "CostSurrogate":
