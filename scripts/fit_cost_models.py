@@ -1,14 +1,15 @@
 """Regenerate the shipped cost models (tvmnas/cost/data/) from the project's own profiler.
 
   python scripts/fit_cost_models.py            # profile (if no data yet), fit, distill
-  python scripts/fit_cost_models.py --profile  # re-profile even if the data file exists
+  python scripts/fit_cost_models.py --profile -j 8  # re-profile even if the data file exists, 8 at a time
   python scripts/fit_cost_models.py --refresh-features  # kernel features changed: recompute them, keep
                                                         # the measurements, refit and distill
 
 The shipped files came from profiling on the kernels of the commit that added them (`--profile`:
-about 45 s a network on 2 shared cores, so over two hours for all 180); a change to the
-schedules or the C printer makes them stale (re-profile). Raising --fit-networks profiles only the
-networks not yet in the data file (the generator is seeded, so the first ones stay the same).
+about 40 s a network on one core, so some four hours for all 380, or that divided by --jobs); a
+change to the schedules or the C printer makes them stale (re-profile). Raising --fit-networks
+profiles only the networks not yet in the data file (the generator is seeded, so the first ones
+stay the same).
 
 Stages, all seeded and single-threaded so that the same toolchain gives the same files:
 1. profile: FIT_NETWORKS random networks (seed FIT_SEED, split 'fit') and EVAL_NETWORKS (seed
@@ -40,15 +41,15 @@ from tvmnas.targets import load_target
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "tvmnas" / "cost" / "data"
 TARGETS = ("cortex-m4", "cortex-m7")
-FIT_NETWORKS, FIT_SEED = 130, 1
+FIT_NETWORKS, FIT_SEED = 330, 1
 EVAL_NETWORKS, EVAL_SEED = 50, 2
 DISTILL_SPECS, DISTILL_SEED = 100, 0
 
 
-def profile(path: Path, fit_networks: int, eval_networks: int) -> ProfileData:
+def profile(path: Path, fit_networks: int, eval_networks: int, jobs: int = 1) -> ProfileData:
     """Stage 1: compile and profile the fit and eval networks (resuming from `path` if present)."""
-    jobs = interleave(random_genotypes(fit_networks, FIT_SEED), random_genotypes(eval_networks, EVAL_SEED))
-    return collect(jobs, [load_target(t) for t in TARGETS], save_to=path)
+    networks = interleave(random_genotypes(fit_networks, FIT_SEED), random_genotypes(eval_networks, EVAL_SEED))
+    return collect(networks, [load_target(t) for t in TARGETS], save_to=path, jobs=jobs)
 
 
 def main() -> None:
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--skip-distill", action="store_true", help="fit the surrogates only")
     parser.add_argument("--fit-networks", type=int, default=FIT_NETWORKS, help="networks to fit on")
     parser.add_argument("--eval-networks", type=int, default=EVAL_NETWORKS, help="held-out networks")
+    parser.add_argument("--jobs", "-j", type=int, default=1,
+                        help="networks profiled at a time, one worker process each (same data for any number)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +74,7 @@ def main() -> None:
     have = ProfileData.load(data_path).networks if data_path.is_file() else []
     wanted = {"fit": args.fit_networks, "eval": args.eval_networks}
     if any(sum(n["split"] == s for n in have) < k for s, k in wanted.items()):
-        data = profile(data_path, args.fit_networks, args.eval_networks)
+        data = profile(data_path, args.fit_networks, args.eval_networks, args.jobs)
         print(f"profiled {len(data.networks)} networks in {time.time() - start:.0f} s -> {data_path}", file=sys.stderr)
     else:
         data = ProfileData.load(data_path)

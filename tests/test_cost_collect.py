@@ -98,3 +98,34 @@ def test_profile_data_is_replaced_whole_and_leaves_no_partial_file(tmp_path: Pat
     with pytest.raises(KeyboardInterrupt):
         ProfileData({"b": {"name": "other"}}, []).save(path)
     assert ProfileData.load(path).kernels == {"a": {"name": "k"}}  # the previous file, whole
+
+
+def test_parallel_and_resumed_profiling_write_the_same_file_as_one_run(tmp_path: Path) -> None:
+    from tvmnas.cost.collect import collect
+    from tvmnas.search.genotype import ChainLayer, Genotype
+    from tvmnas.targets import load_target
+
+    def tiny(*layers: tuple[str, int]) -> Genotype:
+        return Genotype(space="chain", input_shape=(1, 8, 8), num_classes=4, channels=4,
+                        layers=tuple(ChainLayer(op, width, 1) for op, width in layers), head_channels=0)
+
+    nets = [("fit00", "fit", tiny(("mb_k3_e1", 4))), ("eval00", "eval", tiny(("mb_k5_e1", 4), ("mb_k3_e1", 4))),
+            ("fit01", "fit", tiny(("mb_k3_e1", 8)))]
+    target = [load_target("cortex-m4")]
+    one = tmp_path / "one.json.gz"
+    seen: list[str] = []
+    data = collect(nets, target, save_to=one, progress=seen.append)
+    assert [n["name"] for n in data.networks] == ["fit00", "eval00", "fit01"] and len(seen) == 3
+    names = {(c["hash"], c["kernel"]) for n in data.networks for c in n["targets"]["cortex-m4"]["calls"]}
+    assert len(names) > len({h for h, _ in names})  # a kernel shared under two names: the file keeps the first
+
+    parallel = tmp_path / "parallel.json.gz"
+    collect(nets, target, save_to=parallel, jobs=2, progress=lambda m: None)
+    assert parallel.read_bytes() == one.read_bytes()
+
+    resumed = tmp_path / "resumed.json.gz"
+    collect(nets[1:2], target, save_to=resumed, progress=lambda m: None)  # an earlier, shorter run
+    seen.clear()
+    collect(nets, target, save_to=resumed, jobs=2, progress=seen.append)
+    assert len(seen) == 2 and not any("eval00" in m for m in seen)  # only the missing networks
+    assert resumed.read_bytes() == one.read_bytes()

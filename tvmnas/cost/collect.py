@@ -8,8 +8,10 @@ the project's per-core timing-table estimate over an exact emulated instruction 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -136,30 +138,78 @@ def profile_network(
     return entry
 
 
+def _profile_alone(genotype: Genotype, targets: list[Target], name: str, split: str,
+                   seed: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """profile_network in a worker process: the network's entry and its kernels."""
+    data = ProfileData()
+    entry = profile_network(genotype, targets, data, name=name, split=split, seed=seed)
+    return entry, data.kernels
+
+
+def _name_kernels_in_order(data: ProfileData) -> None:
+    """Each kernel keeps the name a sequential run records (its first name in sorted order in the
+    first network, in file order, that calls it), so the file does not depend on which worker
+    finished first."""
+    named: set[str] = set()
+    for net in data.networks:
+        names: dict[str, str] = {}
+        for t in net["targets"].values():
+            for call in t["calls"]:
+                names[call["hash"]] = min(names.get(call["hash"], call["kernel"]), call["kernel"])
+        for h in names.keys() - named:
+            data.kernels[h]["name"] = names[h]
+        named |= names.keys()
+
+
 def collect(
     genotypes: list[tuple[str, str, Genotype]],
     targets: list[Target],
     *,
     save_to: Path | None = None,
+    jobs: int = 1,
     progress: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
 ) -> ProfileData:
-    """Profile every (name, split, genotype) on every target, in order.
+    """Profile every (name, split, genotype) on every target, in order, `jobs` networks at a time.
 
     With `save_to`, the data is written after every network and networks already in that file
-    are not profiled again (an interrupted run resumes where it stopped).
+    are not profiled again (an interrupted run resumes where it stopped). Each network gets the
+    seed of its place in `genotypes`, and the file is written in that order at the end, so any
+    number of jobs gives the same file.
     """
     data = ProfileData.load(save_to) if save_to is not None and Path(save_to).is_file() else ProfileData()
     done = {n["name"] for n in data.networks}
-    for i, (name, split, genotype) in enumerate(genotypes):
-        if name in done:
-            continue
-        entry = profile_network(genotype, targets, data, name=name, split=split, seed=i)
+    todo = [(i, name, split, g) for i, (name, split, g) in enumerate(genotypes) if name not in done]
+
+    def finished(i: int, entry: dict[str, Any]) -> None:
         if save_to is not None:
             data.save(save_to)
         cycles = ", ".join(f"{t}: {v['cycles']:,}" for t, v in entry["targets"].items())
-        progress(f"[{i + 1}/{len(genotypes)}] {name} ({split}, {genotype.space}): {cycles} cycles")
-    data.networks.sort(key=lambda n: [g[0] for g in genotypes].index(n["name"]) if n["name"] in
-                       [g[0] for g in genotypes] else len(genotypes))
+        progress(f"[{i + 1}/{len(genotypes)}] {entry['name']} ({entry['split']}, "
+                 f"{entry['genotype']['space']}): {cycles} cycles")
+
+    if jobs <= 1:
+        for i, name, split, genotype in todo:
+            finished(i, profile_network(genotype, targets, data, name=name, split=split, seed=i))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=torch.set_num_threads,
+                                 initargs=(1,)) as pool:
+            futures = {pool.submit(_profile_alone, g, targets, name, split, i): i for i, name, split, g in todo}
+            try:
+                for fut in as_completed(futures):
+                    entry, kernels = fut.result()
+                    for h, kernel in kernels.items():
+                        data.kernels.setdefault(h, kernel)
+                    data.networks.append(entry)
+                    finished(futures[fut], entry)
+            except BaseException:  # a failed network or Ctrl-C: do not start the networks still queued
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    order = {name: i for i, (name, _, _) in enumerate(genotypes)}
+    data.networks.sort(key=lambda n: order.get(n["name"], len(genotypes)))
+    _name_kernels_in_order(data)
+    if save_to is not None and todo:
+        data.save(save_to)
     return data
 
 
