@@ -71,13 +71,11 @@ def main() -> None:
     start = time.time()
     if args.profile:
         data_path.unlink(missing_ok=True)
-    have = ProfileData.load(data_path).networks if data_path.is_file() else []
+    data = ProfileData.load(data_path) if data_path.is_file() else ProfileData()
     wanted = {"fit": args.fit_networks, "eval": args.eval_networks}
-    if any(sum(n["split"] == s for n in have) < k for s, k in wanted.items()):
+    if any(sum(n["split"] == s for n in data.networks) < k for s, k in wanted.items()):
         data = profile(data_path, args.fit_networks, args.eval_networks, args.jobs)
         print(f"profiled {len(data.networks)} networks in {time.time() - start:.0f} s -> {data_path}", file=sys.stderr)
-    else:
-        data = ProfileData.load(data_path)
     if args.refresh_features:
         refresh_features(data)
         data.save(data_path)
