@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from tvmnas.cli.app import stop_cleanly_on_sigterm
 from tvmnas.cli.pipeline import run_all_command
 from tvmnas.errors import TvmnasError
 
@@ -19,6 +20,7 @@ def main() -> None:
     """Run the job with this script's arguments; a project error prints as one line and exits 1."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(run_all_command)
+    stop_cleanly_on_sigterm()
     try:
         app(prog_name="search_and_compile.py")
     except TvmnasError as err:

@@ -6,11 +6,8 @@ import -> MCULowering (BN folding, legalize, fuse) -> LowerTIRForC -> C kernels 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from tvmnas.codegen.bundle import EmittedKernel, write_bundle, write_manifest
 from tvmnas.codegen.c_printer import print_kernel
 from tvmnas.errors import BudgetExceededError, BuildError, TvmnasError
 from tvmnas.frontend import ModelSource, SourceLayers, import_model_with_sources
+from tvmnas.output_dir import staged_output
 from tvmnas.passes import (
     ArenaBuffer,
     CallGraph,
@@ -34,7 +32,7 @@ from tvmnas.passes import (
 )
 from tvmnas.passes.call_graph import DTYPE_BYTES
 from tvmnas.targets import Target
-from tvmnas.toolchain import require_tools
+from tvmnas.toolchain import require_tools, run_tool
 
 
 @dataclass
@@ -124,23 +122,6 @@ def arena_buffers(graph: CallGraph, kernels: dict[str, EmittedKernel]) -> list[A
     return graph_buffers(graph, scratch)
 
 
-@contextmanager
-def staged_output(out_dir: Path) -> Iterator[Path]:
-    """A private folder beside `out_dir` to write into; it replaces `out_dir` only if the block
-    completes, and is removed on any error, so no half-written output is ever left behind."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary output folder
-    try:
-        yield staging
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 KERNEL_HEADS = ("conv2d", "matmul", "max_pool2d", "avg_pool2d", "mean", "softmax")
 
 
@@ -178,7 +159,7 @@ def object_flash_bytes(out_dir: Path, target: Target) -> int:
             cmd = ["arm-none-eabi-gcc", *target.cflags, *target.opt_flags, "-ffreestanding",
                    "-ffunction-sections", "-fdata-sections", "-Wall", "-Wextra", "-Werror",
                    "-c", str(out_dir / src), "-o", str(obj)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = run_tool(cmd)
             if proc.returncode != 0:
                 first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip()[:200])
                 raise BuildError(f"generated {src} does not compile for {target.name}: {first}")
@@ -200,23 +181,25 @@ def compile_model(
     schedule: bool = True,
     optimize: str = "speed",
 ) -> CompiledModel:
-    """Compile `model` for `target` into `out_dir` (replaced if it exists, untouched on error).
+    """Compile `model` for `target` into `out_dir`, untouched on error.
 
+    out_dir may be absent, empty or an earlier tvmnas bundle (then replaced); any other folder, one
+    holding the model or the current folder, is refused before any work (see tvmnas.output_dir).
     optimize: "speed" (default) or "size" (smaller kernels, slower; see `schedule_for_size`).
     """
     out_dir = Path(out_dir)
     check_optimize(optimize)
-    mod, sources = import_model_with_sources(model, input_shape)
-    lowered, graph = lower_model(mod, schedule, optimize)
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise NotImplementedError(
-            f"models with {len(graph.inputs)} inputs and {len(graph.outputs)} outputs: "
-            f"only one input and one output are supported for target {target.name}"
-        )
-    kernels = emit_kernels(lowered, graph)
-    plan = plan_arena(arena_buffers(graph, kernels))
-
-    with staged_output(out_dir) as staging:
+    inputs = [Path(model)] if isinstance(model, (str, Path)) else []
+    with staged_output(out_dir, "bundle", inputs=inputs) as staging:
+        mod, sources = import_model_with_sources(model, input_shape)
+        lowered, graph = lower_model(mod, schedule, optimize)
+        if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+            raise NotImplementedError(
+                f"models with {len(graph.inputs)} inputs and {len(graph.outputs)} outputs: "
+                f"only one input and one output are supported for target {target.name}"
+            )
+        kernels = emit_kernels(lowered, graph)
+        plan = plan_arena(arena_buffers(graph, kernels))
         manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags],
                                 kernel_sources(graph, sources))
         manifest["optimize"] = optimize

@@ -1,18 +1,21 @@
 """The end-to-end job: search, retrain, compile to C, build for the target, verify on its emulator
 against the trained PyTorch model, profile per layer, and write the report.
 
-Every stage writes its artifact and then a marker (work/stages/<stage>.json) holding its result; a
-rerun into the same folder with the same settings skips finished stages, and search and training
-resume from their last epoch checkpoint. Progress goes to stderr.
+Every stage writes its artifact and then a record (work/stages/<stage>.json) holding its result and
+the sha256 of each file it wrote; a rerun into the same folder with the same settings skips a stage
+only when its record is whole and its files are there unchanged (otherwise the stage and those after
+it run again), and search and training resume from their last epoch checkpoint. One run at a time
+holds the folder (a lock in it). Progress goes to stderr.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from rich.markup import escape
 
 from tvmnas.data.arrays import ArrayDataset
 from tvmnas.errors import BudgetViolationError, TvmnasError, VerificationError
+from tvmnas.output_dir import OutputFolderError, check_out_path, folder_lock, output_kind, write_marker
 from tvmnas.search.cost import Budgets, CostModel, MacCostModel
 from tvmnas.search.genotype import SPACES, Genotype
 from tvmnas.search.search import SearchConfig
@@ -115,6 +119,10 @@ class StageLog:
         self.console.print(f"  [dim]{name}: already done (result in work/stages/{name}.json), skipped[/dim]")
         self.seconds[name] = 0.0
 
+    def rerun(self, name: str, why: str) -> None:
+        """Say a recorded stage runs again, and why."""
+        self.console.print(f"  [yellow]{name}: {escape(why)}; running it again[/yellow]")
+
     def done(self, name: str, seconds: float, line: str) -> None:
         """Close a stage with its time and one line of result."""
         self.seconds[name] = seconds
@@ -132,30 +140,74 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-class Stages:
-    """Runs each stage once per output folder: its result is stored in a marker and reused on rerun."""
+def _file_digests(paths: list[Path], root: Path) -> dict[str, str]:
+    """sha256 of every file in `paths` (folders: every file below them), keyed by path relative to
+    `root` where it lies inside it."""
+    files = []
+    for path in paths:
+        path = Path(path)
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    return {(str(f.relative_to(root)) if f.is_relative_to(root) else str(f)): _sha256(f) for f in files}
 
-    def __init__(self, work: Path, log: StageLog) -> None:
-        self.dir = work / "stages"
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Stages:
+    """Runs each stage once per output folder: its result and the digests of the files it wrote are
+    stored in a record, and reused on rerun while those files are there unchanged."""
+
+    def __init__(self, out: Path, log: StageLog) -> None:
+        self.root = Path(out)
+        self.dir = self.root / WORK_DIR / "stages"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = log
 
-    def run(self, name: str, what: str, fn: Callable[[], dict[str, Any]], line: Callable[[dict], str]) -> dict:
+    def run(self, name: str, what: str, fn: Callable[[], dict[str, Any]], line: Callable[[dict], str],
+            outputs: Callable[[dict], list[Path]] = lambda result: []) -> dict:
         """Return the stored result of `name`, or run `fn`, store its result, and return it.
 
-        Running a stage drops the stored results of the stages after it, so they run again too.
+        outputs(result): the files and folders the stage wrote, which later stages read. Running a
+        stage drops the stored results of the stages after it, so they run again too.
         """
-        marker = self.dir / f"{name}.json"
+        record = self.dir / f"{name}.json"
         self.log.header(STAGES.index(name) + 1, name, what)
-        if marker.is_file():
+        stored = self._stored(name, record)
+        if stored is not None:
             self.log.skipped(name)
-            return json.loads(marker.read_text())
+            return stored
         for later in STAGES[STAGES.index(name) + 1:]:  # their results were made from the old one
             (self.dir / f"{later}.json").unlink(missing_ok=True)
         start = time.monotonic()
         result = fn()
-        _write_json(marker, result)
+        _write_json(record, {"result": result, "outputs": _file_digests(outputs(result), self.root)})
         self.log.done(name, time.monotonic() - start, line(result))
+        return result
+
+    def _stored(self, name: str, record: Path) -> dict | None:
+        """The stored result, or None (stage to run) when the record is missing, unreadable, of an
+        older layout, or a file it lists is missing or changed."""
+        if not record.is_file():
+            return None
+        try:
+            stored = json.loads(record.read_text())
+            result, digests = stored["result"], dict(stored["outputs"])
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            self.log.rerun(name, f"its record {record.name} is unreadable ({type(err).__name__})")
+            return None
+        for rel, digest in sorted(digests.items()):
+            path = self.root / rel
+            if not path.is_file():
+                self.log.rerun(name, f"{rel} is missing")
+                return None
+            if _sha256(path) != digest:
+                self.log.rerun(name, f"{rel} changed since the stage wrote it")
+                return None
         return result
 
 
@@ -353,17 +405,43 @@ def _check_settings(work: Path, settings: PipelineSettings, restart: bool, cost_
     recorded = work / SETTINGS_FILE
     wanted = {**settings.to_dict(), "search_cost_model": cost_note}
     if recorded.is_file():
-        same = json.loads(recorded.read_text()) == wanted
-        if restart or not same:
-            if not restart:
-                raise TvmnasError(
-                    f"'{work.parent}' holds a run with other settings: use another --out, or --restart to redo it"
-                )
+        if not restart:
+            try:
+                old = json.loads(recorded.read_text())
+            except (OSError, ValueError) as err:
+                raise TvmnasError(f"'{work.parent}' holds a run whose {WORK_DIR}/{SETTINGS_FILE} is unreadable "
+                                  f"({type(err).__name__}): use another --out, or --restart to redo it") from err
+            changed = settings_changes(old, wanted)
+            if changed:
+                raise TvmnasError(f"'{work.parent}' holds a run with other settings ({changed}): use another "
+                                  f"--out, or --restart to redo it")
+        else:
             shutil.rmtree(work)
     elif work.exists() and restart:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     _write_json(recorded, wanted)
+
+
+def settings_changes(old: Any, new: dict[str, Any], shown: int = 3) -> str:
+    """'train_epochs 2 -> 3, seed 0 -> 1': the settings that differ, first `shown` of them."""
+    if not isinstance(old, dict):
+        return "the recorded settings are not a JSON object"
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, "unset") != new.get(k, "unset"))
+    parts = [f"{k} {json.dumps(old.get(k, 'unset'))} -> {json.dumps(new.get(k, 'unset'))}" for k in keys[:shown]]
+    if len(keys) > shown:
+        parts.append(f"and {len(keys) - shown} more")
+    return ", ".join(parts)
+
+
+def check_run_folder(out: Path) -> Path:
+    """Refuse an --out that is a file, holds files tvmnas did not write, or a folder that run-all did
+    not make (before any work); a folder from an earlier run-all (marker, or a work/settings.json
+    of a version before the marker) is resumed."""
+    out = Path(out)
+    if output_kind(out) is None and (out / WORK_DIR / SETTINGS_FILE).is_file():
+        return out.resolve()
+    return check_out_path(out, "run-all", replaced=False)
 
 
 def _copy_model_files(model_dir: Path, out: Path) -> None:
@@ -388,44 +466,61 @@ def run_pipeline(
     Raises VerificationError when the C output disagrees with PyTorch.
     """
     from tvmnas.data import load_dataset
-    from tvmnas.report import write_report
 
-    out = Path(out_dir)
-    work = out / WORK_DIR
+    out = check_run_folder(Path(out_dir))
     target = load_target(settings.target)
     data = dataset if dataset is not None else load_dataset(
         settings.dataset, root=settings.data_root, limit_train=settings.limit_train)
     cost_model, cost_note = search_cost_model(settings.cost_model, target)
-    _check_settings(work, settings, restart, cost_note)  # only now, so bad settings leave no folder behind
+    try:  # only now, so bad settings leave no folder behind
+        out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, "run-all")  # before the lock file, so a second run sees a run-all folder
+    except OSError as err:
+        raise OutputFolderError(f"--out {out_dir}: cannot write it: {err.strerror or err}") from err
+    with folder_lock(out, "run-all"):
+        return _run_stages(out, settings, data, target, cost_model, cost_note, restart, progress)
+
+
+def _run_stages(out: Path, settings: PipelineSettings, data: ArrayDataset, target: Target, cost_model: CostModel,
+                cost_note: str, restart: bool, progress: bool) -> PipelineResult:
+    from tvmnas.report import write_report
+
+    work = out / WORK_DIR
+    _check_settings(work, settings, restart, cost_note)
     log = StageLog(progress)
-    stages = Stages(work, log)
+    stages = Stages(out, log)
     log.console.print(escape(f"tvmnas: {data.name} {data.input_shape} -> {settings.space} space -> "
                              f"{target.name} ({target.board_name}); cost model: {cost_note}"))
 
     if settings.sweep:
         found = stages.run("search", f"lambda sweep {list(settings.sweep)} (search + retrain + emulate each)",
                            lambda: _stage_sweep(settings, data, target, cost_model, work, progress),
-                           lambda r: f"chose lambda={r['cost_weight']:g}: {r['genotype']}")
+                           lambda r: f"chose lambda={r['cost_weight']:g}: {r['genotype']}",
+                           lambda r: [Path(r["genotype_path"]), *(Path(r["model_dir"]) / n for n in MODEL_FILES)])
     else:
         found = stages.run("search", f"{settings.search_epochs} epochs, lambda={settings.cost_weight:g}",
                            lambda: _stage_search(settings, data, target, cost_model, work, progress),
-                           lambda r: r["genotype"])
+                           lambda r: r["genotype"], lambda r: [Path(r["genotype_path"])])
     trained = stages.run("train", ("the chosen point, retrained by the sweep" if settings.sweep else
                                    f"{settings.train_epochs} epochs from scratch, export .pt2 / .onnx"),
                          lambda: _stage_train(settings, data, found, work, progress),
-                         lambda r: f"test accuracy {r['metrics']['test_accuracy']:.4f}")
+                         lambda r: f"test accuracy {r['metrics']['test_accuracy']:.4f}",
+                         lambda r: [Path(r["model_dir"]) / n for n in MODEL_FILES])
     compiled = stages.run("compile", f"TVM -> standalone C for {target.name}",
                           lambda: _stage_compile(settings, target, trained, out, log),
                           lambda r: f"arena {r['manifest']['arena_bytes']:,} B, "
-                                    f"flash {r['manifest']['flash_bytes']:,} B")
+                                    f"flash {r['manifest']['flash_bytes']:,} B",
+                          lambda r: [Path(r["bundle"])])
     built = stages.run("build", f"arm-none-eabi-gcc for {target.emulator_machine}",
                        lambda: _stage_build(target, Path(compiled["bundle"]), work, log),
                        lambda r: f"{Path(r['elf']).name}: flash {r['memory']['flash_bytes']:,} B, "
-                                 f"SRAM {r['memory']['sram_bytes']:,} B")
+                                 f"SRAM {r['memory']['sram_bytes']:,} B",
+                       lambda r: [Path(r["elf"]), Path(r["profile_elf"])])
     verified = stages.run("verify", "C on QEMU vs PyTorch on held-out images",
                           lambda: _stage_verify(settings, data, target, trained, built, work, log),
                           lambda r: f"{r['classes_agree']}/{r['images']} classes agree, "
-                                    f"max |logit diff| {r['max_abs_logit_diff']:.2g}")
+                                    f"max |logit diff| {r['max_abs_logit_diff']:.2g}",
+                          lambda r: [work / "verify_emulated_logits.npy", work / "verify_reference_logits.npy"])
     profiled = stages.run("profile", "exact instructions and estimated cycles per kernel",
                           lambda: _stage_profile(data, target, built, log),
                           lambda r: f"{r['instructions']:,} instructions, ~{r['cycles']:,} cycles (estimate)")

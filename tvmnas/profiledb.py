@@ -115,25 +115,46 @@ _CANDIDATE_COLUMNS = [f.name for f in fields(CandidateRow)]
 
 
 class ProfileDB:
-    """An open profile database (created on first use). One writer at a time; readers never block."""
+    """An open profile database. One writer at a time; readers never block.
 
-    def __init__(self, path: Path, *, timeout_s: float = 60.0) -> None:
+    create: make the database when the file is absent or empty (False: refuse such a file, for
+    readers). An existing file that is not a tvmnas profile database (no schema_version in a meta
+    table: any other SQLite file) is refused before anything is written to it.
+    """
+
+    def __init__(self, path: Path, *, create: bool = True, timeout_s: float = 60.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        wal = self.path.with_name(self.path.name + "-wal")
+        existing = self.path.is_file() and (self.path.stat().st_size > 0 or wal.exists())
+        if not existing and not create:
+            what = "is empty" if self.path.exists() else "does not exist"
+            raise ProfileDatabaseError(f"profile database {self.path} {what}: run `tvmnas profile-ops` to make one")
         try:
+            if not existing:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
+            if existing:
+                self._check_version()
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(SCHEMA)
-            self._check_version()
+            if not existing:  # the tables and the version that marks the file as ours, in one transaction
+                self._conn.executescript(f"BEGIN; {SCHEMA} INSERT OR IGNORE INTO meta VALUES "
+                                         f"('schema_version', '{SCHEMA_VERSION}'); COMMIT;")
         except sqlite3.DatabaseError as err:
             raise ProfileDatabaseError(f"profile database {self.path}: {err}") from err
 
     def _check_version(self) -> None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        """Refuse a file that is not a tvmnas profile database, or one of another schema version."""
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        row = None
+        if "meta" in tables:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
-            self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
+            self._conn.close()
+            raise ProfileDatabaseError(f"{self.path} is not a tvmnas profile database (it has no schema_version "
+                                       f"in a meta table); choose another file")
+        if str(row[0]) != str(SCHEMA_VERSION):
+            self._conn.close()
             raise ProfileDatabaseError(
                 f"profile database {self.path} has schema version {row[0]}, this tvmnas reads {SCHEMA_VERSION}"
             )

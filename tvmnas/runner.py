@@ -23,7 +23,9 @@ import numpy as np
 
 from tvmnas.errors import BuildError, EmulatorError
 from tvmnas.targets import BOARD_DIR, Target
-from tvmnas.toolchain import ARM_GCC, ARM_NM, ARM_SIZE, HOST_GCC, QEMU, require_host_compiler, require_tools, tool_path
+from tvmnas.toolchain import (
+    ARM_GCC, ARM_NM, ARM_SIZE, HOST_GCC, QEMU, require_host_compiler, require_tools, run_tool, tool_path,
+)
 
 ICOUNT_SHIFT = 6
 JOB_FILE = "tvmnas_job.bin"
@@ -100,7 +102,7 @@ def _bundle_sources(bundle_dir: Path) -> list[Path]:
 
 
 def _compile(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = run_tool(cmd)
     if proc.returncode != 0:
         raise BuildError(f"{what} failed: {_first_error(proc.stderr)}")
 
@@ -271,7 +273,7 @@ def run(
         write_job(work / JOB_FILE, inputs, configs)
         cmd = qemu_command(elf, target, qemu_extra_args)
         try:
-            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout_s, check=False)
+            proc = run_tool(cmd, cwd=work, timeout_s=timeout_s)
         except subprocess.TimeoutExpired as err:
             raise EmulatorError(f"{what}: guest hung (no exit within {timeout_s:g} s)") from err
         got_configs, rcs, counts, outputs = (
@@ -299,14 +301,7 @@ def run_host(
         work = Path(tmp)
         write_job(work / JOB_FILE, inputs, configs)
         try:
-            proc = subprocess.run(
-                [str(exe.resolve()), JOB_FILE, RESULT_FILE],
-                cwd=work,
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                check=False,
-            )
+            proc = run_tool([str(exe.resolve()), JOB_FILE, RESULT_FILE], cwd=work, timeout_s=timeout_s)
         except subprocess.TimeoutExpired as err:
             raise EmulatorError(f"{what}: hung (no exit within {timeout_s:g} s)") from err
         _, rcs, _, outputs = (

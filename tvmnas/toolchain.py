@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from tvmnas.errors import ToolchainMissingError
@@ -52,3 +55,26 @@ def require_tools(*, emulator: bool = True) -> None:
 def require_host_compiler() -> None:
     """Check the host C compiler used for host builds of a bundle is installed."""
     tool_path(HOST_GCC)
+
+
+def run_tool(cmd: Sequence[str], *, timeout_s: float | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True) with the tool in a process group of its
+    own that is killed whole (gcc's cc1, as and ld included) on a timeout or any exception, SIGTERM
+    of tvmnas included (see tvmnas.cli.app): nothing keeps running after tvmnas stops.
+    Raises subprocess.TimeoutExpired like subprocess.run."""
+    with subprocess.Popen(list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except BaseException:
+            _kill_group(proc)
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.communicate()

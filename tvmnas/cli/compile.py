@@ -15,12 +15,15 @@ from tvmnas.cli.app import app
 def compile_command(
     model: Path = typer.Argument(..., help="Model file: .onnx or a saved torch.export program (.pt2)."),
     target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory for the C bundle (replaced if present)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the C bundle: new, empty, or an earlier tvmnas bundle (then replaced); any other folder is refused."),
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Emit even if flash/SRAM exceed the board's budget."),
     optimize: str = typer.Option("speed", "--optimize", help="speed (unrolled kernel windows) or size (rolled windows, "
                                  "inline padding: much smaller depthwise kernels, somewhat slower)."),
 ) -> None:
     """Compile a network to a standalone C bundle (no runtime, no malloc, weights in flash)."""
+    from tvmnas.output_dir import check_out_path
+
+    check_out_path(out, inputs=[model])  # before TVM is imported: a refused --out costs nothing
     from tvmnas.compiler import compile_model
     from tvmnas.targets import load_target
 

@@ -52,13 +52,17 @@ def select_command(
     supernet: Path = typer.Argument(..., help="Super-network folder (`tvmnas dynamic train --out`)."),
     k: int = typer.Option(4, "--k", help="Number of configurations to keep."),
     target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the selection."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the selection: new, empty, or an earlier tvmnas "
+                             "selection (then replaced)."),
     candidates: int = typer.Option(24, "--candidates", help="Sub-networks evaluated (smallest, largest, random)."),
     cost_model: str = typer.Option("auto", "--cost-model", help="auto (surrogate if shipped for the target), surrogate, mac."),
     finetune_epochs: int = typer.Option(0, "--finetune-epochs", min=0,
                                         help="Then train the shared weights this many epochs on the K chosen only."),
 ) -> None:
     """Pick K sub-networks along the held-out accuracy / cost Pareto front; prints them as JSON."""
+    from tvmnas.output_dir import check_out_path
+
+    check_out_path(out, "selection", inputs=[supernet])
     from tvmnas.data import load_dataset
     from tvmnas.dynamic.select import select_subnets
     from tvmnas.dynamic.train import SupernetTrainConfig, load_supernet
@@ -84,13 +88,16 @@ def select_command(
 def compile_command(
     selection: Path = typer.Argument(..., help="Selection folder (`tvmnas dynamic select --out`)."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name; default: the selection's target."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory for the C bundle (replaced if present)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the C bundle: new, empty, or an earlier tvmnas bundle (then replaced); any other folder is refused."),
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Emit even if flash/SRAM exceed the board's budget."),
     optimize: str = typer.Option("size", "--optimize",
                                  help="size (rolled windows, inline padding: the configurations share most kernels) "
                                       "or speed (each configuration's kernels as `tvmnas compile` builds them)."),
 ) -> None:
     """Compile the K configurations into ONE C bundle (shared weights, run-time switch)."""
+    from tvmnas.output_dir import check_out_path
+
+    check_out_path(out, inputs=[selection])
     from tvmnas.dynamic.compile import compile_dynamic
     from tvmnas.dynamic.select import load_selection
     from tvmnas.targets import load_target
@@ -114,9 +121,13 @@ def compile_command(
 def export_command(
     selection: Path = typer.Argument(..., help="Selection folder (`tvmnas dynamic select --out`)."),
     config: int = typer.Option(..., "--config", help="Configuration index to export."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for model.pt2 / model.onnx."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for model.pt2 / model.onnx: new, empty, or an "
+                             "earlier tvmnas export (then replaced)."),
 ) -> None:
     """Export one configuration as a standalone .pt2 and .onnx; prints the export summary as JSON."""
+    from tvmnas.output_dir import check_out_path
+
+    check_out_path(out, "subnet", inputs=[selection])
     from tvmnas.dynamic.export import export_subnet
 
     info = export_subnet(selection, config, out)

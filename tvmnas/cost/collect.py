@@ -247,7 +247,7 @@ def kernel_rows_from_db(db_path: Path, target: str,
     from tvmnas.profiledb import ProfileDB
     from tvmnas.sampler import OpSpec
 
-    with ProfileDB(Path(db_path)) as db:
+    with ProfileDB(Path(db_path), create=False) as db:
         measured = {k.kernel_hash: k for k in db.kernels(target)}
         candidates = db.candidates(target)
     if not measured:

@@ -30,13 +30,13 @@ from tvmnas.compiler import (
     check_optimize,
     lower_model,
     object_flash_bytes,
-    staged_output,
 )
 from tvmnas.dynamic.kernel_merge import MergedKernel, merge_kernels
 from tvmnas.dynamic.policy import POLICY_DECLARATIONS, ConfigInfo, policy_source
 from tvmnas.dynamic.subnet import bn_as_affine
 from tvmnas.errors import TvmnasError
 from tvmnas.frontend import import_model
+from tvmnas.output_dir import staged_output
 from tvmnas.passes import ArenaPlan, CallGraph, LowerTIRForC, plan_arena
 from tvmnas.passes.share_weights import SharedWeightLayout, StridedWeightView, WeightView, share_weights
 from tvmnas.targets import Target
@@ -342,7 +342,7 @@ def compile_dynamic(
     cycles = list(cycles or [0] * n)
     infos = [ConfigInfo(accuracies[k], int(cycles[k]), programs[k].plan.arena_bytes) for k in range(n)]
 
-    with staged_output(out_dir) as staging:
+    with staged_output(out_dir, "bundle") as staging:
         header, weights_c = weights_files(layout)
         (staging / "model.h").write_text(dynamic_header(programs, target.name))
         (staging / "model_weights.h").write_text(header)

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tvmnas.compiler import staged_output
 from tvmnas.dynamic.select import load_selection
 from tvmnas.errors import TvmnasError
+from tvmnas.output_dir import staged_output
 from tvmnas.train import export_model
 
 
@@ -23,7 +23,7 @@ def export_subnet(sel_dir: Path, config: int, out_dir: Path) -> dict[str, Any]:
         raise TvmnasError(f"--config {config} out of range: the selection has {len(selection.subnets)} configurations")
     entry = selection.entries[config]
     out_dir = Path(out_dir)
-    with staged_output(out_dir) as staging:
+    with staged_output(out_dir, "subnet", inputs=[Path(sel_dir)]) as staging:
         info = export_model(selection.subnets[config], selection.spec.input_shape, staging)
         info.update({"config_index": config, "config": entry["config"], "holdout_acc": entry["holdout_acc"],
                      "cycles": entry["cycles"], "cost_unit": selection.meta.get("cost_unit")})

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from tvmnas.compiler import staged_output
 from tvmnas.data.arrays import ArrayDataset
 from tvmnas.dynamic.subnet import SubNetwork, extract_subnet
 from tvmnas.dynamic.supernet import DynamicSupernet, SubnetConfig, SupernetSpec, largest, sample, smallest
@@ -32,6 +31,7 @@ from tvmnas.dynamic.train import (
     split,
 )
 from tvmnas.errors import CostModelError, ModelLoadError, TvmnasError
+from tvmnas.output_dir import staged_output
 from tvmnas.search.cost import count_module
 from tvmnas.targets import Target
 
@@ -231,7 +231,7 @@ def select_subnets(
         ],
     }
     out_dir = Path(out_dir)
-    with staged_output(out_dir) as staging:
+    with staged_output(out_dir, "selection") as staging:
         torch.save(net.state_dict(), staging / SUPERNET_FILE)
         for i, c in enumerate(picked):
             recalibrate(net, c.config, parts.train_x, max_batches=calibration_batches)

@@ -24,6 +24,7 @@ from tvmnas.profiling.cycles import TimingTable, estimate_segment_cycles, load_t
 from tvmnas.profiling.plugin import build_plugin, qemu_plugin_args
 from tvmnas.runner import run
 from tvmnas.targets import Target
+from tvmnas.toolchain import run_tool
 
 ICOUNT_SHIFT = 6
 DEFAULT_PLUGIN_CACHE = Path(tempfile.gettempdir()) / "tvmnas-plugin"
@@ -125,7 +126,7 @@ def run_block_profile(
         out = Path(tmp) / "profile.txt"
         cmd = [*qemu_command(machine, elf), *qemu_plugin_args(plugin_so, elf, out), *extra_args]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=cwd, check=False)
+            proc = run_tool(cmd, timeout_s=timeout_s, cwd=cwd)
         except subprocess.TimeoutExpired as exc:
             raise EmulatorError(f"{Path(elf).name} on {machine} did not finish within {timeout_s} s") from exc
         if proc.returncode != 0:
