@@ -157,6 +157,23 @@ def test_rerun_skips_finished_stages_and_other_settings_are_refused(demo: tuple[
 
 @pytest.mark.slow
 @pytest.mark.ci
+def test_a_rerun_trusts_files_not_records(demo: tuple[Path, dict]) -> None:
+    """A deleted bundle file reruns compile and every stage after it; a truncated record reruns its stage."""
+    out, summary = demo
+    (out / BUNDLE_DIR / "model.c").unlink()
+    again = run_pipeline(out, REDUCED)
+    assert {s for s in STAGES if again.stage_seconds[s] > 0} == {"compile", "build", "verify", "profile", "report"}
+    assert (out / BUNDLE_DIR / "model.c").is_file() and again.summary["verify"]["passed"]
+    assert again.summary["profile"] == summary["profile"]
+    record = out / "work" / "stages" / "profile.json"
+    record.write_text(record.read_text()[:40])
+    redo = run_pipeline(out, REDUCED)
+    assert {s for s in STAGES if redo.stage_seconds[s] > 0} == {"profile", "report"}
+    assert redo.summary["profile"] == summary["profile"]
+
+
+@pytest.mark.slow
+@pytest.mark.ci
 def test_disagreement_with_pytorch_fails_with_one_line(demo: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
     import tvmnas.pipeline as pipeline
     from tvmnas.data import load_dataset

@@ -62,7 +62,10 @@ def check_out_path(out_dir: Path, kind: str = "bundle", *, inputs: Iterable[Path
         source = Path(source).resolve()
         if _inside(source, out):
             raise OutputFolderError(f"--out {out_dir} holds the input {source}; choose another folder for the output")
-    existing = next(p for p in out.parents if p.exists()) if not out.exists() else out.parent
+    if out.exists():
+        existing = out.parent if replaced else out  # a replaced folder is renamed within its parent
+    else:
+        existing = next(p for p in out.parents if p.exists())
     if not existing.is_dir():
         raise OutputFolderError(f"--out {out_dir}: {existing} is a file, not a folder; choose another --out")
     if not os.access(existing, os.W_OK | os.X_OK):

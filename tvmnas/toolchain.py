@@ -67,12 +67,13 @@ def run_tool(cmd: Sequence[str], *, timeout_s: float | None = None, cwd: Path | 
         try:
             stdout, stderr = proc.communicate(timeout=timeout_s)
         except BaseException:
-            _kill_group(proc)
+            kill_group(proc)
             raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a tool started with start_new_session=True and everything it started; reap it."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

@@ -22,7 +22,9 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
 
 
 def run_all_command(
-    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output folder (a rerun resumes it)."),
+    out: Path = typer.Option(Path("out/demo"), "--out", "-o",
+                             help="Output folder: new, empty, or an earlier run-all folder (a rerun resumes it); "
+                                  "any other folder is refused."),
     dataset: str = typer.Option("digits", "--dataset", "-d", help="digits, cifar10, folder, or a data folder."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder for cifar10 / folder data sets."),
     limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use only the first N training images."),

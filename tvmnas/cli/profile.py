@@ -45,7 +45,8 @@ def profile_ops_command(
     target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
     count: int = typer.Option(100, "--count", "-n", min=1, help="Number of sampled candidates."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes."),
-    db_path: Path = typer.Option(..., "--db", help="SQLite profile database (created if absent, resumed if present)."),
+    db_path: Path = typer.Option(..., "--db", help="SQLite profile database (created if absent or empty, resumed if "
+                                 "present; a file that is not one is refused)."),
     seed: int = typer.Option(0, "--seed", help="Sampler seed: the same seed samples the same candidates."),
     ops: Optional[str] = typer.Option(None, "--ops", help="Comma-separated op types (default: all; see tvmnas.sampler.OP_TYPES)."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before a candidate's guest counts as hung."),
