@@ -21,10 +21,13 @@ def compile_command(
                                  "inline padding: much smaller depthwise kernels, somewhat slower)."),
 ) -> None:
     """Compile a network to a standalone C bundle (no runtime, no malloc, weights in flash)."""
-    from tvmnas.compiler import compile_model
+    from tvmnas.model_file import check_model_file
     from tvmnas.targets import load_target
 
-    tgt = load_target(target)
+    tgt = load_target(target)  # both checks come before TVM and torch are imported (seconds)
+    check_model_file(model)
+    from tvmnas.compiler import compile_model
+
     print(f"compiling {model} for {tgt.name} ...", file=sys.stderr)
     result = compile_model(model, tgt, out, ignore_budget=ignore_budget, optimize=optimize)
     m = result.manifest
