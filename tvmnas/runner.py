@@ -12,6 +12,7 @@ Instruction counts are exact (QEMU -icount); they cover model_run alone, window 
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import tempfile
@@ -81,7 +82,30 @@ class MemoryUsage:
     static_bytes: int
 
 
+LINKER_OVERFLOW = re.compile(r"region `([^']+)' overflowed by (\d+) bytes")
+LINKER_NO_FIT = re.compile(r"section `([^']+)' will not fit in region `([^']+)'")
+
+
+def linker_reason(stderr: str) -> str | None:
+    """The linker's own reason a firmware does not fit (which sections, which region, by how many
+    bytes), or None when the failure is not a memory overflow."""
+    overflows = dict(LINKER_OVERFLOW.findall(stderr))
+    if not overflows:
+        return None
+    sections: dict[str, list[str]] = {}
+    for section, region in LINKER_NO_FIT.findall(stderr):
+        sections.setdefault(region, []).append(section)
+    parts = []
+    for region, excess in overflows.items():
+        what = f" ({', '.join(sections[region])} will not fit)" if region in sections else ""
+        parts.append(f"region {region} overflowed by {int(excess):,} bytes{what}")
+    return "; ".join(parts)
+
+
 def _first_error(stderr: str) -> str:
+    reason = linker_reason(stderr)
+    if reason:
+        return reason
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for line in lines:
         if "error" in line.lower():
@@ -119,7 +143,11 @@ def build(
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     elf = build_dir / "model.elf"
-    cmd = [
+    all_sources = [p.resolve() for p in sources] + [BOARD_DIR / name for name in BOARD_SOURCES]
+    names = [p.stem for p in all_sources]
+    if len(set(names)) != len(names):
+        raise BuildError(f"bundle {bundle_dir} has a source named like a board source ({', '.join(BOARD_SOURCES)})")
+    compile_cmd = [
         str(tool_path(ARM_GCC)),
         *target.cflags,
         *target.opt_flags,
@@ -131,20 +159,38 @@ def build(
         *extra_cflags,
         f"-I{Path(bundle_dir).resolve()}",
         f"-I{BOARD_DIR}",
-        *[str(p.resolve()) for p in sources],
-        *[str(BOARD_DIR / name) for name in BOARD_SOURCES],
+        "-c",
+        *[str(p) for p in all_sources],
+    ]
+    what = f"build of {bundle_dir} for {target.name}"
+    proc = subprocess.run(compile_cmd, cwd=build_dir, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"{what} failed: {_first_error(proc.stderr)}")
+    link_cmd = [
+        str(tool_path(ARM_GCC)),
+        *target.cflags,
+        *extra_cflags,
+        *[str(build_dir.resolve() / f"{name}.o") for name in names],
         "-nostartfiles",
         "--specs=nano.specs",
         f"-L{BOARD_DIR}",
-        f"-T{target.linker_script}",
         "-Wl,--gc-sections",
         f"-Wl,-Map={build_dir / 'model.map'}",
         "-o",
         str(elf),
         "-lm",
     ]
-    _compile(cmd, f"build of {bundle_dir} for {target.name}")
-    return elf
+    # The usual memory map first; a firmware that overflows it (a model compiled with
+    # --ignore-budget) is relinked with the emulated machine's larger memory, so the board's budget
+    # check, not the linker, is what refuses a model. Instruction counts do not depend on addresses.
+    scripts = [target.linker_script] + ([target.large_linker_script] if target.large_linker_script else [])
+    for script in scripts:
+        proc = subprocess.run([*link_cmd, f"-T{script}"], capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            return elf
+        if linker_reason(proc.stderr) is None:
+            break
+    raise BuildError(f"{what} failed: {_first_error(proc.stderr)}")
 
 
 def build_host(bundle_dir: Path, build_dir: Path, *, extra_cflags: Sequence[str] = ()) -> Path:
