@@ -38,7 +38,8 @@ COMMON_CFLAGS = ("-ffreestanding", "-Wall", "-Wextra", "-Werror", "-ffunction-se
 HOST_CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror", "-DTVMNAS_HOST")
 COUNTER_DEFINES = {"cmsdk-timer0": "-DTVMNAS_COUNTER_CMSDK_TIMER", "systick": "-DTVMNAS_COUNTER_SYSTICK"}
 FLASH_SECTIONS = (".vectors", ".text", ".rodata", ".ARM.extab", ".ARM.exidx", ".data")
-ARENA_SYMBOL = "tvmnas_arena"
+ARENA_SYMBOL = "tvmnas_guarded_arena"  # the arena between two guard bands (targets/board/main.c)
+ARENA_GUARD_BYTES = 32  # each side
 
 # Exit statuses of the harness (targets/board/exit_codes.h).
 EXIT_REASONS = {
@@ -48,6 +49,7 @@ EXIT_REASONS = {
     5: "config index out of range for this bundle, or model_set_config failed",
     6: "model_run returned non-zero",
     7: "model_arena_size(config) exceeds MODEL_ARENA_SIZE",
+    8: "model_run wrote outside its arena of MODEL_ARENA_SIZE bytes (a guard band changed)",
     100: "NMI",
     101: "HardFault",
     102: "MemManage fault",
@@ -399,7 +401,8 @@ def memory_usage(elf: Path, target: Target) -> MemoryUsage:
     flash = sum(sections.get(name, 0) for name in FLASH_SECTIONS)
     stack = sections.get(".stack", 0)
     ram = sections.get(".data", 0) + sections.get(".bss", 0)
-    arena = _symbol_sizes(Path(elf)).get(ARENA_SYMBOL, 0)
+    guarded = _symbol_sizes(Path(elf)).get(ARENA_SYMBOL, 0)
+    arena = max(guarded - 2 * ARENA_GUARD_BYTES, 0)
     return MemoryUsage(
         flash_bytes=flash,
         sram_bytes=ram + stack,
