@@ -50,6 +50,28 @@ class CallGraph:
     constants: dict[str, np.ndarray]
     calls: list[KernelCall] = field(default_factory=list)
 
+    def with_output_names(self, names: list[str]) -> "CallGraph":
+        """The same graph with its outputs renamed (e.g. to the source model's output names instead
+        of Relax's `gv`); unchanged if the count differs or a name is already taken."""
+        current = [t.name for t in self.outputs]
+        taken = set(self.tensors) | set(self.constants)
+        if len(names) != len(current) or len(set(names)) != len(names) or any(
+            n in taken and n not in current for n in names
+        ):
+            return self
+        rename = dict(zip(current, names))
+        if all(old == new for old, new in rename.items()):
+            return self
+
+        def ren(name: str) -> str:
+            return rename.get(name, name)
+
+        tensors = {ren(k): TensorInfo(ren(k), t.shape, t.dtype) for k, t in self.tensors.items()}
+        calls = [KernelCall(c.index, c.kernel, tuple(map(ren, c.args)), tuple(map(ren, c.outputs))) for c in self.calls]
+        inputs = [tensors[ren(t.name)] for t in self.inputs]
+        outputs = [tensors[ren(t.name)] for t in self.outputs]
+        return CallGraph(inputs, outputs, tensors, self.constants, calls)
+
 
 def _tensor_info(name: str, ty) -> TensorInfo:
     dims = ty.shape.values if hasattr(ty.shape, "values") else ty.shape

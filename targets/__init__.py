@@ -19,6 +19,14 @@ DESCRIPTOR_DIR = Path(__file__).resolve().parent / "descriptors"
 BOARD_DIR = Path(__file__).resolve().parent / "board"
 TIMING_DIR = Path(__file__).resolve().parent / "timing"
 COUNTERS = ("cmsdk-timer0", "systick")
+# Emulated machines with more memory than the real part: the linker script a firmware that
+# overflows the usual memory map is relinked with (emulator only; budgets are checked elsewhere).
+LARGE_LINKER_SCRIPTS = {
+    "mps2-an385": "mps2_an385_an386_large.ld",
+    "mps2-an386": "mps2_an385_an386_large.ld",
+    "mps2-an500": "mps2_an500_large.ld",
+    "mps3-an547": "mps3_an547_large.ld",
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,13 @@ class Target:
     def linker_script(self) -> Path:
         """The linker script for this target's memory map."""
         return BOARD_DIR / f"{self.memory_map}.ld"
+
+    @property
+    def large_linker_script(self) -> Path | None:
+        """The emulator's larger memory layout for a firmware that overflows `linker_script`
+        (code and weights in the machine's big RAM), or None where the machine has none."""
+        name = LARGE_LINKER_SCRIPTS.get(self.emulator_machine)
+        return BOARD_DIR / name if name else None
 
     @property
     def timing_table_path(self) -> Path:

@@ -16,8 +16,8 @@ from tvm import tirx
 
 from tvmnas.codegen.bundle import EmittedKernel, write_bundle, write_manifest
 from tvmnas.codegen.c_printer import print_kernel
-from tvmnas.errors import BudgetExceededError, BuildError, TvmnasError
-from tvmnas.frontend import ModelSource, SourceLayers, import_model_with_sources
+from tvmnas.errors import BudgetExceededError, BuildError, TvmnasError, UnsupportedModelError
+from tvmnas.frontend import OUTPUT_NAMES_ATTR, ModelSource, SourceLayers, import_model_with_sources
 from tvmnas.output_dir import staged_output
 from tvmnas.passes import (
     ArenaBuffer,
@@ -122,6 +122,17 @@ def arena_buffers(graph: CallGraph, kernels: dict[str, EmittedKernel]) -> list[A
     return graph_buffers(graph, scratch)
 
 
+def check_single_input_output(graph: CallGraph) -> None:
+    """Refuse, naming them, a model with several inputs or outputs: a bundle's model_run takes one
+    input array and fills one output array."""
+    for what, tensors in (("inputs", graph.inputs), ("outputs", graph.outputs)):
+        if len(tensors) != 1:
+            names = ", ".join(t.name for t in tensors) or "none"
+            raise UnsupportedModelError(
+                f"the model has {len(tensors)} {what} ({names}): only models with one input and one output are supported"
+            )
+
+
 KERNEL_HEADS = ("conv2d", "matmul", "max_pool2d", "avg_pool2d", "mean", "softmax")
 
 
@@ -193,11 +204,9 @@ def compile_model(
     with staged_output(out_dir, "bundle", inputs=inputs) as staging:
         mod, sources = import_model_with_sources(model, input_shape)
         lowered, graph = lower_model(mod, schedule, optimize)
-        if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-            raise NotImplementedError(
-                f"models with {len(graph.inputs)} inputs and {len(graph.outputs)} outputs: "
-                f"only one input and one output are supported for target {target.name}"
-            )
+        check_single_input_output(graph)
+        if mod.attrs is not None and OUTPUT_NAMES_ATTR in mod.attrs:
+            graph = graph.with_output_names([str(n) for n in mod.attrs[OUTPUT_NAMES_ATTR]])
         kernels = emit_kernels(lowered, graph)
         plan = plan_arena(arena_buffers(graph, kernels))
         manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags],

@@ -11,6 +11,10 @@ class ModelLoadError(TvmnasError):
     """A model file is missing, unreadable or not a model."""
 
 
+class UnsupportedModelError(TvmnasError):
+    """A valid model in a form the MCU path does not compile (several inputs or outputs, for example)."""
+
+
 class UnsupportedOperatorError(TvmnasError):
     """The network uses an operator the MCU path cannot compile."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Union
 import tvm
 
 from tvmnas.errors import ModelLoadError, UnsupportedOperatorError
+from tvmnas.input_shapes import Notice, fix_onnx_batch, fix_torch_batch, stderr_notice
+from tvmnas.model_file import check_model_file
 
 ModelSource = Union[str, Path, "torch.nn.Module"]  # noqa: F821
 
@@ -28,6 +31,9 @@ ONNX_KERNEL_OPS = {
 SourceLayers = dict[tuple, list[str]]
 
 
+OUTPUT_NAMES_ATTR = "tvmnas.output_names"  # IRModule attribute: the source model's output names
+
+
 def import_model(model: ModelSource, input_shape: tuple[int, ...] | None = None) -> tvm.IRModule:
     """Relax IRModule (weights bound as constants) from a file path or an in-memory torch module.
 
@@ -37,10 +43,13 @@ def import_model(model: ModelSource, input_shape: tuple[int, ...] | None = None)
 
 
 def import_model_with_sources(
-    model: ModelSource, input_shape: tuple[int, ...] | None = None
+    model: ModelSource, input_shape: tuple[int, ...] | None = None, notice: Notice = stderr_notice
 ) -> tuple[tvm.IRModule, SourceLayers]:
     """`import_model`, plus the source layer names (torch module paths or ONNX node names) of the
-    operators that head kernels, in graph order, so generated code can name layers users know."""
+    operators that head kernels, in graph order, so generated code can name layers users know.
+
+    A file whose only dynamic input dimension is the batch is imported with batch 1 (`notice` says
+    so in one line); the module carries the model's output names as attribute OUTPUT_NAMES_ATTR."""
     import torch
 
     if isinstance(model, torch.nn.Module):
@@ -51,20 +60,42 @@ def import_model_with_sources(
             program = torch.export.export(model.eval(), (example,))
         except Exception as err:  # torch.export raises many unrelated types
             raise ModelLoadError(f"torch.export failed on the module: {_first_line(err)}") from None
-        return _from_exported_program(program), _torch_sources(program)
+        return _with_output_names(_from_exported_program(program), _torch_output_names(program)), _torch_sources(program)
     path = Path(model)
-    if not path.is_file():
-        raise ModelLoadError(f"model file '{path}' does not exist")
+    check_model_file(path)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return _import_onnx(path)
+        return _import_onnx(path, notice)
     if suffix in (".pt2", ".pt"):
-        try:
-            program = torch.export.load(str(path))
-        except Exception as err:  # a corrupt archive raises zipfile, pickle or runtime errors
-            raise ModelLoadError(f"'{path}' is not a readable torch.export program: {_first_line(err)}") from None
-        return _from_exported_program(program), _torch_sources(program)
+        program = fix_torch_batch(_load_exported_program(path), f"'{path}'", notice)
+        return _with_output_names(_from_exported_program(program), _torch_output_names(program)), _torch_sources(program)
     raise ModelLoadError(f"'{path}': unknown model format '{suffix}' (expected .onnx or .pt2)")
+
+
+def _load_exported_program(path: Path):
+    """torch.export.load with torch's own warnings and log lines held back: a corrupt file gives one
+    ModelLoadError line, not a dozen lines of logged traceback first."""
+    import torch
+
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(str(path))
+    except Exception as err:  # a corrupt archive raises zipfile, pickle or runtime errors
+        raise ModelLoadError(f"'{path}' is not a readable torch.export program: {_first_line(err)}") from None
+    finally:
+        logger.setLevel(level)
+
+
+def _with_output_names(mod: tvm.IRModule, names: list[str]) -> tvm.IRModule:
+    return mod.with_attr(OUTPUT_NAMES_ATTR, names) if names and all(names) else mod
+
+
+def _torch_output_names(program) -> list[str]:
+    return [str(n) for n in program.graph_signature.user_outputs]
 
 
 def _torch_sources(program) -> SourceLayers:
@@ -135,7 +166,7 @@ def _torch_node_name(program, op: str) -> str:
     return "?"
 
 
-def _import_onnx(path: Path) -> tuple[tvm.IRModule, SourceLayers]:
+def _import_onnx(path: Path, notice: Notice = stderr_notice) -> tuple[tvm.IRModule, SourceLayers]:
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -144,8 +175,10 @@ def _import_onnx(path: Path) -> tuple[tvm.IRModule, SourceLayers]:
         onnx.checker.check_model(proto)
     except Exception as err:  # protobuf decode errors have no common base class
         raise ModelLoadError(f"'{path}' is not a valid ONNX model: {_first_line(err)}") from None
+    fix_onnx_batch(proto, f"'{path}'", notice)
     try:
-        return from_onnx(proto), _onnx_sources(proto)
+        mod = _with_output_names(from_onnx(proto), [o.name for o in proto.graph.output])
+        return mod, _onnx_sources(proto)
     except tvm.error.OpNotImplemented as err:
         ops = str(err).split(":")[-1]
         op = ops.split(",")[0].strip().splitlines()[0].strip()

@@ -34,7 +34,7 @@ from torch import nn
 from tvm import tirx
 
 from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, write_bundle, write_manifest
-from tvmnas.compiler import arena_buffers, emit_kernels, lower_model
+from tvmnas.compiler import arena_buffers, check_single_input_output, emit_kernels, lower_model
 from tvmnas.errors import EmulatorError, TvmnasError
 from tvmnas.frontend import ModelSource, import_model
 from tvmnas.passes import CallGraph, KernelCall, plan_arena
@@ -210,11 +210,7 @@ def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = N
     """Import and lower `model` (built for `optimize`, as `compile_model`) and print its kernels;
     the same for every target."""
     lowered, graph = lower_model(import_model(model, input_shape), optimize=optimize)
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise NotImplementedError(
-            f"profiling models with {len(graph.inputs)} inputs and {len(graph.outputs)} outputs: "
-            "only one input and one output are supported"
-        )
+    check_single_input_output(graph)
     return LoweredNetwork(graph, emit_kernels(lowered, graph), tuple(count_macs(lowered, graph)))
 
 

@@ -12,6 +12,7 @@ Instruction counts are exact (QEMU -icount); they cover model_run alone, window 
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 import tempfile
@@ -39,7 +40,8 @@ COMMON_CFLAGS = ("-ffreestanding", "-Wall", "-Wextra", "-Werror", "-ffunction-se
 HOST_CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror", "-DTVMNAS_HOST")
 COUNTER_DEFINES = {"cmsdk-timer0": "-DTVMNAS_COUNTER_CMSDK_TIMER", "systick": "-DTVMNAS_COUNTER_SYSTICK"}
 FLASH_SECTIONS = (".vectors", ".text", ".rodata", ".ARM.extab", ".ARM.exidx", ".data")
-ARENA_SYMBOL = "tvmnas_arena"
+ARENA_SYMBOL = "tvmnas_guarded_arena"  # the arena between two guard bands (targets/board/main.c)
+ARENA_GUARD_BYTES = 32  # each side
 
 # Exit statuses of the harness (targets/board/exit_codes.h).
 EXIT_REASONS = {
@@ -49,6 +51,7 @@ EXIT_REASONS = {
     5: "config index out of range for this bundle, or model_set_config failed",
     6: "model_run returned non-zero",
     7: "model_arena_size(config) exceeds MODEL_ARENA_SIZE",
+    8: "model_run wrote outside its arena of MODEL_ARENA_SIZE bytes (a guard band changed)",
     100: "NMI",
     101: "HardFault",
     102: "MemManage fault",
@@ -83,7 +86,30 @@ class MemoryUsage:
     static_bytes: int
 
 
+LINKER_OVERFLOW = re.compile(r"region `([^']+)' overflowed by (\d+) bytes")
+LINKER_NO_FIT = re.compile(r"section `([^']+)' will not fit in region `([^']+)'")
+
+
+def linker_reason(stderr: str) -> str | None:
+    """The linker's own reason a firmware does not fit (which sections, which region, by how many
+    bytes), or None when the failure is not a memory overflow."""
+    overflows = dict(LINKER_OVERFLOW.findall(stderr))
+    if not overflows:
+        return None
+    sections: dict[str, list[str]] = {}
+    for section, region in LINKER_NO_FIT.findall(stderr):
+        sections.setdefault(region, []).append(section)
+    parts = []
+    for region, excess in overflows.items():
+        what = f" ({', '.join(sections[region])} will not fit)" if region in sections else ""
+        parts.append(f"region {region} overflowed by {int(excess):,} bytes{what}")
+    return "; ".join(parts)
+
+
 def _first_error(stderr: str) -> str:
+    reason = linker_reason(stderr)
+    if reason:
+        return reason
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     for line in lines:
         if "error" in line.lower():
@@ -121,7 +147,11 @@ def build(
     build_dir = Path(build_dir)
     build_dir.mkdir(parents=True, exist_ok=True)
     elf = build_dir / "model.elf"
-    cmd = [
+    all_sources = [p.resolve() for p in sources] + [BOARD_DIR / name for name in BOARD_SOURCES]
+    names = [p.stem for p in all_sources]
+    if len(set(names)) != len(names):
+        raise BuildError(f"bundle {bundle_dir} has a source named like a board source ({', '.join(BOARD_SOURCES)})")
+    compile_cmd = [
         str(tool_path(ARM_GCC)),
         *target.cflags,
         *target.opt_flags,
@@ -133,20 +163,38 @@ def build(
         *extra_cflags,
         f"-I{Path(bundle_dir).resolve()}",
         f"-I{BOARD_DIR}",
-        *[str(p.resolve()) for p in sources],
-        *[str(BOARD_DIR / name) for name in BOARD_SOURCES],
+        "-c",
+        *[str(p) for p in all_sources],
+    ]
+    what = f"build of {bundle_dir} for {target.name}"
+    proc = subprocess.run(compile_cmd, cwd=build_dir, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BuildError(f"{what} failed: {_first_error(proc.stderr)}")
+    link_cmd = [
+        str(tool_path(ARM_GCC)),
+        *target.cflags,
+        *extra_cflags,
+        *[str(build_dir.resolve() / f"{name}.o") for name in names],
         "-nostartfiles",
         "--specs=nano.specs",
         f"-L{BOARD_DIR}",
-        f"-T{target.linker_script}",
         "-Wl,--gc-sections",
         f"-Wl,-Map={build_dir / 'model.map'}",
         "-o",
         str(elf),
         "-lm",
     ]
-    _compile(cmd, f"build of {bundle_dir} for {target.name}")
-    return elf
+    # The usual memory map first; a firmware that overflows it (a model compiled with
+    # --ignore-budget) is relinked with the emulated machine's larger memory, so the board's budget
+    # check, not the linker, is what refuses a model. Instruction counts do not depend on addresses.
+    scripts = [target.linker_script] + ([target.large_linker_script] if target.large_linker_script else [])
+    for script in scripts:
+        proc = subprocess.run([*link_cmd, f"-T{script}"], capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            return elf
+        if linker_reason(proc.stderr) is None:
+            break
+    raise BuildError(f"{what} failed: {_first_error(proc.stderr)}")
 
 
 def build_host(bundle_dir: Path, build_dir: Path, *, extra_cflags: Sequence[str] = ()) -> Path:
@@ -348,7 +396,8 @@ def memory_usage(elf: Path, target: Target) -> MemoryUsage:
     flash = sum(sections.get(name, 0) for name in FLASH_SECTIONS)
     stack = sections.get(".stack", 0)
     ram = sections.get(".data", 0) + sections.get(".bss", 0)
-    arena = _symbol_sizes(Path(elf)).get(ARENA_SYMBOL, 0)
+    guarded = _symbol_sizes(Path(elf)).get(ARENA_SYMBOL, 0)
+    arena = max(guarded - 2 * ARENA_GUARD_BYTES, 0)
     return MemoryUsage(
         flash_bytes=flash,
         sram_bytes=ram + stack,

@@ -9,6 +9,7 @@
 #define TVMNAS_EXIT_BAD_CONFIG 5      /* config index out of range, or model_set_config failed */
 #define TVMNAS_EXIT_MODEL_ERROR 6     /* model_run returned non-zero */
 #define TVMNAS_EXIT_ARENA 7           /* model_arena_size(k) exceeds MODEL_ARENA_SIZE */
+#define TVMNAS_EXIT_ARENA_OVERRUN 8   /* model_run wrote into a guard band around the arena */
 #define TVMNAS_EXIT_NMI 100
 #define TVMNAS_EXIT_HARDFAULT 101
 #define TVMNAS_EXIT_MEMMANAGE 102

@@ -48,7 +48,16 @@ __attribute__((noinline, noipa, used)) void tvmnas_kernel_mark(int k) { __asm__ 
 
 typedef int (*model_fn)(const float *input, float *output, uint8_t *arena);
 
-static uint8_t tvmnas_arena[ARENA_BYTES] __attribute__((aligned(16)));
+/* The arena sits between two guard bands that are filled before each call and checked after it,
+ * so a kernel writing outside MODEL_ARENA_SIZE bytes fails the run with its own exit status
+ * instead of silently corrupting whatever lies next to the arena. */
+#define ARENA_GUARD_BYTES 32u
+static struct {
+    uint8_t before[ARENA_GUARD_BYTES];
+    uint8_t arena[ARENA_BYTES];
+    uint8_t after[ARENA_GUARD_BYTES];
+} tvmnas_guarded_arena __attribute__((aligned(16)));
+#define tvmnas_arena (tvmnas_guarded_arena.arena)
 static float input_buf[MODEL_INPUT_SIZE];
 static float output_buf[MODEL_OUTPUT_SIZE];
 
@@ -116,6 +125,27 @@ static int fail(int code, const char *msg)
     return code;
 }
 
+static uint8_t guard_byte(uint32_t i) { return (uint8_t)(0xA5u ^ (i * 0x3Bu)); }
+
+static void arena_guard_fill(void)
+{
+    for (uint32_t i = 0; i < ARENA_GUARD_BYTES; ++i) {
+        tvmnas_guarded_arena.before[i] = guard_byte(i);
+        tvmnas_guarded_arena.after[i] = guard_byte(i + ARENA_GUARD_BYTES);
+    }
+}
+
+static int arena_guard_intact(void)
+{
+    for (uint32_t i = 0; i < ARENA_GUARD_BYTES; ++i) {
+        if (tvmnas_guarded_arena.before[i] != guard_byte(i) ||
+            tvmnas_guarded_arena.after[i] != guard_byte(i + ARENA_GUARD_BYTES)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* Select configuration k of a dynamic bundle; NO_CONFIG keeps the current one. */
 static int select_config(int32_t config)
 {
@@ -176,11 +206,16 @@ static int run_job(const char *job_path, const char *result_path)
             break;
         }
         int rc;
+        arena_guard_fill();
         uint64_t n = measure(model_run, &rc);
         n -= overhead;
+        const int guard_ok = arena_guard_intact();
         int32_t record[4] = {config, rc, (int32_t)(uint32_t)n, (int32_t)(uint32_t)(n >> 32)};
         if (io_write(result, record, sizeof record) != 0 || io_write(result, output_buf, sizeof output_buf) != 0) {
             status = fail(TVMNAS_EXIT_WRITE, "tvmnas: cannot write the result file\n");
+        } else if (!guard_ok) {
+            status = fail(TVMNAS_EXIT_ARENA_OVERRUN,
+                          "tvmnas: model_run wrote outside its arena of MODEL_ARENA_SIZE bytes (a guard band changed)\n");
         } else if (rc != 0) {
             status = fail(TVMNAS_EXIT_MODEL_ERROR, "tvmnas: model_run returned non-zero\n");
         }

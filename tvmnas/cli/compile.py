@@ -21,13 +21,15 @@ def compile_command(
                                  "inline padding: much smaller depthwise kernels, somewhat slower)."),
 ) -> None:
     """Compile a network to a standalone C bundle (no runtime, no malloc, weights in flash)."""
+    from tvmnas.model_file import check_model_file
     from tvmnas.output_dir import check_out_path
-
-    check_out_path(out, inputs=[model])  # before TVM is imported: a refused --out costs nothing
-    from tvmnas.compiler import compile_model
     from tvmnas.targets import load_target
 
-    tgt = load_target(target)
+    tgt = load_target(target)  # both checks come before TVM and torch are imported (seconds)
+    check_model_file(model)
+    check_out_path(out, inputs=[model])  # a refused --out costs nothing either
+    from tvmnas.compiler import compile_model
+
     print(f"compiling {model} for {tgt.name} ...", file=sys.stderr)
     result = compile_model(model, tgt, out, ignore_budget=ignore_budget, optimize=optimize)
     m = result.manifest

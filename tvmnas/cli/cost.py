@@ -49,11 +49,14 @@ def predict_command(
                                  help="Kernels as `tvmnas compile --optimize` builds them: speed or size."),
 ) -> None:
     """Predicted cycles per kernel and in total, as JSON shaped like `tvmnas profile` (no emulator run)."""
-    from tvmnas.cost.predict import predict_model_json
-    from tvmnas.cost.surrogate import CostSurrogate, load_surrogate
+    from tvmnas.model_file import check_model_file
     from tvmnas.targets import load_target
 
     tgt = load_target(target)
+    check_model_file(model)
+    from tvmnas.cost.predict import predict_model_json
+    from tvmnas.cost.surrogate import CostSurrogate, load_surrogate
+
     model_surrogate = CostSurrogate.load(surrogate, tgt.name) if surrogate else load_surrogate(tgt.name)
     print(f"predicting {model} on {tgt.name} with the surrogate ...", file=sys.stderr)
     print(json.dumps(predict_model_json(model, model_surrogate, optimize=optimize)))

@@ -31,10 +31,13 @@ def profile_command(
                                  help="Kernels as `tvmnas compile --optimize` builds them: speed or size."),
 ) -> None:
     """Time every fused kernel of a network in one emulator run: instructions (exact) and cycles (estimated)."""
-    from tvmnas.kernel_profiler import profile_network_json
+    from tvmnas.model_file import check_model_file
     from tvmnas.targets import load_target
 
     tgt = load_target(target)
+    check_model_file(model)
+    from tvmnas.kernel_profiler import profile_network_json
+
     print(f"profiling {model} on {tgt.name} ({tgt.emulator_machine}) ...", file=sys.stderr)
     report = profile_network_json(model, tgt, timeout_s=timeout_s, optimize=optimize)
     print(json.dumps(report))

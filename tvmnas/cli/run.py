@@ -73,11 +73,25 @@ def write_output(path: Path, flat: np.ndarray, manifest: dict) -> None:
         np.save(buffer, next(iter(arrays.values())))
     else:
         np.savez(buffer, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(buffer.getvalue())
-    os.replace(tmp, path)  # never a half-written output file
+    check_output_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as err:
+        raise TvmnasError(f"--output {path}: cannot write there ({err.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)  # never a half-written output file
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise TvmnasError(f"--output {path}: cannot write there ({err.strerror})") from None
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse an --output that names a directory (checked before the build, and again on writing)."""
+    if path.is_dir():
+        raise TvmnasError(f"--output {path} is a directory: give a file name such as {path / 'y.npy'}")
 
 
 def cycles_estimate(elf: Path, target: Target, inputs: list[np.ndarray], configs: list[int] | None) -> int:
@@ -98,6 +112,7 @@ def run_command(
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before a guest counts as hung."),
 ) -> None:
     """Build the bundle for the target's emulator, run it and print instructions (exact), cycles, flash and SRAM."""
+    check_output_path(output)
     manifest = read_manifest(bundle)
     target = load_target(target_name or manifest["target"])
     x = load_input(inputs, manifest)

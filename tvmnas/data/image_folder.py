@@ -12,6 +12,7 @@ from tvmnas.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm")
 _SPLIT_SEED = 0
+MIN_CLASSES = 2  # one class trains to accuracy 1.0 and means nothing
 
 
 def load_image_folder(
@@ -30,8 +31,12 @@ def load_image_folder(
     has_splits = all(d.is_dir() for d in split_dirs)
     class_root = root / "train" if has_splits else root
     classes = tuple(sorted(d.name for d in class_root.iterdir() if d.is_dir()))
-    if not classes:
-        raise DatasetError(f"image folder '{class_root}' has no class sub-folders")
+    if len(classes) < MIN_CLASSES:
+        found = f" ({', '.join(classes)})" if classes else ""
+        raise DatasetError(
+            f"image folder '{class_root}' has {len(classes)} class sub-folder(s){found}: "
+            f"a classifier needs at least {MIN_CLASSES}"
+        )
 
     mode = "L" if grayscale else "RGB"
     size: list[int | None] = [image_size]
@@ -42,23 +47,38 @@ def load_image_folder(
             for path in sorted((folder / name).iterdir()) if (folder / name).is_dir() else []:
                 if path.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                with Image.open(path) as img:
-                    img = img.convert(mode)
-                    if size[0] is None:
-                        size[0] = img.size[0]
-                    if img.size != (size[0], size[0]):
-                        img = img.resize((size[0], size[0]), Image.BILINEAR)
-                    arr = np.asarray(img, dtype=np.uint8)
+                try:
+                    with Image.open(path) as img:
+                        img = img.convert(mode)
+                        if size[0] is None:
+                            size[0] = img.size[0]
+                        if img.size != (size[0], size[0]):
+                            img = img.resize((size[0], size[0]), Image.BILINEAR)
+                        arr = np.asarray(img, dtype=np.uint8)
+                except (OSError, ValueError, SyntaxError) as err:  # PIL's decoders raise all three
+                    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise DatasetError(f"image '{path}' cannot be decoded: {reason}") from None
                 xs.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
                 ys.append(label)
         if not xs:
             raise DatasetError(f"image folder '{folder}' has no images ({', '.join(IMAGE_SUFFIXES)})")
         return np.stack(xs), np.asarray(ys, dtype=np.int64)
 
+    def require_classes(folder: Path, labels: np.ndarray) -> None:
+        with_images = [classes[k] for k in sorted(set(labels.tolist()))]
+        if len(with_images) < MIN_CLASSES:
+            raise DatasetError(
+                f"image folder '{folder}' has images in {len(with_images)} class(es) ({', '.join(with_images)}): "
+                f"a classifier needs at least {MIN_CLASSES}"
+            )
+
     if has_splits:
-        train, test = read(split_dirs[0]), read(split_dirs[1])
+        train = read(split_dirs[0])
+        require_classes(split_dirs[0], train[1])
+        test = read(split_dirs[1])
     else:
         x, y = read(root)
+        require_classes(root, y)
         order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
         n_test = max(1, int(round(len(x) * test_fraction)))
         test = (x[order[:n_test]], y[order[:n_test]])
