@@ -167,7 +167,7 @@ def build(
         *[str(p) for p in all_sources],
     ]
     what = f"build of {bundle_dir} for {target.name}"
-    proc = subprocess.run(compile_cmd, cwd=build_dir, capture_output=True, text=True, check=False)
+    proc = run_tool(compile_cmd, cwd=build_dir)
     if proc.returncode != 0:
         raise BuildError(f"{what} failed: {_first_error(proc.stderr)}")
     link_cmd = [
@@ -189,7 +189,7 @@ def build(
     # check, not the linker, is what refuses a model. Instruction counts do not depend on addresses.
     scripts = [target.linker_script] + ([target.large_linker_script] if target.large_linker_script else [])
     for script in scripts:
-        proc = subprocess.run([*link_cmd, f"-T{script}"], capture_output=True, text=True, check=False)
+        proc = run_tool([*link_cmd, f"-T{script}"])
         if proc.returncode == 0:
             return elf
         if linker_reason(proc.stderr) is None:
