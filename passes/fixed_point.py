@@ -37,6 +37,10 @@ __all__ = [
     "rounding_divide_by_pot",
     "multiply_by_quantized_multiplier",
     "requantize",
+    "conv_multipliers",
+    "ADD_LEFT_SHIFT",
+    "add_params",
+    "rounding_average",
 ]
 
 INT32_MIN = -(2**31)

@@ -12,8 +12,9 @@ equal:
   scaled to the output), :func:`fixed_point.add_params`.
 - average pool: the raw int8 values summed over the in-bounds window and divided with
   :func:`fixed_point.rounding_average`; max pool: the max; both keep the input's quantization.
-- mean over H, W: the sum, less ``zp_in * count``, scaled by ``in_scale / out_scale / count`` as
-  TFLite Micro's ``QuantizedMeanOrSum`` does (same-quantization means divide the sum exactly).
+- mean: the int32 sum less ``zp_in * count``, requantized with the multiplier of
+  ``in_scale / out_scale`` with ``1/count`` folded in, as TFLite Micro's ``QuantizedMeanOrSum``
+  does (whether or not input and output share their quantization).
 - reshape / flatten: the int8 values unchanged (same quantization), requantized otherwise.
 - concat: inputs with the output's quantization are copied, others requantized with a Q31
   multiplier ``in_scale / out_scale``.
@@ -126,18 +127,13 @@ def _mean(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
     axes = op.attrs["axes"]
     count = int(np.prod([x.shape[i] for i in axes]))
     total = x.astype(np.int64).sum(axis=axes, keepdims=op.attrs["keepdims"])
-    if (tin.scale, tin.zero_point) == (tout.scale, tout.zero_point):
-        # TFLite Micro's same-quantization Mean: the int32 sum divided in C (truncating).
-        q = np.abs(total) // count
-        out = np.where(total >= 0, q, -q)
-    else:
-        m, s = quantize_multiplier(float(np.float32(tin.scale)) / float(np.float32(tout.scale)))
-        # QuantizedMeanOrSum folds 1/count into the multiplier: shift = floor(log2(count)),
-        # clamped to 32 and to 31 + output_shift.
-        shift = min(count.bit_length() - 1, 32, 31 + s)
-        m = int((m << shift) // count)
-        s = s - shift
-        out = multiply_by_quantized_multiplier(total - tin.zero_point * count, m, s).astype(np.int64) + tout.zero_point
+    # TFLite Micro's QuantizedMeanOrSum (also when input and output share their quantization):
+    # the multiplier of in_scale / out_scale absorbs 1/count as (m << k) / count with
+    # k = floor(log2(count)), clamped to 32 and to 31 + shift.
+    m, s = quantize_multiplier(float(np.float32(tin.scale)) / float(np.float32(tout.scale)))
+    k = min(count.bit_length() - 1, 32, 31 + s)
+    m = int((m << k) // count)
+    out = multiply_by_quantized_multiplier(total - tin.zero_point * count, m, s - k).astype(np.int64) + tout.zero_point
     return np.clip(out, *op.act).astype(np.int8)
 
 

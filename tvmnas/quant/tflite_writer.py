@@ -217,6 +217,8 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
                 bld.tensors[out].shape = [d for i, d in enumerate(_nhwc(tin.shape)) if i not in axes]
             bld.op(BO.MEAN, [x, bld.const_i32(f"{op.name}/axes", list(axes))], [out], OPT.ReducerOptions, opts)
         elif op.kind == "reshape":
+            if (tin.scale, tin.zero_point) != (tout.scale, tout.zero_point):
+                raise QuantizationError(f"node '{op.name}': reshape changes the quantization; TFLite's int8 reshape copies")
             if len(tin.shape) == 4 and tin.shape[2] * tin.shape[3] > 1 and tin.shape[1] > 1:
                 nchw = bld.tensor(f"{op.name}/nchw", list(tin.shape), I8, scale=tin.scale, zero_point=tin.zero_point)
                 bld.op(BO.TRANSPOSE, [x, bld.const_i32(f"{op.name}/perm", [0, 3, 1, 2])], [nchw], OPT.TransposeOptions, fb.TransposeOptionsT())
