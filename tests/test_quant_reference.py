@@ -17,11 +17,7 @@ from tvmnas.errors import QuantizationError, UnsupportedOperatorError
 from tvmnas.quant.int8_nets import INT8_NETS, write_int8_net
 from tvmnas.quant.qgraph import read_qdq
 from tvmnas.quant.reference import ReferenceModel, quantize_input
-from tvmnas.quant.tflite_writer import run_tflite_micro, write_tflite
-
-
-def _nhwc(x: np.ndarray) -> np.ndarray:
-    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+from tvmnas.quant.tflite_writer import run_tflite_micro, to_nhwc as _nhwc, write_tflite
 
 
 def _assert_bit_exact(model, inputs: list[np.ndarray]) -> None:

@@ -50,6 +50,26 @@ def load_calibration(calibration: np.ndarray | str | Path) -> np.ndarray:
     return data
 
 
+def _program_module(program):
+    """The module of a torch.export program, wrapped so the TorchScript ONNX exporter can trace it
+    (it switches the model to eval mode, which an exported program's module refuses; the
+    program is already in inference form)."""
+    import torch
+
+    class ProgramModule(torch.nn.Module):
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def train(self, mode: bool = True) -> "ProgramModule":
+            return self
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.module(x)
+
+    return ProgramModule(program.module())
+
+
 def _load_float_model(model_path: str | Path) -> onnx.ModelProto:
     path = Path(model_path)
     if not path.is_file():
@@ -70,7 +90,7 @@ def _load_float_model(model_path: str | Path) -> onnx.ModelProto:
             raise QuantizationError(f"'{path}' has {len(placeholders)} inputs; quantization takes one-input models")
         shape = tuple(int(d) for d in placeholders[0].meta["val"].shape)
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = export_onnx(program.module(), shape, Path(tmp) / "model.onnx")
+            onnx_path = export_onnx(_program_module(program), shape, Path(tmp) / "model.onnx")
             return onnx.load(str(onnx_path))
     raise ModelLoadError(f"'{path}': quantization reads .onnx or .pt2 models, not '{path.suffix}'")
 

@@ -242,6 +242,11 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
     return bld.finish([bld.index[n] for n in g.inputs], [bld.index[n] for n in g.outputs])
 
 
+def to_nhwc(x: np.ndarray) -> np.ndarray:
+    """A 4-d NCHW array as the .tflite holds it (NHWC); other ranks unchanged."""
+    return x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+
+
 def run_tflite_micro(tflite: bytes, *inputs: np.ndarray) -> list[np.ndarray]:
     """Run a .tflite with TFLite Micro's reference kernels (the ``tflite-micro`` interpreter).
 
