@@ -254,10 +254,11 @@ def run_tflite_micro(tflite: bytes, *inputs: np.ndarray) -> list[np.ndarray]:
     """
     from tflite_micro.python.tflite_micro import runtime
 
-    interp = runtime.Interpreter.from_bytes(tflite)
+    fb = _schema()
+    sg = fb.Model.GetRootAsModel(tflite, 0).Subgraphs(0)
+    tensor_bytes = sum(int(np.prod(sg.Tensors(i).ShapeAsNumpy())) * 4 for i in range(sg.TensorsLength()))
+    interp = runtime.Interpreter.from_bytes(tflite, arena_size=2 * tensor_bytes + (1 << 20))
     for i, x in enumerate(inputs):
         interp.set_input(np.ascontiguousarray(x), i)
     interp.invoke()
-    fb = _schema()
-    n_out = fb.Model.GetRootAsModel(tflite, 0).Subgraphs(0).OutputsLength()
-    return [np.array(interp.get_output(i)) for i in range(n_out)]
+    return [np.array(interp.get_output(i)) for i in range(sg.OutputsLength())]
