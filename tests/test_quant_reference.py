@@ -59,7 +59,7 @@ def test_network_matches_tflite_micro_bit_for_bit(int8_files, name):
 
 def test_network_set_covers_every_operator(int8_files):
     kinds = {op.kind for f in int8_files.values() for op in read_qdq(f.qdq_onnx).ops}
-    assert kinds >= {"conv", "dense", "add", "avgpool", "maxpool", "mean", "reshape"}
+    assert kinds >= {"conv", "dense", "add", "avgpool", "maxpool", "mean", "reshape", "relu"}
     acts = {op.activation for f in int8_files.values() for op in read_qdq(f.qdq_onnx).ops}
     assert acts >= {"NONE", "RELU", "RELU6"}
     depthwise = [op for f in int8_files.values() for op in read_qdq(f.qdq_onnx).ops
@@ -197,6 +197,31 @@ def test_pools_with_padding_match_tflite_micro(seed):
         b.node(op, [x], "p", **attrs)
         model = b.model("p", s, z)
         _assert_bit_exact(model, _int8_inputs([1, 4, 6, 6], 3, seed))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_standalone_relu_and_relu6_match_tflite_micro(seed):
+    rng = np.random.RandomState(seed)
+    b = _QDQ()
+    x = b.input("x", [1, 3, 5, 5], _scale(rng) * 10, rng.randint(-128, 128))
+    if seed % 2:
+        b.node("Clip", [x, b.const("lo", np.float32(0)), b.const("hi", np.float32(6))], "r")
+    else:
+        b.node("Relu", [x], "r")
+    same = seed % 3 == 0 or seed % 2  # TFLite Micro's RELU6 only clamps: same quantization
+    in_s = float(numpy_helper.to_array(b.inits[0]))
+    in_z = int(numpy_helper.to_array(b.inits[1]))
+    model = b.model("r", in_s if same else _scale(rng) * 10, in_z if same else rng.randint(-128, 128))
+    assert [op.kind for op in read_qdq(model).ops] == ["relu"]
+    _assert_bit_exact(model, _int8_inputs([1, 3, 5, 5], 3, seed))
+
+
+def test_writer_refuses_relu6_that_changes_quantization():
+    b = _QDQ()
+    x = b.input("x", [1, 2, 3, 3], 0.1, 10)
+    b.node("Clip", [x, b.const("lo", np.float32(0)), b.const("hi", np.float32(6))], "r")
+    with pytest.raises(QuantizationError, match="'clip': ReLU6 changes the quantization"):
+        write_tflite(b.model("r", 0.05, -100))
 
 
 # ---- what the reference reads and refuses ----

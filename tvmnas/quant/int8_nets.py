@@ -99,6 +99,27 @@ class PoolNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+class PreActNet(nn.Module):
+    """DARTS-style ReLU -> conv -> BN ops on a shared input (standalone ReLUs, one dilated conv),
+    their sum, and a ReLU6 after a max pool (standalone: it keeps the pool's quantization)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.conv_a = nn.Conv2d(8, 8, 1, bias=False)
+        self.bn_a = nn.BatchNorm2d(8)
+        self.conv_b = nn.Conv2d(8, 8, 3, padding=2, dilation=2, bias=False)
+        self.bn_b = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        a = self.bn_a(self.conv_a(F.relu(s)))
+        b = self.bn_b(self.conv_b(F.relu(s)))
+        y = F.relu6(F.max_pool2d(a + b, 2))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
 class DenseNet(nn.Module):
     """Fully connected autoencoder in miniature (MLPerf Tiny's FC autoencoder shape)."""
 
@@ -130,6 +151,7 @@ INT8_NETS: dict[str, Int8Net] = {
     "residual": Int8Net(ResidualNet, (1, 3, 8, 8)),
     "pool": Int8Net(PoolNet, (1, 2, 12, 12)),
     "dense": Int8Net(DenseNet, (1, 40)),
+    "preact": Int8Net(PreActNet, (1, 3, 8, 8)),
 }
 
 

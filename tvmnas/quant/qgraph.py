@@ -44,7 +44,8 @@ class QTensor:
 class QOp:
     """One integer operator.
 
-    kind: conv, dense, add, avgpool, maxpool, mean, reshape or concat.
+    kind: conv, dense, add, avgpool, maxpool, mean, reshape, concat or relu (a Relu/Clip that
+    follows no conv, dense or add: TFLite's RELU/RELU6 op, which may requantize).
     inputs / output: names of int8 tensors (keys of :attr:`QGraph.tensors`).
     weight: int8, (O, I/group, kh, kw) for conv, (O, I) for dense; weight_scale: float32 (O,),
     symmetric (zero point 0). bias: int32 (O,), scale input_scale * weight_scale.
@@ -141,6 +142,7 @@ class _Reader:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
         self.tensors: dict[str, QTensor] = {}
+        self.alias: dict[str, str] = {}  # a second QuantizeLinear of one output -> the first
 
     # -- quantization parameters ------------------------------------------------------------
     def _qparams(self, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +180,7 @@ class _Reader:
         s_dq, z_dq = self._qparams(dq)
         if not (np.array_equal(s_q, s_dq) and np.array_equal(z_q, z_dq)):
             raise QuantizationError(f"DequantizeLinear '{dq.name}' reads '{dq.input[0]}' with other parameters than it was quantized with")
-        return self._add_tensor(q)
+        return self.alias.get(q.output[0]) or self._add_tensor(q)
 
     def constant_in(self, float_name: str, node: onnx.NodeProto, dtype: type) -> tuple[np.ndarray, np.ndarray, int]:
         """(integer values, scales, axis) of a DequantizeLinear'd initializer."""
@@ -199,21 +201,31 @@ class _Reader:
                 axis = a.i
         return values, scale, axis
 
+    def clip_bounds(self, a: onnx.NodeProto) -> tuple[str | None, tuple[float | None, float | None]]:
+        """(TFLite activation name or None, (lo, hi)) of a Relu or Clip node."""
+        if a.op_type == "Relu":
+            return "RELU", (0.0, None)
+        lo = float(self.init[a.input[1]]) if len(a.input) > 1 and a.input[1] else None
+        hi = float(self.init[a.input[2]]) if len(a.input) > 2 and a.input[2] else None
+        if lo is None and len(a.input) == 1:  # opset < 11 keeps the bounds as attributes
+            attrs = _attrs(a)
+            lo, hi = attrs.get("min"), attrs.get("max")
+        return ("RELU6" if (lo, hi) == (0.0, 6.0) else "RELU" if (lo, hi) == (0.0, None) else None), (lo, hi)
+
     def output_of(self, node: onnx.NodeProto) -> tuple[str, str, tuple[float | None, float | None] | None]:
         """(int8 output name, activation kind, clip bounds) following [Relu|Clip] -> QuantizeLinear."""
-        name = node.output[0]
-        act, bounds = "NONE", (None, None)
-        users = self.consumers.get(name, [])
+        users = self.consumers.get(node.output[0], [])
         if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
-            a = users[0]
-            if a.op_type == "Relu":
-                act, bounds = "RELU", (0.0, None)
-            else:
-                lo = float(self.init[a.input[1]]) if len(a.input) > 1 and a.input[1] else None
-                hi = float(self.init[a.input[2]]) if len(a.input) > 2 and a.input[2] else None
-                act, bounds = ("RELU6" if (lo, hi) == (0.0, 6.0) else "RELU" if (lo, hi) == (0.0, None) else None), (lo, hi)
-            name = a.output[0]
-            users = self.consumers.get(name, [])
+            return self._own_output(users[0], *self.clip_bounds(users[0]), what=node)
+        return self._own_output(node, "NONE", (None, None))
+
+    def _own_output(self, node: onnx.NodeProto, act: str | None, bounds: tuple,
+                    what: onnx.NodeProto | None = None) -> tuple[str, str | None, tuple]:
+        """The int8 tensor that quantizes `node`'s output (`what` names the op in errors)."""
+        what = what or node
+        name = node.output[0]
+        users = self.consumers.get(name, [])
+        node = what
         qs = [u for u in users if u.op_type == "QuantizeLinear"]
         if not qs:
             raise QuantizationError(f"output '{name}' of {node.op_type} node '{node.name}' is not quantized (no QuantizeLinear after it)")
@@ -222,7 +234,8 @@ class _Reader:
             twin = self._add_tensor(other)
             if (self.tensors[twin].scale, self.tensors[twin].zero_point) != (self.tensors[out].scale, self.tensors[out].zero_point):
                 raise QuantizationError(f"output '{name}' of node '{node.name}' is quantized twice with different parameters")
-            self.tensors[twin] = self.tensors[out]
+            del self.tensors[twin]
+            self.alias[twin] = out
         return out, act, bounds
 
 
@@ -255,7 +268,15 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
         inputs.append(r._add_tensor(qs[0]))
     for node in g.node:
         op = node.op_type
-        if op in ("QuantizeLinear", "DequantizeLinear", "Relu", "Clip", "Constant"):
+        if op in ("Relu", "Clip"):
+            src = r.producer.get(node.input[0])
+            if src is None or src.op_type != "DequantizeLinear":
+                continue  # fused into the op before it (read with that op)
+            x = r.activation_in(node.input[0], node)
+            out, act, bounds = r._own_output(node, *r.clip_bounds(node))
+            ops.append(_make(r, "relu", node, [x], out, act, bounds, None, None, None, {}))
+            continue
+        if op in ("QuantizeLinear", "DequantizeLinear", "Constant"):
             continue
         if op not in COMPUTE_OPS:
             raise UnsupportedOperatorError(op, node.name, "no int8 integer operator for it")

@@ -11,8 +11,8 @@ The scheme is TFLite's, so that the result runs bit-exactly on TFLite Micro's in
 - BatchNormalization after a Conv is folded into it first; a Relu or Clip right after a Conv,
   Gemm, MatMul or Add is fused: only its output is quantized, giving the standard pattern
   ``DQ(x) -> Conv(DQ(w), DQ(b)) -> Relu -> Q``;
-- max pool, average pool, flatten and reshape keep their input's quantization (TFLite's int8
-  kernels require it).
+- max pool, average pool, flatten, reshape and a Clip that is not fused keep their input's
+  quantization (TFLite's int8 kernels require it); a Relu that is not fused gets its own.
 
 Only the ONNX graph is rewritten: a .pt2 program is first exported to ONNX.
 """
@@ -31,7 +31,9 @@ from tvmnas.quant.qgraph import load_onnx, reject_qoperator, tflite_round
 
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
 FUSING_OPS = WEIGHTED_OPS | {"Add"}
-SAME_QUANT_OPS = {"MaxPool", "AveragePool", "Flatten", "Reshape"}
+# Ops whose output keeps the input's quantization (TFLite's int8 kernels require it; a Clip here
+# is one that follows no conv, dense or add: TFLite Micro's int8 RELU6 only clamps).
+SAME_QUANT_OPS = {"MaxPool", "AveragePool", "Flatten", "Reshape", "Clip"}
 
 
 def load_calibration(calibration: np.ndarray | str | Path) -> np.ndarray:

@@ -16,6 +16,8 @@ equal:
   ``in_scale / out_scale`` with ``1/count`` folded in, as TFLite Micro's ``QuantizedMeanOrSum``
   does (whether or not input and output share their quantization).
 - reshape / flatten: the int8 values unchanged (same quantization), requantized otherwise.
+- relu (a Relu/Clip on its own): ``zp_out + MBQM(x - zp_in)`` with the multiplier of
+  ``in_scale / out_scale``, clamped to the activation range (TFLite Micro's ``ReluQuantized``).
 - concat: inputs with the output's quantization are copied, others requantized with a Q31
   multiplier ``in_scale / out_scale``.
 """
@@ -137,8 +139,9 @@ def _mean(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
     return np.clip(out, *op.act).astype(np.int8)
 
 
-def _requant_copy(x: np.ndarray, tin: QTensor, tout: QTensor, act: tuple[int, int]) -> np.ndarray:
-    if (tin.scale, tin.zero_point) == (tout.scale, tout.zero_point):
+def _requant_copy(x: np.ndarray, tin: QTensor, tout: QTensor, act: tuple[int, int], always: bool = False) -> np.ndarray:
+    """x in tout's quantization: copied where they agree (unless `always`), else requantized."""
+    if not always and (tin.scale, tin.zero_point) == (tout.scale, tout.zero_point):
         return np.clip(x, *act).astype(np.int8)
     m, s = quantize_multiplier(float(np.float32(tin.scale)) / float(np.float32(tout.scale)))
     return requantize(x.astype(np.int64) - tin.zero_point, m, s, tout.zero_point, *act)
@@ -174,6 +177,8 @@ def run_ops(graph: QGraph, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
             y = _mean(op, xs[0], tin, tout)
         elif op.kind == "reshape":
             y = _requant_copy(xs[0], tin, tout, op.act).reshape(tout.shape)
+        elif op.kind == "relu":
+            y = _requant_copy(xs[0], tin, tout, op.act, always=True)
         elif op.kind == "concat":
             y = np.concatenate([_requant_copy(x, t[n], tout, op.act) for x, n in zip(xs, op.inputs)], axis=op.attrs["axis"])
         else:  # pragma: no cover - read_qdq only makes the kinds above

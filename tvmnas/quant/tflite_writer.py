@@ -229,6 +229,13 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
             opts = fb.ReshapeOptionsT()
             opts.newShape = shape
             bld.op(BO.RESHAPE, [x, bld.const_i32(f"{op.name}/shape", shape)], [act_tensor(op.output)], OPT.ReshapeOptions, opts)
+        elif op.kind == "relu":
+            if op.activation not in ("RELU", "RELU6"):
+                raise QuantizationError(f"node '{op.name}': its Clip{op.act} is no TFLite activation op")
+            if op.activation == "RELU6" and (tin.scale, tin.zero_point) != (tout.scale, tout.zero_point):
+                raise QuantizationError(f"node '{op.name}': ReLU6 changes the quantization; TFLite Micro's int8 RELU6 keeps the input's")
+            code = BO.RELU if op.activation == "RELU" else BO.RELU6
+            bld.op(code, [x], [act_tensor(op.output)])
         elif op.kind == "concat":
             for n in op.inputs:
                 if (t[n].scale, t[n].zero_point) != (tout.scale, tout.zero_point):
