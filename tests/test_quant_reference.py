@@ -216,6 +216,15 @@ def test_standalone_relu_and_relu6_match_tflite_micro(seed):
     _assert_bit_exact(model, _int8_inputs([1, 3, 5, 5], 3, seed))
 
 
+def test_flatten_of_a_feature_map_as_output_matches_tflite_micro():
+    # No dense layer follows to absorb the NHWC order: the writer transposes to NCHW first.
+    b = _QDQ()
+    x = b.input("x", [1, 3, 4, 5], 0.05, 7)
+    b.node("Flatten", [x], "f", axis=1)
+    model = b.model("f", 0.05, 7)
+    _assert_bit_exact(model, _int8_inputs([1, 3, 4, 5], 2, 0))
+
+
 def test_writer_refuses_relu6_that_changes_quantization():
     b = _QDQ()
     x = b.input("x", [1, 2, 3, 3], 0.1, 10)

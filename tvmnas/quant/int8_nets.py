@@ -21,7 +21,8 @@ from torch import nn
 
 
 class ConvNet(nn.Module):
-    """conv 3x3 SAME + ReLU, conv 3x3 stride 2 (explicit padding) + ReLU6, flatten of a 4x4 map, dense."""
+    """conv 3x3 SAME + ReLU (BatchNorm folded), conv 3x3 stride 2 with PyTorch's padding (a PAD op
+    in .tflite) + ReLU6, conv 3x3 VALID, flatten of a 2x2 map, dense."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -149,8 +150,8 @@ class Int8Net:
 
 INT8_NETS: dict[str, Int8Net] = {
     "conv": Int8Net(ConvNet, (1, 3, 8, 8)),
-    "depthwise": Int8Net(DepthwiseNet, (1, 3, 16, 16)),
-    "residual": Int8Net(ResidualNet, (1, 3, 8, 8)),
+    "depthwise": Int8Net(DepthwiseNet, (1, 3, 13, 13)),
+    "residual": Int8Net(ResidualNet, (1, 3, 9, 9)),
     "pool": Int8Net(PoolNet, (1, 2, 12, 12)),
     "dense": Int8Net(DenseNet, (1, 40)),
     "preact": Int8Net(PreActNet, (1, 3, 8, 8)),
