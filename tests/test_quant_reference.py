@@ -253,12 +253,31 @@ def test_reference_rejects_average_pool_that_changes_quantization():
         ReferenceModel(model).run_int8(np.zeros((1, 2, 4, 4), np.int8))
 
 
-def test_reader_names_a_float_node_between_quantized_ones():
+def test_op_without_integer_form_runs_as_a_float_island():
+    import onnxruntime as ort
+
     b = _QDQ()
-    x = b.input("x", [1, 4], 0.1, 0)
+    x = b.input("x", [1, 4, 3, 3], 0.05, 3)
     b.node("Sigmoid", [x], "sig")
     model = b.model("sig", 1 / 256, -128)
-    with pytest.raises(UnsupportedOperatorError, match="'Sigmoid' at node 'sigmoid'"):
+    (op,) = read_qdq(model).ops
+    assert op.kind == "float"
+    xs = np.random.RandomState(0).randn(1, 4, 3, 3).astype(np.float32) * 4
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": xs})[0]
+    np.testing.assert_allclose(ReferenceModel(model).run(xs)[0], want, atol=1 / 256 + 1e-6)
+    with pytest.raises(QuantizationError, match="'sigmoid': Sigmoid runs in float"):
+        write_tflite(model)
+
+
+def test_reader_names_a_node_whose_output_is_not_quantized():
+    b = _QDQ()
+    x = b.input("x", [1, 4], 0.1, 0)
+    b.node("Neg", [x], "neg")
+    b.node("Sigmoid", ["neg"], "sig")
+    model = b.model("sig", 1 / 256, -128)
+    with pytest.raises(QuantizationError, match="output 'neg' of Neg node 'neg' is not quantized"):
         read_qdq(model)
 
 

@@ -44,8 +44,10 @@ class QTensor:
 class QOp:
     """One integer operator.
 
-    kind: conv, dense, add, avgpool, maxpool, mean, reshape, concat or relu (a Relu/Clip that
-    follows no conv, dense or add: TFLite's RELU/RELU6 op, which may requantize).
+    kind: conv, dense, add, avgpool, maxpool, mean, reshape, concat, relu (a Relu/Clip that
+    follows no conv, dense or add: TFLite's RELU/RELU6 op, which may requantize) or float (a
+    float island: an op with no integer form, e.g. Softmax or Sigmoid, run in float32 between
+    DequantizeLinear and QuantizeLinear; attrs hold the ONNX node and its constant inputs).
     inputs / output: names of int8 tensors (keys of :attr:`QGraph.tensors`).
     weight: int8, (O, I/group, kh, kw) for conv, (O, I) for dense; weight_scale: float32 (O,),
     symmetric (zero point 0). bias: int32 (O,), scale input_scale * weight_scale.
@@ -279,7 +281,8 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
         if op in ("QuantizeLinear", "DequantizeLinear", "Constant"):
             continue
         if op not in COMPUTE_OPS:
-            raise UnsupportedOperatorError(op, node.name, "no int8 integer operator for it")
+            ops.append(_float_island(r, node))
+            continue
         a = _attrs(node)
         if op == "Conv":
             x = r.activation_in(node.input[0], node)
@@ -350,6 +353,32 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
         outputs.append(dq.input[0])
         output_names.append(vi.name)
     return QGraph(ops, r.tensors, inputs, outputs, input_names, output_names)
+
+
+def _float_island(r: _Reader, node: onnx.NodeProto) -> QOp:
+    """A node with no integer operator, run in float between DequantizeLinear and QuantizeLinear.
+
+    Its inputs must be int8 activations (through DequantizeLinear) or constants, its one output
+    quantized; otherwise the node is named as not quantized.
+    """
+    inputs, consts = [], {}
+    for i, name in enumerate(node.input):
+        if not name:
+            continue
+        if name in r.init:
+            consts[i] = r.init[name]
+            continue
+        try:
+            inputs.append(r.activation_in(name, node))
+        except QuantizationError:
+            raise UnsupportedOperatorError(
+                node.op_type, node.name, f"its input '{name}' is not an int8 activation, so it cannot run "
+                "as a float island between DequantizeLinear and QuantizeLinear") from None
+    if len(node.output) != 1 or not inputs:
+        raise UnsupportedOperatorError(node.op_type, node.name, "no int8 integer operator for it")
+    out, act, bounds = r._own_output(node, "NONE", (None, None))
+    q = QOp("float", node.name or node.output[0], inputs, out, activation=None, attrs={"node": node, "constants": consts})
+    return q
 
 
 def _per_channel(scale: np.ndarray, channels: int, axis: int, expected_axis: int, node: onnx.NodeProto) -> np.ndarray:
