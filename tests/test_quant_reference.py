@@ -57,6 +57,20 @@ def test_network_matches_tflite_micro_bit_for_bit(int8_files, name):
         np.testing.assert_array_equal(_nhwc(ref.run_int8(x)[0]), run_tflite_micro(tfl, _nhwc(x))[0])
 
 
+def test_make_int8_tflite_script_writes_and_checks_the_files(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "make_int8_tflite.py"
+    spec = importlib.util.spec_from_file_location("make_int8_tflite", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--out", str(tmp_path), "--check", "pool"]) == 0
+    assert "TFLite Micro == reference on 8 inputs" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.calibration.npy", "pool.onnx", "pool.qdq.onnx", "pool.tflite"]
+    assert module.main(["--out", str(tmp_path), "nosuch"]) == 2
+
+
 def test_network_set_covers_every_operator(int8_files):
     kinds = {op.kind for f in int8_files.values() for op in read_qdq(f.qdq_onnx).ops}
     assert kinds >= {"conv", "dense", "add", "avgpool", "maxpool", "mean", "reshape", "relu"}

@@ -194,7 +194,8 @@ class _Reader:
         values = self.init[dq.input[0]]
         if values.dtype != dtype:
             raise QuantizationError(f"constant '{dq.input[0]}' of node '{node.name}' is {values.dtype}, expected {np.dtype(dtype)}")
-        scale, zp = self._qparams(dq) if dtype == np.int8 else (np.asarray(self.init[dq.input[1]], np.float32), np.asarray(self.init[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] else np.zeros(()))
+        scale = np.asarray(self.init[dq.input[1]], np.float32)
+        zp = np.asarray(self.init[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] else np.zeros(())
         if np.any(zp != 0):
             raise QuantizationError(f"constant '{dq.input[0]}' of node '{node.name}' has a non-zero zero point; weights must be symmetric")
         axis = 1
