@@ -257,10 +257,10 @@ def quantize_model(model_path: str | Path, calibration: np.ndarray | str | Path)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in in_vi.type.tensor_type.shape.dim]
     if any(d is None for d in dims[1:]) or not dims:
         raise QuantizationError(f"input '{in_vi.name}' of '{model_path}' has no static shape {dims}")
-    expected = ("N",) + tuple(dims[1:])
     if data.ndim != len(dims) or tuple(data.shape[1:]) != tuple(dims[1:]):
+        expected = "(" + ", ".join(["N"] + [str(d) for d in dims[1:]]) + ")"
         raise CalibrationError(
-            f"calibration array has shape {tuple(data.shape)}; expected {expected} for input '{in_vi.name}'".replace("'N'", "N"))
+            f"calibration array has shape {tuple(data.shape)}; expected {expected} for input '{in_vi.name}'")
     if data.shape[0] < 1:
         raise CalibrationError(f"calibration array has {data.shape[0]} samples; at least 1 is needed")
     if not np.issubdtype(data.dtype, np.floating) or not np.all(np.isfinite(data)):
