@@ -36,6 +36,7 @@ from tvmnas.errors import QuantizationError
 from tvmnas.passes.fixed_point import (
     add_params,
     conv_multipliers,
+    mean_multiplier,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
     requantize,
@@ -132,13 +133,8 @@ def _mean(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
     axes = op.attrs["axes"]
     count = int(np.prod([x.shape[i] for i in axes]))
     total = x.astype(np.int64).sum(axis=axes, keepdims=op.attrs["keepdims"])
-    # TFLite Micro's QuantizedMeanOrSum (also when input and output share their quantization):
-    # the multiplier of in_scale / out_scale absorbs 1/count as (m << k) / count with
-    # k = floor(log2(count)), clamped to 32 and to 31 + shift.
-    m, s = quantize_multiplier(float(np.float32(tin.scale)) / float(np.float32(tout.scale)))
-    k = min(count.bit_length() - 1, 32, 31 + s)
-    m = int((m << k) // count)
-    out = multiply_by_quantized_multiplier(total - tin.zero_point * count, m, s - k).astype(np.int64) + tout.zero_point
+    m, s = mean_multiplier(tin.scale, tout.scale, count)  # TFLite Micro's QuantizedMeanOrSum
+    out = multiply_by_quantized_multiplier(total - tin.zero_point * count, m, s).astype(np.int64) + tout.zero_point
     return np.clip(out, *op.act).astype(np.int8)
 
 
