@@ -38,8 +38,8 @@ from tvmnas.passes.fixed_point import (
     conv_multipliers,
     mean_multiplier,
     multiply_by_quantized_multiplier,
-    quantize_multiplier,
     requantize,
+    rescale_multiplier,
     rounding_average,
 )
 from tvmnas.quant.qgraph import QGraph, QOp, QTensor, load_onnx, read_qdq
@@ -142,7 +142,7 @@ def _requant_copy(x: np.ndarray, tin: QTensor, tout: QTensor, act: tuple[int, in
     """x in tout's quantization: copied where they agree (unless `always`), else requantized."""
     if not always and (tin.scale, tin.zero_point) == (tout.scale, tout.zero_point):
         return np.clip(x, *act).astype(np.int8)
-    m, s = quantize_multiplier(float(np.float32(tin.scale)) / float(np.float32(tout.scale)))
+    m, s = rescale_multiplier(tin.scale, tout.scale)
     return requantize(x.astype(np.int64) - tin.zero_point, m, s, tout.zero_point, *act)
 
 
