@@ -364,3 +364,27 @@ def test_add_over_every_pair_of_int8_values_matches_tflite_micro():
         model = b.model("sum", so, zo)
         np.testing.assert_array_equal(_nhwc(ReferenceModel(model).run_int8(a, c)[0]),
                                       run_tflite_micro(write_tflite(model), _nhwc(a), _nhwc(c))[0])
+
+
+@pytest.mark.parametrize("name", ["depthwise", "residual"])
+def test_onnxruntime_quantized_qdq_reads_and_matches_tflite_micro(int8_files, tmp_path, name):
+    # A model quantized by onnxruntime's own quantize_static (QDQ, per-channel int8): its Clip
+    # bounds come as Constant -> Cast chains, which the reader folds.
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from tvmnas.quant.int8_nets import calibration_data
+    from tvmnas.quant.reference import per_op_deviation
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.samples = iter([{"input": c[None]} for c in calibration_data(name, 4)])
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    out = tmp_path / "ort_qdq.onnx"
+    quantize_static(str(int8_files[name].float_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    assert max(per_op_deviation(out, calibration_data(name, 1)).values()) <= 1
+    g = read_qdq(out)
+    _assert_bit_exact(onnx.load(str(out)), _int8_inputs(INT8_NETS[name].input_shape, 2, 4, g.tensors[g.inputs[0]]))

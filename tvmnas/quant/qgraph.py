@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tvmnas.errors import ModelLoadError, QuantizationError, UnsupportedOperatorError
 
@@ -124,10 +124,52 @@ def reject_qoperator(model: onnx.ModelProto) -> None:
                 "export QDQ instead (onnxruntime quantize_static(..., quant_format=QuantFormat.QDQ))")
 
 
+def fold_constants(model: onnx.ModelProto) -> None:
+    """Evaluate what does not depend on the input into initializers: Constant nodes, Shape of
+    statically shaped tensors, and every node whose inputs are all constant (exporters build
+    Clip bounds and reshape targets that way), in place; quantization nodes of constant weights
+    stay. What is left computes on activations."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = model.graph
+    shapes = {}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    keep = []
+    for n in g.node:
+        values = None
+        if n.op_type == "Constant" and n.attribute[0].name == "value":
+            values = [numpy_helper.to_array(n.attribute[0].t)]
+        elif n.op_type == "Shape" and n.input[0] in shapes and not n.attribute:
+            values = [np.array(shapes[n.input[0]], np.int64)]
+        elif (n.input and all((not i) or i in init for i in n.input) and not n.op_type.startswith("Random")
+              and n.op_type not in ("QuantizeLinear", "DequantizeLinear")):
+            feeds = {i: init[i] for i in n.input if i}
+            inputs = [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(init[i].dtype), init[i].shape) for i in feeds]
+            outputs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in n.output]
+            one = helper.make_model(helper.make_graph([n], "fold", inputs, outputs), opset_imports=model.opset_import)
+            values = ReferenceEvaluator(one).run(None, feeds)
+        if values is None:
+            keep.append(n)
+            continue
+        for o, v in zip(n.output, values):
+            init[o] = np.asarray(v)
+            g.initializer.append(numpy_helper.from_array(init[o], o))
+    del g.node[:]
+    g.node.extend(keep)
+
+
 class _Reader:
     def __init__(self, model: onnx.ModelProto) -> None:
         reject_qoperator(model)
-        model = onnx.shape_inference.infer_shapes(model)
+        folded = onnx.ModelProto()
+        folded.CopyFrom(model)
+        fold_constants(folded)
+        model = onnx.shape_inference.infer_shapes(folded)
         self.graph = model.graph
         self.init = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
         for node in self.graph.node:
@@ -369,6 +411,10 @@ def _float_island(r: _Reader, node: onnx.NodeProto) -> QOp:
         if name in r.init:
             consts[i] = r.init[name]
             continue
+        dq = r.producer.get(name)
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in r.init:
+            consts[i] = _dequantize_constant(r, dq)
+            continue
         try:
             inputs.append(r.activation_in(name, node))
         except QuantizationError:
@@ -380,6 +426,19 @@ def _float_island(r: _Reader, node: onnx.NodeProto) -> QOp:
     out, act, bounds = r._own_output(node, "NONE", (None, None))
     q = QOp("float", node.name or node.output[0], inputs, out, activation=None, attrs={"node": node, "constants": consts})
     return q
+
+
+def _dequantize_constant(r: _Reader, dq: onnx.NodeProto) -> np.ndarray:
+    """The float32 value of a DequantizeLinear of an initializer (a float island's constant input)."""
+    q = r.init[dq.input[0]].astype(np.float32)
+    scale = np.asarray(r.init[dq.input[1]], np.float32)
+    zp = np.asarray(r.init[dq.input[2]], np.float32) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.float32)
+    if scale.ndim == 1 and q.ndim > 1:
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return ((q - zp) * scale).astype(np.float32)
 
 
 def _per_channel(scale: np.ndarray, channels: int, axis: int, expected_axis: int, node: onnx.NodeProto) -> np.ndarray:

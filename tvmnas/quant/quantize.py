@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tvmnas.errors import CalibrationError, ModelLoadError, QuantizationError
-from tvmnas.quant.qgraph import load_onnx, reject_qoperator, tflite_round
+from tvmnas.quant.qgraph import fold_constants, load_onnx, reject_qoperator, tflite_round
 
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
 FUSING_OPS = WEIGHTED_OPS | {"Add"}
@@ -134,43 +134,6 @@ def _fold_batch_norm(model: onnx.ModelProto) -> None:
         g.node.remove(bn)
 
 
-def _fold_constants(model: onnx.ModelProto) -> None:
-    """Evaluate what does not depend on the input into initializers: Constant nodes, Shape of
-    statically shaped tensors, and every node whose inputs are all constant (exporters build
-    Clip bounds and reshape targets that way). Only activations are left to quantize."""
-    from onnx.reference import ReferenceEvaluator
-
-    g = model.graph
-    shapes = {}
-    inferred = onnx.shape_inference.infer_shapes(model)
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = [d.dim_value for d in dims]
-    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    keep = []
-    for n in g.node:
-        values = None
-        if n.op_type == "Constant" and n.attribute[0].name == "value":
-            values = [numpy_helper.to_array(n.attribute[0].t)]
-        elif n.op_type == "Shape" and n.input[0] in shapes and not n.attribute:
-            values = [np.array(shapes[n.input[0]], np.int64)]
-        elif n.input and all((not i) or i in init for i in n.input) and not n.op_type.startswith("Random"):
-            feeds = {i: init[i] for i in n.input if i}
-            inputs = [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(init[i].dtype), init[i].shape) for i in feeds]
-            outputs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in n.output]
-            one = helper.make_model(helper.make_graph([n], "fold", inputs, outputs), opset_imports=model.opset_import)
-            values = ReferenceEvaluator(one).run(None, feeds)
-        if values is None:
-            keep.append(n)
-            continue
-        for o, v in zip(n.output, values):
-            init[o] = np.asarray(v)
-            g.initializer.append(numpy_helper.from_array(init[o], o))
-    del g.node[:]
-    g.node.extend(keep)
-
-
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
@@ -268,7 +231,7 @@ def quantize_model(model_path: str | Path, calibration: np.ndarray | str | Path)
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < 13:
             model = onnx.version_converter.convert_version(model, 13)
-    _fold_constants(model)
+    fold_constants(model)
     _fold_batch_norm(model)
     _drop_unused_initializers(model)
     return _insert_qdq(model, data, in_vi.name)
