@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_commit, replace_section  # noqa: E402
+from common import RESULTS_MD, git_commit, replace_section  # noqa: E402
 from public_models import PUBLIC_MODELS, PublicModel  # noqa: E402
 
 RESULTS_JSONL = Path(__file__).resolve().parent / "results" / "public_zoo.jsonl"
@@ -192,7 +192,7 @@ def render(records: dict, target: str, command: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="cortex-m4")
     parser.add_argument("--only", default="", help="comma-separated network names (default: all)")
@@ -201,7 +201,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a guest counts as hung")
     parser.add_argument("--results", type=Path, default=RESULTS_JSONL)
     parser.add_argument("--section", default="public_zoo", help="RESULTS.md section name")
-    args = parser.parse_args()
+    parser.add_argument("--results-md", type=Path, default=RESULTS_MD, help="the markdown file holding the section")
+    args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(PUBLIC_MODELS)
     unknown = [n for n in names if n not in PUBLIC_MODELS]
     if unknown:
@@ -209,7 +210,7 @@ def main() -> None:
     routes = [r for r in args.routes.split(",") if r]
     if any(r not in ROUTES for r in routes):
         parser.error(f"--routes takes {', '.join(ROUTES)}")
-    command = "python benchmarks/public_zoo.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/public_zoo.py " + " ".join(sys.argv[1:] if argv is None else argv)
     commit = git_commit()
     records = load_records(args.results)
     todo = [(n, r) for n in names for r in routes]
@@ -231,7 +232,7 @@ def main() -> None:
         print(f"[{i}/{len(todo)}] {name} {route}: {record['status']} in {record['seconds']} s: {detail[:200]}",
               file=sys.stderr, flush=True)
     section = render(records, args.target, command.strip())
-    replace_section(args.section, section)
+    replace_section(args.section, section, args.results_md)
     print(section)
 
 
