@@ -14,6 +14,8 @@ One JSON record per route is appended to benchmarks/results/public_zoo.jsonl as 
 a rerun skips finished routes (--force redoes them). Writes the `public_zoo` section of RESULTS.md.
 
     python benchmarks/public_zoo.py [--target cortex-m4] [--only NAME[,NAME]] [--routes onnx,pt2] [--force]
+
+Routes already in the results file are not redone: after a change to the compiler, remeasure with --force.
 """
 
 from __future__ import annotations
@@ -158,7 +160,8 @@ def render(records: dict, target: str, command: str) -> str:
         "`tvmnas compile` runs, default budgets), built and run on the emulator, compared with PyTorch on a "
         f"seeded input: match when max |out - ref| / max |ref| <= {TOLERANCE:g}. A route is *one-line* when "
         "refused with one error line, *traceback* when any other exception escaped (a bug), *silently wrong* "
-        "when it compiled and ran but disagrees.",
+        "when it compiled and ran but disagrees. Finished routes are kept in benchmarks/results/public_zoo.jsonl; "
+        "`--force` remeasures them (after a change to the compiler).",
         "",
         f"**Totals over {len(rows)} routes:** compiled {compiled}, matched {counts['matched']}, "
         f"one-line failures {counts['one_line']}, tracebacks {counts['traceback']}, "
@@ -188,7 +191,8 @@ def render(records: dict, target: str, command: str) -> str:
             elif r["status"] == "silently_wrong":
                 extra = f" (relative error {r['rel_error']:.3g})"
             line = r.get("line", "").replace("|", "\\|")
-            lines.append(f"- {r['name']} {r['route']}: {r['status'].replace('_', '-')}{extra}: `{line[:300]}`")
+            said = f": `{line[:300]}`" if line else ": compiled and ran without an error"
+            lines.append(f"- {r['name']} {r['route']}: {r['status'].replace('_', '-')}{extra}{said}")
     return "\n".join(lines)
 
 

@@ -196,6 +196,7 @@ def test_table_totals_and_failure_lines():
     assert "- kws_gru onnx: one-line (names op and node): `unsupported operator 'GRU' at node 'g'`" in text
     assert "63-line traceback at compile" in text
     assert "kws_gru (expected to fail today)" in text
+    assert "- mlperf_resnet8 pt2: silently-wrong (relative error 2.1): compiled and ran without an error" in text
 
 
 # ---------------------------------------------------------------------------------------------

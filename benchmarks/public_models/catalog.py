@@ -6,7 +6,7 @@ from . import classic, dense, mobile, temporal, transformers
 from . import mlperf_tiny as mlperf
 from .registry import PublicModel
 
-_RECURRENT = "recurrent layers (GRU/LSTM) are not supported yet"
+_RECURRENT = "GRU/LSTM support has not landed: the ONNX importer refuses GRU and LSTM nodes"
 
 _ALL = (
     PublicModel("mlperf_resnet8", "mlperf_tiny", mlperf.ResNet8, (1, 3, 32, 32)),
