@@ -313,6 +313,7 @@ def test_sigterm_during_build_leaves_no_compiler_running(bundle: Path, tmp_path:
         _cleanup(pids)
 
 
+@pytest.mark.slow  # two compiles; the clean-up itself is tested above without TVM
 def test_staging_of_a_killed_compile_is_removed_by_the_next_compile(onnx_model: Path, tmp_path: Path) -> None:
     env, pid_file = _fake_gcc(tmp_path)
     out = tmp_path / "b"
