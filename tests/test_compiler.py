@@ -11,6 +11,7 @@ import torch
 
 from tvmnas.compiler import compile_model
 from tvmnas.errors import BudgetExceededError, ModelLoadError, UnknownTargetError, UnsupportedOperatorError
+from tvmnas.output_dir import write_marker
 from tvmnas.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
 from tvmnas.zoo import ZOO, export_onnx, export_pt2
@@ -193,6 +194,7 @@ def test_unknown_target() -> None:
 def test_over_budget_model_is_refused_with_both_numbers(tmp_path: Path) -> None:
     model, x, _ = _reference("resnet8")
     (tmp_path / "c").mkdir()
+    write_marker(tmp_path / "c", "bundle")  # an earlier bundle: compile may replace it, but only when done
     (tmp_path / "c" / "keep.txt").write_text("previous bundle")
     with pytest.raises(BudgetExceededError) as err:
         compile_model(model, load_target("cortex-m0"), tmp_path / "c", input_shape=x.shape)

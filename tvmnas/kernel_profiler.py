@@ -44,7 +44,7 @@ from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
 from tvmnas.runner import COMMON_CFLAGS, JOB_FILE, check_exit, write_job, build, qemu_command
 from tvmnas.sampler import OpSpec
 from tvmnas.targets import Target
-from tvmnas.toolchain import ARM_GCC, kill_group, tool_path
+from tvmnas.toolchain import ARM_GCC, kill_group, tool_path, tool_process
 
 CYCLES_NOTE = "estimated from a per-core timing table"
 INSTRUCTIONS_NOTE = "exact (QEMU plugin inside the measured window)"
@@ -317,21 +317,17 @@ def profile_elf_named(
         out = work / "profile.txt"
         write_job(work / JOB_FILE, inputs, None)
         cmd = qemu_command(elf, target, qemu_plugin_args(plugin_so, elf, out))
-        proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            _, stderr = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
+        with tool_process(cmd, cwd=work) as proc:
             try:
-                proc.communicate(timeout=TERM_GRACE_S)
+                _, stderr = proc.communicate(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                kill_group(proc)
-            where = _kernel_label(_open_segment(out), kernel_names)
-            raise EmulatorError(f"{what}: guest hung {where} (no exit within {timeout_s:g} s)") from None
-        except BaseException:  # SIGTERM of tvmnas, Ctrl-C: the emulator must not outlive it
-            kill_group(proc)
-            raise
+                proc.terminate()
+                try:
+                    proc.communicate(timeout=TERM_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    kill_group(proc)
+                where = _kernel_label(_open_segment(out), kernel_names)
+                raise EmulatorError(f"{what}: guest hung {where} (no exit within {timeout_s:g} s)") from None
         if proc.returncode != 0:
             where = _kernel_label(_open_segment(out), kernel_names)
             try:

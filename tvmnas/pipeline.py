@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,7 +198,7 @@ class Stages:
             stored = json.loads(record.read_text())
             result, digests = stored["result"], dict(stored["outputs"])
         except (OSError, ValueError, TypeError, KeyError) as err:
-            self.log.rerun(name, f"its record {record.name} is unreadable ({type(err).__name__})")
+            self.log.rerun(name, f"its record {record.name} is unreadable or of an older tvmnas ({type(err).__name__})")
             return None
         for rel, digest in sorted(digests.items()):
             path = self.root / rel

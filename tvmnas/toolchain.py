@@ -6,7 +6,9 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from tvmnas.errors import ToolchainMissingError
@@ -57,25 +59,62 @@ def require_host_compiler() -> None:
     tool_path(HOST_GCC)
 
 
+@contextmanager
+def tool_process(cmd: Sequence[str], *, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """Start `cmd` (stdout and stderr piped, text) in a process group of its own, killed whole (gcc's
+    cc1, as and ld included) if the block raises: a timeout, an error, or SIGTERM of tvmnas (see
+    tvmnas.cli.app), which is held back while the tool starts so that no started tool escapes."""
+    pending: list[int] = []
+    previous = _hold_sigterm(pending)
+    try:
+        proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    except BaseException:
+        _release_sigterm(previous, pending)
+        raise
+    try:
+        _release_sigterm(previous, pending)
+        yield proc
+    except BaseException:
+        kill_group(proc)
+        raise
+
+
 def run_tool(cmd: Sequence[str], *, timeout_s: float | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """subprocess.run(cmd, capture_output=True, text=True) with the tool in a process group of its
-    own that is killed whole (gcc's cc1, as and ld included) on a timeout or any exception, SIGTERM
-    of tvmnas included (see tvmnas.cli.app): nothing keeps running after tvmnas stops.
-    Raises subprocess.TimeoutExpired like subprocess.run."""
-    with subprocess.Popen(list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout_s)
-        except BaseException:
-            kill_group(proc)
-            raise
+    """subprocess.run(cmd, capture_output=True, text=True) through tool_process: nothing it starts
+    keeps running after tvmnas stops. Raises subprocess.TimeoutExpired like subprocess.run."""
+    with tool_process(cmd, cwd=cwd) as proc:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL a tool started with start_new_session=True and everything it started; reap it."""
+    """SIGKILL a tool started by tool_process and everything it started, and reap it."""
+    if proc.returncode is not None:  # reaped: its group id may belong to someone else by now
+        return
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         proc.kill()
     proc.communicate()
+
+
+def _hold_sigterm(pending: list[int]) -> Callable | None:
+    """Queue SIGTERM instead of handling it (main thread, Python handler installed only); returns the
+    handler to restore, or None when nothing was changed."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return None
+    signal.signal(signal.SIGTERM, lambda signum, frame: pending.append(signum))
+    return previous
+
+
+def _release_sigterm(previous: Callable | None, pending: list[int]) -> None:
+    """Restore the SIGTERM handler and run it for a SIGTERM that came while it was held."""
+    if previous is None:
+        return
+    signal.signal(signal.SIGTERM, previous)
+    if pending:
+        previous(pending[0], None)
