@@ -62,14 +62,11 @@ def import_model_with_sources(
             raise ModelLoadError(f"torch.export failed on the module: {_first_line(err)}") from None
         return _with_output_names(_from_exported_program(program), _torch_output_names(program)), _torch_sources(program)
     path = Path(model)
-    check_model_file(path)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    check_model_file(path)  # an existing .onnx, .pt2 or .pt
+    if path.suffix.lower() == ".onnx":
         return _import_onnx(path, notice)
-    if suffix in (".pt2", ".pt"):
-        program = fix_torch_batch(_load_exported_program(path), f"'{path}'", notice)
-        return _with_output_names(_from_exported_program(program), _torch_output_names(program)), _torch_sources(program)
-    raise ModelLoadError(f"'{path}': unknown model format '{suffix}' (expected .onnx or .pt2)")
+    program = fix_torch_batch(_load_exported_program(path), f"'{path}'", notice)
+    return _with_output_names(_from_exported_program(program), _torch_output_names(program)), _torch_sources(program)
 
 
 def _load_exported_program(path: Path):

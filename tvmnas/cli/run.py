@@ -94,6 +94,23 @@ def check_output_path(path: Path) -> None:
         raise TvmnasError(f"--output {path} is a directory: give a file name such as {path / 'y.npy'}")
 
 
+def nonfinite_warning(x: np.ndarray, y: np.ndarray) -> str | None:
+    """One warning line when the input or the output holds NaN or inf, else None.
+
+    The C max/min behind ReLU, clip and max pooling is a branch-free select, which keeps instruction
+    counts independent of the data but turns a NaN into a number where PyTorch and onnxruntime keep
+    NaN; such an output can differ from the reference, so `run` says so."""
+    bad_in = int(x.size - np.count_nonzero(np.isfinite(x)))
+    bad_out = int(y.size - np.count_nonzero(np.isfinite(y)))
+    if not bad_in and not bad_out:
+        return None
+    return (
+        f"warning: {bad_in} of {x.size} input values and {bad_out} of {y.size} output values are NaN or inf; "
+        "the C ReLU, clip and max pooling turn NaN into a number where PyTorch and onnxruntime keep NaN, "
+        "so this output may differ from the reference"
+    )
+
+
 def cycles_estimate(elf: Path, target: Target, inputs: list[np.ndarray], configs: list[int] | None) -> int:
     """Estimated cycles of the model call: the same ELF rerun under the profiling plugin, its executed
     blocks weighted by the core's timing table (deterministic; an estimate, not a board measurement)."""
@@ -122,6 +139,9 @@ def run_command(
     typer.echo(f"running on qemu-system-arm -M {target.emulator_machine}", err=True)
     result: RunResult = run(elf, target, [x], configs=configs, timeout_s=timeout_s)
     write_output(output, result.outputs[0], manifest)
+    warning = nonfinite_warning(x, result.outputs[0])
+    if warning:
+        typer.echo(warning, err=True)
     usage = memory_usage(elf, target)
     summary = {
         "target": target.name,

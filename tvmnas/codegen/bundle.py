@@ -30,9 +30,8 @@ void tvmnas_kernel_mark(int k);
 #define TVMNAS_KERNEL_MARK(k) ((void)0)
 #endif
 
-/* NaN in either operand gives NaN, as torch.maximum / ReLU / max pooling and onnxruntime do */
-static inline float tvmnas_maxf(float a, float b) { return (a > b || a != a) ? a : b; }
-static inline float tvmnas_minf(float a, float b) { return (a < b || a != a) ? a : b; }
+static inline float tvmnas_maxf(float a, float b) { return a > b ? a : b; }
+static inline float tvmnas_minf(float a, float b) { return a < b ? a : b; }
 static inline int32_t tvmnas_maxi(int32_t a, int32_t b) { return a > b ? a : b; }
 static inline int32_t tvmnas_mini(int32_t a, int32_t b) { return a < b ? a : b; }
 static inline float tvmnas_sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
