@@ -33,6 +33,7 @@ from tvmnas.passes import (
     plan_arena,
 )
 from tvmnas.passes.call_graph import DTYPE_BYTES
+from tvmnas.quantized import integer_model
 from tvmnas.targets import Target
 from tvmnas.toolchain import require_tools
 
@@ -207,6 +208,7 @@ def compile_model(
     out_dir = Path(out_dir)
     check_optimize(optimize)
     mod, sources = import_model_with_sources(model, input_shape)
+    mod, quantization = integer_model(mod)  # QDQ models: integer kernels, int8 input and output
     lowered, graph = lower_model(mod, schedule, optimize)
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise NotImplementedError(
@@ -218,7 +220,7 @@ def compile_model(
 
     with staged_output(out_dir) as staging:
         manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags],
-                                kernel_sources(graph, sources))
+                                kernel_sources(graph, sources), quantization)
         manifest["optimize"] = optimize
         manifest["flash_bytes"] = object_flash_bytes(staging, target)
         if not ignore_budget:
