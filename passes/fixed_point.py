@@ -37,6 +37,10 @@ __all__ = [
     "rounding_divide_by_pot",
     "multiply_by_quantized_multiplier",
     "requantize",
+    "conv_multipliers",
+    "ADD_LEFT_SHIFT",
+    "add_params",
+    "rounding_average",
 ]
 
 INT32_MIN = -(2**31)
@@ -197,3 +201,53 @@ def requantize(
     scaled = multiply_by_quantized_multiplier(acc, multiplier, shift, axis=axis).astype(np.int64)
     out = np.clip(scaled + int(output_zero_point), act_min, act_max)
     return out.astype(np.int8)
+
+
+# ---- Per-operator parameters, computed as TFLite's Prepare functions compute them ----------------
+
+
+def conv_multipliers(
+    input_scale: float, weight_scales: Sequence[float] | np.ndarray, output_scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (multiplier, shift) of a conv / depthwise conv / fully connected layer.
+
+    TFLite's ``PopulateConvolutionQuantizationParams``: each float32 scale is widened to double and
+    ``input_scale * weight_scale[c] / output_scale`` is evaluated in double in that order, then
+    split by :func:`quantize_multiplier`.
+    """
+    ws = np.asarray(weight_scales, dtype=np.float32).astype(np.float64).reshape(-1)
+    real = [float(np.float32(input_scale)) * float(w) / float(np.float32(output_scale)) for w in ws]
+    return quantize_multipliers(real)
+
+
+ADD_LEFT_SHIFT = 20
+"""TFLite's int8 ADD shifts both (offset-corrected) inputs left by 20 bits before rescaling."""
+
+
+def add_params(input1_scale: float, input2_scale: float, output_scale: float) -> dict[str, int]:
+    """TFLite's int8 ADD parameters: left_shift and three (multiplier, shift) pairs.
+
+    From TFLite (Micro)'s ``CalculateOpDataAdd``: with ``twice_max = 2 * max(s1, s2)`` in double,
+    the inputs are scaled by ``s_i / twice_max`` and the sum by ``twice_max / (2**20 * s_out)``.
+    """
+    s1, s2, so = (float(np.float32(s)) for s in (input1_scale, input2_scale, output_scale))
+    twice_max = 2.0 * max(s1, s2)
+    m1, sh1 = quantize_multiplier(s1 / twice_max)
+    m2, sh2 = quantize_multiplier(s2 / twice_max)
+    mo, sho = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * so))
+    return {"left_shift": ADD_LEFT_SHIFT, "input1_multiplier": m1, "input1_shift": sh1,
+            "input2_multiplier": m2, "input2_shift": sh2, "output_multiplier": mo, "output_shift": sho}
+
+
+def rounding_average(acc: np.ndarray, count: np.ndarray | int) -> np.ndarray:
+    """TFLite's int8 average pool division: ``(acc +/- count/2) / count`` in C integer arithmetic.
+
+    Ties round away from zero; ``count`` is the number of in-bounds window elements (padding is
+    not counted).
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    count = np.asarray(count, dtype=np.int64)
+    half = count // 2
+    num = np.where(acc > 0, acc + half, acc - half)
+    q = np.abs(num) // count
+    return np.where(num >= 0, q, -q)

@@ -80,3 +80,11 @@ class CostModelError(TvmnasError):
 
 class VerificationError(TvmnasError):
     """The compiled C, run on the emulator, disagrees with the trained model beyond tolerance."""
+
+
+class QuantizationError(TvmnasError):
+    """An int8 model cannot be read or made: QOperator ONNX, an unquantized node, unsupported parameters."""
+
+
+class CalibrationError(QuantizationError):
+    """Calibration data for post-training quantization is missing, unreadable or of the wrong shape."""

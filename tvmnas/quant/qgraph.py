@@ -1,0 +1,348 @@
+"""Read an int8 QDQ ONNX graph as a list of integer operators (the form TFLite executes).
+
+A QDQ graph spells integer arithmetic as float ops between QuantizeLinear and DequantizeLinear:
+``DQ(x) -> Conv(DQ(w), DQ(b)) -> [Relu|Clip] -> Q``. This module finds those patterns and gives
+each one as a :class:`QOp` holding the int8 weights, int32 bias, per-channel weight scales, the
+input and output quantization and the clamp of a fused activation. The integer reference
+(:mod:`tvmnas.quant.reference`) executes the ops; the TFLite writer
+(:mod:`tvmnas.quant.tflite_writer`) serialises the same ops, so both read one graph one way.
+
+Activations stay in ONNX's NCHW layout. What the reading cannot express as an integer op (a float
+op between quantized ones, a QOperator node) is rejected naming the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from tvmnas.errors import ModelLoadError, QuantizationError, UnsupportedOperatorError
+
+QOPERATOR_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearAveragePool",
+                 "QLinearGlobalAveragePool", "QLinearConcat", "QLinearMul", "QLinearSigmoid",
+                 "QLinearLeakyRelu", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+
+COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "Add", "AveragePool", "MaxPool", "GlobalAveragePool",
+               "ReduceMean", "Flatten", "Reshape", "Concat"}
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """An int8 activation: NCHW shape, scale and zero point (real = scale * (q - zero_point))."""
+
+    name: str
+    shape: tuple[int, ...]
+    scale: np.float32
+    zero_point: int
+
+
+@dataclass
+class QOp:
+    """One integer operator.
+
+    kind: conv, dense, add, avgpool, maxpool, mean, reshape or concat.
+    inputs / output: names of int8 tensors (keys of :attr:`QGraph.tensors`).
+    weight: int8, (O, I/group, kh, kw) for conv, (O, I) for dense; weight_scale: float32 (O,),
+    symmetric (zero point 0). bias: int32 (O,), scale input_scale * weight_scale.
+    act: the int8 clamp of a fused Relu/Clip; activation: "NONE", "RELU" or "RELU6" as TFLite
+    fuses it (None where the clamp is no TFLite activation).
+    attrs: strides, pads (top, left, bottom, right), dilations, group, kernel, axis.
+    """
+
+    kind: str
+    name: str
+    inputs: list[str]
+    output: str
+    weight: np.ndarray | None = None
+    weight_scale: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    act: tuple[int, int] = (-128, 127)
+    activation: str | None = "NONE"
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class QGraph:
+    """The integer operators in execution order, the int8 tensors, and the graph's inputs/outputs."""
+
+    ops: list[QOp]
+    tensors: dict[str, QTensor]
+    inputs: list[str]
+    outputs: list[str]
+    input_names: list[str]  # the ONNX (float) graph input names, in order
+    output_names: list[str]
+
+
+def tflite_round(x: np.ndarray | float) -> np.ndarray:
+    """``TfLiteRound`` / ``std::round``: halves away from zero (numpy's round is half to even)."""
+    x = np.asarray(x)
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def activation_range(kind: str, lo: float | None, hi: float | None, scale: np.float32, zero_point: int) -> tuple[int, int]:
+    """TFLite's ``CalculateActivationRangeQuantized``: the int8 clamp of a fused activation.
+
+    ``zero_point + round(f / scale)`` with the division in float32, as TFLite computes it.
+    """
+    def q(f: float) -> int:
+        return int(zero_point + tflite_round(np.float32(f) / np.float32(scale)))
+
+    act_min, act_max = -128, 127
+    if lo is not None:
+        act_min = max(act_min, q(lo))
+    if hi is not None:
+        act_max = min(act_max, q(hi))
+    return act_min, act_max
+
+
+def load_onnx(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """The ModelProto of a path or a proto; a missing or unreadable file is a ModelLoadError."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise ModelLoadError(f"model file '{path}' does not exist")
+    try:
+        return onnx.load(str(path))
+    except Exception as err:  # onnx raises DecodeError and others
+        raise ModelLoadError(f"'{path}' is not an ONNX model: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+def reject_qoperator(model: onnx.ModelProto) -> None:
+    """One line for QOperator ONNX (QLinearConv and friends): only QDQ is read."""
+    for node in model.graph.node:
+        if node.op_type in QOPERATOR_OPS:
+            raise QuantizationError(
+                f"node '{node.name or node.output[0]}' is {node.op_type}, a QOperator-format op; "
+                "export QDQ instead (onnxruntime quantize_static(..., quant_format=QuantFormat.QDQ))")
+
+
+class _Reader:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        reject_qoperator(model)
+        model = onnx.shape_inference.infer_shapes(model)
+        self.graph = model.graph
+        self.init = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
+        for node in self.graph.node:
+            if node.op_type == "Constant":
+                self.init[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for vi in list(self.graph.value_info) + list(self.graph.input) + list(self.graph.output):
+            dims = vi.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                self.shapes[vi.name] = tuple(d.dim_value for d in dims)
+        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.graph.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.tensors: dict[str, QTensor] = {}
+
+    # -- quantization parameters ------------------------------------------------------------
+    def _qparams(self, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
+        scale = np.asarray(self.init[node.input[1]], dtype=np.float32)
+        zp = self.init[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros((), np.int8)
+        if zp.dtype != np.int8:
+            raise QuantizationError(
+                f"node '{node.name or node.output[0]}' quantizes to {zp.dtype}; only int8 is supported")
+        return scale, np.asarray(zp)
+
+    def _add_tensor(self, q_node: onnx.NodeProto) -> str:
+        name = q_node.output[0]
+        if name not in self.tensors:
+            scale, zp = self._qparams(q_node)
+            if scale.size != 1:
+                raise QuantizationError(f"activation '{name}' is quantized per channel; int8 activations are per tensor")
+            shape = self.shapes.get(name) or self.shapes.get(q_node.input[0])
+            if shape is None:
+                raise QuantizationError(f"activation '{name}' has no static shape")
+            self.tensors[name] = QTensor(name, shape, np.float32(scale.reshape(())), int(zp.reshape(())))
+        return name
+
+    def activation_in(self, float_name: str, node: onnx.NodeProto) -> str:
+        """The int8 tensor behind a float input of `node` (it must come out of a DequantizeLinear)."""
+        dq = self.producer.get(float_name)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] in self.init:
+            raise QuantizationError(
+                f"input '{float_name}' of {node.op_type} node '{node.name}' is not quantized "
+                "(no DequantizeLinear of an int8 activation before it)")
+        q = self.producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            raise QuantizationError(f"'{dq.input[0]}' feeding node '{node.name}' has no QuantizeLinear")
+        # The DQ must read the tensor with the Q's own parameters.
+        s_q, z_q = self._qparams(q)
+        s_dq, z_dq = self._qparams(dq)
+        if not (np.array_equal(s_q, s_dq) and np.array_equal(z_q, z_dq)):
+            raise QuantizationError(f"DequantizeLinear '{dq.name}' reads '{dq.input[0]}' with other parameters than it was quantized with")
+        return self._add_tensor(q)
+
+    def constant_in(self, float_name: str, node: onnx.NodeProto, dtype: type) -> tuple[np.ndarray, np.ndarray, int]:
+        """(integer values, scales, axis) of a DequantizeLinear'd initializer."""
+        dq = self.producer.get(float_name)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in self.init:
+            raise QuantizationError(
+                f"constant '{float_name}' of {node.op_type} node '{node.name}' is not an int "
+                "initializer behind a DequantizeLinear (float weights between quantized ops)")
+        values = self.init[dq.input[0]]
+        if values.dtype != dtype:
+            raise QuantizationError(f"constant '{dq.input[0]}' of node '{node.name}' is {values.dtype}, expected {np.dtype(dtype)}")
+        scale, zp = self._qparams(dq) if dtype == np.int8 else (np.asarray(self.init[dq.input[1]], np.float32), np.asarray(self.init[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] else np.zeros(()))
+        if np.any(zp != 0):
+            raise QuantizationError(f"constant '{dq.input[0]}' of node '{node.name}' has a non-zero zero point; weights must be symmetric")
+        axis = 1
+        for a in dq.attribute:
+            if a.name == "axis":
+                axis = a.i
+        return values, scale, axis
+
+    def output_of(self, node: onnx.NodeProto) -> tuple[str, str, tuple[float | None, float | None] | None]:
+        """(int8 output name, activation kind, clip bounds) following [Relu|Clip] -> QuantizeLinear."""
+        name = node.output[0]
+        act, bounds = "NONE", (None, None)
+        users = self.consumers.get(name, [])
+        if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
+            a = users[0]
+            if a.op_type == "Relu":
+                act, bounds = "RELU", (0.0, None)
+            else:
+                lo = float(self.init[a.input[1]]) if len(a.input) > 1 and a.input[1] else None
+                hi = float(self.init[a.input[2]]) if len(a.input) > 2 and a.input[2] else None
+                act, bounds = ("RELU6" if (lo, hi) == (0.0, 6.0) else "RELU" if (lo, hi) == (0.0, None) else None), (lo, hi)
+            name = a.output[0]
+            users = self.consumers.get(name, [])
+        qs = [u for u in users if u.op_type == "QuantizeLinear"]
+        if not qs:
+            raise QuantizationError(f"output '{name}' of {node.op_type} node '{node.name}' is not quantized (no QuantizeLinear after it)")
+        out = self._add_tensor(qs[0])
+        for other in qs[1:]:
+            twin = self._add_tensor(other)
+            if (self.tensors[twin].scale, self.tensors[twin].zero_point) != (self.tensors[out].scale, self.tensors[out].zero_point):
+                raise QuantizationError(f"output '{name}' of node '{node.name}' is quantized twice with different parameters")
+            self.tensors[twin] = self.tensors[out]
+        return out, act, bounds
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _pads(node: onnx.NodeProto, spatial: int = 2) -> tuple[int, int, int, int]:
+    a = _attrs(node)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
+        raise QuantizationError(f"node '{node.name}' uses auto_pad {a['auto_pad']!r}; export explicit pads")
+    p = list(a.get("pads", [0] * 2 * spatial))
+    return p[0], p[1], p[2], p[3]
+
+
+def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
+    """The integer operators of an int8 QDQ ONNX model, in graph order."""
+    r = _Reader(load_onnx(model))
+    g = r.graph
+    ops: list[QOp] = []
+    inputs: list[str] = []
+    input_names: list[str] = []
+    for vi in g.input:
+        if vi.name in r.init:
+            continue
+        qs = [u for u in r.consumers.get(vi.name, []) if u.op_type == "QuantizeLinear"]
+        if not qs:
+            raise QuantizationError(f"graph input '{vi.name}' is not quantized (no QuantizeLinear reads it)")
+        input_names.append(vi.name)
+        inputs.append(r._add_tensor(qs[0]))
+    for node in g.node:
+        op = node.op_type
+        if op in ("QuantizeLinear", "DequantizeLinear", "Relu", "Clip", "Constant"):
+            continue
+        if op not in COMPUTE_OPS:
+            raise UnsupportedOperatorError(op, node.name, "no int8 integer operator for it")
+        a = _attrs(node)
+        if op == "Conv":
+            x = r.activation_in(node.input[0], node)
+            w, ws, axis = r.constant_in(node.input[1], node, np.int8)
+            out, act, bounds = r.output_of(node)
+            o = w.shape[0]
+            bias = np.zeros(o, np.int32)
+            if len(node.input) > 2 and node.input[2]:
+                bias = r.constant_in(node.input[2], node, np.int32)[0].astype(np.int32)
+            attrs = {"strides": tuple(a.get("strides", (1, 1))), "pads": _pads(node),
+                     "dilations": tuple(a.get("dilations", (1, 1))), "group": int(a.get("group", 1))}
+            ops.append(_make(r, "conv", node, [x], out, act, bounds, w, _per_channel(ws, o, axis, 0, node), bias, attrs))
+        elif op in ("Gemm", "MatMul"):
+            x = r.activation_in(node.input[0], node)
+            w, ws, axis = r.constant_in(node.input[1], node, np.int8)
+            out, act, bounds = r.output_of(node)
+            transposed = op == "Gemm" and a.get("transB", 0) == 1
+            if op == "Gemm" and (a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0):
+                raise QuantizationError(f"Gemm '{node.name}' uses transA/alpha/beta; only y = x W^T + b is read")
+            w_oi = w if transposed else w.T
+            ws = _per_channel(ws, w_oi.shape[0], axis, 0 if transposed else 1, node)
+            bias = np.zeros(w_oi.shape[0], np.int32)
+            if op == "Gemm" and len(node.input) > 2 and node.input[2]:
+                bias = r.constant_in(node.input[2], node, np.int32)[0].astype(np.int32)
+            ops.append(_make(r, "dense", node, [x], out, act, bounds, np.ascontiguousarray(w_oi), ws, bias, {}))
+        elif op == "Add":
+            xs = [r.activation_in(i, node) for i in node.input]
+            out, act, bounds = r.output_of(node)
+            ops.append(_make(r, "add", node, xs, out, act, bounds, None, None, None, {}))
+        elif op in ("AveragePool", "MaxPool"):
+            x = r.activation_in(node.input[0], node)
+            out, act, bounds = r.output_of(node)
+            if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", (1, 1))):
+                raise QuantizationError(f"{op} '{node.name}' uses ceil_mode or dilations; not supported in int8")
+            if op == "AveragePool" and a.get("count_include_pad", 0) and any(_pads(node)):
+                raise QuantizationError(f"AveragePool '{node.name}' counts padding (count_include_pad=1); TFLite's int8 average pool does not")
+            attrs = {"kernel": tuple(a["kernel_shape"]), "strides": tuple(a.get("strides", (1, 1))), "pads": _pads(node)}
+            kind = "avgpool" if op == "AveragePool" else "maxpool"
+            ops.append(_make(r, kind, node, [x], out, act, bounds, None, None, None, attrs))
+        elif op in ("GlobalAveragePool", "ReduceMean"):
+            x = r.activation_in(node.input[0], node)
+            out, act, bounds = r.output_of(node)
+            axes = (2, 3)
+            keep = True
+            if op == "ReduceMean":
+                axes_v = a.get("axes")
+                if axes_v is None and len(node.input) > 1 and node.input[1]:
+                    axes_v = r.init[node.input[1]].tolist()
+                rank = len(r.tensors[x].shape)
+                axes = tuple(sorted(int(v) % rank for v in axes_v))
+                keep = bool(a.get("keepdims", 1))
+            ops.append(_make(r, "mean", node, [x], out, act, bounds, None, None, None, {"axes": axes, "keepdims": keep}))
+        elif op in ("Flatten", "Reshape"):
+            x = r.activation_in(node.input[0], node)
+            out, act, bounds = r.output_of(node)
+            ops.append(_make(r, "reshape", node, [x], out, act, bounds, None, None, None, {}))
+        elif op == "Concat":
+            xs = [r.activation_in(i, node) for i in node.input]
+            out, act, bounds = r.output_of(node)
+            rank = len(r.tensors[out].shape)
+            ops.append(_make(r, "concat", node, xs, out, act, bounds, None, None, None, {"axis": int(a["axis"]) % rank}))
+    outputs: list[str] = []
+    output_names: list[str] = []
+    for vi in g.output:
+        dq = r.producer.get(vi.name)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in r.tensors:
+            raise QuantizationError(f"graph output '{vi.name}' is not a DequantizeLinear of an int8 activation")
+        outputs.append(dq.input[0])
+        output_names.append(vi.name)
+    return QGraph(ops, r.tensors, inputs, outputs, input_names, output_names)
+
+
+def _per_channel(scale: np.ndarray, channels: int, axis: int, expected_axis: int, node: onnx.NodeProto) -> np.ndarray:
+    scale = np.asarray(scale, np.float32).reshape(-1)
+    if scale.size == 1:
+        return np.full(channels, scale[0], np.float32)
+    if scale.size != channels or axis != expected_axis:
+        raise QuantizationError(f"weights of node '{node.name}' are quantized along axis {axis}; expected per output channel (axis {expected_axis})")
+    return scale
+
+
+def _make(r: _Reader, kind: str, node: onnx.NodeProto, inputs: list[str], out: str, act: str,
+          bounds: tuple, w, ws, bias, attrs: dict) -> QOp:
+    t = r.tensors[out]
+    lo, hi = bounds
+    clamp = activation_range(act, lo, hi, t.scale, t.zero_point)
+    return QOp(kind, node.name or node.output[0], inputs, out, w, ws, bias, clamp, act, attrs)

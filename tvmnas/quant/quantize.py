@@ -1,0 +1,365 @@
+"""Post-training static int8 quantization of a float ONNX or .pt2 model into QDQ ONNX.
+
+The scheme is TFLite's, so that the result runs bit-exactly on TFLite Micro's integer kernels:
+
+- weights: int8, symmetric (zero point 0), one scale per output channel, ``max|w| / 127``
+  (values in [-127, 127]); ``DequantizeLinear(w_q, scale, 0, axis=out-channel axis)``;
+- biases: int32, zero point 0, scale ``input_scale * weight_scale[c]``;
+- activations: int8, one scale and zero point per tensor, from the min and max seen over the
+  calibration samples, widened to include 0: ``scale = (max - min) / 255``,
+  ``zero_point = round(-128 - min / scale)``;
+- BatchNormalization after a Conv is folded into it first; a Relu or Clip right after a Conv,
+  Gemm, MatMul or Add is fused: only its output is quantized, giving the standard pattern
+  ``DQ(x) -> Conv(DQ(w), DQ(b)) -> Relu -> Q``;
+- max pool, average pool, flatten and reshape keep their input's quantization (TFLite's int8
+  kernels require it).
+
+Only the ONNX graph is rewritten: a .pt2 program is first exported to ONNX.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tvmnas.errors import CalibrationError, ModelLoadError, QuantizationError
+from tvmnas.quant.qgraph import load_onnx, reject_qoperator, tflite_round
+
+WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
+FUSING_OPS = WEIGHTED_OPS | {"Add"}
+SAME_QUANT_OPS = {"MaxPool", "AveragePool", "Flatten", "Reshape"}
+
+
+def load_calibration(calibration: np.ndarray | str | Path) -> np.ndarray:
+    """The calibration array itself, or loaded from a .npy file (CalibrationError if it cannot be)."""
+    if isinstance(calibration, np.ndarray):
+        return calibration
+    path = Path(calibration)
+    if not path.is_file():
+        raise CalibrationError(f"calibration file '{path}' does not exist")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise CalibrationError(f"calibration file '{path}' is not a .npy array: {err}") from None
+    if not isinstance(data, np.ndarray):
+        raise CalibrationError(f"calibration file '{path}' holds several arrays; give one .npy array")
+    return data
+
+
+def _program_module(program):
+    """The module of a torch.export program, wrapped so the TorchScript ONNX exporter can trace it
+    (it switches the model to eval mode, which an exported program's module refuses; the
+    program is already in inference form)."""
+    import torch
+
+    class ProgramModule(torch.nn.Module):
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def train(self, mode: bool = True) -> "ProgramModule":
+            return self
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.module(x)
+
+    return ProgramModule(program.module())
+
+
+def _load_float_model(model_path: str | Path) -> onnx.ModelProto:
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file '{path}' does not exist")
+    if path.suffix.lower() == ".onnx":
+        return load_onnx(path)
+    if path.suffix.lower() == ".pt2":
+        import torch
+
+        from tvmnas.zoo import export_onnx
+
+        try:
+            program = torch.export.load(str(path))
+        except Exception as err:  # torch raises many types for a bad archive
+            raise ModelLoadError(f"'{path}' is not a torch.export program: {str(err).splitlines()[0]}") from None
+        placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+        if len(placeholders) != 1:
+            raise QuantizationError(f"'{path}' has {len(placeholders)} inputs; quantization takes one-input models")
+        shape = tuple(int(d) for d in placeholders[0].meta["val"].shape)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = export_onnx(_program_module(program), shape, Path(tmp) / "model.onnx")
+            return onnx.load(str(onnx_path))
+    raise ModelLoadError(f"'{path}': quantization reads .onnx or .pt2 models, not '{path.suffix}'")
+
+
+def _fold_batch_norm(model: onnx.ModelProto) -> None:
+    """Fold every BatchNormalization that directly follows a Conv with constant weights into it."""
+    g = model.graph
+    init = {t.name: t for t in g.initializer}
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    producer = {o: n for n in g.node for o in n.output}
+    graph_outputs = {o.name for o in g.output}
+    removed = []
+    for bn in g.node:
+        if bn.op_type != "BatchNormalization":
+            continue
+        conv = producer.get(bn.input[0])
+        if (conv is None or conv.op_type != "Conv" or consumers.get(conv.output[0]) != 1
+                or conv.output[0] in graph_outputs or not all(i in init for i in bn.input[1:5])
+                or conv.input[1] not in init):
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(init[i]).astype(np.float64) for i in bn.input[1:5])
+        w = numpy_helper.to_array(init[conv.input[1]]).astype(np.float64)
+        b = (numpy_helper.to_array(init[conv.input[2]]).astype(np.float64)
+             if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0]))
+        k = gamma / np.sqrt(var + eps)
+        w_new = (w * k.reshape(-1, 1, 1, 1)).astype(np.float32)
+        b_new = ((b - mean) * k + beta).astype(np.float32)
+        wn, bn_name = conv.input[1] + "_bnfold", bn.output[0] + "_bias"
+        g.initializer.extend([numpy_helper.from_array(w_new, wn), numpy_helper.from_array(b_new, bn_name)])
+        del conv.input[1:]
+        conv.input.extend([wn, bn_name])
+        conv.output[0] = bn.output[0]
+        removed.append(bn)
+    for bn in removed:
+        g.node.remove(bn)
+
+
+def _fold_constants(model: onnx.ModelProto) -> None:
+    """Turn Constant nodes, and Cast/Identity of constants (exporters emit them for Clip bounds), into initializers."""
+    g = model.graph
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    keep = []
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute[0].name == "value":
+            init[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        elif n.op_type == "Cast" and n.input[0] in init:
+            to = next(a.i for a in n.attribute if a.name == "to")
+            init[n.output[0]] = init[n.input[0]].astype(helper.tensor_dtype_to_np_dtype(to))
+        elif n.op_type == "Identity" and n.input[0] in init:
+            init[n.output[0]] = init[n.input[0]]
+        else:
+            keep.append(n)
+            continue
+        g.initializer.append(numpy_helper.from_array(np.asarray(init[n.output[0]]), n.output[0]))
+    del g.node[:]
+    g.node.extend(keep)
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    g = model.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    kept = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    inputs = [vi for vi in g.input if vi.name in used or vi.name not in {t.name for t in model.graph.initializer}]
+    del g.input[:]
+    g.input.extend(inputs)
+
+
+def _activation_ranges(model: onnx.ModelProto, names: list[str], data: np.ndarray, input_name: str) -> dict[str, tuple[float, float]]:
+    """Min and max of each named float tensor over the calibration samples (onnxruntime, CPU)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for n in names:
+        if n not in have:
+            probe.graph.output.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    lo = {n: np.inf for n in names}
+    hi = {n: -np.inf for n in names}
+    for sample in data:
+        outs = sess.run(names, {input_name: sample[None].astype(np.float32)})
+        for n, v in zip(names, outs):
+            lo[n] = min(lo[n], float(v.min()))
+            hi[n] = max(hi[n], float(v.max()))
+    return {n: (lo[n], hi[n]) for n in names}
+
+
+def activation_qparams(lo: float, hi: float) -> tuple[np.float32, int]:
+    """TFLite-style asymmetric int8 (scale, zero point) for a range, widened to include 0."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo <= 0.0:
+        return np.float32(1.0), 0
+    scale = np.float32((hi - lo) / 255.0)
+    zp = int(np.clip(tflite_round(-128.0 - lo / float(scale)), -128, 127))
+    return scale, zp
+
+
+def weight_qparams(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel symmetric int8 weights: (int8 values in [-127, 127], float32 scales)."""
+    moved = np.moveaxis(w.astype(np.float64), axis, 0)
+    amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(tflite_round(w / scale.reshape(shape).astype(np.float64)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    floats = set()
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+            floats.add(vi.name)
+    return floats
+
+
+def quantize_model(model_path: str | Path, calibration: np.ndarray | str | Path) -> onnx.ModelProto:
+    """Post-training static int8 quantization: a float ``.onnx`` / ``.pt2`` model to QDQ ONNX.
+
+    ``calibration``: float32 samples ``(N, *input_shape[1:])`` with N >= 1 (or a .npy file of
+    them), run through the float model to find each activation's range. One-input models.
+    Raises CalibrationError for missing or wrongly shaped calibration data, QuantizationError
+    for QOperator or already-quantized models.
+    """
+    data = load_calibration(calibration)
+    model = _load_float_model(model_path)
+    reject_qoperator(model)
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            raise QuantizationError(f"'{model_path}' is already quantized (node '{node.name or node.output[0]}' is {node.op_type})")
+    init_names = {t.name for t in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in init_names]
+    if len(inputs) != 1:
+        raise QuantizationError(f"'{model_path}' has {len(inputs)} inputs; quantization takes one-input models")
+    in_vi = inputs[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in in_vi.type.tensor_type.shape.dim]
+    if any(d is None for d in dims[1:]) or not dims:
+        raise QuantizationError(f"input '{in_vi.name}' of '{model_path}' has no static shape {dims}")
+    expected = ("N",) + tuple(dims[1:])
+    if data.ndim != len(dims) or tuple(data.shape[1:]) != tuple(dims[1:]):
+        raise CalibrationError(
+            f"calibration array has shape {tuple(data.shape)}; expected {expected} for input '{in_vi.name}'".replace("'N'", "N"))
+    if data.shape[0] < 1:
+        raise CalibrationError(f"calibration array has {data.shape[0]} samples; at least 1 is needed")
+    if not np.issubdtype(data.dtype, np.floating) or not np.all(np.isfinite(data)):
+        raise CalibrationError(f"calibration array must be finite floats, got {data.dtype}")
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < 13:
+            model = onnx.version_converter.convert_version(model, 13)
+    _fold_constants(model)
+    _fold_batch_norm(model)
+    _drop_unused_initializers(model)
+    return _insert_qdq(model, data, in_vi.name)
+
+
+def _insert_qdq(model: onnx.ModelProto, data: np.ndarray, input_name: str) -> onnx.ModelProto:
+    g = model.graph
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    floats = _float_tensors(model)
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    # Activation tensors to quantize, skipping those a fused Relu/Clip consumes.
+    acts: list[str] = [input_name]
+    for n in g.node:
+        if n.op_type == "Constant":
+            continue
+        for o in n.output:
+            if o not in floats or o in init:
+                continue
+            users = consumers.get(o, [])
+            fused = (n.op_type in FUSING_OPS and len(users) == 1 and users[0].op_type in ("Relu", "Clip")
+                     and o not in {x.name for x in g.output})
+            if not fused:
+                acts.append(o)
+    ranges = _activation_ranges(model, [a for a in acts], data, input_name)
+    qp: dict[str, tuple[np.float32, int]] = {}
+    for a in acts:  # graph order: a same-quantization op's input is decided before it
+        p = producer.get(a)
+        if p is not None and p.op_type in SAME_QUANT_OPS and p.input[0] in qp:
+            qp[a] = qp[p.input[0]]
+        else:
+            qp[a] = activation_qparams(*ranges[a])
+
+    new_init: list[onnx.TensorProto] = []
+    new_nodes: list[onnx.NodeProto] = []
+    rename: dict[str, str] = {}  # float tensor -> its dequantized copy, read by consumers
+    outputs = {o.name for o in g.output}
+
+    def const(name: str, value: np.ndarray) -> str:
+        new_init.append(numpy_helper.from_array(value, name))
+        return name
+
+    def qdq(a: str) -> list[onnx.NodeProto]:
+        s, z = qp[a]
+        sn, zn = const(a + "_scale", np.array(s, np.float32)), const(a + "_zero_point", np.array(z, np.int8))
+        src = a + "_float" if a in outputs else a
+        dq_out = a if a in outputs else a + "_dq"
+        if a not in outputs:
+            rename[a] = dq_out
+        return [helper.make_node("QuantizeLinear", [src, sn, zn], [a + "_q"], name=a + "_QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [a + "_q", sn, zn], [dq_out], name=a + "_DequantizeLinear")]
+
+    def dq_weight(node: onnx.NodeProto, idx: int, axis: int) -> None:
+        name = node.input[idx]
+        q, s = weight_qparams(init[name], axis)
+        qn = const(name + "_quantized", q)
+        sn = const(name + "_scale", s)
+        zn = const(name + "_zero_point", np.zeros(s.shape, np.int8))
+        new_nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [name + "_dq"], name=name + "_DequantizeLinear", axis=axis))
+        node.input[idx] = name + "_dq"
+        return s
+
+    def dq_bias(node: onnx.NodeProto, idx: int, in_scale: np.float32, w_scale: np.ndarray) -> None:
+        name = node.input[idx]
+        b_scale = (np.float32(in_scale) * w_scale).astype(np.float32)
+        q = np.clip(tflite_round(init[name].astype(np.float64) / b_scale.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
+        qn, sn = const(name + "_quantized", q), const(name + "_scale", b_scale)
+        zn = const(name + "_zero_point", np.zeros(q.shape, np.int32))
+        new_nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [name + "_dq"], name=name + "_DequantizeLinear", axis=0))
+        node.input[idx] = name + "_dq"
+
+    quantized = set(acts)
+    new_nodes.extend(qdq(input_name))
+    for n in g.node:
+        node = onnx.NodeProto()
+        node.CopyFrom(n)
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in init:
+            x = n.input[0]
+            if x not in qp:
+                raise QuantizationError(f"input '{x}' of {n.op_type} node '{n.name}' is not a quantized activation")
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            if n.op_type == "Conv":
+                w_axis = 0
+            elif n.op_type == "Gemm":
+                w_axis = 0 if attrs.get("transB", 0) else 1
+            else:
+                w_axis = 1
+            w_scale = dq_weight(node, 1, w_axis)
+            bias_idx = 2 if n.op_type in ("Conv", "Gemm") else None
+            if bias_idx is not None and len(n.input) > 2 and n.input[2] in init:
+                dq_bias(node, 2, qp[x][0], w_scale)
+        for i, o in enumerate(node.output):
+            if o in outputs and o in quantized:
+                node.output[i] = o + "_float"
+        new_nodes.append(node)
+        for o in n.output:
+            if o in quantized:
+                new_nodes.extend(qdq(o))
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(new_init)
+    _drop_unused_initializers(model)
+    del g.value_info[:]
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,202 @@
+"""Integer-only reference interpreter for int8 QDQ ONNX models, with TFLite Micro's semantics.
+
+Every operator runs as TFLite's int8 reference kernels do (checked bit for bit against the
+tflite-micro interpreter in tests/test_quant_reference.py), so it is what the generated C must
+equal:
+
+- conv / depthwise conv / dense: ``sum(w * (x - x_zp))`` in int32 (padding contributes nothing,
+  as if padded with the input zero point), plus the int32 bias, requantized per output channel by
+  :func:`fixed_point.requantize` with multipliers from :func:`fixed_point.conv_multipliers`;
+  a fused Relu/ReLU6 is the requantize clamp.
+- add: TFLite's rescale (inputs shifted left 20 bits, each scaled by its own multiplier, the sum
+  scaled to the output), :func:`fixed_point.add_params`.
+- average pool: the raw int8 values summed over the in-bounds window and divided with
+  :func:`fixed_point.rounding_average`; max pool: the max; both keep the input's quantization.
+- mean: the int32 sum less ``zp_in * count``, requantized with the multiplier of
+  ``in_scale / out_scale`` with ``1/count`` folded in, as TFLite Micro's ``QuantizedMeanOrSum``
+  does (whether or not input and output share their quantization).
+- reshape / flatten: the int8 values unchanged (same quantization), requantized otherwise.
+- concat: inputs with the output's quantization are copied, others requantized with a Q31
+  multiplier ``in_scale / out_scale``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from tvmnas.errors import QuantizationError
+from tvmnas.passes.fixed_point import (
+    add_params,
+    conv_multipliers,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    requantize,
+    rounding_average,
+)
+from tvmnas.quant.qgraph import QGraph, QOp, QTensor, read_qdq
+
+
+def quantize_input(x: np.ndarray, t: QTensor) -> np.ndarray:
+    """Float to int8 as ONNX QuantizeLinear does it (round half to even, then saturate)."""
+    q = np.rint(np.asarray(x, np.float32) / np.float32(t.scale)) + t.zero_point
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, t: QTensor) -> np.ndarray:
+    """int8 to float32: ``scale * (q - zero_point)``."""
+    return (np.float32(t.scale) * (q.astype(np.float32) - np.float32(t.zero_point))).astype(np.float32)
+
+
+def _pad(x: np.ndarray, pads: tuple[int, int, int, int], value: int) -> np.ndarray:
+    t, l, b, r = pads
+    return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=value)
+
+
+def _windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], dilations=(1, 1)) -> np.ndarray:
+    """(N, C, OH, OW, kh, kw) views of the windows of an NCHW array."""
+    kh, kw = kernel
+    dh, dw = dilations
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    v = np.lib.stride_tricks.sliding_window_view(x, (eh, ew), axis=(2, 3))
+    return v[:, :, :: strides[0], :: strides[1], ::dh, ::dw]
+
+
+def _conv(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
+    a = op.attrs
+    xs = x.astype(np.int64) - tin.zero_point
+    xs = _pad(xs, a["pads"], 0)
+    w = op.weight.astype(np.int64)
+    o, cig, kh, kw = w.shape
+    win = _windows(xs, (kh, kw), a["strides"], a["dilations"])  # N, C, OH, OW, kh, kw
+    g = a["group"]
+    og = o // g
+    accs = []
+    for gi in range(g):
+        wg = w[gi * og:(gi + 1) * og]
+        xg = win[:, gi * cig:(gi + 1) * cig]
+        accs.append(np.einsum("nchwij,ocij->nohw", xg, wg, optimize=True))
+    acc = np.concatenate(accs, axis=1) + op.bias.astype(np.int64)[None, :, None, None]
+    _check_int32(acc, op)
+    m, s = conv_multipliers(tin.scale, op.weight_scale, tout.scale)
+    return requantize(acc, m, s, tout.zero_point, *op.act, axis=1)
+
+
+def _dense(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
+    xs = x.reshape(x.shape[0], -1).astype(np.int64) - tin.zero_point
+    acc = xs @ op.weight.astype(np.int64).T + op.bias.astype(np.int64)
+    _check_int32(acc, op)
+    m, s = conv_multipliers(tin.scale, op.weight_scale, tout.scale)
+    return requantize(acc, m, s, tout.zero_point, *op.act, axis=-1)
+
+
+def _add(op: QOp, a: np.ndarray, b: np.ndarray, ta: QTensor, tb: QTensor, tout: QTensor) -> np.ndarray:
+    p = add_params(ta.scale, tb.scale, tout.scale)
+    sa = (a.astype(np.int64) - ta.zero_point) * (1 << p["left_shift"])
+    sb = (b.astype(np.int64) - tb.zero_point) * (1 << p["left_shift"])
+    ra = multiply_by_quantized_multiplier(sa, p["input1_multiplier"], p["input1_shift"]).astype(np.int64)
+    rb = multiply_by_quantized_multiplier(sb, p["input2_multiplier"], p["input2_shift"]).astype(np.int64)
+    return requantize(ra + rb, p["output_multiplier"], p["output_shift"], tout.zero_point, *op.act)
+
+
+def _same_quant(op: QOp, tin: QTensor, tout: QTensor, what: str) -> None:
+    if (tin.scale, tin.zero_point) != (tout.scale, tout.zero_point):
+        raise QuantizationError(
+            f"{what} '{op.name}' changes the quantization ({tin.scale:g}, {tin.zero_point}) -> "
+            f"({tout.scale:g}, {tout.zero_point}); TFLite's int8 {what} keeps the input's")
+
+
+def _pool(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
+    a = op.attrs
+    _same_quant(op, tin, tout, "average pool" if op.kind == "avgpool" else "max pool")
+    if op.kind == "maxpool":
+        xp = _pad(x.astype(np.int64), a["pads"], -(1 << 40))
+        out = _windows(xp, a["kernel"], a["strides"]).max(axis=(-2, -1))
+    else:
+        xp = _pad(x.astype(np.int64), a["pads"], 0)
+        inside = _pad(np.ones((1, 1) + x.shape[2:], np.int64), a["pads"], 0)
+        acc = _windows(xp, a["kernel"], a["strides"]).sum(axis=(-2, -1))
+        count = _windows(inside, a["kernel"], a["strides"]).sum(axis=(-2, -1))
+        out = rounding_average(acc, count)
+    return np.clip(out, *op.act).astype(np.int8)
+
+
+def _mean(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
+    axes = op.attrs["axes"]
+    count = int(np.prod([x.shape[i] for i in axes]))
+    total = x.astype(np.int64).sum(axis=axes, keepdims=op.attrs["keepdims"])
+    # TFLite Micro's QuantizedMeanOrSum (also when input and output share their quantization):
+    # the multiplier of in_scale / out_scale absorbs 1/count as (m << k) / count with
+    # k = floor(log2(count)), clamped to 32 and to 31 + shift.
+    m, s = quantize_multiplier(float(np.float32(tin.scale)) / float(np.float32(tout.scale)))
+    k = min(count.bit_length() - 1, 32, 31 + s)
+    m = int((m << k) // count)
+    out = multiply_by_quantized_multiplier(total - tin.zero_point * count, m, s - k).astype(np.int64) + tout.zero_point
+    return np.clip(out, *op.act).astype(np.int8)
+
+
+def _requant_copy(x: np.ndarray, tin: QTensor, tout: QTensor, act: tuple[int, int]) -> np.ndarray:
+    if (tin.scale, tin.zero_point) == (tout.scale, tout.zero_point):
+        return np.clip(x, *act).astype(np.int8)
+    m, s = quantize_multiplier(float(np.float32(tin.scale)) / float(np.float32(tout.scale)))
+    return requantize(x.astype(np.int64) - tin.zero_point, m, s, tout.zero_point, *act)
+
+
+def _check_int32(acc: np.ndarray, op: QOp) -> None:
+    if acc.size and (acc.min() < -(2**31) or acc.max() > 2**31 - 1):
+        raise QuantizationError(f"node '{op.name}': the int32 accumulator overflows")
+
+
+def run_ops(graph: QGraph, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Execute the integer ops on int8 NCHW inputs; every int8 tensor by name."""
+    env: dict[str, np.ndarray] = {}
+    for name, x in zip(graph.inputs, inputs):
+        x = np.asarray(x)
+        if x.dtype != np.int8 or x.shape != graph.tensors[name].shape:
+            raise QuantizationError(
+                f"input '{name}' must be int8 {graph.tensors[name].shape}, got {x.dtype} {x.shape}")
+        env[name] = x
+    t = graph.tensors
+    for op in graph.ops:
+        xs = [env[i] for i in op.inputs]
+        tin, tout = t[op.inputs[0]], t[op.output]
+        if op.kind == "conv":
+            y = _conv(op, xs[0], tin, tout)
+        elif op.kind == "dense":
+            y = _dense(op, xs[0], tin, tout)
+        elif op.kind == "add":
+            y = _add(op, xs[0], xs[1], tin, t[op.inputs[1]], tout)
+        elif op.kind in ("avgpool", "maxpool"):
+            y = _pool(op, xs[0], tin, tout)
+        elif op.kind == "mean":
+            y = _mean(op, xs[0], tin, tout)
+        elif op.kind == "reshape":
+            y = _requant_copy(xs[0], tin, tout, op.act).reshape(tout.shape)
+        elif op.kind == "concat":
+            y = np.concatenate([_requant_copy(x, t[n], tout, op.act) for x, n in zip(xs, op.inputs)], axis=op.attrs["axis"])
+        else:  # pragma: no cover - read_qdq only makes the kinds above
+            raise AssertionError(op.kind)
+        env[op.output] = y.reshape(tout.shape)
+    return env
+
+
+class ReferenceModel:
+    """An int8 QDQ ONNX model run with integer-only TFLite semantics.
+
+    ``run_int8`` takes and returns int8 arrays; ``run`` takes float32 inputs (quantized as ONNX
+    QuantizeLinear does) and returns dequantized float32 outputs.
+    """
+
+    def __init__(self, model: str | Path | onnx.ModelProto) -> None:
+        self.graph = read_qdq(model)
+
+    def run_int8(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        env = run_ops(self.graph, list(inputs))
+        return [env[o] for o in self.graph.outputs]
+
+    def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        g = self.graph
+        q = [quantize_input(x, g.tensors[n]) for x, n in zip(inputs, g.inputs)]
+        return [dequantize(y, g.tensors[o]) for y, o in zip(self.run_int8(*q), g.outputs)]
