@@ -154,26 +154,35 @@ def dense_int8(
     )
 
 
-def add_int8(a: te.Tensor, b: te.Tensor, *, params: dict) -> te.Tensor:
-    """TFLite's int8 ADD: both inputs shifted left by 20, rescaled to twice the larger input scale,
-    summed, rescaled to the output (`params` from `add_parameters`)."""
+def add_int8(a: te.Tensor, b: te.Tensor, *, params: dict, zero_points: Sequence[int], output_zero_point: int,
+             act_min: int, act_max: int) -> te.Tensor:
+    """TFLite's int8 ADD: both inputs less their zero points, shifted left by params["left_shift"],
+    each rescaled by its own multiplier, summed, rescaled to the output (`fixed_point.add_params`)."""
     left = _i32(1 << params["left_shift"])
 
-    def scaled(v, zp, mult, shift):
+    def scaled(v, zp, which):
         x = (v.astype("int32") - _i32(zp)) * left
-        return requantize(x, _i32(mult), _i32(shift))
+        return requantize(x, _i32(params[f"{which}_multiplier"]), _i32(params[f"{which}_shift"]))
 
     return te.compute(
         a.shape,
         lambda *i: saturate(
-            requantize(
-                scaled(a(*i), params["zp1"], params["mult1"], params["shift1"])
-                + scaled(b(*i), params["zp2"], params["mult2"], params["shift2"]),
-                _i32(params["mult_out"]), _i32(params["shift_out"]),
-            ),
-            params["zp_out"], params["act_min"], params["act_max"],
+            requantize(scaled(a(*i), zero_points[0], "input1") + scaled(b(*i), zero_points[1], "input2"),
+                       _i32(params["output_multiplier"]), _i32(params["output_shift"])),
+            output_zero_point, act_min, act_max,
         ),
         name="add_int8",
+    )
+
+
+def requantize_int8(data: te.Tensor, *, input_zero_point: int, output_zero_point: int, multiplier: int, shift: int,
+                    act_min: int, act_max: int) -> te.Tensor:
+    """Element-wise int8 -> int8 with new quantization: requantize(x - zp_in) + zp_out, clamped."""
+    return te.compute(
+        data.shape,
+        lambda *i: saturate(requantize(data(*i).astype("int32") - _i32(input_zero_point), _i32(multiplier),
+                                       _i32(shift)), output_zero_point, act_min, act_max),
+        name="requantize_int8",
     )
 
 
@@ -243,17 +252,18 @@ def avg_pool2d_int8(data: te.Tensor, *, pool: Sequence[int], strides: Sequence[i
 
 def mean_hw_int8(data: te.Tensor, *, keepdims: bool, input_zero_point: int, output_zero_point: int,
                  multiplier: int, shift: int, act_min: int, act_max: int) -> te.Tensor:
-    """Mean over H and W of an NCHW int8 tensor, TFLite's reference_integer_ops::Mean: the sum of
-    (x - zp_in), rescaled by input_scale / output_scale, divided by H*W with rounding, plus zp_out."""
+    """Mean over H and W of an NCHW int8 tensor as TFLite Micro's QuantizedMeanOrSum: the int32 sum
+    less zp_in * H*W, requantized by (multiplier, shift) (in_scale / out_scale with 1/(H*W)
+    folded in, `quantize_to_integer.mean_multiplier`), plus zp_out."""
     n, c, h, w = (int(d) for d in data.shape)
     ry = te.reduce_axis((0, h), name="ry")
     rx = te.reduce_axis((0, w), name="rx")
-    total = te.compute((n, c), lambda b, ch: te.sum(data[b, ch, ry, rx].astype("int32") - _i32(input_zero_point),
-                                                    axis=[ry, rx]), name="mean_sum")
+    total = te.compute((n, c), lambda b, ch: te.sum(data[b, ch, ry, rx].astype("int32"), axis=[ry, rx]),
+                       name="mean_sum")
 
     def value(b, ch):
-        scaled = requantize(total[b, ch], _i32(multiplier), _i32(shift))
-        return saturate(_divide_rounding(scaled, _i32(h * w)), output_zero_point, act_min, act_max)
+        x = total[b, ch] - _i32(input_zero_point * h * w)
+        return saturate(requantize(x, _i32(multiplier), _i32(shift)), output_zero_point, act_min, act_max)
 
     if keepdims:
         return te.compute((n, c, 1, 1), lambda b, ch, _y, _x: value(b, ch), name="mean_int8")

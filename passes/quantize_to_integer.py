@@ -9,7 +9,7 @@ import tvm
 from tvm import relax
 
 from . import integer_kernels as K
-from .fixed_point import quantize_multiplier, quantize_multipliers
+from .fixed_point import add_params, conv_multipliers, quantize_multiplier
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,34 @@ def _per_tensor(call: relax.Call) -> QuantParams | None:
     if scale is None or zp is None:
         return None
     return QuantParams(float(np.float32(scale)), int(zp))
+
+
+def _min_max(value) -> tuple[str, relax.Expr, relax.Expr] | None:
+    """("maximum" | "minimum", operand, bound) of relax.maximum/minimum, or of the call_tir to a
+    PrimFunc of that name that the ONNX importer emits for Clip."""
+    name = _op_name(value)
+    if name in ("relax.maximum", "relax.minimum"):
+        return name.split(".")[1], value.args[0], value.args[1]
+    if name == "relax.call_tir" and isinstance(value.args[1], relax.Tuple) and len(value.args[1].fields) == 2:
+        callee = value.args[0].name_hint.rstrip("0123456789")  # maximum, maximum1, ...
+        if callee in ("maximum", "minimum"):
+            return callee, value.args[1].fields[0], value.args[1].fields[1]
+    return None
+
+
+def _quantize_bound(value: float, out: QuantParams) -> int:
+    """TFLite's CalculateActivationRangeQuantized for one bound: zp + round(value / scale), the
+    division in float32, halves away from zero."""
+    x = float(np.float32(value) / np.float32(out.scale))
+    return out.zero_point + int(np.sign(x) * np.floor(abs(x) + 0.5))
+
+
+def mean_multiplier(in_scale: float, out_scale: float, count: int) -> tuple[int, int]:
+    """TFLite Micro's QuantizedMeanOrSum multiplier: that of in_scale / out_scale with 1/count
+    folded in as (m << k) / count, k = floor(log2(count)) clamped to 32 and 31 + shift."""
+    m, s = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
+    k = min(count.bit_length() - 1, 32, 31 + s)
+    return int((m << k) // count), s - k
 
 
 def _use_counts(func: relax.Function) -> dict[int, int]:
@@ -163,11 +191,29 @@ class _IntegerRewriter(relax.PyExprMutator):
         if name == "relax.reshape":
             inner = self._const_float(value.args[0])
             return None if inner is None else inner.reshape(_int_shape(value))
+        if name == "relax.isnan":
+            inner = self._const_float(value.args[0])
+            return None if inner is None else np.isnan(inner)
+        if name == "relax.where":
+            parts = [self._const_float(a) for a in value.args]
+            return None if any(p is None for p in parts) else np.where(*parts)
         if name == "relax.permute_dims":
             inner = self._const_float(value.args[0])
             axes = value.attrs.axes
             return None if inner is None else np.transpose(inner, None if axes is None else [int(a) for a in axes])
         return None
+
+    def _int32_constant(self, expr) -> np.ndarray | None:
+        """q of `dequantize(q)` (maybe reshaped) for an int32 constant q with zero point 0."""
+        value = self._def(expr)
+        if _op_name(value) == "relax.reshape":
+            value = self._def(value.args[0]) if isinstance(value.args[0], relax.Var) else value.args[0]
+        if _op_name(value) != "relax.dequantize":
+            return None
+        q, zp = _constant(value.args[0]), _constant(value.args[2])
+        if q is None or zp is None or q.dtype != np.int32 or np.any(zp != 0):
+            return None
+        return q
 
     def _quantized_weight(self, expr, out_axis: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(int8 weight, float64 per-output-channel scales) of a symmetric int8 weight constant,
@@ -194,20 +240,34 @@ class _IntegerRewriter(relax.PyExprMutator):
         return np.ascontiguousarray(q), np.array(scales)
 
     def _activation(self, expr, out: QuantParams) -> tuple[relax.Expr, int, int]:
-        """Strip relu / clip ending a chain: (producer, act_min, act_max) in the output's int8 range."""
+        """Strip relu / clip / maximum / minimum (with a constant bound) ending a chain: (producer,
+        act_min, act_max) in the output's int8 range (TFLite's CalculateActivationRangeQuantized)."""
         lo, hi = K.INT8_MIN, K.INT8_MAX
-        value = self._def(expr)
-        name = _op_name(value)
-        if name == "relax.nn.relu":
-            return value.args[0], max(lo, out.zero_point), hi
-        if name == "relax.clip":
-            a, b = (float(v.value) for v in value.args[1:3])
-            if np.isfinite(a):
-                lo = max(lo, int(np.round(np.float32(a) / np.float32(out.scale))) + out.zero_point)
-            if np.isfinite(b):
-                hi = min(hi, int(np.round(np.float32(b) / np.float32(out.scale))) + out.zero_point)
-            return value.args[0], lo, hi
-        return expr, lo, hi
+        while True:
+            value = self._def(expr)
+            name = _op_name(value)
+            if name == "relax.nn.relu":
+                lo = max(lo, out.zero_point)
+            elif name == "relax.clip":
+                a, b = (float(v.value) for v in value.args[1:3])
+                if np.isfinite(a):
+                    lo = max(lo, _quantize_bound(a, out))
+                if np.isfinite(b):
+                    hi = min(hi, _quantize_bound(b, out))
+            elif _min_max(value) is not None:
+                which, operand, bound_expr = _min_max(value)
+                bound = self._const_float(bound_expr)
+                if bound is None or bound.size != 1:
+                    return expr, lo, hi
+                if which == "maximum":
+                    lo = max(lo, _quantize_bound(bound.item(), out))
+                else:
+                    hi = min(hi, _quantize_bound(bound.item(), out))
+                expr = operand
+                continue
+            else:
+                return expr, lo, hi
+            expr = value.args[0]
 
     # ---- integer kernels -------------------------------------------------------------------
     def _int8(self, operand: _Dequantized) -> relax.Expr:
@@ -220,11 +280,13 @@ class _IntegerRewriter(relax.PyExprMutator):
         producer, act_min, act_max = self._activation(expr, out)
         value = self._def(producer)
         bias = None
+        bias_int32 = None
         if _op_name(value) == "relax.add":
             for acc_side, bias_side in ((0, 1), (1, 0)):
                 b = self._const_float(value.args[bias_side])
                 if b is not None and _op_name(self._def(value.args[acc_side])) in ("relax.nn.conv2d", "relax.matmul"):
-                    bias, value = b, self._def(value.args[acc_side])
+                    bias, bias_int32 = b, self._int32_constant(value.args[bias_side])
+                    value = self._def(value.args[acc_side])
                     break
             else:
                 return None
@@ -253,10 +315,11 @@ class _IntegerRewriter(relax.PyExprMutator):
             bias = np.repeat(bias, channels)
         if bias.size != channels:
             return None
-        in_scale = np.float64(np.float32(data.params.scale))
-        bias_q = np.round(bias.astype(np.float64) / (in_scale * w_scales)).astype(np.int64)
-        folded = bias_q - data.params.zero_point * w.reshape(channels, -1).astype(np.int64).sum(axis=1)
-        mult, shift = quantize_multipliers(in_scale * w_scales / np.float64(np.float32(out.scale)))
+        bias_q = np.round(bias.astype(np.float64) / (np.float64(np.float32(data.params.scale)) * w_scales))
+        if bias_int32 is not None and bias_int32.size == channels:
+            bias_q = bias_int32.reshape(-1)  # an int32 bias (QDQ's input_scale * weight_scale) is exact as stored
+        folded = bias_q.astype(np.int64) - data.params.zero_point * w.reshape(channels, -1).astype(np.int64).sum(axis=1)
+        mult, shift = conv_multipliers(data.params.scale, w_scales, out.scale)
         args = [relax.const(w), relax.const(folded.astype(np.int32)), relax.const(mult), relax.const(shift)]
         common = dict(output_zero_point=out.zero_point, act_min=act_min, act_max=act_max)
         x = self._int8(data)
@@ -278,9 +341,12 @@ class _IntegerRewriter(relax.PyExprMutator):
         a, b = (self._dequantized(arg) for arg in value.args)
         if a is None or b is None or _int_shape(value.args[0]) != _int_shape(value.args[1]):
             return None
-        params = add_parameters(a.params, b.params, out, act_min, act_max)
-        return self.builder_.call_te(K.add_int8, self._int8(a), self._int8(b), primfunc_name_hint="add_int8",
-                                     params=params)
+        return self.builder_.call_te(
+            K.add_int8, self._int8(a), self._int8(b), primfunc_name_hint="add_int8",
+            params=add_params(a.params.scale, b.params.scale, out.scale),
+            zero_points=[a.params.zero_point, b.params.zero_point], output_zero_point=out.zero_point,
+            act_min=act_min, act_max=act_max,
+        )
 
     def _pool(self, expr, out: QuantParams) -> relax.Expr | None:
         producer, act_min, act_max = self._activation(expr, out)
@@ -312,27 +378,41 @@ class _IntegerRewriter(relax.PyExprMutator):
         axes = None if value.attrs.axis is None else sorted(int(a) % 4 for a in value.attrs.axis)
         if data is None or data.reshape is not None or len(_int_shape(value.args[0])) != 4 or axes != [2, 3]:
             return None
-        mult, shift = quantize_multiplier(np.float64(np.float32(data.params.scale)) / np.float64(np.float32(out.scale)))
+        shape = _int_shape(value.args[0])
+        mult, shift = mean_multiplier(data.params.scale, out.scale, shape[2] * shape[3])
         return self.builder_.call_te(
             K.mean_hw_int8, self._int8(data), primfunc_name_hint="mean_int8", keepdims=bool(value.attrs.keepdims),
             input_zero_point=data.params.zero_point, output_zero_point=out.zero_point, multiplier=mult, shift=shift,
             act_min=act_min, act_max=act_max,
         )
 
+    def _int8_as(self, operand: _Dequantized, out: QuantParams, act_min: int = K.INT8_MIN,
+                 act_max: int = K.INT8_MAX) -> relax.Expr:
+        """The operand as int8 in the quantization `out` (requantized where it differs)."""
+        x = self._int8(operand)
+        if operand.params == out and (act_min, act_max) == (K.INT8_MIN, K.INT8_MAX):
+            return x
+        mult, shift = quantize_multiplier(float(np.float32(operand.params.scale)) / float(np.float32(out.scale)))
+        return self.builder_.emit(self.builder_.call_te(
+            K.requantize_int8, x, primfunc_name_hint="requantize_int8", input_zero_point=operand.params.zero_point,
+            output_zero_point=out.zero_point, multiplier=mult, shift=shift, act_min=act_min, act_max=act_max,
+        ))
+
     def _layout(self, expr, out: QuantParams) -> relax.Expr | None:
-        """reshape / flatten / concat of int8 tensors with unchanged quantization: done on int8."""
+        """reshape / flatten / concat of int8 tensors: done on int8, inputs whose quantization
+        differs from the output's requantized first (TFLite's reshape and concatenation)."""
         value = self._def(expr)
         name = _op_name(value)
         if name == "relax.reshape":
             data = self._dequantized(value.args[0])
-            if data is None or data.params != out:
+            if data is None:
                 return None
-            return relax.op.reshape(self._int8(data), _int_shape(expr))
+            return relax.op.reshape(self._int8_as(data, out), _int_shape(expr))
         if name == "relax.concat" and isinstance(value.args[0], relax.Tuple):
             parts = [self._dequantized(f) for f in value.args[0].fields]
-            if any(p is None or p.params != out for p in parts):
+            if any(p is None for p in parts):
                 return None
-            return relax.op.concat([self._int8(p) for p in parts], axis=int(value.attrs.axis))
+            return relax.op.concat([self._int8_as(p, out) for p in parts], axis=int(value.attrs.axis))
         return None
 
     def _integer(self, call: relax.Call) -> relax.Expr | None:
@@ -368,20 +448,6 @@ class _IntegerRewriter(relax.PyExprMutator):
         super().visit_var_binding_(binding)
 
 
-def add_parameters(a: QuantParams, b: QuantParams, out: QuantParams, act_min: int, act_max: int) -> dict:
-    """TFLite's int8 ADD parameters (PrepareGeneralSubOp / add.cc): left shift 20, inputs rescaled to
-    twice the larger input scale, the sum rescaled to the output; all from float32 scales in double."""
-    left_shift = 20
-    s1, s2, s3 = (np.float64(np.float32(p.scale)) for p in (a, b, out))
-    twice_max = 2.0 * max(s1, s2)
-    mult1, shift1 = quantize_multiplier(s1 / twice_max)
-    mult2, shift2 = quantize_multiplier(s2 / twice_max)
-    mult_out, shift_out = quantize_multiplier(twice_max / ((1 << left_shift) * s3))
-    return dict(left_shift=left_shift, zp1=a.zero_point, zp2=b.zero_point, zp_out=out.zero_point,
-                mult1=mult1, shift1=shift1, mult2=mult2, shift2=shift2, mult_out=mult_out, shift_out=shift_out,
-                act_min=act_min, act_max=act_max)
-
-
 @tvm.transform.module_pass(opt_level=0, name="QuantizeToInteger")
 class QuantizeToInteger:
     """Replace `dequantize -> op -> quantize` chains by integer-only kernels (TFLite int8 semantics).
@@ -398,7 +464,10 @@ class QuantizeToInteger:
       bias add -> optional relu/clip -> quantize: one kernel, int8 in, int32 accumulation, bias
       with the input zero point folded in, per-channel multiplier and shift, int8 out;
     - add of two int8 tensors (TFLite's ADD rescale), max/avg pool (same scale in and out), mean
-      over H and W (TFLite's Mean), reshape and concat with unchanged quantization (on int8).
+      over H and W (TFLite Micro's QuantizedMeanOrSum), reshape/flatten and concat on int8 (an
+      input whose quantization differs from the output's is requantized first).
+    Weight and bias constants are evaluated through the importer's dequantize / reshape /
+    permute_dims; an int32 bias (QDQ's scale input_scale * weight_scale) is used as stored.
     With int8_io (default True), a single input that is quantized first thing becomes an int8
     parameter and an output that is a dequantize becomes the int8 tensor itself (their scale and
     zero point: `io_quantization`).

@@ -33,7 +33,7 @@ from tvmnas.passes import (
     plan_arena,
 )
 from tvmnas.passes.call_graph import DTYPE_BYTES
-from tvmnas.quantized import integer_model
+from tvmnas.quantized import integer_model, quantize_for_compile
 from tvmnas.targets import Target
 from tvmnas.toolchain import require_tools
 
@@ -200,14 +200,24 @@ def compile_model(
     ignore_budget: bool = False,
     schedule: bool = True,
     optimize: str = "speed",
+    quantize: str | None = None,
+    calibration=None,
 ) -> CompiledModel:
     """Compile `model` for `target` into `out_dir` (replaced if it exists, untouched on error).
 
     optimize: "speed" (default) or "size" (smaller kernels, slower; see `schedule_for_size`).
+    quantize: "int8" quantizes a float model first (post-training, on `calibration`: an array
+    or .npy path of input samples); the QDQ model is kept in the bundle as quantized.onnx.
+    A QDQ model compiles to integer kernels without it.
     """
     out_dir = Path(out_dir)
     check_optimize(optimize)
-    mod, sources = import_model_with_sources(model, input_shape)
+    qdq = quantize_for_compile(model, quantize, calibration)
+    with tempfile.TemporaryDirectory(prefix="tvmnas-qdq-") as tmp:
+        if qdq is not None:
+            model = Path(tmp) / "quantized.onnx"
+            model.write_bytes(qdq.SerializeToString())
+        mod, sources = import_model_with_sources(model, input_shape)
     mod, quantization = integer_model(mod)  # QDQ models: integer kernels, int8 input and output
     lowered, graph = lower_model(mod, schedule, optimize)
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
@@ -222,6 +232,8 @@ def compile_model(
         manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags],
                                 kernel_sources(graph, sources), quantization)
         manifest["optimize"] = optimize
+        if qdq is not None:
+            (staging / "quantized.onnx").write_bytes(qdq.SerializeToString())
         manifest["flash_bytes"] = object_flash_bytes(staging, target)
         if not ignore_budget:
             check_budgets(manifest, target)

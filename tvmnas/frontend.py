@@ -139,14 +139,14 @@ def _import_onnx(path: Path) -> tuple[tvm.IRModule, SourceLayers]:
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
-    from tvmnas.quantized import check_not_qoperator
+    from tvmnas.quant.qgraph import reject_qoperator
 
     try:
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
     except Exception as err:  # protobuf decode errors have no common base class
         raise ModelLoadError(f"'{path}' is not a valid ONNX model: {_first_line(err)}") from None
-    check_not_qoperator(proto)
+    reject_qoperator(proto)  # QOperator ONNX: one line saying to export QDQ
     try:
         return from_onnx(proto), _onnx_sources(proto)
     except tvm.error.OpNotImplemented as err:

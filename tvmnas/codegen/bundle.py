@@ -108,7 +108,7 @@ def io_macros(prefix: str, info: TensorInfo, quant) -> list[str]:
         lines.append(f"#define MODEL_{prefix}_TYPE {c_type(info.dtype)}")
     if quant is not None:
         lines.append(f"#define MODEL_{prefix}_SCALE {float_literal(quant.scale)}")
-        lines.append(f"#define MODEL_{prefix}_ZERO_POINT {quant.zero_point}")
+        lines.append(f"#define MODEL_{prefix}_ZERO_POINT ({quant.zero_point})")
     return lines
 
 
