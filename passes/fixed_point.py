@@ -40,6 +40,8 @@ __all__ = [
     "conv_multipliers",
     "ADD_LEFT_SHIFT",
     "add_params",
+    "rescale_multiplier",
+    "mean_multiplier",
     "rounding_average",
 ]
 
@@ -237,6 +239,27 @@ def add_params(input1_scale: float, input2_scale: float, output_scale: float) ->
     mo, sho = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * so))
     return {"left_shift": ADD_LEFT_SHIFT, "input1_multiplier": m1, "input1_shift": sh1,
             "input2_multiplier": m2, "input2_shift": sh2, "output_multiplier": mo, "output_shift": sho}
+
+
+def rescale_multiplier(input_scale: float, output_scale: float) -> tuple[int, int]:
+    """(multiplier, shift) that moves int8 values from one scale to another (ReLU, concat and
+    reshape inputs of other quantization, mean): ``input_scale / output_scale``, the float32
+    scales widened to double first, as TFLite's Prepare functions compute it."""
+    return quantize_multiplier(float(np.float32(input_scale)) / float(np.float32(output_scale)))
+
+
+def mean_multiplier(input_scale: float, output_scale: float, count: int) -> tuple[int, int]:
+    """(multiplier, shift) of an int8 mean over ``count`` elements, as TFLite Micro's
+    ``QuantizedMeanOrSum`` folds ``1/count`` into the multiplier of ``input_scale / output_scale``.
+
+    With ``(m, s) = quantize_multiplier(in / out)`` and ``k = min(floor(log2(count)), 32, 31 + s)``:
+    ``((m << k) // count, s - k)``. The mean is then
+    ``requantize(sum - input_zero_point * count, multiplier, shift, output_zero_point)``; TFLite
+    Micro does this also when input and output share their quantization.
+    """
+    m, s = rescale_multiplier(input_scale, output_scale)
+    k = min(int(count).bit_length() - 1, 32, 31 + s)
+    return int((m << k) // int(count)), s - k
 
 
 def rounding_average(acc: np.ndarray, count: np.ndarray | int) -> np.ndarray:

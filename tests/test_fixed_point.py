@@ -235,3 +235,17 @@ def test_requantize_adds_zero_point_and_clamps():
 def test_requantize_rejects_range_outside_int8():
     with pytest.raises(ValueError, match="int8"):
         requantize(np.array([0]), 2**30, 0, 0, act_min=-129)
+
+
+def test_mean_multiplier_folds_one_over_count():
+    from tvmnas.passes.fixed_point import mean_multiplier
+
+    m, s = quantize_multiplier(0.5)
+    assert mean_multiplier(0.5, 1.0, 1) == (m, s)  # k = 0
+    # count 12: k = 3, m' = (m << 3) // 12, shift - 3; the product stays close to 0.5 / 12
+    m12, s12 = mean_multiplier(0.5, 1.0, 12)
+    assert (m12, s12) == ((m << 3) // 12, s - 3)
+    assert abs(m12 * 2.0 ** (s12 - 31) - 0.5 / 12) < 1e-9
+    # k is clamped to 31 + shift for a tiny ratio
+    mt, st = quantize_multiplier(2.0**-30)
+    assert mean_multiplier(2.0**-30, 1.0, 1 << 20)[1] == st - min(20, 31 + st)

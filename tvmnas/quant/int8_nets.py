@@ -21,7 +21,8 @@ from torch import nn
 
 
 class ConvNet(nn.Module):
-    """conv 3x3 SAME + ReLU, conv 3x3 stride 2 (explicit padding) + ReLU6, flatten of a 4x4 map, dense."""
+    """conv 3x3 SAME + ReLU (BatchNorm folded), conv 3x3 stride 2 with PyTorch's padding (a PAD op
+    in .tflite) + ReLU6, conv 3x3 VALID, flatten of a 2x2 map, dense."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,6 +100,29 @@ class PoolNet(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+class PreActNet(nn.Module):
+    """DARTS-style ReLU -> conv -> BN ops on a shared input, one dilated, summed with a skip: the
+    ReLUs follow no conv (a ReLU6 on the input, a ReLU whose input also feeds the skip, a ReLU
+    after a max pool), so each is its own int8 op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.conv_a = nn.Conv2d(8, 8, 1, bias=False)
+        self.bn_a = nn.BatchNorm2d(8)
+        self.conv_b = nn.Conv2d(8, 8, 3, padding=2, dilation=2, bias=False)
+        self.bn_b = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(F.relu6(x))
+        r = F.relu(s)
+        a = self.bn_a(self.conv_a(r))
+        b = self.bn_b(self.conv_b(r))
+        y = F.relu(F.max_pool2d(a + b + s, 2))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
 class DenseNet(nn.Module):
     """Fully connected autoencoder in miniature (MLPerf Tiny's FC autoencoder shape)."""
 
@@ -126,10 +150,11 @@ class Int8Net:
 
 INT8_NETS: dict[str, Int8Net] = {
     "conv": Int8Net(ConvNet, (1, 3, 8, 8)),
-    "depthwise": Int8Net(DepthwiseNet, (1, 3, 16, 16)),
-    "residual": Int8Net(ResidualNet, (1, 3, 8, 8)),
+    "depthwise": Int8Net(DepthwiseNet, (1, 3, 13, 13)),
+    "residual": Int8Net(ResidualNet, (1, 3, 9, 9)),
     "pool": Int8Net(PoolNet, (1, 2, 12, 12)),
     "dense": Int8Net(DenseNet, (1, 40)),
+    "preact": Int8Net(PreActNet, (1, 3, 8, 8)),
 }
 
 

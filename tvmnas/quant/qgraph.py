@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tvmnas.errors import ModelLoadError, QuantizationError, UnsupportedOperatorError
 
@@ -44,7 +44,10 @@ class QTensor:
 class QOp:
     """One integer operator.
 
-    kind: conv, dense, add, avgpool, maxpool, mean, reshape or concat.
+    kind: conv, dense, add, avgpool, maxpool, mean, reshape, concat, relu (a Relu/Clip that
+    follows no conv, dense or add: TFLite's RELU/RELU6 op, which may requantize) or float (a
+    float island: an op with no integer form, e.g. Softmax or Sigmoid, run in float32 between
+    DequantizeLinear and QuantizeLinear; attrs hold the ONNX node and its constant inputs).
     inputs / output: names of int8 tensors (keys of :attr:`QGraph.tensors`).
     weight: int8, (O, I/group, kh, kw) for conv, (O, I) for dense; weight_scale: float32 (O,),
     symmetric (zero point 0). bias: int32 (O,), scale input_scale * weight_scale.
@@ -121,10 +124,52 @@ def reject_qoperator(model: onnx.ModelProto) -> None:
                 "export QDQ instead (onnxruntime quantize_static(..., quant_format=QuantFormat.QDQ))")
 
 
+def fold_constants(model: onnx.ModelProto) -> None:
+    """Evaluate what does not depend on the input into initializers: Constant nodes, Shape of
+    statically shaped tensors, and every node whose inputs are all constant (exporters build
+    Clip bounds and reshape targets that way), in place; quantization nodes of constant weights
+    stay. What is left computes on activations."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = model.graph
+    shapes = {}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    keep = []
+    for n in g.node:
+        values = None
+        if n.op_type == "Constant" and n.attribute[0].name == "value":
+            values = [numpy_helper.to_array(n.attribute[0].t)]
+        elif n.op_type == "Shape" and n.input[0] in shapes and not n.attribute:
+            values = [np.array(shapes[n.input[0]], np.int64)]
+        elif (n.input and all((not i) or i in init for i in n.input) and not n.op_type.startswith("Random")
+              and n.op_type not in ("QuantizeLinear", "DequantizeLinear")):
+            feeds = {i: init[i] for i in n.input if i}
+            inputs = [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(init[i].dtype), init[i].shape) for i in feeds]
+            outputs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in n.output]
+            one = helper.make_model(helper.make_graph([n], "fold", inputs, outputs), opset_imports=model.opset_import)
+            values = ReferenceEvaluator(one).run(None, feeds)
+        if values is None:
+            keep.append(n)
+            continue
+        for o, v in zip(n.output, values):
+            init[o] = np.asarray(v)
+            g.initializer.append(numpy_helper.from_array(init[o], o))
+    del g.node[:]
+    g.node.extend(keep)
+
+
 class _Reader:
     def __init__(self, model: onnx.ModelProto) -> None:
         reject_qoperator(model)
-        model = onnx.shape_inference.infer_shapes(model)
+        folded = onnx.ModelProto()
+        folded.CopyFrom(model)
+        fold_constants(folded)
+        model = onnx.shape_inference.infer_shapes(folded)
         self.graph = model.graph
         self.init = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
         for node in self.graph.node:
@@ -141,6 +186,7 @@ class _Reader:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
         self.tensors: dict[str, QTensor] = {}
+        self.alias: dict[str, str] = {}  # a second QuantizeLinear of one output -> the first
 
     # -- quantization parameters ------------------------------------------------------------
     def _qparams(self, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +224,7 @@ class _Reader:
         s_dq, z_dq = self._qparams(dq)
         if not (np.array_equal(s_q, s_dq) and np.array_equal(z_q, z_dq)):
             raise QuantizationError(f"DequantizeLinear '{dq.name}' reads '{dq.input[0]}' with other parameters than it was quantized with")
-        return self._add_tensor(q)
+        return self.alias.get(q.output[0]) or self._add_tensor(q)
 
     def constant_in(self, float_name: str, node: onnx.NodeProto, dtype: type) -> tuple[np.ndarray, np.ndarray, int]:
         """(integer values, scales, axis) of a DequantizeLinear'd initializer."""
@@ -190,7 +236,8 @@ class _Reader:
         values = self.init[dq.input[0]]
         if values.dtype != dtype:
             raise QuantizationError(f"constant '{dq.input[0]}' of node '{node.name}' is {values.dtype}, expected {np.dtype(dtype)}")
-        scale, zp = self._qparams(dq) if dtype == np.int8 else (np.asarray(self.init[dq.input[1]], np.float32), np.asarray(self.init[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] else np.zeros(()))
+        scale = np.asarray(self.init[dq.input[1]], np.float32)
+        zp = np.asarray(self.init[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] else np.zeros(())
         if np.any(zp != 0):
             raise QuantizationError(f"constant '{dq.input[0]}' of node '{node.name}' has a non-zero zero point; weights must be symmetric")
         axis = 1
@@ -199,21 +246,31 @@ class _Reader:
                 axis = a.i
         return values, scale, axis
 
+    def clip_bounds(self, a: onnx.NodeProto) -> tuple[str | None, tuple[float | None, float | None]]:
+        """(TFLite activation name or None, (lo, hi)) of a Relu or Clip node."""
+        if a.op_type == "Relu":
+            return "RELU", (0.0, None)
+        lo = float(self.init[a.input[1]]) if len(a.input) > 1 and a.input[1] else None
+        hi = float(self.init[a.input[2]]) if len(a.input) > 2 and a.input[2] else None
+        if lo is None and len(a.input) == 1:  # opset < 11 keeps the bounds as attributes
+            attrs = _attrs(a)
+            lo, hi = attrs.get("min"), attrs.get("max")
+        return ("RELU6" if (lo, hi) == (0.0, 6.0) else "RELU" if (lo, hi) == (0.0, None) else None), (lo, hi)
+
     def output_of(self, node: onnx.NodeProto) -> tuple[str, str, tuple[float | None, float | None] | None]:
         """(int8 output name, activation kind, clip bounds) following [Relu|Clip] -> QuantizeLinear."""
-        name = node.output[0]
-        act, bounds = "NONE", (None, None)
-        users = self.consumers.get(name, [])
+        users = self.consumers.get(node.output[0], [])
         if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):
-            a = users[0]
-            if a.op_type == "Relu":
-                act, bounds = "RELU", (0.0, None)
-            else:
-                lo = float(self.init[a.input[1]]) if len(a.input) > 1 and a.input[1] else None
-                hi = float(self.init[a.input[2]]) if len(a.input) > 2 and a.input[2] else None
-                act, bounds = ("RELU6" if (lo, hi) == (0.0, 6.0) else "RELU" if (lo, hi) == (0.0, None) else None), (lo, hi)
-            name = a.output[0]
-            users = self.consumers.get(name, [])
+            return self._own_output(users[0], *self.clip_bounds(users[0]), what=node)
+        return self._own_output(node, "NONE", (None, None))
+
+    def _own_output(self, node: onnx.NodeProto, act: str | None, bounds: tuple,
+                    what: onnx.NodeProto | None = None) -> tuple[str, str | None, tuple]:
+        """The int8 tensor that quantizes `node`'s output (`what` names the op in errors)."""
+        what = what or node
+        name = node.output[0]
+        users = self.consumers.get(name, [])
+        node = what
         qs = [u for u in users if u.op_type == "QuantizeLinear"]
         if not qs:
             raise QuantizationError(f"output '{name}' of {node.op_type} node '{node.name}' is not quantized (no QuantizeLinear after it)")
@@ -222,7 +279,8 @@ class _Reader:
             twin = self._add_tensor(other)
             if (self.tensors[twin].scale, self.tensors[twin].zero_point) != (self.tensors[out].scale, self.tensors[out].zero_point):
                 raise QuantizationError(f"output '{name}' of node '{node.name}' is quantized twice with different parameters")
-            self.tensors[twin] = self.tensors[out]
+            del self.tensors[twin]
+            self.alias[twin] = out
         return out, act, bounds
 
 
@@ -255,10 +313,19 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
         inputs.append(r._add_tensor(qs[0]))
     for node in g.node:
         op = node.op_type
-        if op in ("QuantizeLinear", "DequantizeLinear", "Relu", "Clip", "Constant"):
+        if op in ("Relu", "Clip"):
+            src = r.producer.get(node.input[0])
+            if src is None or src.op_type != "DequantizeLinear":
+                continue  # fused into the op before it (read with that op)
+            x = r.activation_in(node.input[0], node)
+            out, act, bounds = r._own_output(node, *r.clip_bounds(node))
+            ops.append(_make(r, "relu", node, [x], out, act, bounds, None, None, None, {}))
+            continue
+        if op in ("QuantizeLinear", "DequantizeLinear", "Constant"):
             continue
         if op not in COMPUTE_OPS:
-            raise UnsupportedOperatorError(op, node.name, "no int8 integer operator for it")
+            ops.append(_float_island(r, node))
+            continue
         a = _attrs(node)
         if op == "Conv":
             x = r.activation_in(node.input[0], node)
@@ -329,6 +396,49 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
         outputs.append(dq.input[0])
         output_names.append(vi.name)
     return QGraph(ops, r.tensors, inputs, outputs, input_names, output_names)
+
+
+def _float_island(r: _Reader, node: onnx.NodeProto) -> QOp:
+    """A node with no integer operator, run in float between DequantizeLinear and QuantizeLinear.
+
+    Its inputs must be int8 activations (through DequantizeLinear) or constants, its one output
+    quantized; otherwise the node is named as not quantized.
+    """
+    inputs, consts = [], {}
+    for i, name in enumerate(node.input):
+        if not name:
+            continue
+        if name in r.init:
+            consts[i] = r.init[name]
+            continue
+        dq = r.producer.get(name)
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in r.init:
+            consts[i] = _dequantize_constant(r, dq)
+            continue
+        try:
+            inputs.append(r.activation_in(name, node))
+        except QuantizationError:
+            raise UnsupportedOperatorError(
+                node.op_type, node.name, f"its input '{name}' is not an int8 activation, so it cannot run "
+                "as a float island between DequantizeLinear and QuantizeLinear") from None
+    if len(node.output) != 1 or not inputs:
+        raise UnsupportedOperatorError(node.op_type, node.name, "no int8 integer operator for it")
+    out, act, bounds = r._own_output(node, "NONE", (None, None))
+    q = QOp("float", node.name or node.output[0], inputs, out, activation=None, attrs={"node": node, "constants": consts})
+    return q
+
+
+def _dequantize_constant(r: _Reader, dq: onnx.NodeProto) -> np.ndarray:
+    """The float32 value of a DequantizeLinear of an initializer (a float island's constant input)."""
+    q = r.init[dq.input[0]].astype(np.float32)
+    scale = np.asarray(r.init[dq.input[1]], np.float32)
+    zp = np.asarray(r.init[dq.input[2]], np.float32) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.float32)
+    if scale.ndim == 1 and q.ndim > 1:
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return ((q - zp) * scale).astype(np.float32)
 
 
 def _per_channel(scale: np.ndarray, channels: int, axis: int, expected_axis: int, node: onnx.NodeProto) -> np.ndarray:

@@ -11,8 +11,8 @@ The scheme is TFLite's, so that the result runs bit-exactly on TFLite Micro's in
 - BatchNormalization after a Conv is folded into it first; a Relu or Clip right after a Conv,
   Gemm, MatMul or Add is fused: only its output is quantized, giving the standard pattern
   ``DQ(x) -> Conv(DQ(w), DQ(b)) -> Relu -> Q``;
-- max pool, average pool, flatten and reshape keep their input's quantization (TFLite's int8
-  kernels require it).
+- max pool, average pool, flatten, reshape and a Clip that is not fused keep their input's
+  quantization (TFLite's int8 kernels require it); a Relu that is not fused gets its own.
 
 Only the ONNX graph is rewritten: a .pt2 program is first exported to ONNX.
 """
@@ -27,11 +27,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tvmnas.errors import CalibrationError, ModelLoadError, QuantizationError
-from tvmnas.quant.qgraph import load_onnx, reject_qoperator, tflite_round
+from tvmnas.quant.qgraph import fold_constants, load_onnx, reject_qoperator, tflite_round
 
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
 FUSING_OPS = WEIGHTED_OPS | {"Add"}
-SAME_QUANT_OPS = {"MaxPool", "AveragePool", "Flatten", "Reshape"}
+# Ops whose output keeps the input's quantization (TFLite's int8 kernels require it; a Clip here
+# is one that follows no conv, dense or add: TFLite Micro's int8 RELU6 only clamps).
+SAME_QUANT_OPS = {"MaxPool", "AveragePool", "Flatten", "Reshape", "Clip"}
 
 
 def load_calibration(calibration: np.ndarray | str | Path) -> np.ndarray:
@@ -132,27 +134,6 @@ def _fold_batch_norm(model: onnx.ModelProto) -> None:
         g.node.remove(bn)
 
 
-def _fold_constants(model: onnx.ModelProto) -> None:
-    """Turn Constant nodes, and Cast/Identity of constants (exporters emit them for Clip bounds), into initializers."""
-    g = model.graph
-    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    keep = []
-    for n in g.node:
-        if n.op_type == "Constant" and n.attribute[0].name == "value":
-            init[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-        elif n.op_type == "Cast" and n.input[0] in init:
-            to = next(a.i for a in n.attribute if a.name == "to")
-            init[n.output[0]] = init[n.input[0]].astype(helper.tensor_dtype_to_np_dtype(to))
-        elif n.op_type == "Identity" and n.input[0] in init:
-            init[n.output[0]] = init[n.input[0]]
-        else:
-            keep.append(n)
-            continue
-        g.initializer.append(numpy_helper.from_array(np.asarray(init[n.output[0]]), n.output[0]))
-    del g.node[:]
-    g.node.extend(keep)
-
-
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
@@ -239,10 +220,10 @@ def quantize_model(model_path: str | Path, calibration: np.ndarray | str | Path)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in in_vi.type.tensor_type.shape.dim]
     if any(d is None for d in dims[1:]) or not dims:
         raise QuantizationError(f"input '{in_vi.name}' of '{model_path}' has no static shape {dims}")
-    expected = ("N",) + tuple(dims[1:])
     if data.ndim != len(dims) or tuple(data.shape[1:]) != tuple(dims[1:]):
+        expected = "(" + ", ".join(["N"] + [str(d) for d in dims[1:]]) + ")"
         raise CalibrationError(
-            f"calibration array has shape {tuple(data.shape)}; expected {expected} for input '{in_vi.name}'".replace("'N'", "N"))
+            f"calibration array has shape {tuple(data.shape)}; expected {expected} for input '{in_vi.name}'")
     if data.shape[0] < 1:
         raise CalibrationError(f"calibration array has {data.shape[0]} samples; at least 1 is needed")
     if not np.issubdtype(data.dtype, np.floating) or not np.all(np.isfinite(data)):
@@ -250,7 +231,7 @@ def quantize_model(model_path: str | Path, calibration: np.ndarray | str | Path)
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < 13:
             model = onnx.version_converter.convert_version(model, 13)
-    _fold_constants(model)
+    fold_constants(model)
     _fold_batch_norm(model)
     _drop_unused_initializers(model)
     return _insert_qdq(model, data, in_vi.name)

@@ -16,6 +16,11 @@ equal:
   ``in_scale / out_scale`` with ``1/count`` folded in, as TFLite Micro's ``QuantizedMeanOrSum``
   does (whether or not input and output share their quantization).
 - reshape / flatten: the int8 values unchanged (same quantization), requantized otherwise.
+- relu (a Relu/Clip on its own): ``zp_out + MBQM(x - zp_in)`` with the multiplier of
+  ``in_scale / out_scale``, clamped to the activation range (TFLite Micro's ``ReluQuantized``).
+- float islands (ops with no integer form, such as Softmax, Sigmoid or HardSwish): dequantized,
+  run in float32 by onnx's reference evaluator, quantized as ONNX QuantizeLinear does (ties to
+  even). These are not TFLite semantics: TFLite has int8 kernels for them.
 - concat: inputs with the output's quantization are copied, others requantized with a Q31
   multiplier ``in_scale / out_scale``.
 """
@@ -31,12 +36,13 @@ from tvmnas.errors import QuantizationError
 from tvmnas.passes.fixed_point import (
     add_params,
     conv_multipliers,
+    mean_multiplier,
     multiply_by_quantized_multiplier,
-    quantize_multiplier,
     requantize,
+    rescale_multiplier,
     rounding_average,
 )
-from tvmnas.quant.qgraph import QGraph, QOp, QTensor, read_qdq
+from tvmnas.quant.qgraph import QGraph, QOp, QTensor, load_onnx, read_qdq
 
 
 def quantize_input(x: np.ndarray, t: QTensor) -> np.ndarray:
@@ -127,21 +133,38 @@ def _mean(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
     axes = op.attrs["axes"]
     count = int(np.prod([x.shape[i] for i in axes]))
     total = x.astype(np.int64).sum(axis=axes, keepdims=op.attrs["keepdims"])
-    # TFLite Micro's QuantizedMeanOrSum (also when input and output share their quantization):
-    # the multiplier of in_scale / out_scale absorbs 1/count as (m << k) / count with
-    # k = floor(log2(count)), clamped to 32 and to 31 + shift.
-    m, s = quantize_multiplier(float(np.float32(tin.scale)) / float(np.float32(tout.scale)))
-    k = min(count.bit_length() - 1, 32, 31 + s)
-    m = int((m << k) // count)
-    out = multiply_by_quantized_multiplier(total - tin.zero_point * count, m, s - k).astype(np.int64) + tout.zero_point
+    m, s = mean_multiplier(tin.scale, tout.scale, count)  # TFLite Micro's QuantizedMeanOrSum
+    out = multiply_by_quantized_multiplier(total - tin.zero_point * count, m, s).astype(np.int64) + tout.zero_point
     return np.clip(out, *op.act).astype(np.int8)
 
 
-def _requant_copy(x: np.ndarray, tin: QTensor, tout: QTensor, act: tuple[int, int]) -> np.ndarray:
-    if (tin.scale, tin.zero_point) == (tout.scale, tout.zero_point):
+def _requant_copy(x: np.ndarray, tin: QTensor, tout: QTensor, act: tuple[int, int], always: bool = False) -> np.ndarray:
+    """x in tout's quantization: copied where they agree (unless `always`), else requantized."""
+    if not always and (tin.scale, tin.zero_point) == (tout.scale, tout.zero_point):
         return np.clip(x, *act).astype(np.int8)
-    m, s = quantize_multiplier(float(np.float32(tin.scale)) / float(np.float32(tout.scale)))
+    m, s = rescale_multiplier(tin.scale, tout.scale)
     return requantize(x.astype(np.int64) - tin.zero_point, m, s, tout.zero_point, *act)
+
+
+def _float_island(op: QOp, xs: list[np.ndarray], tins: list[QTensor], tout: QTensor) -> np.ndarray:
+    """Dequantize, run the ONNX node in float32 (onnx's numpy reference evaluator), quantize."""
+    from onnx.reference import ReferenceEvaluator
+
+    node = op.attrs["node"]
+    consts = op.attrs["constants"]
+    feeds, inputs, k = {}, [], 0
+    for i, name in enumerate(node.input):
+        if i in consts:
+            inputs.append(onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(consts[i].dtype), consts[i].shape))
+            feeds[name] = consts[i]
+        elif name:
+            inputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, xs[k].shape))
+            feeds[name] = dequantize(xs[k], tins[k])
+            k += 1
+    out = onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)
+    graph = onnx.helper.make_graph([node], "island", inputs, [out])
+    y = ReferenceEvaluator(onnx.helper.make_model(graph)).run(None, feeds)[0]
+    return np.clip(quantize_input(y, tout), *op.act).astype(np.int8)
 
 
 def _check_int32(acc: np.ndarray, op: QOp) -> None:
@@ -158,28 +181,65 @@ def run_ops(graph: QGraph, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
             raise QuantizationError(
                 f"input '{name}' must be int8 {graph.tensors[name].shape}, got {x.dtype} {x.shape}")
         env[name] = x
-    t = graph.tensors
     for op in graph.ops:
-        xs = [env[i] for i in op.inputs]
-        tin, tout = t[op.inputs[0]], t[op.output]
-        if op.kind == "conv":
-            y = _conv(op, xs[0], tin, tout)
-        elif op.kind == "dense":
-            y = _dense(op, xs[0], tin, tout)
-        elif op.kind == "add":
-            y = _add(op, xs[0], xs[1], tin, t[op.inputs[1]], tout)
-        elif op.kind in ("avgpool", "maxpool"):
-            y = _pool(op, xs[0], tin, tout)
-        elif op.kind == "mean":
-            y = _mean(op, xs[0], tin, tout)
-        elif op.kind == "reshape":
-            y = _requant_copy(xs[0], tin, tout, op.act).reshape(tout.shape)
-        elif op.kind == "concat":
-            y = np.concatenate([_requant_copy(x, t[n], tout, op.act) for x, n in zip(xs, op.inputs)], axis=op.attrs["axis"])
-        else:  # pragma: no cover - read_qdq only makes the kinds above
-            raise AssertionError(op.kind)
-        env[op.output] = y.reshape(tout.shape)
+        env[op.output] = run_op(graph, op, [env[i] for i in op.inputs])
     return env
+
+
+def run_op(graph: QGraph, op: QOp, xs: list[np.ndarray]) -> np.ndarray:
+    """One integer op on its int8 inputs (NCHW), its int8 output."""
+    t = graph.tensors
+    tin, tout = t[op.inputs[0]], t[op.output]
+    if op.kind == "conv":
+        y = _conv(op, xs[0], tin, tout)
+    elif op.kind == "dense":
+        y = _dense(op, xs[0], tin, tout)
+    elif op.kind == "add":
+        y = _add(op, xs[0], xs[1], tin, t[op.inputs[1]], tout)
+    elif op.kind in ("avgpool", "maxpool"):
+        y = _pool(op, xs[0], tin, tout)
+    elif op.kind == "mean":
+        y = _mean(op, xs[0], tin, tout)
+    elif op.kind == "reshape":
+        y = _requant_copy(xs[0], tin, tout, op.act)
+    elif op.kind == "relu":
+        y = _requant_copy(xs[0], tin, tout, op.act, always=True)
+    elif op.kind == "float":
+        y = _float_island(op, xs, [t[n] for n in op.inputs], tout)
+    elif op.kind == "concat":
+        y = np.concatenate([_requant_copy(x, t[n], tout, op.act) for x, n in zip(xs, op.inputs)], axis=op.attrs["axis"])
+    else:  # pragma: no cover - read_qdq only makes the kinds above
+        raise AssertionError(op.kind)
+    return y.reshape(tout.shape)
+
+
+def per_op_deviation(model: str | Path | onnx.ModelProto, *inputs: np.ndarray) -> dict[str, int]:
+    """Each op's largest int8 difference from onnxruntime's fake-quant run, given the same inputs.
+
+    onnxruntime (graph optimizations off) runs the QDQ model in float with every int8 tensor
+    exposed; each integer op of the reference is then fed onnxruntime's int8 inputs and its
+    output compared with onnxruntime's. Per op, the two semantics agree within 1 LSB (float
+    arithmetic and one rounding against int32 accumulation and TFLite's double rounding); run
+    end to end, such differences can grow from layer to layer, so this is the check that
+    separates an arithmetic error from accumulated rounding.
+    """
+    import onnxruntime as ort
+
+    proto = load_onnx(model)
+    graph = read_qdq(proto)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    names = list(dict.fromkeys(list(graph.tensors)))
+    for n in names:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT8, None))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = dict(zip(graph.input_names, (np.asarray(x, np.float32) for x in inputs)))
+    env = dict(zip(names, sess.run(names, feeds)))
+    return {op.name: int(np.abs(run_op(graph, op, [env[i] for i in op.inputs]).astype(np.int64)
+                                - env[op.output].astype(np.int64)).max())
+            for op in graph.ops}
 
 
 class ReferenceModel:

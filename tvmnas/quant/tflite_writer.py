@@ -5,8 +5,9 @@ The .tflite holds exactly the int8 weights, int32 biases, scales and zero points
 filters, 1HWO depthwise filters, per-channel weight scales on the output-channel dimension, and
 the fused activation (NONE/RELU/RELU6) on the op. ONNX explicit padding becomes TFLite's SAME or
 VALID where they agree, or a PAD op (padding with the input zero point) before a VALID conv.
-A flatten of a feature map with H*W > 1 gets a TRANSPOSE to NCHW first, so the flattened order
-matches ONNX's. Needs the ``tflite-micro`` package (``pip install .[int8]``) for the generated
+A flatten of a feature map with H*W > 1 read only by dense layers flattens NHWC and the dense
+weights' columns are permuted to match (as TFLite converters do); other such flattens get a
+TRANSPOSE to NCHW first, so the flattened order matches ONNX's. Needs the ``tflite-micro`` package (``pip install .[int8]``) for the generated
 schema classes.
 """
 
@@ -141,6 +142,20 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
             raise QuantizationError(f"node '{op.name}': its Clip{op.act} is no TFLite fused activation")
         return _ACT[op.activation]
 
+    # Flattens of NHWC feature maps read only by dense layers: flatten in NHWC order and permute
+    # the dense weights' columns to match (what TFLite converters do) instead of a TRANSPOSE.
+    readers: dict[str, list[QOp]] = {}
+    for op in g.ops:
+        for name in op.inputs:
+            readers.setdefault(name, []).append(op)
+    nhwc_flat: dict[str, tuple[int, int, int]] = {}
+    for op in g.ops:
+        shape_in = t[op.inputs[0]].shape
+        if (op.kind == "reshape" and len(shape_in) == 4 and shape_in[2] * shape_in[3] > 1 and shape_in[1] > 1
+                and len(t[op.output].shape) == 2 and op.output not in g.outputs
+                and all(r.kind == "dense" for r in readers.get(op.output, []))):
+            nhwc_flat[op.output] = tuple(shape_in[1:])
+
     for name in g.inputs:
         act_tensor(name)
     for op in g.ops:
@@ -182,7 +197,11 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
             o, i = op.weight.shape
             if len(tin.shape) != 2:
                 raise QuantizationError(f"node '{op.name}': dense on a {len(tin.shape)}-d input; flatten it first")
-            wt = bld.tensor(f"{op.name}/weights", [o, i], I8, op.weight, op.weight_scale, np.zeros(o, np.int64), qdim=0)
+            w = op.weight
+            if op.inputs[0] in nhwc_flat:
+                c, h, wd = nhwc_flat[op.inputs[0]]
+                w = w.reshape(o, c, h, wd).transpose(0, 2, 3, 1).reshape(o, i)
+            wt = bld.tensor(f"{op.name}/weights", [o, i], I8, w, op.weight_scale, np.zeros(o, np.int64), qdim=0)
             bt = bld.tensor(f"{op.name}/bias", [o], fb.TensorType.INT32, op.bias.astype(np.int32),
                             np.float32(tin.scale) * op.weight_scale, np.zeros(o, np.int64))
             opts = fb.FullyConnectedOptionsT()
@@ -219,7 +238,7 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
         elif op.kind == "reshape":
             if (tin.scale, tin.zero_point) != (tout.scale, tout.zero_point):
                 raise QuantizationError(f"node '{op.name}': reshape changes the quantization; TFLite's int8 reshape copies")
-            if len(tin.shape) == 4 and tin.shape[2] * tin.shape[3] > 1 and tin.shape[1] > 1:
+            if len(tin.shape) == 4 and tin.shape[2] * tin.shape[3] > 1 and tin.shape[1] > 1 and op.output not in nhwc_flat:
                 nchw = bld.tensor(f"{op.name}/nchw", list(tin.shape), I8, scale=tin.scale, zero_point=tin.zero_point)
                 bld.op(BO.TRANSPOSE, [x, bld.const_i32(f"{op.name}/perm", [0, 3, 1, 2])], [nchw], OPT.TransposeOptions, fb.TransposeOptionsT())
                 x = nchw
@@ -229,6 +248,15 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
             opts = fb.ReshapeOptionsT()
             opts.newShape = shape
             bld.op(BO.RESHAPE, [x, bld.const_i32(f"{op.name}/shape", shape)], [act_tensor(op.output)], OPT.ReshapeOptions, opts)
+        elif op.kind == "relu":
+            if op.activation not in ("RELU", "RELU6"):
+                raise QuantizationError(f"node '{op.name}': its Clip{op.act} is no TFLite activation op")
+            if op.activation == "RELU6" and (tin.scale, tin.zero_point) != (tout.scale, tout.zero_point):
+                raise QuantizationError(f"node '{op.name}': ReLU6 changes the quantization; TFLite Micro's int8 RELU6 keeps the input's")
+            code = BO.RELU if op.activation == "RELU" else BO.RELU6
+            bld.op(code, [x], [act_tensor(op.output)])
+        elif op.kind == "float":
+            raise QuantizationError(f"node '{op.name}': {op.attrs['node'].op_type} runs in float between quantized ops; no int8 TFLite op is written for it")
         elif op.kind == "concat":
             for n in op.inputs:
                 if (t[n].scale, t[n].zero_point) != (tout.scale, tout.zero_point):
@@ -254,10 +282,11 @@ def run_tflite_micro(tflite: bytes, *inputs: np.ndarray) -> list[np.ndarray]:
     """
     from tflite_micro.python.tflite_micro import runtime
 
-    interp = runtime.Interpreter.from_bytes(tflite)
+    fb = _schema()
+    sg = fb.Model.GetRootAsModel(tflite, 0).Subgraphs(0)
+    tensor_bytes = sum(int(np.prod(sg.Tensors(i).ShapeAsNumpy())) * 4 for i in range(sg.TensorsLength()))
+    interp = runtime.Interpreter.from_bytes(tflite, arena_size=2 * tensor_bytes + (1 << 20))
     for i, x in enumerate(inputs):
         interp.set_input(np.ascontiguousarray(x), i)
     interp.invoke()
-    fb = _schema()
-    n_out = fb.Model.GetRootAsModel(tflite, 0).Subgraphs(0).OutputsLength()
-    return [np.array(interp.get_output(i)) for i in range(n_out)]
+    return [np.array(interp.get_output(i)) for i in range(sg.OutputsLength())]
