@@ -254,7 +254,7 @@ def mean_hw_int8(data: te.Tensor, *, keepdims: bool, input_zero_point: int, outp
                  multiplier: int, shift: int, act_min: int, act_max: int) -> te.Tensor:
     """Mean over H and W of an NCHW int8 tensor as TFLite Micro's QuantizedMeanOrSum: the int32 sum
     less zp_in * H*W, requantized by (multiplier, shift) (in_scale / out_scale with 1/(H*W)
-    folded in, `quantize_to_integer.mean_multiplier`), plus zp_out."""
+    folded in, `fixed_point.mean_multiplier`), plus zp_out."""
     n, c, h, w = (int(d) for d in data.shape)
     ry = te.reduce_axis((0, h), name="ry")
     rx = te.reduce_axis((0, w), name="rx")

@@ -9,7 +9,7 @@ import tvm
 from tvm import relax
 
 from . import integer_kernels as K
-from .fixed_point import add_params, conv_multipliers, quantize_multiplier
+from .fixed_point import add_params, conv_multipliers, mean_multiplier, rescale_multiplier
 
 
 @dataclass(frozen=True)
@@ -102,14 +102,6 @@ def _quantize_bound(value: float, out: QuantParams) -> int:
     division in float32, halves away from zero."""
     x = float(np.float32(value) / np.float32(out.scale))
     return out.zero_point + int(np.sign(x) * np.floor(abs(x) + 0.5))
-
-
-def mean_multiplier(in_scale: float, out_scale: float, count: int) -> tuple[int, int]:
-    """TFLite Micro's QuantizedMeanOrSum multiplier: that of in_scale / out_scale with 1/count
-    folded in as (m << k) / count, k = floor(log2(count)) clamped to 32 and 31 + shift."""
-    m, s = quantize_multiplier(float(np.float32(in_scale)) / float(np.float32(out_scale)))
-    k = min(count.bit_length() - 1, 32, 31 + s)
-    return int((m << k) // count), s - k
 
 
 def _use_counts(func: relax.Function) -> dict[int, int]:
@@ -392,7 +384,7 @@ class _IntegerRewriter(relax.PyExprMutator):
         x = self._int8(operand)
         if operand.params == out and (act_min, act_max) == (K.INT8_MIN, K.INT8_MAX):
             return x
-        mult, shift = quantize_multiplier(float(np.float32(operand.params.scale)) / float(np.float32(out.scale)))
+        mult, shift = rescale_multiplier(operand.params.scale, out.scale)
         return self.builder_.emit(self.builder_.call_te(
             K.requantize_int8, x, primfunc_name_hint="requantize_int8", input_zero_point=operand.params.zero_point,
             output_zero_point=out.zero_point, multiplier=mult, shift=shift, act_min=act_min, act_max=act_max,

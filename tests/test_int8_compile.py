@@ -247,7 +247,8 @@ def test_network_is_bit_exact_on_other_cores(nets, name: str, target_name: str, 
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_onnxruntime_qdq_model_within_one_step_of_onnxruntime(per_channel: bool, tmp_path: Path) -> None:
     """A QDQ model from onnxruntime's quantizer (per-channel and per-tensor weights): the integer C
-    agrees with onnxruntime's unoptimized (fake-quant float) run within 1 LSB."""
+    agrees with onnxruntime's unoptimized (fake-quant float) run within 1 LSB, and bit for bit with
+    the integer reference."""
     path, x = _ort_quantized(tmp_path, per_channel)
     bundle = compile_model(path, load_target(M4), tmp_path / "c")
     assert all(k["name"].find("int8") >= 0 for k in bundle.manifest["kernels"])  # no float island left
@@ -256,6 +257,7 @@ def test_onnxruntime_qdq_model_within_one_step_of_onnxruntime(per_channel: bool,
     y = run_host(build_host(bundle.out_dir, tmp_path / "h"), [xq])[0]
     ref = np.rint(_ort_unoptimized(path, x).reshape(-1) / np.float32(out["scale"])) + out["zero_point"]
     assert np.abs(y - ref).max() <= 1
+    np.testing.assert_array_equal(y.astype(np.int8), ReferenceModel(path).run_int8(xq.astype(np.int8))[0].reshape(-1))
 
 
 # ---- the bundle's int8 interface ----------------------------------------------------------------
