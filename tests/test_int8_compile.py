@@ -279,12 +279,18 @@ def test_int8_bundle_keeps_int8_weights_and_a_quarter_size_arena(nets, tmp_path:
     assert "#define MODEL_INPUT_SCALE" in header and "#define MODEL_OUTPUT_TYPE int8_t" in header
 
 
-def test_integer_convolutions_get_the_integer_register_tile(nets, tmp_path: Path) -> None:
+def test_integer_convolutions_get_the_integer_register_tile(tmp_path: Path) -> None:
     """ScheduleForMCU tiles int32 accumulators 2x2 (core registers), float ones 4x4 (FPU registers)."""
-    compile_model(nets["residual"], load_target(M4), tmp_path / "q")
-    compile_model(nets["residual"].with_name("residual.onnx"), load_target(M4), tmp_path / "f")
+    from tvmnas.quant.quantize import quantize_model
+    from tvmnas.zoo import export_onnx
+
+    torch.manual_seed(0)
+    export_onnx(torch.nn.Conv2d(8, 8, 3, padding=1).eval(), (1, 8, 8, 8), tmp_path / "conv.onnx")
+    calib = np.random.RandomState(0).randn(4, 8, 8, 8).astype(np.float32)
+    onnx.save(quantize_model(tmp_path / "conv.onnx", calib), str(tmp_path / "conv.qdq.onnx"))
+    compile_model(tmp_path / "conv.qdq.onnx", load_target(M4), tmp_path / "q")
+    compile_model(tmp_path / "conv.onnx", load_target(M4), tmp_path / "f")
     assert "int32_t conv2d_nchw_int32[4];" in (tmp_path / "q" / "model.c").read_text()
-    assert "[16];" not in (tmp_path / "q" / "model.c").read_text()
     assert "float conv2d_nchw_intermediate[16];" in (tmp_path / "f" / "model.c").read_text()
 
 
