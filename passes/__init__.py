@@ -42,3 +42,6 @@ __all__ = [
 from .share_weights import ReadSharedWeights, SharedWeightLayout, StridedWeightView, WeightView, share_weights  # noqa: E402
 
 __all__ += ["ReadSharedWeights", "SharedWeightLayout", "StridedWeightView", "WeightView", "share_weights"]
+from .quantize_to_integer import QuantizeToInteger, QuantParams, io_quantization  # noqa: E402
+
+__all__ += ["QuantizeToInteger", "QuantParams", "io_quantization"]

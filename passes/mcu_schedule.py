@@ -23,6 +23,12 @@ def _try(action, *args, **kwargs):
         return None
 
 
+def _region_dtype(region) -> str:
+    """dtype of the buffer a block's read/write region refers to."""
+    buffer = getattr(region, "buffer", None) or getattr(region, "tensor", None) or getattr(region, "source", None)
+    return str(buffer.dtype)
+
+
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
     ext = sch.get(loop).extent
     return int(ext.value) if hasattr(ext, "value") else None
@@ -38,11 +44,13 @@ def _largest_divisor(n: int | None, candidates: tuple[int, ...]) -> int:
 class _Rules:
     """The rules applied to one PrimFunc, in order."""
 
-    def __init__(self, func: tirx.PrimFunc, tile_channels: int, tile_width: int) -> None:
+    def __init__(self, func: tirx.PrimFunc, tile_channels: int, tile_width: int,
+                 integer_tile: tuple[int, int] | None = None) -> None:
         self.sch = s_tir.Schedule(func)
         self.root = self.sch.get_sblock("root")
         self.tile_channels = tile_channels
         self.tile_width = tile_width
+        self.integer_tile = integer_tile
 
     def blocks(self) -> list:
         return list(self.sch.get_child_blocks(self.root))
@@ -108,6 +116,9 @@ class _Rules:
         if len(reductions) != 1:
             return sch.mod["main"]
         red = reductions[0]
+        if self.integer_tile is not None and "int" in _region_dtype(self.sch.get(red).writes[0]):
+            # integer accumulators live in the core registers (13 usable), not the FPU's 32
+            self.tile_channels, self.tile_width = self.integer_tile
         pads = [b for b in self.blocks() if self.name(b).startswith("pad") and not _is_reduction(sch, b)]
         self.epilogue = None
         if fuse_epilogue:
@@ -149,9 +160,11 @@ def schedule_primfunc(
     unroll_window: bool = True,
     tile_channels: int = 4,
     tile_width: int = 4,
+    integer_tile: tuple[int, int] | None = (2, 2),
 ) -> tirx.PrimFunc:
     """Apply the MCU rules to one PrimFunc; a rule that does not apply leaves the function as it was."""
-    return _Rules(func, tile_channels, tile_width).apply(inline_padding, fuse_epilogue, register_tile, unroll_window)
+    return _Rules(func, tile_channels, tile_width, integer_tile).apply(
+        inline_padding, fuse_epilogue, register_tile, unroll_window)
 
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleForMCU")
@@ -165,7 +178,9 @@ class ScheduleForMCU:
       reduction, so accumulators stay in registers and no full-size intermediate exists; in kernels
       without a reduction (concat, slice, transpose, elementwise) every step is inlined into the output.
     - register_tile: output channels (tile_channels) x output columns (tile_width) become the
-      innermost unrolled loops, so every loaded weight and input is reused from registers.
+      innermost unrolled loops, so every loaded weight and input is reused from registers;
+      kernels accumulating in integers (int8 convolutions) use integer_tile (channels, columns)
+      instead, as their accumulators compete for the 13 core registers (None: the float tile).
     - inline_padding: True computes zero padding inside the inner loop (no scratch, branches per
       multiply); False (default) computes the padded input one row band at a time (scratch of
       C_in x kernel rows x padded width, branch-free inner loop).
@@ -182,10 +197,12 @@ class ScheduleForMCU:
         unroll_window: bool = True,
         tile_channels: int = 4,
         tile_width: int = 4,
+        integer_tile: tuple[int, int] | None = (2, 2),
     ) -> None:
         self.options = dict(
             inline_padding=inline_padding, fuse_epilogue=fuse_epilogue, register_tile=register_tile,
             unroll_window=unroll_window, tile_channels=tile_channels, tile_width=tile_width,
+            integer_tile=integer_tile,
         )
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:

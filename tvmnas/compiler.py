@@ -31,6 +31,7 @@ from tvmnas.passes import (
     plan_arena,
 )
 from tvmnas.passes.call_graph import DTYPE_BYTES
+from tvmnas.quantized import integer_model, quantize_for_compile
 from tvmnas.targets import Target
 from tvmnas.toolchain import require_tools, run_tool
 
@@ -191,18 +192,29 @@ def compile_model(
     ignore_budget: bool = False,
     schedule: bool = True,
     optimize: str = "speed",
+    quantize: str | None = None,
+    calibration=None,
 ) -> CompiledModel:
     """Compile `model` for `target` into `out_dir`, untouched on error.
 
     out_dir may be absent, empty or an earlier tvmnas bundle (then replaced); any other folder, one
     holding the model or the current folder, is refused before any work (see tvmnas.output_dir).
     optimize: "speed" (default) or "size" (smaller kernels, slower; see `schedule_for_size`).
+    quantize: "int8" quantizes a float model first (post-training, on `calibration`: an array
+    or .npy path of input samples); the QDQ model is kept in the bundle as quantized.onnx.
+    A QDQ model compiles to integer kernels without it.
     """
     out_dir = Path(out_dir)
     check_optimize(optimize)
     inputs = [Path(model)] if isinstance(model, (str, Path)) else []
     with staged_output(out_dir, "bundle", inputs=inputs) as staging:
-        mod, sources = import_model_with_sources(model, input_shape)
+        qdq = quantize_for_compile(model, quantize, calibration)
+        with tempfile.TemporaryDirectory(prefix="tvmnas-qdq-") as tmp:
+            if qdq is not None:
+                model = Path(tmp) / "quantized.onnx"
+                model.write_bytes(qdq.SerializeToString())
+            mod, sources = import_model_with_sources(model, input_shape)
+        mod, quantization = integer_model(mod)  # QDQ models: integer kernels, int8 input and output
         lowered, graph = lower_model(mod, schedule, optimize)
         check_single_input_output(graph)
         if mod.attrs is not None and OUTPUT_NAMES_ATTR in mod.attrs:
@@ -210,8 +222,10 @@ def compile_model(
         kernels = emit_kernels(lowered, graph)
         plan = plan_arena(arena_buffers(graph, kernels))
         manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags],
-                                kernel_sources(graph, sources))
+                                kernel_sources(graph, sources), quantization)
         manifest["optimize"] = optimize
+        if qdq is not None:
+            (staging / "quantized.onnx").write_bytes(qdq.SerializeToString())
         manifest["flash_bytes"] = object_flash_bytes(staging, target)
         if not ignore_budget:
             check_budgets(manifest, target)

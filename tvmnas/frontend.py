@@ -167,11 +167,14 @@ def _import_onnx(path: Path, notice: Notice = stderr_notice) -> tuple[tvm.IRModu
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
+    from tvmnas.quant.qgraph import reject_qoperator
+
     try:
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
     except Exception as err:  # protobuf decode errors have no common base class
         raise ModelLoadError(f"'{path}' is not a valid ONNX model: {_first_line(err)}") from None
+    reject_qoperator(proto)  # QOperator ONNX: one line saying to export QDQ
     fix_onnx_batch(proto, f"'{path}'", notice)
     try:
         mod = _with_output_names(from_onnx(proto), [o.name for o in proto.graph.output])

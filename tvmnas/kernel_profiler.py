@@ -41,6 +41,7 @@ from tvmnas.passes import CallGraph, KernelCall, plan_arena
 from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
 from tvmnas.profiling import Profile, build_plugin, parse_block_profile, profile_from_blocks, qemu_plugin_args
 from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
+from tvmnas.quantized import integer_model
 from tvmnas.runner import COMMON_CFLAGS, JOB_FILE, check_exit, write_job, build, qemu_command
 from tvmnas.sampler import OpSpec
 from tvmnas.targets import Target
@@ -203,15 +204,18 @@ class LoweredNetwork:
     graph: CallGraph
     kernels: dict[str, EmittedKernel]
     macs: tuple[int, ...]
+    precision: str = "float32"  # "int8" for a QDQ model compiled to integer kernels
 
 
 def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = None,
                   optimize: str = "speed") -> LoweredNetwork:
     """Import and lower `model` (built for `optimize`, as `compile_model`) and print its kernels;
     the same for every target."""
-    lowered, graph = lower_model(import_model(model, input_shape), optimize=optimize)
+    mod, quantization = integer_model(import_model(model, input_shape))  # QDQ: integer kernels, as compile_model
+    lowered, graph = lower_model(mod, optimize=optimize)
     check_single_input_output(graph)
-    return LoweredNetwork(graph, emit_kernels(lowered, graph), tuple(count_macs(lowered, graph)))
+    return LoweredNetwork(graph, emit_kernels(lowered, graph), tuple(count_macs(lowered, graph)),
+                          "float32" if quantization is None else "int8")
 
 
 def isolate_call(network: LoweredNetwork, index: int, *, seed: int = PROFILE_INPUT_SEED) -> LoweredNetwork:
@@ -378,10 +382,12 @@ def profile_network_json(
     """Per-kernel profile of a whole network in one emulator run, as the `tvmnas profile` JSON;
     the kernels built for `optimize` ("speed" or "size"), as `tvmnas compile --optimize` builds them."""
     with tempfile.TemporaryDirectory(prefix="tvmnas-netprof-") as tmp:
-        prepared = prepare_network(model, target, Path(tmp) / "bundle", input_shape=input_shape, optimize=optimize)
+        network = lower_network(model, input_shape=input_shape, optimize=optimize)
+        prepared = write_network(network, target, Path(tmp) / "bundle")
         profile = measure_network(prepared, target, Path(tmp) / "build", timeout_s=timeout_s)
     return {
         "target": target.name,
+        "precision": network.precision,
         "instructions": profile.instructions,
         "cycles": profile.cycles,
         "instructions_note": INSTRUCTIONS_NOTE,

@@ -46,7 +46,23 @@ __attribute__((noinline, noipa, used)) void tvmnas_window_begin(void) { __asm__ 
 __attribute__((noinline, noipa, used)) void tvmnas_window_end(void) { __asm__ volatile("" ::: "memory"); }
 __attribute__((noinline, noipa, used)) void tvmnas_kernel_mark(int k) { __asm__ volatile("" : : "r"(k) : "memory"); }
 
-typedef int (*model_fn)(const float *input, float *output, uint8_t *arena);
+/* The job and result files carry float32 values. An int8 model (model.h defines MODEL_INPUT_TYPE /
+ * MODEL_OUTPUT_TYPE) gets them converted to and from its integer type outside the measured window;
+ * the host sends integer values, so the conversion is exact. */
+#ifdef MODEL_INPUT_TYPE
+typedef MODEL_INPUT_TYPE model_input_t;
+#define MODEL_INPUT_CONVERTED 1
+#else
+typedef float model_input_t;
+#endif
+#ifdef MODEL_OUTPUT_TYPE
+typedef MODEL_OUTPUT_TYPE model_output_t;
+#define MODEL_OUTPUT_CONVERTED 1
+#else
+typedef float model_output_t;
+#endif
+
+typedef int (*model_fn)(const model_input_t *input, model_output_t *output, uint8_t *arena);
 
 /* The arena sits between two guard bands that are filled before each call and checked after it,
  * so a kernel writing outside MODEL_ARENA_SIZE bytes fails the run with its own exit status
@@ -60,11 +76,21 @@ static struct {
 #define tvmnas_arena (tvmnas_guarded_arena.arena)
 static float input_buf[MODEL_INPUT_SIZE];
 static float output_buf[MODEL_OUTPUT_SIZE];
+#ifdef MODEL_INPUT_CONVERTED
+static model_input_t model_input[MODEL_INPUT_SIZE];
+#else
+#define model_input input_buf
+#endif
+#ifdef MODEL_OUTPUT_CONVERTED
+static model_output_t model_output[MODEL_OUTPUT_SIZE];
+#else
+#define model_output output_buf
+#endif
 
 #ifdef TVMNAS_HOST
 static uint64_t measure(model_fn fn, int *rc)
 {
-    *rc = fn(input_buf, output_buf, tvmnas_arena);
+    *rc = fn(model_input, model_output, tvmnas_arena);
     return 0;
 }
 static uint64_t calibrate(void) { return 0; }
@@ -83,7 +109,7 @@ __asm__(".section .text.tvmnas_calibration_model,\"ax\",%progbits\n\t"
         "bx lr\n\t"
         ".size tvmnas_calibration_model, .-tvmnas_calibration_model\n\t"
         ".text\n");
-int tvmnas_calibration_model(const float *input, float *output, uint8_t *arena);
+int tvmnas_calibration_model(const model_input_t *input, model_output_t *output, uint8_t *arena);
 #define CALIBRATION_MODEL_INSTRUCTIONS 2u
 
 typedef void (*marker_fn)(void);
@@ -99,7 +125,7 @@ __attribute__((noinline, noipa)) static uint64_t measure_with(model_fn fn, marke
 {
     counter_start();
     begin();
-    int r = fn(input_buf, output_buf, tvmnas_arena);
+    int r = fn(model_input, model_output, tvmnas_arena);
     end();
     uint64_t n = counter_stop();
     *rc = r;
@@ -205,11 +231,21 @@ static int run_job(const char *job_path, const char *result_path)
         if (status != TVMNAS_EXIT_OK) {
             break;
         }
+#ifdef MODEL_INPUT_CONVERTED
+        for (uint32_t k = 0; k < (uint32_t)MODEL_INPUT_SIZE; ++k) {
+            model_input[k] = (model_input_t)(int32_t)input_buf[k];
+        }
+#endif
         int rc;
         arena_guard_fill();
         uint64_t n = measure(model_run, &rc);
         n -= overhead;
         const int guard_ok = arena_guard_intact();
+#ifdef MODEL_OUTPUT_CONVERTED
+        for (uint32_t k = 0; k < (uint32_t)MODEL_OUTPUT_SIZE; ++k) {
+            output_buf[k] = (float)model_output[k];
+        }
+#endif
         int32_t record[4] = {config, rc, (int32_t)(uint32_t)n, (int32_t)(uint32_t)(n >> 32)};
         if (io_write(result, record, sizeof record) != 0 || io_write(result, output_buf, sizeof output_buf) != 0) {
             status = fail(TVMNAS_EXIT_WRITE, "tvmnas: cannot write the result file\n");

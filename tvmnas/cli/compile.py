@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -19,6 +20,10 @@ def compile_command(
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Emit even if flash/SRAM exceed the board's budget."),
     optimize: str = typer.Option("speed", "--optimize", help="speed (unrolled kernel windows) or size (rolled windows, "
                                  "inline padding: much smaller depthwise kernels, somewhat slower)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: quantize a float model (post-training, "
+                                           "on --calibration) and compile integer-only kernels."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration inputs for --quantize: "
+                                               ".npy with samples stacked on the batch axis."),
 ) -> None:
     """Compile a network to a standalone C bundle (no runtime, no malloc, weights in flash)."""
     from tvmnas.model_file import check_model_file
@@ -31,11 +36,12 @@ def compile_command(
     from tvmnas.compiler import compile_model
 
     print(f"compiling {model} for {tgt.name} ...", file=sys.stderr)
-    result = compile_model(model, tgt, out, ignore_budget=ignore_budget, optimize=optimize)
+    result = compile_model(model, tgt, out, ignore_budget=ignore_budget, optimize=optimize, quantize=quantize,
+                           calibration=calibration)
     m = result.manifest
     print(
-        f"wrote {out}: {len(m['kernels'])} kernels, arena {m['arena_bytes']:,} B "
+        f"wrote {out}: {m['precision']}, {len(m['kernels'])} kernels, arena {m['arena_bytes']:,} B "
         f"(lower bound {m['arena_lower_bound_bytes']:,} B), flash {m['flash_bytes']:,} B",
         file=sys.stderr,
     )
-    print(json.dumps({k: m[k] for k in ("target", "arena_bytes", "flash_bytes", "inputs", "outputs")}))
+    print(json.dumps({k: m[k] for k in ("target", "precision", "arena_bytes", "flash_bytes", "inputs", "outputs")}))

@@ -127,24 +127,31 @@ def run_command(
     target_name: Optional[str] = typer.Option(None, "--target", "-t", help="Target name; default: the manifest's target."),
     config: Optional[int] = typer.Option(None, "--config", help="Configuration index of a dynamic bundle."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before a guest counts as hung."),
+    raw: bool = typer.Option(False, "--raw", help="int8 bundle: the input holds int8 values and the output is "
+                             "written as int8 (default: float32 in and out, quantized with the manifest's scales)."),
 ) -> None:
     """Build the bundle for the target's emulator, run it and print instructions (exact), cycles, flash and SRAM."""
     check_output_path(output)
+    from tvmnas.quantized import bundle_input, bundle_output
+
     manifest = read_manifest(bundle)
     target = load_target(target_name or manifest["target"])
-    x = load_input(inputs, manifest)
+    user_input = load_input(inputs, manifest)
+    x = bundle_input(user_input, manifest, raw)
     configs = None if config is None else [config]
     typer.echo(f"building {bundle} for {target.name} ({target.emulator_machine})", err=True)
     elf = build(bundle, target, bundle / "build" / target.name)
     typer.echo(f"running on qemu-system-arm -M {target.emulator_machine}", err=True)
     result: RunResult = run(elf, target, [x], configs=configs, timeout_s=timeout_s)
-    write_output(output, result.outputs[0], manifest)
-    warning = nonfinite_warning(x, result.outputs[0])
+    y = bundle_output(result.outputs[0], manifest, raw)
+    write_output(output, y, manifest)
+    warning = nonfinite_warning(user_input, y)
     if warning:
         typer.echo(warning, err=True)
     usage = memory_usage(elf, target)
     summary = {
         "target": target.name,
+        "precision": manifest.get("precision", "float32"),
         "instructions": result.instructions[0],
         "instructions_note": "exact (QEMU -icount), model_run only",
         "cycles": cycles_estimate(elf, target, [x], configs),

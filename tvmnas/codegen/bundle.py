@@ -14,6 +14,7 @@ import numpy as np
 
 from tvmnas.codegen.c_printer import KernelSignature, c_identifier, c_type, float_literal
 from tvmnas.passes import ArenaPlan, CallGraph, TensorInfo
+from tvmnas.passes.integer_kernels import REQUANTIZE_C
 
 PRELUDE = """\
 #include <math.h>
@@ -40,7 +41,9 @@ static inline int32_t tvmnas_floordiv(int32_t a, int32_t b) {
   return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 static inline int32_t tvmnas_floormod(int32_t a, int32_t b) { return a - tvmnas_floordiv(a, b) * b; }
-"""
+static inline int64_t tvmnas_maxl(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t tvmnas_minl(int64_t a, int64_t b) { return a < b ? a : b; }
+""" + REQUANTIZE_C
 
 
 @dataclass
@@ -98,16 +101,43 @@ def weights_source(names: list[str], graph: CallGraph) -> str:
     return "\n".join(parts)
 
 
-def model_header(graph: CallGraph, arena_bytes: int, target: str) -> str:
+def io_macros(prefix: str, info: TensorInfo, quant) -> list[str]:
+    """MODEL_<PREFIX>_TYPE for a non-float tensor, and its scale and zero point where quantized."""
+    lines = []
+    if info.dtype != "float32":
+        lines.append(f"#define MODEL_{prefix}_TYPE {c_type(info.dtype)}")
+    if quant is not None:
+        lines.append(f"#define MODEL_{prefix}_SCALE {float_literal(quant.scale)}")
+        lines.append(f"#define MODEL_{prefix}_ZERO_POINT ({quant.zero_point})")
+    return lines
+
+
+def run_signature(graph: CallGraph) -> str:
     (inp,), (out,) = graph.inputs, graph.outputs
+    return f"int model_run(const {c_type(inp.dtype)} *input, {c_type(out.dtype)} *output, uint8_t *arena)"
+
+
+def model_header(graph: CallGraph, arena_bytes: int, target: str, quantization: dict | None = None,
+                 precision: str = "float32") -> str:
+    (inp,), (out,) = graph.inputs, graph.outputs
+    quantization = quantization or {}
+    macros = io_macros("INPUT", inp, quantization.get("input")) + io_macros("OUTPUT", out, quantization.get("output"))
+    quant_note = ""
+    if "input" in quantization and "output" in quantization:
+        quant_note = (
+            "\n * int8 model: integer-only kernels. Quantize the input as\n"
+            " * q = clamp(round(x / MODEL_INPUT_SCALE) + MODEL_INPUT_ZERO_POINT, -128, 127) and read the output\n"
+            " * as MODEL_OUTPUT_SCALE * (q - MODEL_OUTPUT_ZERO_POINT).\n *"
+        )
     return f"""\
-/* tvmnas generated model API (target {target}).
+/* tvmnas generated model API (target {target}, precision {precision}).
  *
- * Call model_run() with an input of MODEL_INPUT_SIZE floats ({shape_text(inp.shape)}, NCHW),
- * an output buffer of MODEL_OUTPUT_SIZE floats ({shape_text(out.shape)}) and a scratch arena of
+ * Call model_run() with an input of MODEL_INPUT_SIZE {c_type(inp.dtype)} ({shape_text(inp.shape)}, NCHW),
+ * an output buffer of MODEL_OUTPUT_SIZE {c_type(out.dtype)} ({shape_text(out.shape)}) and a scratch arena of
  * MODEL_ARENA_SIZE bytes aligned to 16. Every intermediate tensor lives in the arena at a fixed
  * offset; nothing is allocated. The arena may be reused for anything else between calls.
  * Reentrant as long as each concurrent caller passes its own arena. Returns 0.
+ *{quant_note}
  */
 #ifndef MODEL_H
 #define MODEL_H
@@ -117,12 +147,12 @@ def model_header(graph: CallGraph, arena_bytes: int, target: str) -> str:
 #define MODEL_INPUT_SIZE {inp.elems}
 #define MODEL_OUTPUT_SIZE {out.elems}
 #define MODEL_ARENA_SIZE {max(arena_bytes, 16)}
-
+{chr(10).join(macros) + chr(10) if macros else ""}
 #ifdef __cplusplus
 extern "C" {{
 #endif
 
-int model_run(const float *input, float *output, uint8_t *arena);
+{run_signature(graph)};
 
 #ifdef __cplusplus
 }}
@@ -152,7 +182,7 @@ def call_argument(name: str, graph: CallGraph) -> str:
 def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: ArenaPlan,
                  sources: dict[int, str] | None = None) -> str:
     """model_run(): arena pointers named by role and offset, then one commented call per kernel."""
-    lines = ["int model_run(const float *input, float *output, uint8_t *arena) {"]
+    lines = [run_signature(graph) + " {"]
     out_name = graph.outputs[0].name
     for call in graph.calls:
         for out in call.outputs:
@@ -213,9 +243,16 @@ EXAMPLE = """\
 /* Minimal use of the generated model: one static arena, weights stay in flash. */
 #include "model.h"
 
+#ifndef MODEL_INPUT_TYPE
+#define MODEL_INPUT_TYPE float /* int8 models define it (and the input's scale and zero point) */
+#endif
+#ifndef MODEL_OUTPUT_TYPE
+#define MODEL_OUTPUT_TYPE float
+#endif
+
 static uint8_t arena[MODEL_ARENA_SIZE] __attribute__((aligned(16)));
-static float input[MODEL_INPUT_SIZE];
-static float output[MODEL_OUTPUT_SIZE];
+static MODEL_INPUT_TYPE input[MODEL_INPUT_SIZE];
+static MODEL_OUTPUT_TYPE output[MODEL_OUTPUT_SIZE];
 
 int classify(void) {
   /* ... fill `input` from the sensor ... */
@@ -229,8 +266,12 @@ int classify(void) {
 """
 
 
-def tensor_json(t: TensorInfo) -> dict:
-    return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
+def tensor_json(t: TensorInfo, quant=None) -> dict:
+    """Name, shape and dtype; scale and zero_point for a quantized tensor."""
+    entry = {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
+    if quant is not None:
+        entry.update(scale=quant.scale, zero_point=quant.zero_point)
+    return entry
 
 
 def write_bundle(
@@ -241,11 +282,18 @@ def write_bundle(
     target_name: str,
     cflags: list[str],
     sources: dict[int, str] | None = None,
+    quantization: dict | None = None,
 ) -> dict:
     """Write every bundle file into `out_dir` (which must exist) and return the manifest dict
-    without the flash figure (the caller measures it from the compiled objects)."""
+    without the flash figure (the caller measures it from the compiled objects).
+
+    quantization: for an int8 model, {"input"/"output": QuantParams} of its int8 ends (from
+    tvmnas.passes.io_quantization); None for a float32 model.
+    """
+    precision = "float32" if quantization is None else "int8"
+    quantization = quantization or {}
     names = sorted(graph.constants)
-    (out_dir / "model.h").write_text(model_header(graph, plan.arena_bytes, target_name))
+    (out_dir / "model.h").write_text(model_header(graph, plan.arena_bytes, target_name, quantization, precision))
     (out_dir / "model_weights.h").write_text(weights_header(names, graph))
     (out_dir / "model_weights.c").write_text(weights_source(names, graph))
     (out_dir / "model.c").write_text(model_source(graph, kernels, plan, sources))
@@ -254,8 +302,9 @@ def write_bundle(
     (out_dir / "examples" / "classify.c").write_text(EXAMPLE)
     return {
         "target": target_name,
-        "inputs": [tensor_json(t) for t in graph.inputs],
-        "outputs": [tensor_json(t) for t in graph.outputs],
+        "precision": precision,
+        "inputs": [tensor_json(t, quantization.get("input")) for t in graph.inputs],
+        "outputs": [tensor_json(t, quantization.get("output")) for t in graph.outputs],
         "arena_bytes": plan.arena_bytes,
         "arena_lower_bound_bytes": plan.lower_bound_bytes,
         "arena_unshared_bytes": plan.unshared_bytes,

@@ -47,6 +47,10 @@ MATH_CALLS = {
     "sigmoid": "tvmnas_sigmoidf",
 }
 
+# min/max helper per dtype (bundle PRELUDE): narrower integers widen to int32 exactly, int64 has
+# its own helper (through the int32 one it would be silently narrowed).
+MIN_MAX_SUFFIX = {"float32": "f", "int8": "i", "int16": "i", "int32": "i", "uint8": "i", "bool": "i", "int64": "l"}
+
 BINARY_OPS = {
     "Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "Mod": "%",
     "EQ": "==", "NE": "!=", "LT": "<", "LE": "<=", "GT": ">", "GE": ">=",
@@ -195,7 +199,10 @@ class CPrinter:
 
     def _min_max(self, kind: str, e) -> str:
         a, b = self.expr(e.a), self.expr(e.b)
-        suffix = "f" if dtype_of(e) == "float32" else "i"
+        dtype = dtype_of(e)
+        if dtype not in MIN_MAX_SUFFIX:
+            raise NotImplementedError(f"{kind} on {dtype} is not supported by the tvmnas C emitter")
+        suffix = MIN_MAX_SUFFIX[dtype]
         return f"tvmnas_{kind.lower()}{suffix}({a}, {b})"
 
     def _call(self, e) -> str:
@@ -213,6 +220,8 @@ class CPrinter:
             return f"{MATH_CALLS[op]}({', '.join(args)})"
         if op == "likely":
             return args[0]
+        if op == "address_of":
+            return f"(&{args[0]})"
         raise NotImplementedError(f"TIR intrinsic {full} is not supported by the tvmnas C emitter")
 
     # ---- statements ----------------------------------------------------------------------

@@ -1,0 +1,484 @@
+"""QuantizeToInteger: turn QDQ (quantize / dequantize) Relax graphs into integer-only kernels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from . import integer_kernels as K
+from .fixed_point import add_params, conv_multipliers, mean_multiplier, rescale_multiplier
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Per-tensor affine quantization of an int8 tensor: real = scale * (q - zero_point)."""
+
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class _Dequantized:
+    """An operand that is `dequantize(source)` of a per-tensor int8 tensor, maybe through a reshape."""
+
+    source: relax.Expr      # the int8 expression (original IR)
+    params: QuantParams
+    reshape: tuple[int, ...] | None = None
+
+
+def _op_name(expr) -> str | None:
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return expr.op.name
+    return None
+
+
+def _constant(expr) -> np.ndarray | None:
+    value = getattr(expr, "value", None)
+    return value.numpy() if hasattr(value, "numpy") else None
+
+
+def _scalar(expr) -> float | None:
+    value = _constant(expr)
+    return None if value is None or value.size != 1 else value.reshape(-1)[0].item()
+
+
+def _int_shape(expr) -> tuple[int, ...]:
+    return tuple(int(d) for d in expr.ty.shape.values)
+
+
+def _dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def io_quantization(mod: tvm.IRModule, func_name: str = "main") -> dict[str, QuantParams]:
+    """Quantization of `func_name`'s input and output where QuantizeToInteger makes them int8:
+    {"input": ..., "output": ...} for a single input quantized first thing and a single output
+    that is a dequantize; an entry is missing where that end stays float32."""
+    func = mod[func_name]
+    found: dict[str, QuantParams] = {}
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    uses = _use_counts(func)
+    if len(func.params) == 1:
+        param = func.params[0]
+        for b in bindings:
+            if _op_name(b.value) == "relax.quantize" and b.value.args[0].same_as(param):
+                params = _per_tensor(b.value)
+                if params is not None and uses.get(param.__chandle__(), 0) == 1 and _dtype(b.var) == "int8":
+                    found["input"] = params
+    out = func.body.body
+    for b in bindings:
+        if b.var.same_as(out) and _op_name(b.value) == "relax.dequantize":
+            params = _per_tensor(b.value)
+            if params is not None and _dtype(b.value.args[0]) == "int8":
+                found["output"] = params
+    return found
+
+
+def _per_tensor(call: relax.Call) -> QuantParams | None:
+    scale, zp = _scalar(call.args[1]), _scalar(call.args[2])
+    if scale is None or zp is None:
+        return None
+    return QuantParams(float(np.float32(scale)), int(zp))
+
+
+def _min_max(value) -> tuple[str, relax.Expr, relax.Expr] | None:
+    """("maximum" | "minimum", operand, bound) of relax.maximum/minimum, or of the call_tir to a
+    PrimFunc of that name that the ONNX importer emits for Clip."""
+    name = _op_name(value)
+    if name in ("relax.maximum", "relax.minimum"):
+        return name.split(".")[1], value.args[0], value.args[1]
+    if name == "relax.call_tir" and isinstance(value.args[1], relax.Tuple) and len(value.args[1].fields) == 2:
+        callee = value.args[0].name_hint.rstrip("0123456789")  # maximum, maximum1, ...
+        if callee in ("maximum", "minimum"):
+            return callee, value.args[1].fields[0], value.args[1].fields[1]
+    return None
+
+
+def _quantize_bound(value: float, out: QuantParams) -> int:
+    """TFLite's CalculateActivationRangeQuantized for one bound: zp + round(value / scale), the
+    division in float32, halves away from zero."""
+    x = float(np.float32(value) / np.float32(out.scale))
+    return out.zero_point + int(np.sign(x) * np.floor(abs(x) + 0.5))
+
+
+def _use_counts(func: relax.Function) -> dict[int, int]:
+    counts: dict[int, int] = {}
+
+    def visit(e) -> None:
+        if isinstance(e, relax.Var):
+            counts[e.__chandle__()] = counts.get(e.__chandle__(), 0) + 1
+        elif isinstance(e, relax.Call):
+            for a in e.args:
+                visit(a)
+        elif isinstance(e, relax.Tuple):
+            for f in e.fields:
+                visit(f)
+        elif isinstance(e, relax.TupleGetItem):
+            visit(e.tuple_value)
+
+    for block in func.body.blocks:
+        for b in block.bindings:
+            visit(b.value)
+    visit(func.body.body)
+    return counts
+
+
+@relax.expr_functor.mutator
+class _IntegerRewriter(relax.PyExprMutator):
+    """Rewrites, binding by binding, every `quantize` whose producer chain has an integer kernel."""
+
+    def __init__(self, mod: tvm.IRModule, func: relax.Function, int8_input: bool, int8_output: bool) -> None:
+        super().__init__(mod)
+        self.defs: dict[int, relax.Expr] = {}
+        for block in func.body.blocks:
+            for b in block.bindings:
+                self.defs[b.var.__chandle__()] = b.value
+        self.param = func.params[0] if int8_input else None
+        self.new_param = None
+        if int8_input:
+            shape = _int_shape(self.param)
+            self.new_param = relax.Var(self.param.name, relax.TensorType(shape, "int8"))
+        self.output = func.body.body if int8_output else None
+
+    # ---- looking back through the original graph ---------------------------------------
+    def _def(self, expr):
+        if isinstance(expr, relax.Var):
+            return self.defs.get(expr.__chandle__())
+        return None
+
+    def _dequantized(self, expr) -> _Dequantized | None:
+        value = self._def(expr)
+        reshape = None
+        if _op_name(value) == "relax.reshape":
+            reshape = _int_shape(expr)
+            value = self._def(value.args[0])
+        if _op_name(value) != "relax.dequantize" or _dtype(value.args[0]) != "int8":
+            return None
+        params = _per_tensor(value)
+        if params is None:
+            return None
+        return _Dequantized(value.args[0], params, reshape)
+
+    def _const_float(self, expr) -> np.ndarray | None:
+        """The value of a float expression computed from constants only (dequantize, reshape, transpose)."""
+        direct = _constant(expr)
+        if direct is not None:
+            return direct
+        value = self._def(expr) if isinstance(expr, relax.Var) else expr
+        name = _op_name(value)
+        if name == "relax.dequantize":
+            q, scale, zp = (_constant(a) for a in value.args)
+            if q is None or scale is None or zp is None:
+                return None
+            axis = int(value.attrs.axis) % max(q.ndim, 1)
+            bshape = [1] * q.ndim
+            if scale.size > 1:
+                bshape[axis] = scale.size
+            s = scale.astype(np.float32).reshape(bshape if scale.size > 1 else ())
+            z = zp.astype(np.int64).reshape(bshape if zp.size > 1 else ())
+            return ((q.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)
+        if name == "relax.reshape":
+            inner = self._const_float(value.args[0])
+            return None if inner is None else inner.reshape(_int_shape(value))
+        if name == "relax.isnan":
+            inner = self._const_float(value.args[0])
+            return None if inner is None else np.isnan(inner)
+        if name == "relax.where":
+            parts = [self._const_float(a) for a in value.args]
+            return None if any(p is None for p in parts) else np.where(*parts)
+        if name == "relax.permute_dims":
+            inner = self._const_float(value.args[0])
+            axes = value.attrs.axes
+            return None if inner is None else np.transpose(inner, None if axes is None else [int(a) for a in axes])
+        return None
+
+    def _int32_constant(self, expr) -> np.ndarray | None:
+        """q of `dequantize(q)` (maybe reshaped) for an int32 constant q with zero point 0."""
+        value = self._def(expr)
+        if _op_name(value) == "relax.reshape":
+            value = self._def(value.args[0]) if isinstance(value.args[0], relax.Var) else value.args[0]
+        if _op_name(value) != "relax.dequantize":
+            return None
+        q, zp = _constant(value.args[0]), _constant(value.args[2])
+        if q is None or zp is None or q.dtype != np.int32 or np.any(zp != 0):
+            return None
+        return q
+
+    def _quantized_weight(self, expr, out_axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(int8 weight, float64 per-output-channel scales) of a symmetric int8 weight constant,
+        with the output channel moved to axis 0; None otherwise."""
+        value = self._def(expr)
+        transposed = False
+        if _op_name(value) == "relax.permute_dims":
+            axes = value.attrs.axes
+            if axes is not None and [int(a) for a in axes] != [1, 0]:
+                return None
+            transposed = True
+            value = self._def(value.args[0])
+        if _op_name(value) != "relax.dequantize":
+            return None
+        q, scale, zp = (_constant(a) for a in value.args)
+        if q is None or scale is None or zp is None or q.dtype != np.int8 or np.any(zp != 0):
+            return None
+        channel = out_axis if not transposed else 1 - out_axis
+        axis = int(value.attrs.axis) % q.ndim
+        if scale.size > 1 and axis != channel:
+            return None
+        q = np.moveaxis(q, channel, 0)
+        scales = np.broadcast_to(scale.astype(np.float32).astype(np.float64).reshape(-1), (q.shape[0],))
+        return np.ascontiguousarray(q), np.array(scales)
+
+    def _activation(self, expr, out: QuantParams) -> tuple[relax.Expr, int, int]:
+        """Strip relu / clip / maximum / minimum (with a constant bound) ending a chain: (producer,
+        act_min, act_max) in the output's int8 range (TFLite's CalculateActivationRangeQuantized)."""
+        lo, hi = K.INT8_MIN, K.INT8_MAX
+        while True:
+            value = self._def(expr)
+            name = _op_name(value)
+            if name == "relax.nn.relu":
+                lo = max(lo, out.zero_point)
+            elif name == "relax.clip":
+                a, b = (float(v.value) for v in value.args[1:3])
+                if np.isfinite(a):
+                    lo = max(lo, _quantize_bound(a, out))
+                if np.isfinite(b):
+                    hi = min(hi, _quantize_bound(b, out))
+            elif _min_max(value) is not None:
+                which, operand, bound_expr = _min_max(value)
+                bound = self._const_float(bound_expr)
+                if bound is None or bound.size != 1:
+                    return expr, lo, hi
+                if which == "maximum":
+                    lo = max(lo, _quantize_bound(bound.item(), out))
+                else:
+                    hi = min(hi, _quantize_bound(bound.item(), out))
+                expr = operand
+                continue
+            else:
+                return expr, lo, hi
+            expr = value.args[0]
+
+    # ---- integer kernels -------------------------------------------------------------------
+    def _int8(self, operand: _Dequantized) -> relax.Expr:
+        source = self.visit_expr(operand.source)
+        if operand.reshape is not None:
+            source = self.builder_.emit(relax.op.reshape(source, operand.reshape))
+        return source
+
+    def _conv_or_dense(self, expr, out: QuantParams) -> relax.Expr | None:
+        producer, act_min, act_max = self._activation(expr, out)
+        value = self._def(producer)
+        bias = None
+        bias_int32 = None
+        if _op_name(value) == "relax.add":
+            for acc_side, bias_side in ((0, 1), (1, 0)):
+                b = self._const_float(value.args[bias_side])
+                if b is not None and _op_name(self._def(value.args[acc_side])) in ("relax.nn.conv2d", "relax.matmul"):
+                    bias, bias_int32 = b, self._int32_constant(value.args[bias_side])
+                    value = self._def(value.args[acc_side])
+                    break
+            else:
+                return None
+        name = _op_name(value)
+        if name == "relax.nn.conv2d":
+            attrs = value.attrs
+            if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW"):
+                return None
+            out_axis = 0
+        elif name == "relax.matmul":
+            if len(_int_shape(value.args[0])) != 2:
+                return None
+            out_axis = 1
+        else:
+            return None
+        data = self._dequantized(value.args[0])
+        weight = self._quantized_weight(value.args[1], out_axis)
+        if data is None or weight is None:
+            return None
+        w, w_scales = weight
+        channels = w.shape[0]
+        if bias is None:
+            bias = np.zeros(channels, np.float32)
+        bias = bias.reshape(-1)
+        if bias.size == 1:
+            bias = np.repeat(bias, channels)
+        if bias.size != channels:
+            return None
+        bias_q = np.round(bias.astype(np.float64) / (np.float64(np.float32(data.params.scale)) * w_scales))
+        if bias_int32 is not None and bias_int32.size == channels:
+            bias_q = bias_int32.reshape(-1)  # an int32 bias (QDQ's input_scale * weight_scale) is exact as stored
+        folded = bias_q.astype(np.int64) - data.params.zero_point * w.reshape(channels, -1).astype(np.int64).sum(axis=1)
+        mult, shift = conv_multipliers(data.params.scale, w_scales, out.scale)
+        args = [relax.const(w), relax.const(folded.astype(np.int32)), relax.const(mult), relax.const(shift)]
+        common = dict(output_zero_point=out.zero_point, act_min=act_min, act_max=act_max)
+        x = self._int8(data)
+        if name == "relax.nn.conv2d":
+            attrs = value.attrs
+            return self.builder_.call_te(
+                K.conv2d_int8, x, *args, primfunc_name_hint="conv2d_int8",
+                strides=[int(s) for s in attrs.strides], padding=[int(p) for p in attrs.padding],
+                dilation=[int(d) for d in attrs.dilation], groups=int(attrs.groups),
+                input_zero_point=data.params.zero_point, **common,
+            )
+        return self.builder_.call_te(K.dense_int8, x, *args, primfunc_name_hint="matmul_int8", **common)
+
+    def _add(self, expr, out: QuantParams) -> relax.Expr | None:
+        producer, act_min, act_max = self._activation(expr, out)
+        value = self._def(producer)
+        if _op_name(value) != "relax.add":
+            return None
+        a, b = (self._dequantized(arg) for arg in value.args)
+        if a is None or b is None or _int_shape(value.args[0]) != _int_shape(value.args[1]):
+            return None
+        return self.builder_.call_te(
+            K.add_int8, self._int8(a), self._int8(b), primfunc_name_hint="add_int8",
+            params=add_params(a.params.scale, b.params.scale, out.scale),
+            zero_points=[a.params.zero_point, b.params.zero_point], output_zero_point=out.zero_point,
+            act_min=act_min, act_max=act_max,
+        )
+
+    def _pool(self, expr, out: QuantParams) -> relax.Expr | None:
+        producer, act_min, act_max = self._activation(expr, out)
+        value = self._def(producer)
+        name = _op_name(value)
+        if name not in ("relax.nn.max_pool2d", "relax.nn.avg_pool2d"):
+            return None
+        data = self._dequantized(value.args[0])
+        attrs = value.attrs
+        if (data is None or data.params != out or str(attrs.layout) != "NCHW" or bool(attrs.ceil_mode)
+                or any(int(d) != 1 for d in attrs.dilation)):
+            return None
+        kwargs = dict(pool=[int(p) for p in attrs.pool_size], strides=[int(s) for s in attrs.strides],
+                      padding=[int(p) for p in attrs.padding], act_min=act_min, act_max=act_max)
+        if name == "relax.nn.max_pool2d":
+            return self.builder_.call_te(K.max_pool2d_int8, self._int8(data), primfunc_name_hint="max_pool2d_int8",
+                                         **kwargs)
+        if bool(attrs.count_include_pad) and any(int(p) for p in attrs.padding):
+            return None
+        return self.builder_.call_te(K.avg_pool2d_int8, self._int8(data), primfunc_name_hint="avg_pool2d_int8",
+                                     **kwargs)
+
+    def _mean(self, expr, out: QuantParams) -> relax.Expr | None:
+        producer, act_min, act_max = self._activation(expr, out)
+        value = self._def(producer)
+        if _op_name(value) != "relax.mean":
+            return None
+        data = self._dequantized(value.args[0])
+        axes = None if value.attrs.axis is None else sorted(int(a) % 4 for a in value.attrs.axis)
+        if data is None or data.reshape is not None or len(_int_shape(value.args[0])) != 4 or axes != [2, 3]:
+            return None
+        shape = _int_shape(value.args[0])
+        mult, shift = mean_multiplier(data.params.scale, out.scale, shape[2] * shape[3])
+        return self.builder_.call_te(
+            K.mean_hw_int8, self._int8(data), primfunc_name_hint="mean_int8", keepdims=bool(value.attrs.keepdims),
+            input_zero_point=data.params.zero_point, output_zero_point=out.zero_point, multiplier=mult, shift=shift,
+            act_min=act_min, act_max=act_max,
+        )
+
+    def _int8_as(self, operand: _Dequantized, out: QuantParams, act_min: int = K.INT8_MIN,
+                 act_max: int = K.INT8_MAX) -> relax.Expr:
+        """The operand as int8 in the quantization `out` (requantized where it differs)."""
+        x = self._int8(operand)
+        if operand.params == out and (act_min, act_max) == (K.INT8_MIN, K.INT8_MAX):
+            return x
+        mult, shift = rescale_multiplier(operand.params.scale, out.scale)
+        return self.builder_.emit(self.builder_.call_te(
+            K.requantize_int8, x, primfunc_name_hint="requantize_int8", input_zero_point=operand.params.zero_point,
+            output_zero_point=out.zero_point, multiplier=mult, shift=shift, act_min=act_min, act_max=act_max,
+        ))
+
+    def _layout(self, expr, out: QuantParams) -> relax.Expr | None:
+        """reshape / flatten / concat of int8 tensors: done on int8, inputs whose quantization
+        differs from the output's requantized first (TFLite's reshape and concatenation)."""
+        value = self._def(expr)
+        name = _op_name(value)
+        if name == "relax.reshape":
+            data = self._dequantized(value.args[0])
+            if data is None:
+                return None
+            return relax.op.reshape(self._int8_as(data, out), _int_shape(expr))
+        if name == "relax.concat" and isinstance(value.args[0], relax.Tuple):
+            parts = [self._dequantized(f) for f in value.args[0].fields]
+            if any(p is None for p in parts):
+                return None
+            return relax.op.concat([self._int8_as(p, out) for p in parts], axis=int(value.attrs.axis))
+        return None
+
+    def _integer(self, call: relax.Call) -> relax.Expr | None:
+        out = _per_tensor(call)
+        if out is None or str(call.attrs.out_dtype) != "int8":
+            return None
+        for rule in (self._conv_or_dense, self._add, self._pool, self._mean, self._layout):
+            replaced = rule(call.args[0], out)
+            if replaced is not None:
+                return replaced
+        return None
+
+    # ---- the binding visitor ---------------------------------------------------------------
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        value = binding.value
+        name = _op_name(value)
+        if name == "relax.quantize" and self.param is not None and value.args[0].same_as(self.param):
+            self.set_var_remap(binding.var, self.new_param)
+            return
+        if name == "relax.dequantize" and self.output is not None and binding.var.same_as(self.output):
+            source = self.visit_expr(value.args[0])
+            self.set_var_remap(binding.var, self.builder_.emit_output(source, name_hint=binding.var.name))
+            return
+        if name == "relax.quantize":
+            replaced = self._integer(value)
+            if replaced is not None:
+                if isinstance(binding.var, relax.DataflowVar):
+                    new = self.builder_.emit(replaced, name_hint=binding.var.name)
+                else:
+                    new = self.builder_.emit_output(replaced, name_hint=binding.var.name)
+                self.set_var_remap(binding.var, new)
+                return
+        super().visit_var_binding_(binding)
+
+
+@tvm.transform.module_pass(opt_level=0, name="QuantizeToInteger")
+class QuantizeToInteger:
+    """Replace `dequantize -> op -> quantize` chains by integer-only kernels (TFLite int8 semantics).
+
+    Expects: `main` as `relax.frontend.onnx.from_onnx` imports a QDQ model (or any Relax graph in
+    that form): int8 tensors made by `relax.quantize` and read through `relax.dequantize` with
+    per-tensor scale and zero point; int8 weights as `dequantize(constant)` with zero point 0,
+    per-tensor or per-output-channel; NCHW / OIHW; static shapes. Run it before MCULowering
+    (whose FoldConstant would turn dequantized weights into float32 constants).
+
+    Rewrites, where the whole chain matches (otherwise the chain is left as it was: a float island
+    between a dequantize and a quantize that LegalizeOps lowers in float32):
+    - conv2d (groups: 1, depthwise, grouped) / matmul (2-D, from Gemm/MatMul/Linear) -> optional
+      bias add -> optional relu/clip -> quantize: one kernel, int8 in, int32 accumulation, bias
+      with the input zero point folded in, per-channel multiplier and shift, int8 out;
+    - add of two int8 tensors (TFLite's ADD rescale), max/avg pool (same scale in and out), mean
+      over H and W (TFLite Micro's QuantizedMeanOrSum), reshape/flatten and concat on int8 (an
+      input whose quantization differs from the output's is requantized first).
+    Weight and bias constants are evaluated through the importer's dequantize / reshape /
+    permute_dims; an int32 bias (QDQ's scale input_scale * weight_scale) is used as stored.
+    With int8_io (default True), a single input that is quantized first thing becomes an int8
+    parameter and an output that is a dequantize becomes the int8 tensor itself (their scale and
+    zero point: `io_quantization`).
+    Guarantees: every rewritten kernel computes exactly TFLite's integer arithmetic
+    (passes/fixed_point.py, double rounding); weights stay int8 constants; dead float bindings
+    are removed.
+    """
+
+    def __init__(self, int8_io: bool = True) -> None:
+        self.int8_io = int8_io
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+            return mod
+        func = mod["main"]
+        io = io_quantization(mod) if self.int8_io else {}
+        rewriter = _IntegerRewriter(mod, func, "input" in io, "output" in io)
+        new = rewriter.visit_expr(func)
+        params = [rewriter.new_param] if rewriter.new_param is not None else list(new.params)
+        rewritten = rewriter.builder_.get()
+        rewritten["main"] = relax.Function(params, new.body, None, new.is_pure, new.attrs)
+        return relax.transform.DeadCodeElimination()(rewritten)
