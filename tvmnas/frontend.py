@@ -10,6 +10,7 @@ from typing import Union
 import tvm
 
 from tvmnas.errors import ModelLoadError, UnsupportedOperatorError
+from tvmnas.frontend_rnn import check_onnx_recurrent, onnx_recurrent_converters, torch_import_options
 
 ModelSource = Union[str, Path, "torch.nn.Module"]  # noqa: F821
 
@@ -114,7 +115,8 @@ def _from_exported_program(program) -> tvm.IRModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return from_exported_program(program)
+            program, options = torch_import_options(program)  # LSTM/GRU/RNN: one kernel per layer
+            return from_exported_program(program, **options)
         except AssertionError as err:
             found = re.search(r"Unsupported function types \[(.*)\]", str(err))
             if not found:
@@ -144,8 +146,10 @@ def _import_onnx(path: Path) -> tuple[tvm.IRModule, SourceLayers]:
         onnx.checker.check_model(proto)
     except Exception as err:  # protobuf decode errors have no common base class
         raise ModelLoadError(f"'{path}' is not a valid ONNX model: {_first_line(err)}") from None
+    check_onnx_recurrent(proto)
     try:
-        return from_onnx(proto), _onnx_sources(proto)
+        with onnx_recurrent_converters():
+            return from_onnx(proto), _onnx_sources(proto)
     except tvm.error.OpNotImplemented as err:
         ops = str(err).split(":")[-1]
         op = ops.split(",")[0].strip().splitlines()[0].strip()

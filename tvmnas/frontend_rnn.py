@@ -1,0 +1,242 @@
+"""Import recurrent layers (LSTM, GRU, RNN) as one looping kernel per layer.
+
+TVM 0.27's importers do not give the MCU path what it needs: `from_onnx` has no LSTM/GRU/RNN
+converter at all, and `from_exported_program` unrolls every time step into its own matmuls and
+gate kernels, takes one layer only, and returns the output sequence where PyTorch returns
+(output, h_n[, c_n]) so a model reading h_n silently gets the sequence instead. Here each layer
+becomes one `call_tir` of a `tvmnas.rnn_kernels` PrimFunc that loops over time itself.
+
+Supported: batch 1, fixed sequence length, any number of layers, forward, reverse (ONNX) and
+bidirectional, PyTorch batch_first either way and ONNX layout 0 or 1, default activations.
+Anything else is refused with one line naming the operator and node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+from tvm import relax
+
+from tvmnas.errors import UnsupportedOperatorError
+from tvmnas.rnn_kernels import GATES, ONNX_ORDER, TORCH_ORDER, RecurrentLayer, recurrent_kernel
+
+
+def _dims(expr) -> tuple[int, ...]:
+    return tuple(int(d) for d in expr.ty.shape.values)
+
+
+def _emit_layer(bb: relax.BlockBuilder, layer: RecurrentLayer, seq, w, r, b, h0, c0=None) -> tuple:
+    """Emit one layer's kernel call: returns (Y (T, D*H), Hn (D, H), Cn (D, H) or None)."""
+    gv = bb.add_func(recurrent_kernel(layer), f"{layer.kind}_layer")
+    state = relax.TensorType((layer.directions, layer.hidden_size), "float32")
+    outs = [relax.TensorType((layer.steps, layer.directions * layer.hidden_size), "float32"), state]
+    args = [seq, w, r, b, h0]
+    if layer.kind == "lstm":
+        args.append(c0)
+        outs.append(state)
+    call = bb.emit(relax.call_tir(gv, args, outs))
+    items = [bb.emit(relax.TupleGetItem(call, i)) for i in range(len(outs))]
+    return items[0], items[1], items[2] if layer.kind == "lstm" else None
+
+
+def _zeros(shape: tuple[int, ...]) -> relax.Constant:
+    return relax.const(np.zeros(shape, dtype="float32"))
+
+
+# ---------------------------------------------------------------- PyTorch (aten.lstm/gru/rnn_*)
+
+def _torch_converter(kind: str):
+    def convert(node, importer) -> relax.Var:
+        bb = importer.block_builder
+        args = importer.retrieve_args(node)
+        x, hx, params = args[0], args[1], list(args[2])
+        has_biases, num_layers, bidirectional, batch_first = args[3], int(args[4]), bool(args[7]), bool(args[8])
+        shape = _dims(x)
+        batch, steps = (shape[0], shape[1]) if batch_first else (shape[1], shape[0])
+        if batch != 1:
+            raise UnsupportedOperatorError(node.target.__name__, node.name, f"batch {batch}, only batch 1 is supported")
+        n_dir = 2 if bidirectional else 1
+        per_dir = 4 if has_biases else 2
+        hidden = _dims(params[1])[1]
+        h_all = hx[0] if kind == "lstm" else hx
+        c_all = hx[1] if kind == "lstm" else None
+
+        seq = bb.emit(relax.op.reshape(x, (steps, shape[2])))
+        h_n, c_n = [], []
+        for layer_index in range(num_layers):
+            group = [params[(layer_index * n_dir + d) * per_dir:(layer_index * n_dir + d + 1) * per_dir]
+                     for d in range(n_dir)]
+            w = bb.emit(relax.op.stack([g[0] for g in group], axis=0))
+            r = bb.emit(relax.op.stack([g[1] for g in group], axis=0))
+            if has_biases:
+                b = bb.emit(relax.op.stack([relax.op.concat([g[2], g[3]], axis=0) for g in group], axis=0))
+            else:
+                b = _zeros((n_dir, 2 * GATES[kind] * hidden))
+            rows = (layer_index * n_dir, (layer_index + 1) * n_dir)
+
+            def state(all_states):
+                part = relax.op.strided_slice(all_states, axes=[0], begin=[rows[0]], end=[rows[1]])
+                return bb.emit(relax.op.reshape(part, (n_dir, hidden)))
+
+            layer = RecurrentLayer(kind, steps, _dims(seq)[1], hidden, n_dir, False, TORCH_ORDER[kind])
+            seq, h, c = _emit_layer(bb, layer, seq, w, r, b, state(h_all), state(c_all) if c_all is not None else None)
+            h_n.append(h)
+            c_n.append(c)
+
+        out_shape = (1, steps, n_dir * hidden) if batch_first else (steps, 1, n_dir * hidden)
+        results = [bb.emit(relax.op.reshape(seq, out_shape))]
+        for states in (h_n, c_n) if kind == "lstm" else (h_n,):
+            stacked = bb.emit(relax.op.concat(states, axis=0)) if len(states) > 1 else states[0]
+            results.append(bb.emit(relax.op.reshape(stacked, (num_layers * n_dir, 1, hidden))))
+        return bb.emit(relax.Tuple(results))
+
+    return convert
+
+
+TORCH_RECURRENT_CONVERTERS = {
+    "lstm.input": _torch_converter("lstm"),
+    "gru.input": _torch_converter("gru"),
+    "rnn_tanh.input": _torch_converter("rnn_tanh"),
+    "rnn_relu.input": _torch_converter("rnn_relu"),
+}
+
+
+# ---------------------------------------------------------------- ONNX (LSTM, GRU, RNN nodes)
+
+ONNX_DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
+
+
+def _onnx_attr(node, name: str, default=None):
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            value = onnx.helper.get_attribute_value(a)
+            if isinstance(value, bytes):
+                return value.decode()
+            if isinstance(value, list):
+                return tuple(v.decode() if isinstance(v, bytes) else v for v in value)
+            return value
+    return default
+
+
+def _onnx_kind(node) -> str:
+    if node.op_type == "RNN":
+        acts = _onnx_attr(node, "activations", ("Tanh",))
+        return "rnn_relu" if acts[0] == "Relu" else "rnn_tanh"
+    return node.op_type.lower()
+
+
+def check_onnx_recurrent(proto) -> None:
+    """Refuse, before import, an ONNX LSTM/GRU/RNN node this path cannot compile, naming it."""
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type not in ONNX_DEFAULT_ACTIVATIONS:
+            continue
+        name = node.name or f"{node.op_type}_{i}"
+        n_dir = 2 if _onnx_attr(node, "direction", "forward") == "bidirectional" else 1
+        acts = _onnx_attr(node, "activations")
+        allowed = [tuple(a for _ in range(n_dir) for a in ONNX_DEFAULT_ACTIVATIONS[node.op_type])]
+        if node.op_type == "RNN":
+            allowed.append(("Relu",) * n_dir)
+        problems = []
+        if acts is not None and tuple(acts) not in allowed:
+            problems.append(f"activations {list(acts)} (only the defaults are supported)")
+        if _onnx_attr(node, "clip") is not None:
+            problems.append("clip (not supported)")
+        if _onnx_attr(node, "input_forget", 0):
+            problems.append("input_forget=1 (not supported)")
+        if node.op_type == "GRU" and not _onnx_attr(node, "linear_before_reset", 0):
+            problems.append("linear_before_reset=0 (only 1, PyTorch's GRU, is supported)")
+        if len(node.input) > 4 and node.input[4]:
+            problems.append("sequence_lens (only a fixed sequence length is supported)")
+        if node.op_type == "LSTM" and len(node.input) > 7 and node.input[7]:
+            problems.append("peephole weights P (not supported)")
+        if problems:
+            raise UnsupportedOperatorError(node.op_type, name, "; ".join(problems))
+
+
+def _onnx_convert(bb: relax.BlockBuilder, inputs, attr) -> relax.Var:
+    op = attr["tvm_custom"]["name"]
+    x, w, r = inputs[0], inputs[1], inputs[2]
+    n_dir, gates_h, in_size = _dims(w)
+    hidden = int(attr["hidden_size"])
+    gates = gates_h // hidden
+    kind = {4: "lstm", 3: "gru"}.get(gates) or ("rnn_relu" if attr.get("activations", (b"Tanh",))[0] in (b"Relu", "Relu") else "rnn_tanh")
+    layout = int(attr.get("layout", 0))
+    shape = _dims(x)
+    steps, batch = (shape[1], shape[0]) if layout else (shape[0], shape[1])
+    if batch != 1:
+        raise UnsupportedOperatorError(kind.split("_")[0].upper(), op, f"batch {batch}, only batch 1 is supported")
+    direction = attr.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+
+    def optional(index: int, shape_: tuple[int, ...]):
+        given = inputs[index] if len(inputs) > index else None
+        return bb.emit(relax.op.reshape(given, shape_)) if given is not None else _zeros(shape_)
+
+    b = optional(3, (n_dir, 2 * gates_h))
+    h0 = optional(5, (n_dir, hidden))
+    c0 = optional(6, (n_dir, hidden)) if kind == "lstm" else None
+    seq = bb.emit(relax.op.reshape(x, (steps, in_size)))
+    layer = RecurrentLayer(kind, steps, in_size, hidden, n_dir, direction == "reverse", ONNX_ORDER[kind])
+    y, h, c = _emit_layer(bb, layer, seq, w, r, b, h0, c0)
+    y_shape = (1, steps, n_dir, hidden) if layout else (steps, n_dir, 1, hidden)
+    state_shape = (1, n_dir, hidden) if layout else (n_dir, 1, hidden)
+    results = [bb.emit(relax.op.reshape(y, y_shape)), bb.emit(relax.op.reshape(h, state_shape))]
+    if c is not None:
+        results.append(bb.emit(relax.op.reshape(c, state_shape)))
+    return bb.emit(relax.Tuple(results))
+
+
+def _onnx_converter_class(op_type: str):
+    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
+
+    def impl(cls, bb, inputs, attr, params):
+        return _onnx_convert(bb, inputs, attr)
+
+    return type(op_type, (OnnxOpConverter,), {"_impl_v7": classmethod(impl)})
+
+
+@contextmanager
+def onnx_recurrent_converters() -> Iterator[None]:
+    """Inside the block, TVM's `from_onnx` converts LSTM, GRU and RNN nodes with this module."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    stock = onnx_frontend._get_convert_map
+    extra = {op: _onnx_converter_class(op) for op in ONNX_DEFAULT_ACTIVATIONS}
+
+    def convert_map():
+        return {**stock(), **extra}
+
+    onnx_frontend._get_convert_map = convert_map
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = stock
+
+
+# ---------------------------------------------------------------- PyTorch: keep the ops whole
+
+TORCH_RECURRENT_OPS = ("lstm.input", "gru.input", "rnn_tanh.input", "rnn_relu.input")
+
+
+def torch_import_options(program) -> tuple[object, dict]:
+    """The program and extra `from_exported_program` arguments that keep recurrent ops whole.
+
+    `from_exported_program` runs torch's default decompositions first, which unroll aten.lstm and
+    friends into per-step matmuls. For a program holding one, decompose here with those ops left
+    out, so `TORCH_RECURRENT_CONVERTERS` sees them; any other program is passed on unchanged.
+    """
+    import torch
+
+    ops = [getattr(torch.ops.aten, name.split(".")[0]).input for name in TORCH_RECURRENT_OPS]
+    if not any(node.op == "call_function" and node.target in ops for node in program.graph.nodes):
+        return program, {}
+    table = torch.export.default_decompositions()
+    for op in ops:
+        table.pop(op, None)
+    return program.run_decompositions(table), {
+        "custom_convert_map": TORCH_RECURRENT_CONVERTERS, "run_ep_decomposition": False,
+    }
