@@ -28,6 +28,7 @@ GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 # Gate block order of the weights: (LSTM input, forget, cell, output) and (GRU reset, update, new)
 TORCH_ORDER = {"lstm": (0, 1, 2, 3), "gru": (0, 1, 2), "rnn_tanh": (0,), "rnn_relu": (0,)}
+ROW_TILE = 4  # gate rows per register tile of the matrix-vector products
 ONNX_ORDER = {"lstm": (0, 2, 3, 1), "gru": (1, 0, 2), "rnn_tanh": (0,), "rnn_relu": (0,)}
 
 
@@ -66,10 +67,16 @@ def recurrent_kernel(layer: RecurrentLayer) -> tirx.PrimFunc:
     return func.with_attr("op_pattern", 8).with_attr("tvmnas.recurrent", layer.kind)
 
 
+def _row_tile(rows: int) -> int:
+    """Gate rows computed together: each input and state element is loaded once per tile."""
+    return next(t for t in (ROW_TILE, 2, 1) if rows % t == 0)
+
+
 def _lstm(layer: RecurrentLayer) -> tirx.PrimFunc:
     n_t, n_i, n_h, n_d = layer.steps, layer.input_size, layer.hidden_size, layer.directions
     n_g = 4 * n_h
     rev0 = 1 if layer.reverse else 0
+    tile = _row_tile(n_g)
     gi, gf, gc, go = (k * n_h for k in layer.order)
 
     @T.prim_func(private=True, check_well_formed=False)
@@ -87,19 +94,23 @@ def _lstm(layer: RecurrentLayer) -> tirx.PrimFunc:
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):
             gates = T.alloc_buffer((n_g,), "float32")
-            acc = T.alloc_buffer((1,), "float32")
+            acc = T.alloc_buffer((tile,), "float32")
             for d in range(n_d):
                 for j in range(n_h):
                     Hn[d, j] = H0[d, j]
                     Cn[d, j] = C0[d, j]
                 for t in range(n_t):
-                    for r in range(n_g):
-                        acc[0] = B[d, r] + B[d, n_g + r]
+                    for ro in range(n_g // tile):
+                        for i in T.unroll(tile):
+                            acc[i] = B[d, ro * tile + i] + B[d, n_g + ro * tile + i]
                         for k in range(n_i):
-                            acc[0] = acc[0] + W[d, r, k] * X[t + (d + rev0) * (n_t - 1 - 2 * t), k]
+                            for i in T.unroll(tile):
+                                acc[i] = acc[i] + W[d, ro * tile + i, k] * X[t + (d + rev0) * (n_t - 1 - 2 * t), k]
                         for k in range(n_h):
-                            acc[0] = acc[0] + R[d, r, k] * Hn[d, k]
-                        gates[r] = acc[0]
+                            for i in T.unroll(tile):
+                                acc[i] = acc[i] + R[d, ro * tile + i, k] * Hn[d, k]
+                        for i in T.unroll(tile):
+                            gates[ro * tile + i] = acc[i]
                     for j in range(n_h):
                         Cn[d, j] = T.sigmoid(gates[gf + j]) * Cn[d, j] + T.sigmoid(gates[gi + j]) * T.tanh(gates[gc + j])
                         Hn[d, j] = T.sigmoid(gates[go + j]) * T.tanh(Cn[d, j])
@@ -112,6 +123,7 @@ def _gru(layer: RecurrentLayer) -> tirx.PrimFunc:
     n_t, n_i, n_h, n_d = layer.steps, layer.input_size, layer.hidden_size, layer.directions
     n_g = 3 * n_h
     rev0 = 1 if layer.reverse else 0
+    tile = _row_tile(n_g)
     gr, gz, gn = (k * n_h for k in layer.order)
 
     @T.prim_func(private=True, check_well_formed=False)
@@ -128,20 +140,25 @@ def _gru(layer: RecurrentLayer) -> tirx.PrimFunc:
         with T.sblock("root"):
             gx = T.alloc_buffer((n_g,), "float32")
             gh = T.alloc_buffer((n_g,), "float32")
-            acc = T.alloc_buffer((1,), "float32")
+            acc = T.alloc_buffer((tile,), "float32")
             for d in range(n_d):
                 for j in range(n_h):
                     Hn[d, j] = H0[d, j]
                 for t in range(n_t):
-                    for r in range(n_g):
-                        acc[0] = B[d, r]
+                    for ro in range(n_g // tile):
+                        for i in T.unroll(tile):
+                            acc[i] = B[d, ro * tile + i]
                         for k in range(n_i):
-                            acc[0] = acc[0] + W[d, r, k] * X[t + (d + rev0) * (n_t - 1 - 2 * t), k]
-                        gx[r] = acc[0]
-                        acc[0] = B[d, n_g + r]
+                            for i in T.unroll(tile):
+                                acc[i] = acc[i] + W[d, ro * tile + i, k] * X[t + (d + rev0) * (n_t - 1 - 2 * t), k]
+                        for i in T.unroll(tile):
+                            gx[ro * tile + i] = acc[i]
+                            acc[i] = B[d, n_g + ro * tile + i]
                         for k in range(n_h):
-                            acc[0] = acc[0] + R[d, r, k] * Hn[d, k]
-                        gh[r] = acc[0]
+                            for i in T.unroll(tile):
+                                acc[i] = acc[i] + R[d, ro * tile + i, k] * Hn[d, k]
+                        for i in T.unroll(tile):
+                            gh[ro * tile + i] = acc[i]
                     for j in range(n_h):
                         Hn[d, j] = (
                             T.float32(1) - T.sigmoid(gx[gz + j] + gh[gz + j])
@@ -156,6 +173,7 @@ def _gru(layer: RecurrentLayer) -> tirx.PrimFunc:
 def _rnn(layer: RecurrentLayer) -> tirx.PrimFunc:
     n_t, n_i, n_h, n_d = layer.steps, layer.input_size, layer.hidden_size, layer.directions
     rev0 = 1 if layer.reverse else 0
+    tile = _row_tile(n_h)
     relu = layer.kind == "rnn_relu"
 
     @T.prim_func(private=True, check_well_formed=False)
@@ -171,18 +189,22 @@ def _rnn(layer: RecurrentLayer) -> tirx.PrimFunc:
         T.func_attr({"tirx.noalias": True})
         with T.sblock("root"):
             gates = T.alloc_buffer((n_h,), "float32")
-            acc = T.alloc_buffer((1,), "float32")
+            acc = T.alloc_buffer((tile,), "float32")
             for d in range(n_d):
                 for j in range(n_h):
                     Hn[d, j] = H0[d, j]
                 for t in range(n_t):
-                    for r in range(n_h):
-                        acc[0] = B[d, r] + B[d, n_h + r]
+                    for ro in range(n_h // tile):
+                        for i in T.unroll(tile):
+                            acc[i] = B[d, ro * tile + i] + B[d, n_h + ro * tile + i]
                         for k in range(n_i):
-                            acc[0] = acc[0] + W[d, r, k] * X[t + (d + rev0) * (n_t - 1 - 2 * t), k]
+                            for i in T.unroll(tile):
+                                acc[i] = acc[i] + W[d, ro * tile + i, k] * X[t + (d + rev0) * (n_t - 1 - 2 * t), k]
                         for k in range(n_h):
-                            acc[0] = acc[0] + R[d, r, k] * Hn[d, k]
-                        gates[r] = acc[0]
+                            for i in T.unroll(tile):
+                                acc[i] = acc[i] + R[d, ro * tile + i, k] * Hn[d, k]
+                        for i in T.unroll(tile):
+                            gates[ro * tile + i] = acc[i]
                     for j in range(n_h):
                         if relu:
                             Hn[d, j] = T.max(gates[j], T.float32(0))
