@@ -28,7 +28,7 @@ GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 # Gate block order of the weights: (LSTM input, forget, cell, output) and (GRU reset, update, new)
 TORCH_ORDER = {"lstm": (0, 1, 2, 3), "gru": (0, 1, 2), "rnn_tanh": (0,), "rnn_relu": (0,)}
-ROW_TILE = 4  # gate rows per register tile of the matrix-vector products
+ROW_TILE = 8  # gate rows per register tile of the matrix-vector products
 ONNX_ORDER = {"lstm": (0, 2, 3, 1), "gru": (1, 0, 2), "rnn_tanh": (0,), "rnn_relu": (0,)}
 
 
@@ -69,7 +69,7 @@ def recurrent_kernel(layer: RecurrentLayer) -> tirx.PrimFunc:
 
 def _row_tile(rows: int) -> int:
     """Gate rows computed together: each input and state element is loaded once per tile."""
-    return next(t for t in (ROW_TILE, 2, 1) if rows % t == 0)
+    return next(t for t in (ROW_TILE, 4, 2, 1) if rows % t == 0)
 
 
 def _lstm(layer: RecurrentLayer) -> tirx.PrimFunc:
