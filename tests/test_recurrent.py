@@ -65,6 +65,15 @@ def test_each_layer_is_one_kernel_whatever_the_sequence_length(route: str, tmp_p
     assert total_short == total_long  # no kernel per time step
 
 
+@pytest.mark.parametrize("route,names", [("onnx", ["/rnn/LSTM", "/rnn/LSTM_1"]), ("pt2", ["rnn.l0", "rnn.l1"])])
+def test_recurrent_kernels_are_named_by_their_source_layer(route: str, names: list[str], tmp_path: Path) -> None:
+    entry = RecurrentEntry("lstm2", "lstm", 8, layers=2, steps=4, features=5)
+    bundle = compile_model(_export(entry, route, tmp_path)[0], load_target(M4), tmp_path / "c")
+    kernels = [k for k in bundle.manifest["kernels"] if k["name"].startswith(RECURRENT_PREFIXES)]
+    assert [k["source"] for k in kernels] == names
+    assert f"/* {kernels[0]['index']} {names[0]}: lstm_layer" in (bundle.out_dir / "model.c").read_text()
+
+
 @pytest.mark.parametrize("route", ["onnx", "pt2"])
 @pytest.mark.parametrize("case", sorted(SMALL))
 def test_recurrent_matches_pytorch_on_host(case: str, route: str, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from tvmnas.codegen.bundle import EmittedKernel, write_bundle, write_manifest
 from tvmnas.codegen.c_printer import print_kernel
 from tvmnas.errors import BudgetExceededError, BuildError, TvmnasError
 from tvmnas.frontend import ModelSource, SourceLayers, import_model_with_sources
+from tvmnas.frontend_rnn import KERNEL_HEADS as RECURRENT_HEADS
 from tvmnas.passes import (
     ArenaBuffer,
     CallGraph,
@@ -141,7 +142,7 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
         raise
 
 
-KERNEL_HEADS = ("conv2d", "matmul", "max_pool2d", "avg_pool2d", "mean", "softmax")
+KERNEL_HEADS = ("conv2d", "matmul", "max_pool2d", "avg_pool2d", "mean", "softmax", *RECURRENT_HEADS)
 
 
 def kernel_sources(graph: CallGraph, sources: SourceLayers) -> dict[int, str]:

@@ -10,7 +10,10 @@ from typing import Union
 import tvm
 
 from tvmnas.errors import ModelLoadError, UnsupportedOperatorError
-from tvmnas.frontend_rnn import check_onnx_recurrent, onnx_recurrent_converters, torch_import_options
+from tvmnas.frontend_rnn import (
+    check_onnx_recurrent, onnx_recurrent_converters, onnx_recurrent_sources, torch_import_options,
+    torch_recurrent_sources,
+)
 
 ModelSource = Union[str, Path, "torch.nn.Module"]  # noqa: F821
 
@@ -80,6 +83,7 @@ def _torch_sources(program) -> SourceLayers:
             key = (op, tuple(weight.shape) if hasattr(weight, "shape") else None, tuple(val.shape))
             stack = node.meta.get("nn_module_stack") or {}
             sources.setdefault(key, []).append(list(stack.values())[-1][0] if stack else node.name)
+    sources.update(torch_recurrent_sources(program))
     return sources
 
 
@@ -101,6 +105,7 @@ def _onnx_sources(proto) -> SourceLayers:
                 weight = w[::-1] if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute) else w
             key = (op, weight, shapes[node.output[0]])
             sources.setdefault(key, []).append(node.name or f"{node.op_type}_{i}")
+    sources.update(onnx_recurrent_sources(proto, shapes))
     return sources
 
 

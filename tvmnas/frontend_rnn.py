@@ -240,3 +240,45 @@ def torch_import_options(program) -> tuple[object, dict]:
     return program.run_decompositions(table), {
         "custom_convert_map": TORCH_RECURRENT_CONVERTERS, "run_ep_decomposition": False,
     }
+
+
+# ---------------------------------------------------------------- source layer names
+
+KERNEL_HEADS = ("lstm_layer", "gru_layer", "rnn_tanh_layer", "rnn_relu_layer")
+
+
+def torch_recurrent_sources(program) -> dict[tuple, list[str]]:
+    """Source layer names of the recurrent kernels, keyed as `tvmnas.frontend.SourceLayers`:
+    (kernel head, None, output shape (T, D*H)) -> ["<module path>.l<layer>", ...] in graph order."""
+    sources: dict[tuple, list[str]] = {}
+    for node in program.graph.nodes:
+        kind = str(node.target).split(".")[1] if node.op == "call_function" and "." in str(node.target) else ""
+        if f"{kind}.input" not in TORCH_RECURRENT_OPS:
+            continue
+        val = node.meta.get("val")
+        out = val[0] if isinstance(val, (tuple, list)) else val
+        if not hasattr(out, "shape") or len(out.shape) != 3:
+            continue
+        batch_first = bool(node.args[8]) if len(node.args) > 8 else False
+        steps, width = (int(out.shape[1]) if batch_first else int(out.shape[0])), int(out.shape[2])
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else node.name
+        for layer in range(int(node.args[4])):
+            sources.setdefault((f"{kind}_layer", None, (steps, width)), []).append(f"{path}.l{layer}")
+    return sources
+
+
+def onnx_recurrent_sources(proto, shapes: dict[str, tuple]) -> dict[tuple, list[str]]:
+    """As `torch_recurrent_sources`, for ONNX LSTM/GRU/RNN nodes (named by node name)."""
+    sources: dict[tuple, list[str]] = {}
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type not in ONNX_DEFAULT_ACTIVATIONS or node.input[1] not in shapes:
+            continue
+        x_shape = shapes.get(node.input[0])
+        if not x_shape or len(x_shape) != 3:
+            continue
+        n_dir = shapes[node.input[1]][0]
+        steps = x_shape[1] if _onnx_attr(node, "layout", 0) else x_shape[0]
+        width = n_dir * int(_onnx_attr(node, "hidden_size"))
+        sources.setdefault((f"{_onnx_kind(node)}_layer", None, (steps, width)), []).append(node.name or f"{node.op_type}_{i}")
+    return sources
