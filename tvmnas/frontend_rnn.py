@@ -130,7 +130,14 @@ def _onnx_kind(node) -> str:
 
 
 def check_onnx_recurrent(proto) -> None:
-    """Refuse, before import, an ONNX LSTM/GRU/RNN node this path cannot compile, naming it."""
+    """Refuse, before import, an ONNX LSTM/GRU/RNN node this path cannot compile, naming it.
+
+    (Checked here rather than in the converter: TVM's importer prints the inputs of a converter
+    that raises to stdout, where the CLI's JSON goes.)"""
+    nodes = [n for n in proto.graph.node if n.op_type in ONNX_DEFAULT_ACTIVATIONS]
+    if not nodes:
+        return
+    shapes = _onnx_shapes(proto)
     for i, node in enumerate(proto.graph.node):
         if node.op_type not in ONNX_DEFAULT_ACTIVATIONS:
             continue
@@ -153,8 +160,22 @@ def check_onnx_recurrent(proto) -> None:
             problems.append("sequence_lens (only a fixed sequence length is supported)")
         if node.op_type == "LSTM" and len(node.input) > 7 and node.input[7]:
             problems.append("peephole weights P (not supported)")
+        x_shape = shapes.get(node.input[0], ())
+        if len(x_shape) == 3 and x_shape[0 if _onnx_attr(node, "layout", 0) else 1] != 1:
+            problems.append(f"batch {x_shape[0 if _onnx_attr(node, 'layout', 0) else 1]}, only batch 1 is supported")
         if problems:
             raise UnsupportedOperatorError(node.op_type, name, "; ".join(problems))
+
+
+def _onnx_shapes(proto) -> dict[str, tuple]:
+    """Static shapes of the graph's values (0 for a dimension shape inference leaves unknown)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {}
+    for info in [*inferred.graph.input, *inferred.graph.value_info]:
+        shapes[info.name] = tuple(d.dim_value for d in info.type.tensor_type.shape.dim)
+    return shapes
 
 
 def _onnx_convert(bb: relax.BlockBuilder, inputs, attr) -> relax.Var:
