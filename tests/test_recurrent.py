@@ -85,8 +85,7 @@ def test_recurrent_matches_pytorch_on_host(case: str, route: str, tmp_path: Path
 
 
 def test_state_output_is_the_final_state_not_the_sequence(tmp_path: Path) -> None:
-    """PyTorch returns (output, h_n): a model reading h_n must get h_n (TVM's own importer returned
-    the output sequence for both, so its shape-compatible slice silently gave the wrong values)."""
+    """PyTorch returns (output, (h_n, c_n)): a model reading the states gets them from the layer's kernel."""
 
     class LastState(torch.nn.Module):
         def __init__(self) -> None:
@@ -102,6 +101,7 @@ def test_state_output_is_the_final_state_not_the_sequence(tmp_path: Path) -> Non
     x = torch.randn(1, 5, 4)
     ref = model(x).detach().numpy()
     bundle = compile_model(export_pt2(model, (1, 5, 4), tmp_path / "m.pt2"), load_target(M4), tmp_path / "c")
+    assert [k["name"] for k in bundle.manifest["kernels"]].count("lstm_layer") == 1
     y = run_host(build_host(bundle.out_dir, tmp_path / "host"), [x.numpy()])[0]
     assert _relative_error(y, ref) <= TOLERANCE
 

@@ -1,10 +1,10 @@
 """Import recurrent layers (LSTM, GRU, RNN) as one looping kernel per layer.
 
 TVM 0.27's importers do not give the MCU path what it needs: `from_onnx` has no LSTM/GRU/RNN
-converter at all, and `from_exported_program` unrolls every time step into its own matmuls and
-gate kernels, takes one layer only, and returns the output sequence where PyTorch returns
-(output, h_n[, c_n]) so a model reading h_n silently gets the sequence instead. Here each layer
-becomes one `call_tir` of a `tvmnas.rnn_kernels` PrimFunc that loops over time itself.
+converter at all, and `from_exported_program` first runs torch's default decompositions, which
+unroll every time step into its own matmuls and gate arithmetic (several kernels per step; its
+own aten.lstm converter, never reached then, unrolls too and takes one layer only). Here each
+layer becomes one `call_tir` of a `tvmnas.rnn_kernels` PrimFunc that loops over time itself.
 
 Supported: batch 1, fixed sequence length, any number of layers, forward, reverse (ONNX) and
 bidirectional, PyTorch batch_first either way and ONNX layout 0 or 1, default activations.
