@@ -166,6 +166,13 @@ def test_batch_above_one_is_refused_in_one_line(route: str, tmp_path: Path, capf
     assert capfd.readouterr().out == ""  # stdout stays clean for the CLI's JSON
 
 
+def test_lstm_projection_is_refused_naming_the_node(tmp_path: Path) -> None:
+    model = torch.nn.LSTM(4, 8, proj_size=3, batch_first=True).eval()
+    path = export_pt2(model, (1, 5, 4), tmp_path / "m.pt2")
+    with pytest.raises(UnsupportedOperatorError, match=r"'lstm.input' at node 'lstm'.*proj_size"):
+        compile_model(path, load_target(M4), tmp_path / "c")
+
+
 def test_mac_count_is_the_gate_products(tmp_path: Path) -> None:
     """MAC convention: T * D * G*H * (I + H) per layer, counted from the kernel's own loops."""
     entry = SMALL["lstm_bidirectional_2layer_state"]

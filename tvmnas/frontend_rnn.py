@@ -54,11 +54,17 @@ def _torch_converter(kind: str):
         x, hx, params = args[0], args[1], list(args[2])
         has_biases, num_layers, bidirectional, batch_first = args[3], int(args[4]), bool(args[7]), bool(args[8])
         shape = _dims(x)
+        n_dir = 2 if bidirectional else 1
+        per_dir = 4 if has_biases else 2
+        if len(shape) != 3:
+            raise UnsupportedOperatorError(node.target.__name__, node.name, f"input of rank {len(shape)}, expected 3")
         batch, steps = (shape[0], shape[1]) if batch_first else (shape[1], shape[0])
         if batch != 1:
             raise UnsupportedOperatorError(node.target.__name__, node.name, f"batch {batch}, only batch 1 is supported")
-        n_dir = 2 if bidirectional else 1
-        per_dir = 4 if has_biases else 2
+        if len(params) != num_layers * n_dir * per_dir:  # LSTM proj_size adds a weight_hr per direction
+            raise UnsupportedOperatorError(node.target.__name__, node.name,
+                                           f"{len(params)} weights for {num_layers} layer(s), "
+                                           f"expected {num_layers * n_dir * per_dir} (proj_size is not supported)")
         hidden = _dims(params[1])[1]
         h_all = hx[0] if kind == "lstm" else hx
         c_all = hx[1] if kind == "lstm" else None
@@ -178,18 +184,19 @@ def _onnx_shapes(proto) -> dict[str, tuple]:
     return shapes
 
 
-def _onnx_convert(bb: relax.BlockBuilder, inputs, attr) -> relax.Var:
-    op = attr["tvm_custom"]["name"]
+def _onnx_convert(bb: relax.BlockBuilder, inputs, attr, op_type: str) -> relax.Var:
     x, w, r = inputs[0], inputs[1], inputs[2]
     n_dir, gates_h, in_size = _dims(w)
     hidden = int(attr["hidden_size"])
-    gates = gates_h // hidden
-    kind = {4: "lstm", 3: "gru"}.get(gates) or ("rnn_relu" if attr.get("activations", (b"Tanh",))[0] in (b"Relu", "Relu") else "rnn_tanh")
+    kind = op_type.lower()
+    if op_type == "RNN":
+        first = attr.get("activations", (b"Tanh",))[0]
+        kind = "rnn_relu" if (first.decode() if isinstance(first, bytes) else first) == "Relu" else "rnn_tanh"
     layout = int(attr.get("layout", 0))
     shape = _dims(x)
     steps, batch = (shape[1], shape[0]) if layout else (shape[0], shape[1])
-    if batch != 1:
-        raise UnsupportedOperatorError(kind.split("_")[0].upper(), op, f"batch {batch}, only batch 1 is supported")
+    if batch != 1:  # check_onnx_recurrent refuses this before import where shapes are known
+        raise UnsupportedOperatorError(op_type, attr["tvm_custom"]["name"], f"batch {batch}, only batch 1 is supported")
     direction = attr.get("direction", b"forward")
     direction = direction.decode() if isinstance(direction, bytes) else direction
 
@@ -215,7 +222,7 @@ def _onnx_converter_class(op_type: str):
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
     def impl(cls, bb, inputs, attr, params):
-        return _onnx_convert(bb, inputs, attr)
+        return _onnx_convert(bb, inputs, attr, op_type)
 
     return type(op_type, (OnnxOpConverter,), {"_impl_v7": classmethod(impl)})
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tvmnas.rnn_kernels import RecurrentLayer
+
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
@@ -72,13 +74,10 @@ class RecurrentEntry:
 
     def recurrent_macs(self) -> int:
         """MACs of the gate matrix-vector products: per layer T * D * G*H * (I + H) (see rnn_kernels)."""
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell]
+        kind = {"lstm": "lstm", "gru": "gru", "rnn": "rnn_tanh"}[self.cell]
         d = 2 if self.bidirectional else 1
-        total, inputs = 0, self.features
-        for _ in range(self.layers):
-            total += self.steps * d * gates * self.hidden * (inputs + self.hidden)
-            inputs = d * self.hidden
-        return total
+        inputs = [self.features] + [d * self.hidden] * (self.layers - 1)
+        return sum(RecurrentLayer(kind, self.steps, i, self.hidden, d).macs for i in inputs)
 
 
 KWS_MODELS = {
