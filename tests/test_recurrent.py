@@ -141,18 +141,31 @@ def test_onnx_lstm_directions_and_layouts_match_onnxruntime(direction: str, layo
     assert _relative_error(y, ref) <= TOLERANCE
 
 
-def test_onnx_gru_reset_before_linear_is_refused_naming_the_node(tmp_path: Path) -> None:
-    hidden, inputs = 4, 3
-    zeros = lambda name, shape: helper.make_tensor(name, TensorProto.FLOAT, shape, [0.0] * int(np.prod(shape)))  # noqa: E731
-    node = helper.make_node("GRU", ["X", "W", "R"], ["Y"], name="gru_node", hidden_size=hidden)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 1, inputs])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [5, 1, 1, hidden])],
-                              [zeros("W", [1, 3 * hidden, inputs]), zeros("R", [1, 3 * hidden, hidden])])
+@pytest.mark.parametrize("linear_before_reset,direction", [(0, "forward"), (0, "bidirectional"), (1, "reverse")])
+def test_onnx_gru_both_reset_forms_match_onnxruntime(linear_before_reset: int, direction: str, tmp_path: Path) -> None:
+    """ONNX's default GRU (linear_before_reset=0, e.g. from older TensorFlow) resets h before R_n."""
+    import onnxruntime as ort
+
+    hidden, inputs, steps, dirs = 8, 3, 6, 2 if direction == "bidirectional" else 1
+    rng = np.random.default_rng(2)
+
+    def weights(name: str, shape: list[int]):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, rng.standard_normal(shape).astype(np.float32).ravel().tolist())
+
+    node = helper.make_node("GRU", ["X", "W", "R", "B"], ["Y"], name="gru_node", hidden_size=hidden,
+                            direction=direction, linear_before_reset=linear_before_reset)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [steps, 1, inputs])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [steps, dirs, 1, hidden])],
+        [weights("W", [dirs, 3 * hidden, inputs]), weights("R", [dirs, 3 * hidden, hidden]),
+         weights("B", [dirs, 6 * hidden])])
     path = tmp_path / "gru.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
-    with pytest.raises(UnsupportedOperatorError, match=r"'GRU' at node 'gru_node'.*linear_before_reset=0"):
-        compile_model(path, load_target(M4), tmp_path / "c")
-    assert not (tmp_path / "c").exists()
+    x = rng.standard_normal([steps, 1, inputs]).astype(np.float32)
+    ref = ort.InferenceSession(str(path)).run(None, {"X": x})[0]
+    bundle = compile_model(path, load_target(M4), tmp_path / "c")
+    y = run_host(build_host(bundle.out_dir, tmp_path / "host"), [x])[0]
+    assert _relative_error(y, ref) <= TOLERANCE
 
 
 @pytest.mark.parametrize("route", ["onnx", "pt2"])

@@ -8,7 +8,8 @@ layer becomes one `call_tir` of a `tvmnas.rnn_kernels` PrimFunc that loops over 
 
 Supported: batch 1, fixed sequence length, any number of layers, forward, reverse (ONNX) and
 bidirectional, PyTorch batch_first either way and ONNX layout 0 or 1, default activations.
-Anything else is refused with one line naming the operator and node.
+ONNX GRU with linear_before_reset 0 or 1. Anything else (peepholes, clip, input_forget, custom
+activations, sequence_lens, LSTM proj_size) is refused with one line naming the operator and node.
 """
 
 from __future__ import annotations
@@ -160,8 +161,6 @@ def check_onnx_recurrent(proto) -> None:
             problems.append("clip (not supported)")
         if _onnx_attr(node, "input_forget", 0):
             problems.append("input_forget=1 (not supported)")
-        if node.op_type == "GRU" and not _onnx_attr(node, "linear_before_reset", 0):
-            problems.append("linear_before_reset=0 (only 1, PyTorch's GRU, is supported)")
         if len(node.input) > 4 and node.input[4]:
             problems.append("sequence_lens (only a fixed sequence length is supported)")
         if node.op_type == "LSTM" and len(node.input) > 7 and node.input[7]:
@@ -208,7 +207,8 @@ def _onnx_convert(bb: relax.BlockBuilder, inputs, attr, op_type: str) -> relax.V
     h0 = optional(5, (n_dir, hidden))
     c0 = optional(6, (n_dir, hidden)) if kind == "lstm" else None
     seq = bb.emit(relax.op.reshape(x, (steps, in_size)))
-    layer = RecurrentLayer(kind, steps, in_size, hidden, n_dir, direction == "reverse", ONNX_ORDER[kind])
+    layer = RecurrentLayer(kind, steps, in_size, hidden, n_dir, direction == "reverse", ONNX_ORDER[kind],
+                           linear_before_reset=bool(attr.get("linear_before_reset", 0)))
     y, h, c = _emit_layer(bb, layer, seq, w, r, b, h0, c0)
     y_shape = (1, steps, n_dir, hidden) if layout else (steps, n_dir, 1, hidden)
     state_shape = (1, n_dir, hidden) if layout else (n_dir, 1, hidden)

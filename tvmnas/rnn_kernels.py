@@ -7,14 +7,15 @@ pre-activations of one step live in a scratch buffer the planner places too.
 
 Layout (ONNX's, batch 1, which also covers PyTorch's: the batch axis of size 1 is dropped):
   X  (T, I)            the input sequence
-  W  (D, G*H, I)       input weights per direction, gate blocks of H rows in `gates` order
+  W  (D, G*H, I)       input weights per direction, gate blocks of H rows as `order` places them
   R  (D, G*H, H)       recurrent weights
   B  (D, 2*G*H)        input bias then recurrent bias
   H0 (D, H), C0 (D, H) initial hidden (and cell) state
   Y  (T, D*H)          the hidden state of every step, directions side by side
   Hn (D, H), Cn (D, H) the final states (for a reverse direction: after its step at t = 0)
 G is 4 for LSTM, 3 for GRU, 1 for RNN. Equations as ONNX and PyTorch define them; the GRU applies
-the recurrent weights before the reset gate (ONNX linear_before_reset=1, PyTorch's only form).
+its reset gate after the recurrent product (PyTorch's only form, ONNX linear_before_reset=1) or to
+the state before it (ONNX's default, linear_before_reset=0).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class RecurrentLayer:
 
     kind: "lstm", "gru", "rnn_tanh" or "rnn_relu"; steps T, input_size I, hidden_size H;
     directions D (1 or 2); reverse: a single direction that runs from t = T-1 down to 0;
-    order: where each gate's block of H rows sits in W, R and B (TORCH_ORDER or ONNX_ORDER).
+    order: where each gate's block of H rows sits in W, R and B (TORCH_ORDER or ONNX_ORDER);
+    linear_before_reset (GRU): True applies the reset gate to R_n h + Rb_n (PyTorch, ONNX's 1),
+    False to h before the product (ONNX's default 0).
     """
 
     kind: str
@@ -48,6 +51,7 @@ class RecurrentLayer:
     directions: int = 1
     reverse: bool = False
     order: tuple[int, ...] = (0,)
+    linear_before_reset: bool = True
 
     @property
     def gates(self) -> int:
@@ -123,8 +127,11 @@ def _gru(layer: RecurrentLayer) -> tirx.PrimFunc:
     n_t, n_i, n_h, n_d = layer.steps, layer.input_size, layer.hidden_size, layer.directions
     n_g = 3 * n_h
     rev0 = 1 if layer.reverse else 0
-    tile = _row_tile(n_g)
     gr, gz, gn = (k * n_h for k in layer.order)
+    lbr = layer.linear_before_reset
+    assert lbr or gn == 2 * n_h, "reset-before-linear needs the new-gate block last"
+    tile = _row_tile(n_g) if lbr else _row_tile(n_h)
+    n_rec = n_g if lbr else 2 * n_h  # recurrent rows computed from h itself
 
     @T.prim_func(private=True, check_well_formed=False)
     def gru_layer(
@@ -153,19 +160,39 @@ def _gru(layer: RecurrentLayer) -> tirx.PrimFunc:
                                 acc[i] = acc[i] + W[d, ro * tile + i, k] * X[t + (d + rev0) * (n_t - 1 - 2 * t), k]
                         for i in T.unroll(tile):
                             gx[ro * tile + i] = acc[i]
+                    for ro in range(n_rec // tile):
+                        for i in T.unroll(tile):
                             acc[i] = B[d, n_g + ro * tile + i]
                         for k in range(n_h):
                             for i in T.unroll(tile):
                                 acc[i] = acc[i] + R[d, ro * tile + i, k] * Hn[d, k]
                         for i in T.unroll(tile):
                             gh[ro * tile + i] = acc[i]
-                    for j in range(n_h):
-                        Hn[d, j] = (
-                            T.float32(1) - T.sigmoid(gx[gz + j] + gh[gz + j])
-                        ) * T.tanh(gx[gn + j] + T.sigmoid(gx[gr + j] + gh[gr + j]) * gh[gn + j]) + T.sigmoid(
-                            gx[gz + j] + gh[gz + j]
-                        ) * Hn[d, j]
-                        Y[t + (d + rev0) * (n_t - 1 - 2 * t), d * n_h + j] = Hn[d, j]
+                    if lbr:
+                        for j in range(n_h):
+                            Hn[d, j] = (
+                                T.float32(1) - T.sigmoid(gx[gz + j] + gh[gz + j])
+                            ) * T.tanh(gx[gn + j] + T.sigmoid(gx[gr + j] + gh[gr + j]) * gh[gn + j]) + T.sigmoid(
+                                gx[gz + j] + gh[gz + j]
+                            ) * Hn[d, j]
+                            Y[t + (d + rev0) * (n_t - 1 - 2 * t), d * n_h + j] = Hn[d, j]
+                    else:
+                        # the new gate's recurrent product takes r * h: r first, into gx's r block
+                        for j in range(n_h):
+                            gx[gr + j] = T.sigmoid(gx[gr + j] + gh[gr + j]) * Hn[d, j]
+                        for ro in range(n_h // tile):
+                            for i in T.unroll(tile):
+                                acc[i] = B[d, n_g + gn + ro * tile + i]
+                            for k in range(n_h):
+                                for i in T.unroll(tile):
+                                    acc[i] = acc[i] + R[d, gn + ro * tile + i, k] * gx[gr + k]
+                            for i in T.unroll(tile):
+                                gh[gn + ro * tile + i] = acc[i]
+                        for j in range(n_h):
+                            Hn[d, j] = (
+                                T.float32(1) - T.sigmoid(gx[gz + j] + gh[gz + j])
+                            ) * T.tanh(gx[gn + j] + gh[gn + j]) + T.sigmoid(gx[gz + j] + gh[gz + j]) * Hn[d, j]
+                            Y[t + (d + rev0) * (n_t - 1 - 2 * t), d * n_h + j] = Hn[d, j]
 
     return gru_layer
 
