@@ -141,9 +141,8 @@ def check_onnx_recurrent(proto) -> None:
 
     (Checked here rather than in the converter: TVM's importer prints the inputs of a converter
     that raises to stdout, where the CLI's JSON goes.)"""
-    nodes = [n for n in proto.graph.node if n.op_type in ONNX_DEFAULT_ACTIVATIONS]
-    if not nodes:
-        return
+    if not any(n.op_type in ONNX_DEFAULT_ACTIVATIONS for n in proto.graph.node):
+        return  # no shape inference for models without recurrent nodes
     shapes = _onnx_shapes(proto)
     for i, node in enumerate(proto.graph.node):
         if node.op_type not in ONNX_DEFAULT_ACTIVATIONS:
@@ -166,8 +165,9 @@ def check_onnx_recurrent(proto) -> None:
         if node.op_type == "LSTM" and len(node.input) > 7 and node.input[7]:
             problems.append("peephole weights P (not supported)")
         x_shape = shapes.get(node.input[0], ())
-        if len(x_shape) == 3 and x_shape[0 if _onnx_attr(node, "layout", 0) else 1] != 1:
-            problems.append(f"batch {x_shape[0 if _onnx_attr(node, 'layout', 0) else 1]}, only batch 1 is supported")
+        batch_axis = 0 if _onnx_attr(node, "layout", 0) else 1
+        if len(x_shape) == 3 and x_shape[batch_axis] != 1:
+            problems.append(f"batch {x_shape[batch_axis]}, only batch 1 is supported")
         if problems:
             raise UnsupportedOperatorError(node.op_type, name, "; ".join(problems))
 
