@@ -19,6 +19,7 @@ from tvmnas.codegen.c_printer import print_kernel
 from tvmnas.errors import BudgetExceededError, BuildError, TvmnasError, UnsupportedModelError
 from tvmnas.frontend import OUTPUT_NAMES_ATTR, ModelSource, SourceLayers, import_model_with_sources
 from tvmnas.output_dir import staged_output
+from tvmnas.frontend_rnn import KERNEL_HEADS as RECURRENT_HEADS
 from tvmnas.passes import (
     ArenaBuffer,
     CallGraph,
@@ -134,7 +135,7 @@ def check_single_input_output(graph: CallGraph) -> None:
             )
 
 
-KERNEL_HEADS = ("conv2d", "matmul", "max_pool2d", "avg_pool2d", "mean", "softmax")
+KERNEL_HEADS = ("conv2d", "matmul", "max_pool2d", "avg_pool2d", "mean", "softmax", *RECURRENT_HEADS)
 
 
 def kernel_sources(graph: CallGraph, sources: SourceLayers) -> dict[int, str]:

@@ -13,6 +13,10 @@ import tvm
 from tvmnas.errors import ModelLoadError, UnsupportedOperatorError
 from tvmnas.input_shapes import Notice, fix_onnx_batch, fix_torch_batch, stderr_notice
 from tvmnas.model_file import check_model_file
+from tvmnas.frontend_rnn import (
+    check_onnx_recurrent, onnx_recurrent_converters, onnx_recurrent_sources, torch_import_options,
+    torch_recurrent_sources,
+)
 
 ModelSource = Union[str, Path, "torch.nn.Module"]  # noqa: F821
 
@@ -107,6 +111,7 @@ def _torch_sources(program) -> SourceLayers:
             key = (op, tuple(weight.shape) if hasattr(weight, "shape") else None, tuple(val.shape))
             stack = node.meta.get("nn_module_stack") or {}
             sources.setdefault(key, []).append(list(stack.values())[-1][0] if stack else node.name)
+    sources.update(torch_recurrent_sources(program))
     return sources
 
 
@@ -128,6 +133,7 @@ def _onnx_sources(proto) -> SourceLayers:
                 weight = w[::-1] if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute) else w
             key = (op, weight, shapes[node.output[0]])
             sources.setdefault(key, []).append(node.name or f"{node.op_type}_{i}")
+    sources.update(onnx_recurrent_sources(proto, shapes))
     return sources
 
 
@@ -142,7 +148,8 @@ def _from_exported_program(program) -> tvm.IRModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return from_exported_program(program)
+            program, options = torch_import_options(program)  # LSTM/GRU/RNN: one kernel per layer
+            return from_exported_program(program, **options)
         except AssertionError as err:
             found = re.search(r"Unsupported function types \[(.*)\]", str(err))
             if not found:
@@ -175,9 +182,11 @@ def _import_onnx(path: Path, notice: Notice = stderr_notice) -> tuple[tvm.IRModu
     except Exception as err:  # protobuf decode errors have no common base class
         raise ModelLoadError(f"'{path}' is not a valid ONNX model: {_first_line(err)}") from None
     reject_qoperator(proto)  # QOperator ONNX: one line saying to export QDQ
+    check_onnx_recurrent(proto)
     fix_onnx_batch(proto, f"'{path}'", notice)
     try:
-        mod = _with_output_names(from_onnx(proto), [o.name for o in proto.graph.output])
+        with onnx_recurrent_converters():
+            mod = _with_output_names(from_onnx(proto), [o.name for o in proto.graph.output])
         return mod, _onnx_sources(proto)
     except tvm.error.OpNotImplemented as err:
         ops = str(err).split(":")[-1]
