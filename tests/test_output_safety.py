@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tvmnas.errors import ProfileDatabaseError, TvmnasError
@@ -236,8 +238,6 @@ wait
 
 
 def _fake_gcc(tmp_path: Path) -> tuple[dict, Path]:
-    import shutil
-
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     pids = tmp_path / "gcc.pids"
@@ -297,8 +297,6 @@ def test_sigterm_during_compile_cleans_up_like_an_error(onnx_model: Path, tmp_pa
 
 
 def test_sigterm_during_build_leaves_no_compiler_running(bundle: Path, tmp_path: Path) -> None:
-    import numpy as np
-
     env, pid_file = _fake_gcc(tmp_path)
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 1, 8, 8), np.float32))

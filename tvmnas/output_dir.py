@@ -115,8 +115,8 @@ def _private_dir(out: Path, role: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.{role}.{os.getpid()}.", dir=out.parent))
 
 
-def _make_parents(folder: Path) -> list[Path]:
-    """mkdir -p `folder`, returning the folders it created (deepest last)."""
+def _make_parents(folder: Path, created: list[Path]) -> None:
+    """mkdir -p `folder`, appending each folder it creates to `created` (deepest last)."""
     missing = []
     for parent in [folder, *folder.parents]:
         if parent.exists():
@@ -124,7 +124,7 @@ def _make_parents(folder: Path) -> list[Path]:
         missing.append(parent)
     for parent in reversed(missing):
         parent.mkdir()
-    return list(reversed(missing))
+        created.append(parent)
 
 
 def _swap_in(staging: Path, out: Path) -> None:
@@ -135,7 +135,11 @@ def _swap_in(staging: Path, out: Path) -> None:
         return
     trash = _private_dir(out, TRASH)
     old = trash / "old"
-    out.rename(old)
+    try:
+        out.rename(old)
+    except BaseException:
+        trash.rmdir()
+        raise
     try:
         staging.rename(out)
     except BaseException:
@@ -153,7 +157,7 @@ def staged_output(out_dir: Path, kind: str = "bundle", *, inputs: Iterable[Path]
     out = check_out_path(out_dir, kind, inputs=inputs)
     created: list[Path] = []
     try:
-        created = _make_parents(out.parent)
+        _make_parents(out.parent, created)
         remove_stale(out)
         staging = _private_dir(out, STAGING)
     except OSError as err:
