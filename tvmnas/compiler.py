@@ -1,6 +1,6 @@
 """Compile a network to a standalone C bundle for a Cortex-M target.
 
-import -> MCULowering (BN folding, legalize, fuse) -> LowerTIRForC -> C kernels -> PlanArena
+import -> import check (host run vs the source framework) -> MCULowering (BN folding, legalize, fuse) -> LowerTIRForC -> C kernels -> PlanArena
 -> bundle files -> measured flash -> budget check. The output directory appears complete or not at all.
 """
 
@@ -20,7 +20,8 @@ from tvm import tirx
 from tvmnas.codegen.bundle import EmittedKernel, write_bundle, write_manifest
 from tvmnas.codegen.c_printer import print_kernel
 from tvmnas.errors import BudgetExceededError, BuildError, TvmnasError
-from tvmnas.frontend import ModelSource, SourceLayers, import_model_with_sources
+from tvmnas.frontend import ModelSource, SourceLayers, import_source
+from tvmnas.import_check import check_import
 from tvmnas.passes import (
     ArenaBuffer,
     CallGraph,
@@ -199,14 +200,20 @@ def compile_model(
     ignore_budget: bool = False,
     schedule: bool = True,
     optimize: str = "speed",
+    import_check: bool = True,
 ) -> CompiledModel:
     """Compile `model` for `target` into `out_dir` (replaced if it exists, untouched on error).
 
     optimize: "speed" (default) or "size" (smaller kernels, slower; see `schedule_for_size`).
+    import_check: run the imported module on the host against the source framework first
+    (`tvmnas.import_check`), so an importer fault is one error instead of a wrong bundle.
     """
     out_dir = Path(out_dir)
     check_optimize(optimize)
-    mod, sources = import_model_with_sources(model, input_shape)
+    imported = import_source(model, input_shape)
+    if import_check:
+        check_import(imported)
+    mod, sources = imported.mod, imported.sources
     lowered, graph = lower_model(mod, schedule, optimize)
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise NotImplementedError(

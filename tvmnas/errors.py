@@ -80,3 +80,7 @@ class CostModelError(TvmnasError):
 
 class VerificationError(TvmnasError):
     """The compiled C, run on the emulator, disagrees with the trained model beyond tolerance."""
+
+
+class ImportCheckError(TvmnasError):
+    """The imported model, run on the host, disagrees with its source framework (an importer fault)."""

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import traceback
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+import numpy as np
 import tvm
 
-from tvmnas.errors import ModelLoadError, UnsupportedOperatorError
+from tvmnas.errors import ModelLoadError, TvmnasError, UnsupportedOperatorError
 
 ModelSource = Union[str, Path, "torch.nn.Module"]  # noqa: F821
 
@@ -28,6 +34,21 @@ ONNX_KERNEL_OPS = {
 SourceLayers = dict[tuple, list[str]]
 
 
+@dataclass
+class ImportedModel:
+    """A network imported into Relax, with what is needed to check the import against its source.
+
+    reference: runs the source framework (the torch module or program, or onnxruntime on the
+    original file) on float/integer numpy inputs and returns its outputs as numpy arrays.
+    """
+
+    mod: tvm.IRModule
+    sources: SourceLayers
+    framework: str
+    output_names: list[str]
+    reference: Callable[[Sequence[np.ndarray]], list[np.ndarray]]
+
+
 def import_model(model: ModelSource, input_shape: tuple[int, ...] | None = None) -> tvm.IRModule:
     """Relax IRModule (weights bound as constants) from a file path or an in-memory torch module.
 
@@ -41,6 +62,13 @@ def import_model_with_sources(
 ) -> tuple[tvm.IRModule, SourceLayers]:
     """`import_model`, plus the source layer names (torch module paths or ONNX node names) of the
     operators that head kernels, in graph order, so generated code can name layers users know."""
+    imported = import_source(model, input_shape)
+    return imported.mod, imported.sources
+
+
+def import_source(model: ModelSource, input_shape: tuple[int, ...] | None = None) -> ImportedModel:
+    """Import `model` (see `import_model`) and keep a handle on its source framework, so that
+    `tvmnas.import_check` can compare the two."""
     import torch
 
     if isinstance(model, torch.nn.Module):
@@ -51,7 +79,7 @@ def import_model_with_sources(
             program = torch.export.export(model.eval(), (example,))
         except Exception as err:  # torch.export raises many unrelated types
             raise ModelLoadError(f"torch.export failed on the module: {_first_line(err)}") from None
-        return _from_exported_program(program), _torch_sources(program)
+        return _torch_import(program, model)
     path = Path(model)
     if not path.is_file():
         raise ModelLoadError(f"model file '{path}' does not exist")
@@ -63,8 +91,22 @@ def import_model_with_sources(
             program = torch.export.load(str(path))
         except Exception as err:  # a corrupt archive raises zipfile, pickle or runtime errors
             raise ModelLoadError(f"'{path}' is not a readable torch.export program: {_first_line(err)}") from None
-        return _from_exported_program(program), _torch_sources(program)
+        return _torch_import(program, program.module())
     raise ModelLoadError(f"'{path}': unknown model format '{suffix}' (expected .onnx or .pt2)")
+
+
+def _torch_import(program, module) -> ImportedModel:
+    """The Relax module of an exported program, with `module` (the same network, runnable in
+    PyTorch) as its reference."""
+    import torch
+
+    def reference(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))
+        return [t.detach().numpy() for t in torch.utils._pytree.tree_leaves(out)]
+
+    names = list(program.graph_signature.user_outputs)
+    return ImportedModel(_from_exported_program(program), _torch_sources(program), "PyTorch", names, reference)
 
 
 def _torch_sources(program) -> SourceLayers:
@@ -111,45 +153,153 @@ def _first_line(err: BaseException) -> str:
 def _from_exported_program(program) -> tvm.IRModule:
     from tvm.relax.frontend.torch import from_exported_program
 
+    from tvmnas.passes import WrapNegativeIndices
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return from_exported_program(program)
+            mod = from_exported_program(program)
         except AssertionError as err:
             found = re.search(r"Unsupported function types \[(.*)\]", str(err))
             if not found:
-                raise ModelLoadError(f"the TVM PyTorch importer failed: {_first_line(err)}") from None
+                raise _importer_failure("PyTorch", err) from None
             op = found.group(1).split(",")[0].strip(" '\"")
             raise UnsupportedOperatorError(op, _torch_node_name(program, op)) from None
-        except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as err:
-            raise ModelLoadError(f"the TVM PyTorch importer failed: {_first_line(err)}") from None
+        except TvmnasError:
+            raise
+        except Exception as err:  # the importer's converters raise any type; report the node
+            raise _importer_failure("PyTorch", err) from None
+    dynamic = _first_dynamic_op(mod)
+    if dynamic:
+        raise ModelLoadError(f"the imported model computes a tensor of unknown shape with '{dynamic}': "
+                             "tvmnas compiles fixed shapes only (export with static shapes)")
+    # TVM 0.27 passes x[:, -1] and friends to take() as a negative index: count it from the end
+    return WrapNegativeIndices()(mod)
 
 
 def _torch_node_name(program, op: str) -> str:
     """Name of the first graph node calling `op`, with the module path it came from."""
     for node in program.graph.nodes:
         if node.op == "call_function" and op in (getattr(node.target, "__name__", ""), str(node.target)):
-            stack = node.meta.get("nn_module_stack") or {}
-            path = list(stack.values())[-1][0] if stack else ""
-            return f"{node.name} ({path})" if path else node.name
+            return _fx_node_label(node)
     return "?"
 
 
-def _import_onnx(path: Path) -> tuple[tvm.IRModule, SourceLayers]:
+def _fx_node_label(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    path = list(stack.values())[-1][0] if stack else ""
+    return f"{node.name} ({path})" if path else node.name
+
+
+def _importer_failure(framework: str, err: BaseException) -> TvmnasError:
+    """One line for an exception raised inside TVM's importer: the operator and node it was
+    converting (found in the traceback), and the importer's own reason."""
+    import onnx
+    import torch
+
+    reason = _reason(err)
+    node = None
+    for frame, _ in traceback.walk_tb(err.__traceback__):  # innermost frame last
+        candidate = frame.f_locals.get("node")
+        if isinstance(candidate, (torch.fx.Node, onnx.NodeProto)):
+            node = candidate
+    if isinstance(node, torch.fx.Node):
+        return UnsupportedOperatorError(str(node.target), _fx_node_label(node), f"the TVM {framework} importer failed: {reason}")
+    if isinstance(node, onnx.NodeProto):
+        return UnsupportedOperatorError(node.op_type, node.name or node.output[0], f"the TVM {framework} importer failed: {reason}")
+    return ModelLoadError(f"the TVM {framework} importer failed: {reason}")
+
+
+def _reason(err: BaseException) -> str:
+    """The informative line of an importer exception: TVM's own errors put a C++ traceback first
+    and the message last."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    if isinstance(err, tvm.error.InternalError) or lines[0].startswith("Traceback"):
+        line = lines[-1]
+    else:
+        line = lines[0]
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _import_onnx(path: Path) -> ImportedModel:
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
+
+    from tvmnas.onnx_fold import fold_shape_arithmetic
+    from tvmnas.passes import WrapNegativeIndices
 
     try:
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
     except Exception as err:  # protobuf decode errors have no common base class
         raise ModelLoadError(f"'{path}' is not a valid ONNX model: {_first_line(err)}") from None
+    # torch.onnx.export writes pads and chunk bounds as integer subgraphs TVM 0.27 cannot import
+    folded = fold_shape_arithmetic(proto)
     try:
-        return from_onnx(proto), _onnx_sources(proto)
+        with contextlib.redirect_stdout(io.StringIO()):  # the importer prints its failures to stdout
+            mod = from_onnx(folded)
     except tvm.error.OpNotImplemented as err:
         ops = str(err).split(":")[-1]
         op = ops.split(",")[0].strip().splitlines()[0].strip()
         node = next((n.name or f"{n.op_type}_{i}" for i, n in enumerate(proto.graph.node) if n.op_type == op), "?")
         raise UnsupportedOperatorError(op, node) from None
-    except (ValueError, TypeError, KeyError, AssertionError, RuntimeError) as err:
-        raise ModelLoadError(f"the TVM ONNX importer failed on '{path}': {_first_line(err)}") from None
+    except Exception as err:  # the importer's converters raise any type; report the node
+        raise _importer_failure("ONNX", err) from None
+    dynamic = _first_dynamic_op(mod)
+    if dynamic:
+        raise _dynamic_shape_error(folded, dynamic)
+    names = [o.name for o in proto.graph.output]
+    return ImportedModel(WrapNegativeIndices()(mod), _onnx_sources(folded), "onnxruntime", names,
+                         _onnxruntime_reference(path, [i.name for i in _graph_inputs(proto)]))
+
+
+def _first_dynamic_op(mod: tvm.IRModule) -> str | None:
+    """The Relax operator of the first binding in `main` whose tensor shape is not fully known
+    (the MCU path plans every buffer at compile time), or None."""
+    from tvm import relax
+
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            ty = binding.var.ty
+            if not isinstance(ty, relax.TensorType):
+                continue
+            shape = ty.shape
+            static = isinstance(shape, relax.ShapeExpr) and all(isinstance(d, tvm.tirx.IntImm) for d in shape.values)
+            if not static:
+                value = binding.value
+                return getattr(getattr(value, "op", None), "name", type(value).__name__)
+    return None
+
+
+def _dynamic_shape_error(proto, relax_op: str) -> TvmnasError:
+    """Name the first ONNX node whose output shape ONNX's own inference cannot fix either."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    shapes = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    for i, node in enumerate(proto.graph.node):
+        for out in node.output:
+            t = shapes.get(out)
+            if t is not None and t.HasField("shape") and not all(d.HasField("dim_value") for d in t.shape.dim):
+                return UnsupportedOperatorError(node.op_type, node.name or f"{node.op_type}_{i}",
+                                                "its output shape is not fixed at import; tvmnas compiles fixed shapes only")
+    return ModelLoadError(f"the imported model computes a tensor of unknown shape with '{relax_op}': "
+                          "tvmnas compiles fixed shapes only")
+
+
+def _graph_inputs(proto) -> list:
+    """The model's real inputs (old exporters also list every initializer as a graph input)."""
+    inits = {t.name for t in proto.graph.initializer}
+    return [i for i in proto.graph.input if i.name not in inits]
+
+
+def _onnxruntime_reference(path: Path, input_names: list[str]) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
+    def reference(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return [np.asarray(o) for o in session.run(None, dict(zip(input_names, inputs)))]
+
+    return reference

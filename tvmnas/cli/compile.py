@@ -19,6 +19,8 @@ def compile_command(
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Emit even if flash/SRAM exceed the board's budget."),
     optimize: str = typer.Option("speed", "--optimize", help="speed (unrolled kernel windows) or size (rolled windows, "
                                  "inline padding: much smaller depthwise kernels, somewhat slower)."),
+    no_import_check: bool = typer.Option(False, "--no-import-check", help="Skip running the imported model on the "
+                                         "host against PyTorch/onnxruntime (catches importer faults; costs seconds)."),
 ) -> None:
     """Compile a network to a standalone C bundle (no runtime, no malloc, weights in flash)."""
     from tvmnas.compiler import compile_model
@@ -26,7 +28,8 @@ def compile_command(
 
     tgt = load_target(target)
     print(f"compiling {model} for {tgt.name} ...", file=sys.stderr)
-    result = compile_model(model, tgt, out, ignore_budget=ignore_budget, optimize=optimize)
+    result = compile_model(model, tgt, out, ignore_budget=ignore_budget, optimize=optimize,
+                           import_check=not no_import_check)
     m = result.manifest
     print(
         f"wrote {out}: {len(m['kernels'])} kernels, arena {m['arena_bytes']:,} B "
