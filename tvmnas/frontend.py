@@ -155,20 +155,19 @@ def _from_exported_program(program) -> tvm.IRModule:
 
     from tvmnas.passes import WrapNegativeIndices
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            mod = from_exported_program(program)
-        except AssertionError as err:
-            found = re.search(r"Unsupported function types \[(.*)\]", str(err))
-            if not found:
-                raise _importer_failure("PyTorch", err) from None
-            op = found.group(1).split(",")[0].strip(" '\"")
-            raise UnsupportedOperatorError(op, _torch_node_name(program, op)) from None
-        except TvmnasError:
-            raise
-        except Exception as err:  # the importer's converters raise any type; report the node
-            raise _importer_failure("PyTorch", err) from None
+    def convert() -> tvm.IRModule:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return from_exported_program(program)
+
+    def failure(err: Exception) -> TvmnasError:
+        found = re.search(r"Unsupported function types \[(.*)\]", str(err)) if isinstance(err, AssertionError) else None
+        if not found:
+            return _importer_failure("PyTorch", err)
+        op = found.group(1).split(",")[0].strip(" '\"")
+        return UnsupportedOperatorError(op, _torch_node_name(program, op))
+
+    mod = _call_importer(convert, failure)
     dynamic = _first_dynamic_op(mod)
     if dynamic:
         raise ModelLoadError(f"the imported model computes a tensor of unknown shape with '{dynamic}': "
@@ -200,14 +199,62 @@ def _importer_failure(framework: str, err: BaseException) -> TvmnasError:
     reason = _reason(err)
     node = None
     for frame, _ in traceback.walk_tb(err.__traceback__):  # innermost frame last
+        if not frame.f_globals.get("__name__", "").startswith("tvm."):
+            continue  # reading f_locals keeps a copy on the frame: only TVM's frames are read
         candidate = frame.f_locals.get("node")
         if isinstance(candidate, (torch.fx.Node, onnx.NodeProto)):
             node = candidate
     if isinstance(node, torch.fx.Node):
-        return UnsupportedOperatorError(str(node.target), _fx_node_label(node), f"the TVM {framework} importer failed: {reason}")
-    if isinstance(node, onnx.NodeProto):
-        return UnsupportedOperatorError(node.op_type, node.name or node.output[0], f"the TVM {framework} importer failed: {reason}")
-    return ModelLoadError(f"the TVM {framework} importer failed: {reason}")
+        failure = UnsupportedOperatorError(str(node.target), _fx_node_label(node), f"the TVM {framework} importer failed: {reason}")
+    elif isinstance(node, onnx.NodeProto):
+        failure = UnsupportedOperatorError(node.op_type, node.name or node.output[0], f"the TVM {framework} importer failed: {reason}")
+    else:
+        failure = ModelLoadError(f"the TVM {framework} importer failed: {reason}")
+    return failure
+
+
+def _call_importer(convert: Callable[[], tvm.IRModule], failure: Callable[[Exception], TvmnasError]) -> tvm.IRModule:
+    """`convert()`, or the one-line error `failure` makes of what it raised.
+
+    A failed import leaves TVM's BlockBuilder with open blocks, and it logs a warning line on
+    native stderr when the exception's frames release it; that happens with stderr muted, so the
+    user's error stays one line."""
+    with _MutedTeardown() as teardown:
+        try:
+            return convert()
+        except TvmnasError:
+            raise
+        except Exception as err:  # the importer's converters raise any type; `failure` names the node
+            error = failure(err)
+            teardown.mute()
+    raise error from None
+
+
+class _MutedTeardown:
+    """Mutes native stderr (fd 2) from `mute()` until the block is left and garbage collected."""
+
+    def __enter__(self) -> _MutedTeardown:
+        self._saved: int | None = None
+        return self
+
+    def mute(self) -> None:
+        import os
+        import sys
+
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+
+    def __exit__(self, *exc) -> None:
+        import gc
+        import os
+
+        if self._saved is None:
+            return
+        gc.collect()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
 
 
 def _reason(err: BaseException) -> str:
@@ -237,16 +284,20 @@ def _import_onnx(path: Path) -> ImportedModel:
         raise ModelLoadError(f"'{path}' is not a valid ONNX model: {_first_line(err)}") from None
     # torch.onnx.export writes pads and chunk bounds as integer subgraphs TVM 0.27 cannot import
     folded = fold_shape_arithmetic(proto)
-    try:
+
+    def convert() -> tvm.IRModule:
         with contextlib.redirect_stdout(io.StringIO()):  # the importer prints its failures to stdout
-            mod = from_onnx(folded)
-    except tvm.error.OpNotImplemented as err:
+            return from_onnx(folded)
+
+    def failure(err: Exception) -> TvmnasError:
+        if not isinstance(err, tvm.error.OpNotImplemented):
+            return _importer_failure("ONNX", err)
         ops = str(err).split(":")[-1]
         op = ops.split(",")[0].strip().splitlines()[0].strip()
         node = next((n.name or f"{n.op_type}_{i}" for i, n in enumerate(proto.graph.node) if n.op_type == op), "?")
-        raise UnsupportedOperatorError(op, node) from None
-    except Exception as err:  # the importer's converters raise any type; report the node
-        raise _importer_failure("ONNX", err) from None
+        return UnsupportedOperatorError(op, node)
+
+    mod = _call_importer(convert, failure)
     dynamic = _first_dynamic_op(mod)
     if dynamic:
         raise _dynamic_shape_error(folded, dynamic)
