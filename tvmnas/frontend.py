@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import numpy as np
 import tvm
 
 from tvmnas.errors import ModelLoadError, TvmnasError, UnsupportedOperatorError
+from tvmnas.import_failures import call_importer, dynamic_shape_error, first_dynamic_op, fx_node_label, importer_failure
 
 ModelSource = Union[str, Path, "torch.nn.Module"]  # noqa: F821
 
@@ -91,22 +91,30 @@ def import_source(model: ModelSource, input_shape: tuple[int, ...] | None = None
             program = torch.export.load(str(path))
         except Exception as err:  # a corrupt archive raises zipfile, pickle or runtime errors
             raise ModelLoadError(f"'{path}' is not a readable torch.export program: {_first_line(err)}") from None
-        return _torch_import(program, program.module())
+        return _torch_import(program, program.module)
     raise ModelLoadError(f"'{path}': unknown model format '{suffix}' (expected .onnx or .pt2)")
 
 
 def _torch_import(program, module) -> ImportedModel:
     """The Relax module of an exported program, with `module` (the same network, runnable in
-    PyTorch) as its reference."""
+    PyTorch, or a function making it when it is needed) as its reference."""
     import torch
 
     def reference(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        net = module() if callable(module) and not isinstance(module, torch.nn.Module) else module
         with torch.no_grad():
-            out = module(*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))
-        return [t.detach().numpy() for t in torch.utils._pytree.tree_leaves(out)]
+            out = net(*(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))
+        return [t.detach().numpy() for t in _tensors(out)]
 
     names = list(program.graph_signature.user_outputs)
     return ImportedModel(_from_exported_program(program), _torch_sources(program), "PyTorch", names, reference)
+
+
+def _tensors(out) -> list:
+    """The tensors of a module's output (a tensor, or tuples and lists of them), in order."""
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _tensors(item)]
+    return [out]
 
 
 def _torch_sources(program) -> SourceLayers:
@@ -163,15 +171,14 @@ def _from_exported_program(program) -> tvm.IRModule:
     def failure(err: Exception) -> TvmnasError:
         found = re.search(r"Unsupported function types \[(.*)\]", str(err)) if isinstance(err, AssertionError) else None
         if not found:
-            return _importer_failure("PyTorch", err)
+            return importer_failure("PyTorch", err)
         op = found.group(1).split(",")[0].strip(" '\"")
         return UnsupportedOperatorError(op, _torch_node_name(program, op))
 
-    mod = _call_importer(convert, failure)
-    dynamic = _first_dynamic_op(mod)
+    mod = call_importer(convert, failure)
+    dynamic = first_dynamic_op(mod)
     if dynamic:
-        raise ModelLoadError(f"the imported model computes a tensor of unknown shape with '{dynamic}': "
-                             "tvmnas compiles fixed shapes only (export with static shapes)")
+        raise dynamic_shape_error(None, dynamic)
     # TVM 0.27 passes x[:, -1] and friends to take() as a negative index: count it from the end
     return WrapNegativeIndices()(mod)
 
@@ -180,94 +187,8 @@ def _torch_node_name(program, op: str) -> str:
     """Name of the first graph node calling `op`, with the module path it came from."""
     for node in program.graph.nodes:
         if node.op == "call_function" and op in (getattr(node.target, "__name__", ""), str(node.target)):
-            return _fx_node_label(node)
+            return fx_node_label(node)
     return "?"
-
-
-def _fx_node_label(node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    path = list(stack.values())[-1][0] if stack else ""
-    return f"{node.name} ({path})" if path else node.name
-
-
-def _importer_failure(framework: str, err: BaseException) -> TvmnasError:
-    """One line for an exception raised inside TVM's importer: the operator and node it was
-    converting (found in the traceback), and the importer's own reason."""
-    import onnx
-    import torch
-
-    reason = _reason(err)
-    node = None
-    for frame, _ in traceback.walk_tb(err.__traceback__):  # innermost frame last
-        if not frame.f_globals.get("__name__", "").startswith("tvm."):
-            continue  # reading f_locals keeps a copy on the frame: only TVM's frames are read
-        candidate = frame.f_locals.get("node")
-        if isinstance(candidate, (torch.fx.Node, onnx.NodeProto)):
-            node = candidate
-    if isinstance(node, torch.fx.Node):
-        failure = UnsupportedOperatorError(str(node.target), _fx_node_label(node), f"the TVM {framework} importer failed: {reason}")
-    elif isinstance(node, onnx.NodeProto):
-        failure = UnsupportedOperatorError(node.op_type, node.name or node.output[0], f"the TVM {framework} importer failed: {reason}")
-    else:
-        failure = ModelLoadError(f"the TVM {framework} importer failed: {reason}")
-    return failure
-
-
-def _call_importer(convert: Callable[[], tvm.IRModule], failure: Callable[[Exception], TvmnasError]) -> tvm.IRModule:
-    """`convert()`, or the one-line error `failure` makes of what it raised.
-
-    A failed import leaves TVM's BlockBuilder with open blocks, and it logs a warning line on
-    native stderr when the exception's frames release it; that happens with stderr muted, so the
-    user's error stays one line."""
-    with _MutedTeardown() as teardown:
-        try:
-            return convert()
-        except TvmnasError:
-            raise
-        except Exception as err:  # the importer's converters raise any type; `failure` names the node
-            error = failure(err)
-            teardown.mute()
-    raise error from None
-
-
-class _MutedTeardown:
-    """Mutes native stderr (fd 2) from `mute()` until the block is left and garbage collected."""
-
-    def __enter__(self) -> _MutedTeardown:
-        self._saved: int | None = None
-        return self
-
-    def mute(self) -> None:
-        import os
-        import sys
-
-        sys.stderr.flush()
-        self._saved = os.dup(2)
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-
-    def __exit__(self, *exc) -> None:
-        import gc
-        import os
-
-        if self._saved is None:
-            return
-        gc.collect()
-        os.dup2(self._saved, 2)
-        os.close(self._saved)
-
-
-def _reason(err: BaseException) -> str:
-    """The informative line of an importer exception: TVM's own errors put a C++ traceback first
-    and the message last."""
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(err).__name__
-    if isinstance(err, tvm.error.InternalError) or lines[0].startswith("Traceback"):
-        line = lines[-1]
-    else:
-        line = lines[0]
-    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _import_onnx(path: Path) -> ImportedModel:
@@ -291,53 +212,19 @@ def _import_onnx(path: Path) -> ImportedModel:
 
     def failure(err: Exception) -> TvmnasError:
         if not isinstance(err, tvm.error.OpNotImplemented):
-            return _importer_failure("ONNX", err)
+            return importer_failure("ONNX", err)
         ops = str(err).split(":")[-1]
         op = ops.split(",")[0].strip().splitlines()[0].strip()
         node = next((n.name or f"{n.op_type}_{i}" for i, n in enumerate(proto.graph.node) if n.op_type == op), "?")
         return UnsupportedOperatorError(op, node)
 
-    mod = _call_importer(convert, failure)
-    dynamic = _first_dynamic_op(mod)
+    mod = call_importer(convert, failure)
+    dynamic = first_dynamic_op(mod)
     if dynamic:
-        raise _dynamic_shape_error(folded, dynamic)
+        raise dynamic_shape_error(folded, dynamic)
     names = [o.name for o in proto.graph.output]
     return ImportedModel(WrapNegativeIndices()(mod), _onnx_sources(folded), "onnxruntime", names,
                          _onnxruntime_reference(path, [i.name for i in _graph_inputs(proto)]))
-
-
-def _first_dynamic_op(mod: tvm.IRModule) -> str | None:
-    """The Relax operator of the first binding in `main` whose tensor shape is not fully known
-    (the MCU path plans every buffer at compile time), or None."""
-    from tvm import relax
-
-    for block in mod["main"].body.blocks:
-        for binding in block.bindings:
-            ty = binding.var.ty
-            if not isinstance(ty, relax.TensorType):
-                continue
-            shape = ty.shape
-            static = isinstance(shape, relax.ShapeExpr) and all(isinstance(d, tvm.tirx.IntImm) for d in shape.values)
-            if not static:
-                value = binding.value
-                return getattr(getattr(value, "op", None), "name", type(value).__name__)
-    return None
-
-
-def _dynamic_shape_error(proto, relax_op: str) -> TvmnasError:
-    """Name the first ONNX node whose output shape ONNX's own inference cannot fix either."""
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    shapes = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
-    for i, node in enumerate(proto.graph.node):
-        for out in node.output:
-            t = shapes.get(out)
-            if t is not None and t.HasField("shape") and not all(d.HasField("dim_value") for d in t.shape.dim):
-                return UnsupportedOperatorError(node.op_type, node.name or f"{node.op_type}_{i}",
-                                                "its output shape is not fixed at import; tvmnas compiles fixed shapes only")
-    return ModelLoadError(f"the imported model computes a tensor of unknown shape with '{relax_op}': "
-                          "tvmnas compiles fixed shapes only")
 
 
 def _graph_inputs(proto) -> list:
