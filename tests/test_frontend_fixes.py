@@ -26,7 +26,7 @@ from tvm.script import relax as R
 from tvmnas.compiler import compile_model
 from tvmnas.errors import ImportCheckError, ModelLoadError, UnsupportedOperatorError
 from tvmnas.frontend import ImportedModel, import_model, import_source
-from tvmnas.import_check import IMPORT_CHECK_TOLERANCE, check_import, max_difference, run_on_host
+from tvmnas.import_check import IMPORT_CHECK_TOLERANCE, check_import, is_quantized, max_difference, run_on_host
 from tvmnas.onnx_fold import fold_shape_arithmetic
 from tvmnas.passes import WrapNegativeIndices
 from tvmnas.runner import build, build_host, run, run_host
@@ -472,3 +472,20 @@ def test_unreadable_input_stays_a_model_load_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelLoadError):
         import_model(bad)
+
+
+def test_import_check_allows_a_quantization_step_only_for_quantized_models(tmp_path: Path) -> None:
+    # one value a rounding boundary apart (int8: 1/127 of the scale) is no importer fault in QDQ
+    class Qdq(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = torch.quantize_per_tensor(x, 0.05, 0, torch.qint8)
+            return q.dequantize()
+
+    x_shape = (1, 8)
+    off_by_one_step = lambda xs: [np.round(xs[0] / 0.05).clip(-128, 127) * 0.05 + 0.05 * (np.arange(8) == 3)]  # noqa: E731
+    plain = ImportedModel(import_model(nn.Identity(), x_shape), {}, "PyTorch", ["y"], off_by_one_step)
+    with pytest.raises(ImportCheckError):
+        check_import(plain)
+    mod = import_model(export_onnx(Qdq(), x_shape, tmp_path / "qdq.onnx"))
+    assert is_quantized(mod) and not is_quantized(plain.mod)
+    check_import(ImportedModel(mod, {}, "onnxruntime", ["y"], off_by_one_step))
