@@ -85,8 +85,10 @@ def _fold(node: onnx.NodeProto, types: dict, known: dict, value, opset: int) -> 
         return None
     if any(int(np.prod(known[n].dims)) > MAX_FOLDED_ELEMENTS for n in inputs):
         return None
-    evaluator = ReferenceEvaluator(node, opsets={"": opset})
-    outputs = evaluator.run(None, {n: value(n) for n in inputs})
+    try:
+        outputs = ReferenceEvaluator(node, opsets={"": opset}).run(None, {n: value(n) for n in inputs})
+    except Exception:  # an operator onnx's reference cannot run: leave the node to the importer
+        return None
     outputs = [np.asarray(o) for o in outputs]
     if any(o.size > MAX_FOLDED_ELEMENTS for o in outputs):
         return None
