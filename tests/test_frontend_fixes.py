@@ -501,3 +501,12 @@ def test_import_check_catches_a_fault_left_in_the_importer() -> None:
         return
     with pytest.raises(ImportCheckError, match=r"output 0 'index' has shape \(1, 2, 2\) after import but \(1, 2\) in PyTorch"):
         check_import(imported)
+
+
+def test_import_check_reports_a_reference_that_cannot_run_in_one_line() -> None:
+    def broken(_inputs):
+        raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : no kernel\nmore detail")
+
+    imported = ImportedModel(import_model(nn.Identity(), (1, 3)), {}, "onnxruntime", ["y"], broken)
+    with pytest.raises(ImportCheckError, match=r"^import check: onnxruntime cannot run the model: \[ONNXRuntimeError\] : 9 : NOT_IMPLEMENTED : no kernel \(--no-import-check"):
+        check_import(imported)
