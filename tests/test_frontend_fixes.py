@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 import tvm
 from torch import nn
-from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
