@@ -100,7 +100,8 @@ def write_table(data: dict, nets: list[str], runs: int) -> None:
         f"{runs} runs each, on and off alternating, and the check alone (`check_import`: host build, "
         f"run, reference run), on a machine with {data['cpus']} CPUs shared with other jobs (their load "
         "varied during the runs: the difference of two compile medians is noisy, the check alone is the "
-        "better figure). `share` is the check alone over the compile without it.",
+        "better figure; it was timed after the compiles, under whatever load there was then). `share` is "
+        "the check alone over the median compile without it.",
         "",
         "| network | route | compile s, no check | compile s, check | difference s | check alone s | share |",
         "|---|---|---|---|---|---|---|",
