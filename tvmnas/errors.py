@@ -92,3 +92,7 @@ class QuantizationError(TvmnasError):
 
 class CalibrationError(QuantizationError):
     """Calibration data for post-training quantization is missing, unreadable or of the wrong shape."""
+
+
+class ImportCheckError(TvmnasError):
+    """The imported model, run on the host, disagrees with its source framework (an importer fault)."""

@@ -24,6 +24,8 @@ def compile_command(
                                            "on --calibration) and compile integer-only kernels."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration inputs for --quantize: "
                                                ".npy with samples stacked on the batch axis."),
+    no_import_check: bool = typer.Option(False, "--no-import-check", help="Skip running the imported model on the "
+                                         "host against PyTorch/onnxruntime (catches importer faults; costs seconds)."),
 ) -> None:
     """Compile a network to a standalone C bundle (no runtime, no malloc, weights in flash)."""
     from tvmnas.model_file import check_model_file
@@ -37,7 +39,7 @@ def compile_command(
 
     print(f"compiling {model} for {tgt.name} ...", file=sys.stderr)
     result = compile_model(model, tgt, out, ignore_budget=ignore_budget, optimize=optimize, quantize=quantize,
-                           calibration=calibration)
+                           calibration=calibration, import_check=not no_import_check)
     m = result.manifest
     print(
         f"wrote {out}: {m['precision']}, {len(m['kernels'])} kernels, arena {m['arena_bytes']:,} B "
