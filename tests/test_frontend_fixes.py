@@ -502,10 +502,12 @@ def test_import_check_catches_a_fault_left_in_the_importer() -> None:
         check_import(imported)
 
 
-def test_import_check_reports_a_reference_that_cannot_run_in_one_line() -> None:
+def test_import_check_notes_in_one_line_a_reference_that_cannot_run() -> None:
+    # a valid model onnxruntime has no kernel for cannot be checked: say so, do not refuse it
     def broken(_inputs):
         raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : no kernel\nmore detail")
 
+    notes: list[str] = []
     imported = ImportedModel(import_model(nn.Identity(), (1, 3)), {}, "onnxruntime", ["y"], broken)
-    with pytest.raises(ImportCheckError, match=r"^import check: onnxruntime cannot run the model: \[ONNXRuntimeError\] : 9 : NOT_IMPLEMENTED : no kernel \(--no-import-check"):
-        check_import(imported)
+    assert check_import(imported, notice=notes.append) is False
+    assert notes == ["note: import check skipped: onnxruntime cannot run the model: [ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : no kernel"]
