@@ -30,6 +30,7 @@ def train_command(
     label_weight: float = typer.Option(0.5, "--label-weight", help="Share of label cross-entropy in the smaller sub-networks' loss (rest: distillation from the largest)."),
     limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use only the first N training images."),
     limit_test: Optional[int] = typer.Option(None, "--limit-test", help="Use only the first N test images."),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Continue from a checkpoint in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
     """Train the super-network (sandwich rule, in-place distillation); prints metrics as JSON."""
@@ -42,7 +43,7 @@ def train_command(
     source = {"name": dataset, "root": str(data_root) if data_root else None, "limit_train": limit_train,
               "limit_test": limit_test}
     print(f"training a super-network on {data.name} ...", file=sys.stderr)
-    _, metrics = train_supernet(data, out, config, progress=progress, data_source=source)
+    _, metrics = train_supernet(data, out, config, progress=progress, data_source=source, resume=resume)
     print(json.dumps({k: metrics[k] for k in ("largest_test_acc", "smallest_test_acc", "train_examples")}
                      | {"out": str(out)}))
 
