@@ -9,14 +9,15 @@ from typing import Optional
 
 import typer
 
+from tvmnas.cli import options
 from tvmnas.cli.app import app
 
 
 @app.command("compile")
 def compile_command(
     model: Path = typer.Argument(..., help="Model file: .onnx or a saved torch.export program (.pt2)."),
-    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the C bundle: new, empty, or an earlier tvmnas bundle (then replaced); any other folder is refused."),
+    target: str = options.target(),
+    out: Path = options.out("Output folder for the C bundle: new, empty, or an earlier tvmnas bundle (then replaced); any other folder is refused."),
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Emit even if flash/SRAM exceed the board's budget."),
     optimize: str = typer.Option("speed", "--optimize", help="speed (unrolled kernel windows) or size (rolled windows, "
                                  "inline padding: much smaller depthwise kernels, somewhat slower)."),
