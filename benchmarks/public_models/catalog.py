@@ -6,7 +6,6 @@ from . import classic, dense, mobile, temporal, transformers
 from . import mlperf_tiny as mlperf
 from .registry import PublicModel
 
-_RECURRENT = "GRU/LSTM support has not landed: the ONNX importer refuses GRU and LSTM nodes"
 
 _ALL = (
     PublicModel("mlperf_resnet8", "mlperf_tiny", mlperf.ResNet8, (1, 3, 32, 32)),
@@ -38,9 +37,9 @@ _ALL = (
     PublicModel("har_cnn1d", "temporal", temporal.HarCnn1d, (1, 3, 128)),
     PublicModel("tc_resnet8", "temporal", temporal.TcResNet8, (1, 40, 49)),
     PublicModel("wavenet_tiny", "temporal", temporal.WaveNet, (1, 1, 128)),
-    PublicModel("kws_gru", "recurrent", temporal.kws_gru, (1, 49, 10), _RECURRENT),
-    PublicModel("kws_lstm", "recurrent", temporal.kws_lstm, (1, 49, 10), _RECURRENT),
-    PublicModel("har_bigru", "recurrent", temporal.har_bigru, (1, 64, 6), _RECURRENT),
+    PublicModel("kws_gru", "recurrent", temporal.kws_gru, (1, 49, 10)),
+    PublicModel("kws_lstm", "recurrent", temporal.kws_lstm, (1, 49, 10)),
+    PublicModel("har_bigru", "recurrent", temporal.har_bigru, (1, 64, 6)),
 )
 
 PUBLIC_MODELS: dict[str, PublicModel] = {m.name: m for m in _ALL}
