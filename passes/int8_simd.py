@@ -40,13 +40,20 @@ LAYER_FIELDS = ("cin", "h", "w", "in_cstride", "in_pstride", "kh", "kw", "sh", "
                 "cout", "oh", "ow", "out_ostride", "out_pstride", "in_zp", "out_zp", "act_min", "act_max")
 
 SIMD_C = """\
-/* int8 conv / dense micro-kernel (passes/int8_simd.py): im2col of two output pixels into an int8
- * column, a 2 output channels x 2 pixels tile of SMLAD (two 16x16 MACs each) on SXTB16-unpacked
- * pairs, int32 accumulation (cannot overflow: at most 2^17 products of magnitude <= 2^14), then
- * the scalar kernels' tvmnas_requantize. */
+/* int8 conv / dense micro-kernel (passes/int8_simd.py): im2col of two output pixels, each widened
+ * to an int16 column in the order SXTB16 unpacks a word of 4 weights (bytes 0, 2 then 1, 3); a
+ * 2 output channels x 2 pixels tile of SMLAD (two 16x16 MACs each); int32 accumulation (cannot
+ * overflow: at most 2^17 products of magnitude <= 2^14), then the scalar kernels'
+ * tvmnas_requantize. */
 #if defined(__ARM_FEATURE_SIMD32)
 #include <arm_acle.h>
+static inline int32_t tvmnas_sxtb16_ror8(int32_t x) {
+  int32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+  return r;
+}
 #define TVMNAS_SXTB16(x) ((int32_t)__sxtb16((int32_t)(x)))
+#define TVMNAS_SXTB16_ROR8(x) tvmnas_sxtb16_ror8((int32_t)(x))
 #define TVMNAS_SMLAD(a, b, acc) ((int32_t)__smlad((a), (b), (acc)))
 #else
 static inline int32_t tvmnas_sxtb16_c(uint32_t x) {
@@ -58,30 +65,62 @@ static inline int32_t tvmnas_smlad_c(int32_t a, int32_t b, int32_t acc) {
          (int16_t)((uint32_t)a >> 16) * (int16_t)((uint32_t)b >> 16);
 }
 #define TVMNAS_SXTB16(x) tvmnas_sxtb16_c((uint32_t)(x))
+#define TVMNAS_SXTB16_ROR8(x) tvmnas_sxtb16_c(((uint32_t)(x) >> 8) | ((uint32_t)(x) << 24))
 #define TVMNAS_SMLAD(a, b, acc) tvmnas_smlad_c((a), (b), (acc))
 #endif
-#define TVMNAS_ROR8(x) (((x) >> 8) | ((x) << 24))
 
+/* The window of output pixel (oy, ox) as K = cin*kh*kw int16 values: gathered in (c, ky, kx) order
+ * into tmp (padding: the input zero point), then each word of 4 widened by SXTB16 to the pairs
+ * (0, 2), (1, 3); the K % 4 tail stays in order. */
 static inline __attribute__((always_inline)) void tvmnas_s8_column(
-    const int8_t *in, int8_t *col, int32_t oy, int32_t ox, int32_t cin, int32_t h, int32_t w,
+    const int8_t *in, int8_t *tmp, int16_t *col, int32_t oy, int32_t ox, int32_t cin, int32_t h, int32_t w,
     int32_t in_cstride, int32_t in_pstride, int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt,
     int32_t pl, int32_t dh, int32_t dw, int32_t in_zp) {
   const int8_t pad = (int8_t)in_zp;
-  for (int32_t c = 0; c < cin; ++c) {
+  const int32_t ix0 = ox * sw - pl;
+  const int32_t iy0 = oy * sh - pt;
+  const int32_t x_inside = ix0 >= 0 && ix0 + (kw - 1) * dw < w;
+  int8_t *t = tmp;
+  if (x_inside && iy0 >= 0 && iy0 + (kh - 1) * dh < h) { /* the whole window inside: no checks */
+    const int8_t *origin = in + (iy0 * w + ix0) * in_pstride;
+    for (int32_t c = 0; c < cin; ++c) {
+      const int8_t *src = origin + c * in_cstride;
+      for (int32_t ky = 0; ky < kh; ++ky) {
+        const int8_t *row = src + ky * dh * w * in_pstride;
+        for (int32_t kx = 0; kx < kw; ++kx) *t++ = row[kx * dw * in_pstride];
+      }
+    }
+  } else for (int32_t c = 0; c < cin; ++c) {
     const int8_t *plane = in + c * in_cstride;
     for (int32_t ky = 0; ky < kh; ++ky) {
       const int32_t iy = oy * sh - pt + ky * dh;
       if (iy < 0 || iy >= h) {
-        for (int32_t kx = 0; kx < kw; ++kx) *col++ = pad;
+        for (int32_t kx = 0; kx < kw; ++kx) *t++ = pad;
         continue;
       }
       const int8_t *row = plane + iy * w * in_pstride;
-      for (int32_t kx = 0; kx < kw; ++kx) {
-        const int32_t ix = ox * sw - pl + kx * dw;
-        *col++ = (ix >= 0 && ix < w) ? row[ix * in_pstride] : pad;
+      if (x_inside) {
+        const int8_t *src = row + ix0 * in_pstride;
+        for (int32_t kx = 0; kx < kw; ++kx) *t++ = src[kx * dw * in_pstride];
+      } else {
+        for (int32_t kx = 0; kx < kw; ++kx) {
+          const int32_t ix = ix0 + kx * dw;
+          *t++ = (ix >= 0 && ix < w) ? row[ix * in_pstride] : pad;
+        }
       }
     }
   }
+  const int32_t K = cin * kh * kw;
+  const int32_t K4 = K & ~3;
+  int32_t k = 0;
+  for (; k < K4; k += 4) {
+    uint32_t v;
+    __builtin_memcpy(&v, tmp + k, 4);
+    const int32_t even = TVMNAS_SXTB16(v), odd = TVMNAS_SXTB16_ROR8(v);
+    __builtin_memcpy(col + k, &even, 4);
+    __builtin_memcpy(col + k + 2, &odd, 4);
+  }
+  for (; k < K; ++k) col[k] = tmp[k];
 }
 
 static inline int8_t tvmnas_s8_output(int32_t acc, int32_t bias, int32_t mult, int32_t shift, int32_t out_zp,
@@ -91,50 +130,53 @@ static inline int8_t tvmnas_s8_output(int32_t acc, int32_t bias, int32_t mult, i
   return (int8_t)(v > act_max ? act_max : v);
 }
 
+/* scratch: 2 * K int16 (the two columns) followed by K int8 (the gather buffer) */
 static inline __attribute__((always_inline)) void tvmnas_s8_conv(
     const int8_t *in, const int8_t *weight, const int32_t *bias, const int32_t *mult, const int32_t *shift,
-    int8_t *out, int8_t *col, int32_t cin, int32_t h, int32_t w, int32_t in_cstride, int32_t in_pstride,
+    int8_t *out, int16_t *scratch, int32_t cin, int32_t h, int32_t w, int32_t in_cstride, int32_t in_pstride,
     int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw,
     int32_t cout, int32_t oh, int32_t ow, int32_t out_ostride, int32_t out_pstride, int32_t in_zp,
     int32_t out_zp, int32_t act_min, int32_t act_max) {
   const int32_t K = cin * kh * kw;
   const int32_t K4 = K & ~3;
   const int32_t P = oh * ow;
+  int8_t *tmp = (int8_t *)(scratch + 2 * K);
   for (int32_t p = 0; p < P; p += 2) {
     const int32_t two = p + 1 < P;
-    tvmnas_s8_column(in, col, p / ow, p % ow, cin, h, w, in_cstride, in_pstride, kh, kw, sh, sw, pt, pl, dh, dw,
-                     in_zp);
+    tvmnas_s8_column(in, tmp, scratch, p / ow, p % ow, cin, h, w, in_cstride, in_pstride, kh, kw, sh, sw, pt, pl,
+                     dh, dw, in_zp);
     if (two) {
-      tvmnas_s8_column(in, col + K, (p + 1) / ow, (p + 1) % ow, cin, h, w, in_cstride, in_pstride, kh, kw, sh,
-                       sw, pt, pl, dh, dw, in_zp);
+      tvmnas_s8_column(in, tmp, scratch + K, (p + 1) / ow, (p + 1) % ow, cin, h, w, in_cstride, in_pstride, kh, kw,
+                       sh, sw, pt, pl, dh, dw, in_zp);
     }
-    const int8_t *x1 = two ? col + K : col;
+    const int16_t *x0 = scratch;
+    const int16_t *x1 = two ? scratch + K : scratch;
     for (int32_t o = 0; o < cout; o += 2) {
       const int32_t o2 = o + 1 < cout;
-      const int8_t *pw0 = weight + o * K;
-      const int8_t *pw1 = o2 ? pw0 + K : pw0;
-      const int8_t *px0 = col;
-      const int8_t *px1 = x1;
+      const int8_t *w0 = weight + o * K;
+      const int8_t *w1 = o2 ? w0 + K : w0;
       int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0; /* a<channel><pixel> */
-      for (int32_t k = 0; k < K4; k += 4) {
-        uint32_t w0, w1, x0, xx1;
-        __builtin_memcpy(&w0, pw0, 4);
-        __builtin_memcpy(&w1, pw1, 4);
-        __builtin_memcpy(&x0, px0, 4);
-        __builtin_memcpy(&xx1, px1, 4);
-        pw0 += 4; pw1 += 4; px0 += 4; px1 += 4;
-        const int32_t w0e = TVMNAS_SXTB16(w0), w0o = TVMNAS_SXTB16(TVMNAS_ROR8(w0));
-        const int32_t w1e = TVMNAS_SXTB16(w1), w1o = TVMNAS_SXTB16(TVMNAS_ROR8(w1));
-        const int32_t x0e = TVMNAS_SXTB16(x0), x0o = TVMNAS_SXTB16(TVMNAS_ROR8(x0));
-        const int32_t x1e = TVMNAS_SXTB16(xx1), x1o = TVMNAS_SXTB16(TVMNAS_ROR8(xx1));
-        a00 = TVMNAS_SMLAD(w0e, x0e, a00); a00 = TVMNAS_SMLAD(w0o, x0o, a00);
-        a01 = TVMNAS_SMLAD(w0e, x1e, a01); a01 = TVMNAS_SMLAD(w0o, x1o, a01);
-        a10 = TVMNAS_SMLAD(w1e, x0e, a10); a10 = TVMNAS_SMLAD(w1o, x0o, a10);
-        a11 = TVMNAS_SMLAD(w1e, x1e, a11); a11 = TVMNAS_SMLAD(w1o, x1o, a11);
+      int32_t k = 0;
+
+      for (; k < K4; k += 4) {
+        uint32_t wa, wb;
+        int32_t x0e, x0o, x1e, x1o;
+        __builtin_memcpy(&wa, w0 + k, 4);
+        __builtin_memcpy(&wb, w1 + k, 4);
+        __builtin_memcpy(&x0e, x0 + k, 4);
+        __builtin_memcpy(&x0o, x0 + k + 2, 4);
+        __builtin_memcpy(&x1e, x1 + k, 4);
+        __builtin_memcpy(&x1o, x1 + k + 2, 4);
+        const int32_t wae = TVMNAS_SXTB16(wa), wao = TVMNAS_SXTB16_ROR8(wa);
+        const int32_t wbe = TVMNAS_SXTB16(wb), wbo = TVMNAS_SXTB16_ROR8(wb);
+        a00 = TVMNAS_SMLAD(wae, x0e, a00); a00 = TVMNAS_SMLAD(wao, x0o, a00);
+        a01 = TVMNAS_SMLAD(wae, x1e, a01); a01 = TVMNAS_SMLAD(wao, x1o, a01);
+        a10 = TVMNAS_SMLAD(wbe, x0e, a10); a10 = TVMNAS_SMLAD(wbo, x0o, a10);
+        a11 = TVMNAS_SMLAD(wbe, x1e, a11); a11 = TVMNAS_SMLAD(wbo, x1o, a11);
       }
-      for (int32_t k = K4; k < K; ++k) {
-        const int32_t w0 = *pw0++, w1 = *pw1++, x0 = *px0++, xx1 = *px1++;
-        a00 += w0 * x0; a01 += w0 * xx1; a10 += w1 * x0; a11 += w1 * xx1;
+      for (; k < K; ++k) {
+        const int32_t wa = w0[k], wb = w1[k], xa = x0[k], xb = x1[k];
+        a00 += wa * xa; a01 += wa * xb; a10 += wb * xa; a11 += wb * xb;
       }
       int8_t *y = out + o * out_ostride + p * out_pstride;
       y[0] = tvmnas_s8_output(a00, bias[o], mult[o], shift[o], out_zp, act_min, act_max);
@@ -192,13 +234,14 @@ def _simd_func(func: tirx.PrimFunc, layer: dict) -> tirx.PrimFunc | None:
         f"T.tvm_access_ptr(T.type_annotation(\"{p.ty.dtype}\"), {n}.data, 0, {size}, {2 if i == 5 else 1})"
         for i, (n, p, size) in enumerate(zip(names, params, sizes))
     ]
-    ptrs.append(f"T.tvm_access_ptr(T.type_annotation(\"int8\"), col.data, 0, {2 * k}, 3)")
+    scratch = 2 * k + (k + 1) // 2  # int16: two columns, then the int8 gather buffer
+    ptrs.append(f"T.tvm_access_ptr(T.type_annotation(\"int16\"), col.data, 0, {scratch}, 3)")
     constants = [str(layer[f]) for f in LAYER_FIELDS]
     source = (
         "@T.prim_func(s_tir=True)\n"
         f"def main({decls}):\n"
         "    T.func_attr({\"tirx.noalias\": True})\n"
-        f"    col = T.alloc_buffer(({2 * k},), \"int8\")\n"
+        f"    col = T.alloc_buffer(({scratch},), \"int16\")\n"
         f"    T.evaluate(T.call_extern(\"void\", \"{SIMD_FUNCTION}\", {', '.join(ptrs + constants)}))\n"
     )
     new = tvm.script.from_source(source)

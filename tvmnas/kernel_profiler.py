@@ -42,6 +42,7 @@ from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
 from tvmnas.profiling import Profile, build_plugin, parse_block_profile, profile_from_blocks, qemu_plugin_args
 from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
 from tvmnas.passes.int8_simd import SIMD_C, uses_simd
+from tvmnas.passes.kernel_features import MACS_ATTR
 from tvmnas.quantized import integer_model
 from tvmnas.runner import COMMON_CFLAGS, JOB_FILE, check_exit, write_job, build, qemu_command
 from tvmnas.sampler import OpSpec
@@ -135,8 +136,11 @@ def kernel_macs(func: tirx.PrimFunc) -> int:
     """Multiply-accumulates a kernel performs: each `acc += a * b` store times its loop trip count.
 
     Counts conv (Cout*Hout*Wout*Cin/groups*k*k), dense/matmul (in*out) and any other reduction of
-    products; pooling, element-wise ops and data movement count zero.
+    products; pooling, element-wise ops and data movement count zero. A kernel that calls a C
+    micro-kernel (passes/int8_simd.py) states its MACs as the function attribute MACS_ATTR.
     """
+    if func.attrs is not None and MACS_ATTR in func.attrs:
+        return int(func.attrs[MACS_ATTR])
     return _macs_in(func.body, 1)
 
 
