@@ -81,7 +81,27 @@ static inline __attribute__((always_inline)) void tvmnas_s8_column(
   const int32_t iy0 = oy * sh - pt;
   const int32_t x_inside = ix0 >= 0 && ix0 + (kw - 1) * dw < w;
   int8_t *t = tmp;
-  if (x_inside && iy0 >= 0 && iy0 + (kh - 1) * dh < h) { /* the whole window inside: no checks */
+  const int32_t inside = x_inside && iy0 >= 0 && iy0 + (kh - 1) * dh < h;
+  if (inside && (cin & 3) == 0) {
+    /* the whole window inside and 4 | cin: four channels' windows are 4*kh*kw values, whole
+     * words, so each value goes straight to its widened place (the loops unroll to constants) */
+    const int8_t *origin = in + (iy0 * w + ix0) * in_pstride;
+    for (int32_t c = 0; c < cin; c += 4) {
+      int16_t *dst = col + c * kh * kw;
+#pragma GCC unroll 4
+      for (int32_t cc = 0; cc < 4; ++cc) {
+        const int8_t *src = origin + (c + cc) * in_cstride;
+        for (int32_t ky = 0; ky < kh; ++ky) {
+          for (int32_t kx = 0; kx < kw; ++kx) {
+            const int32_t e = (cc * kh + ky) * kw + kx;
+            dst[(e & ~3) | ((e & 1) << 1) | ((e >> 1) & 1)] = src[(ky * dh * w + kx * dw) * in_pstride];
+          }
+        }
+      }
+    }
+    return;
+  }
+  if (inside) { /* the whole window inside: no checks */
     const int8_t *origin = in + (iy0 * w + ix0) * in_pstride;
     for (int32_t c = 0; c < cin; ++c) {
       const int8_t *src = origin + c * in_cstride;
@@ -113,6 +133,7 @@ static inline __attribute__((always_inline)) void tvmnas_s8_column(
   const int32_t K = cin * kh * kw;
   const int32_t K4 = K & ~3;
   int32_t k = 0;
+#pragma GCC unroll 4
   for (; k < K4; k += 4) {
     uint32_t v;
     __builtin_memcpy(&v, tmp + k, 4);
@@ -139,6 +160,7 @@ static inline __attribute__((always_inline)) void tvmnas_s8_conv(
     int32_t out_zp, int32_t act_min, int32_t act_max) {
   const int32_t K = cin * kh * kw;
   const int32_t K4 = K & ~3;
+  const int32_t K16 = K & ~15;
   const int32_t P = oh * ow;
   int8_t *tmp = (int8_t *)(scratch + 2 * K);
   for (int32_t p = 0; p < P; p += 2) {
@@ -158,22 +180,39 @@ static inline __attribute__((always_inline)) void tvmnas_s8_conv(
       int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0; /* a<channel><pixel> */
       int32_t k = 0;
 
-      for (; k < K4; k += 4) {
-        uint32_t wa, wb;
-        int32_t x0e, x0o, x1e, x1o;
-        __builtin_memcpy(&wa, w0 + k, 4);
-        __builtin_memcpy(&wb, w1 + k, 4);
-        __builtin_memcpy(&x0e, x0 + k, 4);
-        __builtin_memcpy(&x0o, x0 + k + 2, 4);
-        __builtin_memcpy(&x1e, x1 + k, 4);
-        __builtin_memcpy(&x1o, x1 + k + 2, 4);
-        const int32_t wae = TVMNAS_SXTB16(wa), wao = TVMNAS_SXTB16_ROR8(wa);
-        const int32_t wbe = TVMNAS_SXTB16(wb), wbo = TVMNAS_SXTB16_ROR8(wb);
-        a00 = TVMNAS_SMLAD(wae, x0e, a00); a00 = TVMNAS_SMLAD(wao, x0o, a00);
-        a01 = TVMNAS_SMLAD(wae, x1e, a01); a01 = TVMNAS_SMLAD(wao, x1o, a01);
-        a10 = TVMNAS_SMLAD(wbe, x0e, a10); a10 = TVMNAS_SMLAD(wbo, x0o, a10);
-        a11 = TVMNAS_SMLAD(wbe, x1e, a11); a11 = TVMNAS_SMLAD(wbo, x1o, a11);
+/* one step: 4 reduction steps of the 2x2 tile, 16 MACs */
+#define TVMNAS_S8_STEP(off)                                                  \
+  do {                                                                       \
+    uint32_t wa, wb;                                                         \
+    int32_t x0e, x0o, x1e, x1o;                                              \
+    __builtin_memcpy(&wa, w0 + k + (off), 4);                                \
+    __builtin_memcpy(&wb, w1 + k + (off), 4);                                \
+    __builtin_memcpy(&x0e, x0 + k + (off), 4);                               \
+    __builtin_memcpy(&x0o, x0 + k + (off) + 2, 4);                           \
+    __builtin_memcpy(&x1e, x1 + k + (off), 4);                               \
+    __builtin_memcpy(&x1o, x1 + k + (off) + 2, 4);                           \
+    const int32_t wae = TVMNAS_SXTB16(wa), wao = TVMNAS_SXTB16_ROR8(wa);     \
+    const int32_t wbe = TVMNAS_SXTB16(wb), wbo = TVMNAS_SXTB16_ROR8(wb);     \
+    a00 = TVMNAS_SMLAD(wae, x0e, a00); a00 = TVMNAS_SMLAD(wao, x0o, a00);    \
+    a01 = TVMNAS_SMLAD(wae, x1e, a01); a01 = TVMNAS_SMLAD(wao, x1o, a01);    \
+    a10 = TVMNAS_SMLAD(wbe, x0e, a10); a10 = TVMNAS_SMLAD(wbo, x0o, a10);    \
+    a11 = TVMNAS_SMLAD(wbe, x1e, a11); a11 = TVMNAS_SMLAD(wbo, x1o, a11);    \
+  } while (0)
+      /* four steps per iteration; the empty asm keeps gcc from hoisting a step's loads above the
+       * previous step's SMLADs, which runs out of registers */
+      for (; k < K16; k += 16) {
+        TVMNAS_S8_STEP(0);
+        __asm__ volatile("" ::: "memory");
+        TVMNAS_S8_STEP(4);
+        __asm__ volatile("" ::: "memory");
+        TVMNAS_S8_STEP(8);
+        __asm__ volatile("" ::: "memory");
+        TVMNAS_S8_STEP(12);
       }
+      for (; k < K4; k += 4) {
+        TVMNAS_S8_STEP(0);
+      }
+#undef TVMNAS_S8_STEP
       for (; k < K; ++k) {
         const int32_t wa = w0[k], wb = w1[k], xa = x0[k], xb = x1[k];
         a00 += wa * xa; a01 += wa * xb; a10 += wb * xa; a11 += wb * xb;

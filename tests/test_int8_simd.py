@@ -23,12 +23,13 @@ INPUT_SHAPE = (1, 3, 9, 9)
 
 class OddShapes(torch.nn.Module):
     """Odd channel counts and pixel counts (the 2x2 tile's edges), reductions that are not a multiple
-    of 4 (the tail), stride, padding, dilation, a 1x1 conv and a dense layer."""
+    of 4 (the tail), stride, padding, dilation, input channels a multiple of 4 or not (the two
+    gathers), a 1x1 conv and a dense layer."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.a = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)          # K 27, 5x5 pixels
-        self.b = torch.nn.Conv2d(5, 7, 3, padding=2, dilation=2)        # K 45
+        self.a = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)          # K 27, 5x5 pixels
+        self.b = torch.nn.Conv2d(4, 7, 3, padding=2, dilation=2)        # K 36: 4 | C_in, the direct gather
         self.c = torch.nn.Conv2d(7, 3, 1)                               # K 7
         self.fc = torch.nn.Linear(3 * 5 * 5, 5)                         # K 75
 
