@@ -6,11 +6,13 @@ gcc 12 does not vectorize the scalar integer kernels into these instructions, so
 conv (groups 1, any window, stride, padding, dilation) or dense layer becomes one call of
 `tvmnas_s8_conv` (SIMD_C, printed into the bundle before the kernels) with the layer's sizes,
 zero points and clamp as constants. The micro-kernel:
-- gathers the window of two output pixels into an int8 column buffer (im2col, padding filled with
-  the input zero point as in TFLite; scratch placed by the arena planner);
+- gathers the window of each of two output pixels (im2col, padding filled with the input zero
+  point as in TFLite) into an int16 column, each word of 4 values widened by SXTB16 to the pairs
+  (0, 2), (1, 3); where 4 divides C_in and the window lies inside the input, each value goes
+  straight to that place (scratch: two columns and a gather buffer, placed by the arena planner);
 - computes a 2 output channels x 2 pixels register tile: per 4 reduction steps one word of each
-  weight row and of each column is unpacked by SXTB16 (bytes 0, 2) and SXTB16 of the word rotated
-  by 8 (bytes 1, 3); both operands are unpacked the same way, so the int16 halves pair up;
+  weight row is unpacked by SXTB16 (bytes 0, 2) and SXTB16 of the word rotated by 8 (bytes 1, 3),
+  which pair up with the column's halves in 8 SMLADs;
 - adds the bias and requantizes with the same `tvmnas_requantize` as the scalar kernel.
 
 Bit-exact with the scalar kernel: both sum the same int32 products, and integer addition does not
