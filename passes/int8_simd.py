@@ -71,6 +71,35 @@ static inline int32_t tvmnas_smlad_c(int32_t a, int32_t b, int32_t acc) {
 #define TVMNAS_SMLAD(a, b, acc) tvmnas_smlad_c((a), (b), (acc))
 #endif
 
+/* A window crossing the input's edge, gathered with checks (padding: the input zero point). Border
+ * pixels only, so one out-of-line copy serves every layer (flash). */
+static __attribute__((noinline)) void tvmnas_s8_gather_edge(
+    const int8_t *in, int8_t *t, int32_t iy0, int32_t ix0, int32_t cin, int32_t h, int32_t w, int32_t in_cstride,
+    int32_t in_pstride, int32_t kh, int32_t kw, int32_t dh, int32_t dw, int32_t in_zp) {
+  const int8_t pad = (int8_t)in_zp;
+  const int32_t x_inside = ix0 >= 0 && ix0 + (kw - 1) * dw < w;
+  for (int32_t c = 0; c < cin; ++c) {
+    const int8_t *plane = in + c * in_cstride;
+    for (int32_t ky = 0; ky < kh; ++ky) {
+      const int32_t iy = iy0 + ky * dh;
+      if (iy < 0 || iy >= h) {
+        for (int32_t kx = 0; kx < kw; ++kx) *t++ = pad;
+        continue;
+      }
+      const int8_t *row = plane + iy * w * in_pstride;
+      if (x_inside) {
+        const int8_t *src = row + ix0 * in_pstride;
+        for (int32_t kx = 0; kx < kw; ++kx) *t++ = src[kx * dw * in_pstride];
+      } else {
+        for (int32_t kx = 0; kx < kw; ++kx) {
+          const int32_t ix = ix0 + kx * dw;
+          *t++ = (ix >= 0 && ix < w) ? row[ix * in_pstride] : pad;
+        }
+      }
+    }
+  }
+}
+
 /* The window of output pixel (oy, ox) as K = cin*kh*kw int16 values: gathered in (c, ky, kx) order
  * into tmp (padding: the input zero point), then each word of 4 widened by SXTB16 to the pairs
  * (0, 2), (1, 3); the K % 4 tail stays in order. */
@@ -78,7 +107,6 @@ static inline __attribute__((always_inline)) void tvmnas_s8_column(
     const int8_t *in, int8_t *tmp, int16_t *col, int32_t oy, int32_t ox, int32_t cin, int32_t h, int32_t w,
     int32_t in_cstride, int32_t in_pstride, int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt,
     int32_t pl, int32_t dh, int32_t dw, int32_t in_zp) {
-  const int8_t pad = (int8_t)in_zp;
   const int32_t ix0 = ox * sw - pl;
   const int32_t iy0 = oy * sh - pt;
   const int32_t x_inside = ix0 >= 0 && ix0 + (kw - 1) * dw < w;
@@ -112,30 +140,12 @@ static inline __attribute__((always_inline)) void tvmnas_s8_column(
         for (int32_t kx = 0; kx < kw; ++kx) *t++ = row[kx * dw * in_pstride];
       }
     }
-  } else for (int32_t c = 0; c < cin; ++c) {
-    const int8_t *plane = in + c * in_cstride;
-    for (int32_t ky = 0; ky < kh; ++ky) {
-      const int32_t iy = oy * sh - pt + ky * dh;
-      if (iy < 0 || iy >= h) {
-        for (int32_t kx = 0; kx < kw; ++kx) *t++ = pad;
-        continue;
-      }
-      const int8_t *row = plane + iy * w * in_pstride;
-      if (x_inside) {
-        const int8_t *src = row + ix0 * in_pstride;
-        for (int32_t kx = 0; kx < kw; ++kx) *t++ = src[kx * dw * in_pstride];
-      } else {
-        for (int32_t kx = 0; kx < kw; ++kx) {
-          const int32_t ix = ix0 + kx * dw;
-          *t++ = (ix >= 0 && ix < w) ? row[ix * in_pstride] : pad;
-        }
-      }
-    }
+  } else {
+    tvmnas_s8_gather_edge(in, tmp, oy * sh - pt, ix0, cin, h, w, in_cstride, in_pstride, kh, kw, dh, dw, in_zp);
   }
   const int32_t K = cin * kh * kw;
   const int32_t K4 = K & ~3;
   int32_t k = 0;
-#pragma GCC unroll 4
   for (; k < K4; k += 4) {
     uint32_t v;
     __builtin_memcpy(&v, tmp + k, 4);
