@@ -6,6 +6,7 @@ from .lower_tir import LowerTIRForC
 from .mcu_pipeline import MCULowering
 from .mcu_schedule import ScheduleForMCU
 from .split_to_slices import SplitToSlices
+from .wrap_negative_indices import WrapNegativeIndices
 from .plan_arena import ArenaBuffer, ArenaPlan, graph_buffers, lower_bound, plan_arena, stock_storage_bytes
 from .kernel_features import FEATURE_NAMES, extract_kernel_features, feature_vector, kernel_features, kernel_hash, kernel_macs
 from .annotate_cost import AnnotateCost, predicted_cycles
@@ -33,6 +34,7 @@ __all__ = [
     "SplitToSlices",
     "ScheduleForMCU",
     "TensorInfo",
+    "WrapNegativeIndices",
     "extract_call_graph",
     "graph_buffers",
     "lower_bound",

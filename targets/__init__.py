@@ -25,6 +25,7 @@ LARGE_LINKER_SCRIPTS = {
     "mps2-an385": "mps2_an385_an386_large.ld",
     "mps2-an386": "mps2_an385_an386_large.ld",
     "mps2-an500": "mps2_an500_large.ld",
+    "mps2-an505": "mps2_an505_large.ld",
     "mps3-an547": "mps3_an547_large.ld",
 }
 
@@ -135,7 +136,7 @@ def _all_targets(directory: Path = DESCRIPTOR_DIR) -> dict[str, Target]:
 
 
 def list_targets() -> list[Target]:
-    """Every known target, in natural name order (cortex-m0, m3, m4, m7, m55)."""
+    """Every known target, in natural name order (cortex-m0, m3, m4, m7, m33, m55)."""
     return list(_all_targets().values())
 
 

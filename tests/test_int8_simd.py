@@ -71,11 +71,11 @@ def _disassembly(bundle: Path, target_name: str, tmp: Path) -> str:
 def test_descriptors_say_which_cores_have_the_dsp_extension() -> None:
     found = {t.name: t.dsp for t in list_targets()}
     assert found["cortex-m0"] is False and found["cortex-m3"] is False
-    assert found["cortex-m4"] and found["cortex-m7"] and found["cortex-m55"]
+    assert found["cortex-m4"] and found["cortex-m7"] and found["cortex-m33"] and found["cortex-m55"]
 
 
-@pytest.mark.parametrize("target_name,simd", [("cortex-m4", True), ("cortex-m7", True), ("cortex-m3", False),
-                                              ("cortex-m0", False)])
+@pytest.mark.parametrize("target_name,simd", [("cortex-m4", True), ("cortex-m7", True), ("cortex-m33", True),
+                                              ("cortex-m3", False), ("cortex-m0", False)])
 def test_simd_kernels_exactly_where_the_core_has_dsp(odd_net: Path, target_name: str, simd: bool,
                                                       tmp_path: Path) -> None:
     bundle = compile_model(odd_net, load_target(target_name), tmp_path / "c")

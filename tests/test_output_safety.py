@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,8 +16,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tvmnas.cli.options import error_line
 from tvmnas.errors import ProfileDatabaseError, TvmnasError
 from tvmnas.output_dir import MARKER_FILE, OutputFolderError, folder_lock, output_kind, staged_output, write_marker
 from tvmnas.pipeline import STAGES, PipelineSettings, StageLog, Stages, _check_settings, run_pipeline
@@ -236,8 +239,6 @@ wait
 
 
 def _fake_gcc(tmp_path: Path) -> tuple[dict, Path]:
-    import shutil
-
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     pids = tmp_path / "gcc.pids"
@@ -297,8 +298,6 @@ def test_sigterm_during_compile_cleans_up_like_an_error(onnx_model: Path, tmp_pa
 
 
 def test_sigterm_during_build_leaves_no_compiler_running(bundle: Path, tmp_path: Path) -> None:
-    import numpy as np
-
     env, pid_file = _fake_gcc(tmp_path)
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((1, 1, 8, 8), np.float32))
@@ -383,7 +382,7 @@ def test_the_settings_refusal_names_what_changed(tmp_path: Path) -> None:
     _check_settings(work, REDUCED, False, "macs")
     with pytest.raises(TvmnasError) as err:
         _check_settings(work, replace(REDUCED, train_epochs=3, seed=7), False, "macs")
-    assert "(seed 0 -> 7, train_epochs 2 -> 3)" in str(err.value) and "--restart" in str(err.value)
+    assert "(seed 0 -> 7, train_epochs 2 -> 3)" in str(err.value) and "--restart" in error_line(err.value)
     with pytest.raises(TvmnasError, match=r'search_cost_model "macs" -> "learned"'):
         _check_settings(work, REDUCED, False, "learned")
     (work / "settings.json").write_text('{"dataset": "dig')
@@ -416,7 +415,7 @@ def test_a_second_run_all_on_the_same_folder_is_refused_naming_the_holder(tmp_pa
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(OutputFolderError) as err:
             run_pipeline(out, REDUCED)
-        assert str(err.value) == (f"--out {out} is in use by another tvmnas run-all (pid {holder.pid}); "
+        assert error_line(err.value) == (f"--out {out} is in use by another tvmnas run-all (pid {holder.pid}); "
                                   f"wait for it to finish or choose another --out")
         assert not (out / "work").exists()
     finally:

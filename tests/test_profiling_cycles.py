@@ -48,7 +48,7 @@ def test_classify(text: str, cls: str) -> None:
 
 
 def test_every_core_has_a_table_with_references() -> None:
-    assert {"cortex-m0", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m55"} <= set(available_cores())
+    assert {"cortex-m0", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55"} <= set(available_cores())
     for core in available_cores():
         table = load_timing_table(core)
         assert table.classes and all(table.references[c] for c in table.classes)
@@ -85,6 +85,19 @@ def test_m0_and_m3_differ_where_their_trms_do() -> None:
     assert block_cycles(mla, load_timing_table("cortex-m3")) == 2
     ldr2 = block("ldr r0, [r1]", "ldr r2, [r3]")
     assert block_cycles(ldr2, load_timing_table("cortex-m0")) == 4  # no pipelining on M0
+
+
+def test_m33_differs_from_the_m4_where_its_pipeline_does() -> None:
+    """M33: branches resolve in stage 2 (refill 1, M4 2); addresses are formed in the ALU's stage
+    (no address-dependency stall); the M4's per-instruction costs otherwise."""
+    m4, m33 = load_timing_table("cortex-m4"), load_timing_table("cortex-m33")
+    assert (m33.branch_penalty, m4.branch_penalty) == (1, 2)
+    dependent = block("adds r1, #4", "ldr r0, [r1]")
+    assert (block_cycles(dependent, m33), block_cycles(dependent, m4)) == (3, 4)
+    assert block_cycles(block("ldr r0, [r1]", "ldr r2, [r3]"), m33) == 3  # the M4's pipelining rule
+    mac = block("smlad r0, r1, r2, r3", "vfma.f32 s0, s1, s2", "sdiv r0, r1, r2")
+    assert block_cycles(mac, m33) == block_cycles(mac, m4) == 1 + 3 + 7
+    assert all(m33.references[c].startswith("approx: DDI 0439B") for c in m33.classes)
 
 
 def test_m7_dual_issue_pairs_independent_instructions() -> None:

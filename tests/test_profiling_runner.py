@@ -60,8 +60,9 @@ def write_conv_bundle(directory: Path) -> Path:
     return directory
 
 
-def test_profile_elf_matches_harness_counts_and_splits_kernels(tmp_path: Path) -> None:
-    target = load_target("cortex-m4")
+@pytest.mark.parametrize("target_name", ["cortex-m4", "cortex-m33"])
+def test_profile_elf_matches_harness_counts_and_splits_kernels(tmp_path: Path, target_name: str) -> None:
+    target = load_target(target_name)
     elf = build(write_conv_bundle(tmp_path / "bundle"), target, tmp_path / "build")
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal(H * W * C).astype(np.float32) for _ in range(2)]
@@ -77,6 +78,6 @@ def test_profile_elf_matches_harness_counts_and_splits_kernels(tmp_path: Path) -
     gaps = [p.instructions - n for p, n in zip(profiles, harness.instructions)]
     assert gaps[0] == gaps[1]
     assert 0 < gaps[0] < 20
-    print(f"conv3x3 {MACS} MACs on cortex-m4: {profiles[0].kernels[0].instructions} instructions, "
+    print(f"conv3x3 {MACS} MACs on {target_name}: {profiles[0].kernels[0].instructions} instructions, "
           f"{profiles[0].kernels[0].cycles} cycles (estimate), CPI {profiles[0].kernels[0].cycles / profiles[0].kernels[0].instructions:.2f}, "
           f"{profiles[0].kernels[0].cycles / MACS:.2f} cycles/MAC; harness-plugin gap {gaps[0]}")

@@ -153,7 +153,7 @@ def test_hanging_guest_times_out_naming_the_elf(tmp_path: Path) -> None:
         run(elf, target, [np.zeros(16, np.float32)], timeout_s=2)
 
 
-@pytest.mark.parametrize("target_name", ["cortex-m0", "cortex-m55"])
+@pytest.mark.parametrize("target_name", ["cortex-m0", "cortex-m33", "cortex-m55"])
 def test_faulting_guest_reports_hardfault(tmp_path: Path, target_name: str) -> None:
     target = load_target(target_name)
     bundle = write_bundle(tmp_path / "fault", body="(void)input; (void)output; (void)arena;\n__builtin_trap();\n")
@@ -230,7 +230,7 @@ int model_run(const float *input, float *output, uint8_t *arena)
 """
 
 
-@pytest.mark.parametrize("target_name", ["cortex-m0", "cortex-m4", "cortex-m55"])
+@pytest.mark.parametrize("target_name", ["cortex-m0", "cortex-m4", "cortex-m33", "cortex-m55"])
 def test_stack_overflow_is_named(tmp_path: Path, target_name: str) -> None:
     target = load_target(target_name)
     elf = build(write_bundle(tmp_path / "deep", source=DEEP_RECURSION), target, tmp_path / "b")
@@ -241,9 +241,10 @@ def test_stack_overflow_is_named(tmp_path: Path, target_name: str) -> None:
         run(elf, target, [too_deep])
 
 
-@pytest.mark.parametrize("target_name", ["cortex-m0", "cortex-m4"])
+@pytest.mark.parametrize("target_name", ["cortex-m0", "cortex-m4", "cortex-m33"])
 def test_timer_wraps_are_handled_exactly(tmp_path: Path, target_name: str) -> None:
-    """Shrunken timer periods force many wraps inside one call: SysTick (M0) and CMSDK TIMER0 (M4)."""
+    """Shrunken timer periods force many wraps inside one call: SysTick (M0), CMSDK TIMER0 at 25 MHz
+    (M4) and the AN505's at 20 MHz (M33)."""
     target = load_target(target_name)
     shrink = "-DTVMNAS_SYSTICK_RELOAD=0xFFF" if target.counter == "systick" else "-DTVMNAS_TIMER_RELOAD=0xFFFF"
     bundle = write_bundle(tmp_path / "sled", source=NOP_SLED.replace("{k}", "100000"))

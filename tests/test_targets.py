@@ -17,6 +17,7 @@ EXPECTED = {
     "cortex-m3": ("mps2-an385", False),
     "cortex-m4": ("mps2-an386", True),
     "cortex-m7": ("mps2-an500", True),
+    "cortex-m33": ("mps2-an505", True),
     "cortex-m55": ("mps3-an547", True),
 }
 
@@ -48,6 +49,17 @@ def test_descriptor_is_consistent(name: str) -> None:
 def test_micro_bit_budgets_are_the_real_parts() -> None:
     target = load_target("cortex-m0")
     assert (target.clock_hz, target.flash_bytes, target.sram_bytes) == (16_000_000, 256 * 1024, 16 * 1024)
+
+
+def test_cortex_m33_is_an_stm32u575_with_dsp_and_fpv5() -> None:
+    target = load_target("cortex-m33")
+    assert (target.clock_hz, target.flash_bytes, target.sram_bytes) == (160_000_000, 2048 * 1024, 768 * 1024)
+    assert "STM32U575" in target.board_name
+    assert "-mfpu=fpv5-sp-d16" in target.cflags and not any("nodsp" in f for f in target.cflags)
+    # AN505 timers run on its 20 MHz main clock; the oversized-firmware map uses its PSRAM
+    assert (target.counter, target.counter_hz) == ("cmsdk-timer0", 20_000_000)
+    assert target.large_linker_script is not None and target.large_linker_script.is_file()
+    assert "0x80000000" in target.large_linker_script.read_text()
 
 
 def test_unknown_target_lists_known_names() -> None:

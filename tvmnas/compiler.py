@@ -1,6 +1,6 @@
 """Compile a network to a standalone C bundle for a Cortex-M target.
 
-import -> MCULowering (BN folding, legalize, fuse) -> LowerTIRForC -> C kernels -> PlanArena
+import -> import check (host run vs the source framework) -> MCULowering (BN folding, legalize, fuse) -> LowerTIRForC -> C kernels -> PlanArena
 -> bundle files -> measured flash -> budget check. The output directory appears complete or not at all.
 """
 
@@ -17,7 +17,9 @@ from tvm import tirx
 from tvmnas.codegen.bundle import EmittedKernel, write_bundle, write_manifest
 from tvmnas.codegen.c_printer import print_kernel
 from tvmnas.errors import BudgetExceededError, BuildError, TvmnasError, UnsupportedModelError
-from tvmnas.frontend import OUTPUT_NAMES_ATTR, ModelSource, SourceLayers, import_model_with_sources
+from tvmnas.frontend import OUTPUT_NAMES_ATTR, ModelSource, SourceLayers, import_source
+from tvmnas.frontend_rnn import KERNEL_HEADS as RECURRENT_HEADS
+from tvmnas.import_check import check_import
 from tvmnas.output_dir import staged_output
 from tvmnas.passes import (
     ArenaBuffer,
@@ -141,7 +143,7 @@ def check_single_input_output(graph: CallGraph) -> None:
             )
 
 
-KERNEL_HEADS = ("conv2d", "matmul", "max_pool2d", "avg_pool2d", "mean", "softmax")
+KERNEL_HEADS = ("conv2d", "matmul", "max_pool2d", "avg_pool2d", "mean", "softmax", *RECURRENT_HEADS)
 
 
 def kernel_sources(graph: CallGraph, sources: SourceLayers) -> dict[int, str]:
@@ -202,6 +204,7 @@ def compile_model(
     quantize: str | None = None,
     calibration=None,
     simd: bool | None = None,
+    import_check: bool = True,
 ) -> CompiledModel:
     """Compile `model` for `target` into `out_dir`, untouched on error.
 
@@ -213,6 +216,8 @@ def compile_model(
     A QDQ model compiles to integer kernels without it.
     simd: int8 conv / dense kernels as SIMD micro-kernels; None (default) where the target has the
     DSP extension, False for the portable scalar kernels on any core.
+    import_check: run the imported module on the host against the source framework first
+    (`tvmnas.import_check`), so an importer fault is one error instead of a wrong bundle.
     """
     out_dir = Path(out_dir)
     check_optimize(optimize)
@@ -223,7 +228,10 @@ def compile_model(
             if qdq is not None:
                 model = Path(tmp) / "quantized.onnx"
                 model.write_bytes(qdq.SerializeToString())
-            mod, sources = import_model_with_sources(model, input_shape)
+            imported = import_source(model, input_shape)
+            if import_check:
+                check_import(imported)  # the reference may read the (temporary) model file
+        mod, sources = imported.mod, imported.sources
         mod, quantization = integer_model(mod)  # QDQ models: integer kernels, int8 input and output
         use_simd = target.dsp if simd is None else simd and target.dsp
         lowered, graph = lower_model(mod, schedule, optimize, simd=use_simd)

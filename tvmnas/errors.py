@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class TvmnasError(Exception):
-    """Base of every error the CLI reports as one line and a non-zero exit."""
+    """Base of every error the CLI reports as one line and a non-zero exit.
+
+    `settings` names the parameters the message speaks of in words (e.g. 'out_dir' as "output
+    folder"), so that a front end can name them its own way (the CLI: by their flags).
+    """
+
+    def __init__(self, *args: object, settings: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.settings = settings
 
 
 class ModelLoadError(TvmnasError):
@@ -34,7 +42,7 @@ class BudgetExceededError(TvmnasError):
         self.budget = budget
         super().__init__(
             f"{what} needs {needed:,} bytes but target '{target}' has {budget:,} bytes "
-            f"(pass --ignore-budget to compile anyway)"
+            f"(pass the budget override to compile anyway)", settings=("ignore_budget",)
         )
 
 
@@ -92,3 +100,7 @@ class QuantizationError(TvmnasError):
 
 class CalibrationError(QuantizationError):
     """Calibration data for post-training quantization is missing, unreadable or of the wrong shape."""
+
+
+class ImportCheckError(TvmnasError):
+    """The imported model, run on the host, disagrees with its source framework (an importer fault)."""

@@ -26,7 +26,10 @@ STAGING, TRASH = "staging", "trash"
 
 
 class OutputFolderError(TvmnasError):
-    """An --out folder that tvmnas must not write, replace or empty."""
+    """An output folder that tvmnas must not write, replace or empty (its message calls it "output folder")."""
+
+    def __init__(self, *args: object, settings: tuple[str, ...] = ("out_dir",)) -> None:
+        super().__init__(*args, settings=settings)
 
 
 def output_kind(folder: Path) -> str | None:
@@ -55,32 +58,32 @@ def check_out_path(out_dir: Path, kind: str = "bundle", *, inputs: Iterable[Path
     empty nor an earlier tvmnas output of this `kind`."""
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"--out {out_dir} is an existing file, not a folder; choose a folder name")
+        raise OutputFolderError(f"output folder {out_dir} is an existing file, not a folder; choose a folder name")
     if replaced and _inside(Path.cwd().resolve(), out):
-        raise OutputFolderError(f"--out {out_dir} is or holds the current folder; choose a new folder for the output")
+        raise OutputFolderError(f"output folder {out_dir} is or holds the current folder; choose a new folder for the output")
     for source in inputs:
         source = Path(source).resolve()
         if _inside(source, out):
-            raise OutputFolderError(f"--out {out_dir} holds the input {source}; choose another folder for the output")
+            raise OutputFolderError(f"output folder {out_dir} holds the input {source}; choose another folder for the output")
     if out.exists():
         existing = out.parent if replaced else out  # a replaced folder is renamed within its parent
     else:
         existing = next(p for p in out.parents if p.exists())
     if not existing.is_dir():
-        raise OutputFolderError(f"--out {out_dir}: {existing} is a file, not a folder; choose another --out")
+        raise OutputFolderError(f"output folder {out_dir}: {existing} is a file, not a folder; choose another output folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputFolderError(f"--out {out_dir}: {existing} is not writable; choose another --out")
+        raise OutputFolderError(f"output folder {out_dir}: {existing} is not writable; choose another output folder")
     if out.is_dir():
         try:
             empty = not any(out.iterdir())
         except OSError as err:
-            raise OutputFolderError(f"--out {out_dir} cannot be read: {err.strerror}") from err
+            raise OutputFolderError(f"output folder {out_dir} cannot be read: {err.strerror}") from err
         found = output_kind(out)
         if not empty and found != kind:
             if found is not None:
-                raise OutputFolderError(f"--out {out_dir} is a tvmnas {found} folder, not a tvmnas {kind}; "
+                raise OutputFolderError(f"output folder {out_dir} is a tvmnas {found} folder, not a tvmnas {kind}; "
                                         f"choose another folder")
-            raise OutputFolderError(f"--out {out_dir} exists and is not a tvmnas {kind}; "
+            raise OutputFolderError(f"output folder {out_dir} exists and is not a tvmnas {kind}; "
                                     f"choose another folder or remove it")
     return out
 
@@ -115,8 +118,8 @@ def _private_dir(out: Path, role: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.{role}.{os.getpid()}.", dir=out.parent))
 
 
-def _make_parents(folder: Path) -> list[Path]:
-    """mkdir -p `folder`, returning the folders it created (deepest last)."""
+def _make_parents(folder: Path, created: list[Path]) -> None:
+    """mkdir -p `folder`, appending each folder it creates to `created` (deepest last)."""
     missing = []
     for parent in [folder, *folder.parents]:
         if parent.exists():
@@ -124,7 +127,7 @@ def _make_parents(folder: Path) -> list[Path]:
         missing.append(parent)
     for parent in reversed(missing):
         parent.mkdir()
-    return list(reversed(missing))
+        created.append(parent)
 
 
 def _swap_in(staging: Path, out: Path) -> None:
@@ -135,7 +138,11 @@ def _swap_in(staging: Path, out: Path) -> None:
         return
     trash = _private_dir(out, TRASH)
     old = trash / "old"
-    out.rename(old)
+    try:
+        out.rename(old)
+    except BaseException:
+        trash.rmdir()
+        raise
     try:
         staging.rename(out)
     except BaseException:
@@ -153,12 +160,12 @@ def staged_output(out_dir: Path, kind: str = "bundle", *, inputs: Iterable[Path]
     out = check_out_path(out_dir, kind, inputs=inputs)
     created: list[Path] = []
     try:
-        created = _make_parents(out.parent)
+        _make_parents(out.parent, created)
         remove_stale(out)
         staging = _private_dir(out, STAGING)
     except OSError as err:
         _remove_empty(created)
-        raise OutputFolderError(f"--out {out_dir}: cannot write in {out.parent}: {err.strerror or err}") from err
+        raise OutputFolderError(f"output folder {out_dir}: cannot write in {out.parent}: {err.strerror or err}") from err
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary output folder
         write_marker(staging, kind)
@@ -167,7 +174,7 @@ def staged_output(out_dir: Path, kind: str = "bundle", *, inputs: Iterable[Path]
         try:
             _swap_in(staging, out)
         except OSError as err:
-            raise OutputFolderError(f"--out {out_dir}: cannot replace it: {err.strerror or err}") from err
+            raise OutputFolderError(f"output folder {out_dir}: cannot replace it: {err.strerror or err}") from err
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(created)
@@ -196,8 +203,8 @@ def folder_lock(folder: Path, command: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise OutputFolderError(f"--out {folder} is in use by another tvmnas {command} (pid {holder}); "
-                                    f"wait for it to finish or choose another --out") from None
+            raise OutputFolderError(f"output folder {folder} is in use by another tvmnas {command} (pid {holder}); "
+                                    f"wait for it to finish or choose another output folder") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield

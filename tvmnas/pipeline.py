@@ -410,11 +410,12 @@ def _check_settings(work: Path, settings: PipelineSettings, restart: bool, cost_
                 old = json.loads(recorded.read_text())
             except (OSError, ValueError) as err:
                 raise TvmnasError(f"'{work.parent}' holds a run whose {WORK_DIR}/{SETTINGS_FILE} is unreadable "
-                                  f"({type(err).__name__}): use another --out, or --restart to redo it") from err
+                                  f"({type(err).__name__}): use another output folder, or restart to redo it",
+                                  settings=("out_dir", "restart")) from err
             changed = settings_changes(old, wanted)
             if changed:
                 raise TvmnasError(f"'{work.parent}' holds a run with other settings ({changed}): use another "
-                                  f"--out, or --restart to redo it")
+                                  f"output folder, or restart to redo it", settings=("out_dir", "restart"))
         else:
             shutil.rmtree(work)
     elif work.exists() and restart:
@@ -476,7 +477,7 @@ def run_pipeline(
         out.mkdir(parents=True, exist_ok=True)
         write_marker(out, "run-all")  # before the lock file, so a second run sees a run-all folder
     except OSError as err:
-        raise OutputFolderError(f"--out {out_dir}: cannot write it: {err.strerror or err}") from err
+        raise OutputFolderError(f"output folder {out_dir}: cannot write it: {err.strerror or err}") from err
     with folder_lock(out, "run-all"):
         return _run_stages(out, settings, data, target, cost_model, cost_note, restart, progress)
 

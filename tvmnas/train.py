@@ -3,9 +3,7 @@ model.pt2 (torch.export) and model.onnx with metrics.json, checking both exports
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +17,9 @@ from torch import nn
 from tvmnas.data.arrays import ArrayDataset, batches, num_batches
 from tvmnas.errors import DatasetError
 from tvmnas.models import build_model
-from tvmnas.search.checkpoint import load_checkpoint, save_checkpoint
 from tvmnas.search.cost import count_module
 from tvmnas.search.genotype import Genotype
-from tvmnas.search.progress import epoch_progress
+from tvmnas.training.loop import Checkpointing, EpochLoop, evaluate
 
 CHECKPOINT_NAME = "train_checkpoint.pt"
 LOG_NAME = "train_log.csv"
@@ -54,18 +51,6 @@ class TrainResult:
 
     model: nn.Module
     metrics: dict[str, Any]
-
-
-def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int,
-              device: torch.device | str) -> tuple[float, float]:
-    model.eval()
-    loss, correct = 0.0, 0
-    with torch.no_grad():
-        for xb, yb in batches(x, y, batch_size, device=device):
-            logits = model(xb)
-            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
-    return loss / max(len(x), 1), correct / max(len(x), 1)
 
 
 def export_model(model: nn.Module, input_shape: tuple[int, int, int], out_dir: Path) -> dict[str, Any]:
@@ -121,48 +106,27 @@ def train(
     model = build_model(genotype).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    state = load_checkpoint(ckpt_path, settings) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        history = state["history"]
-        start_epoch = state["epoch"] + 1
+    loop = EpochLoop(model, optimizer, config.epochs, num_batches(len(dataset.train_x), config.batch_size),
+                     config.grad_clip, lr_min=config.lr_min, progress=progress,
+                     checkpointing=Checkpointing(out_dir, CHECKPOINT_NAME, settings, LOG_NAME, LOG_FIELDS, resume))
 
-    steps = num_batches(len(dataset.train_x), config.batch_size)
-    with epoch_progress("train", steps * config.epochs, enabled=progress, completed=steps * start_epoch) as bar:
-        for epoch in range(start_epoch, config.epochs):
-            lr = config.lr_min + 0.5 * (config.lr - config.lr_min) * (1 + math.cos(math.pi * epoch / config.epochs))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            model.train()
-            loss_sum, correct, seen = 0.0, 0, 0
-            for xb, yb in batches(dataset.train_x, dataset.train_y, config.batch_size,
-                                  shuffle_seed=config.seed * 100_003 + epoch, device=device):
-                optimizer.zero_grad(set_to_none=True)
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(yb)
-                correct += int((logits.argmax(1) == yb).sum())
-                seen += len(yb)
-                bar.update(epoch=f"{epoch + 1}/{config.epochs}", loss=float(loss.detach()), acc=correct / seen)
-            test_loss, test_acc = _evaluate(model, dataset.test_x, dataset.test_y, config.batch_size, device)
-            row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                   "test_loss": test_loss, "test_acc": test_acc}
-            history.append(row)
-            _write_log(out_dir / LOG_NAME, history)
-            save_checkpoint(ckpt_path, {"settings": settings, "epoch": epoch, "model": model.state_dict(),
-                                        "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                                        "history": history})
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
+    def step(batch) -> dict[str, float]:
+        xb, yb = batch
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+        loss.backward()
+        loop.add(loss=float(loss.detach()) * len(yb), correct=int((logits.argmax(1) == yb).sum()), n=len(yb))
+        return {"loss": float(loss.detach()), "acc": loop.totals["correct"] / loop.totals["n"]}
+
+    def end_epoch(epoch: int) -> dict[str, float]:
+        test_loss, test_acc = evaluate(model, dataset.test_x, dataset.test_y, config.batch_size, device)
+        sums = loop.totals
+        return {"train_loss": sums["loss"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
+                "test_loss": test_loss, "test_acc": test_acc}
+
+    epoch_batches = (lambda epoch: batches(dataset.train_x, dataset.train_y, config.batch_size,
+                                           shuffle_seed=config.seed * 100_003 + epoch, device=device))
+    history = loop.run(epoch_batches, step, end_epoch, on_epoch_end=on_epoch_end)
 
     model = model.to("cpu").eval()
     counts = count_module(model, dataset.input_shape)
@@ -192,10 +156,3 @@ def train(
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return TrainResult(model, metrics)
 
-
-def _write_log(path: Path, history: list[dict[str, float]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row[k] for k in LOG_FIELDS})

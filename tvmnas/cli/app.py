@@ -41,7 +41,9 @@ def main() -> None:
     try:
         app()
     except TvmnasError as err:
-        print(f"error: {err}", file=sys.stderr)
+        from tvmnas.cli.options import error_line
+
+        print(f"error: {error_line(err)}", file=sys.stderr)
         sys.exit(1)
     except Terminated:
         print("error: stopped by SIGTERM", file=sys.stderr)

@@ -9,14 +9,15 @@ from typing import Optional
 
 import typer
 
+from tvmnas.cli import options
 from tvmnas.cli.app import app
 
 
 @app.command("compile")
 def compile_command(
     model: Path = typer.Argument(..., help="Model file: .onnx or a saved torch.export program (.pt2)."),
-    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the C bundle: new, empty, or an earlier tvmnas bundle (then replaced); any other folder is refused."),
+    target: str = options.target(),
+    out: Path = options.out("Output folder for the C bundle: new, empty, or an earlier tvmnas bundle (then replaced); any other folder is refused."),
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Emit even if flash/SRAM exceed the board's budget."),
     optimize: str = typer.Option("speed", "--optimize", help="speed (unrolled kernel windows) or size (rolled windows, "
                                  "inline padding: much smaller depthwise kernels, somewhat slower)."),
@@ -24,6 +25,8 @@ def compile_command(
                                            "on --calibration) and compile integer-only kernels."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration inputs for --quantize: "
                                                ".npy with samples stacked on the batch axis."),
+    no_import_check: bool = typer.Option(False, "--no-import-check", help="Skip running the imported model on the "
+                                         "host against PyTorch/onnxruntime (catches importer faults; costs seconds)."),
 ) -> None:
     """Compile a network to a standalone C bundle (no runtime, no malloc, weights in flash)."""
     from tvmnas.model_file import check_model_file
@@ -37,7 +40,7 @@ def compile_command(
 
     print(f"compiling {model} for {tgt.name} ...", file=sys.stderr)
     result = compile_model(model, tgt, out, ignore_budget=ignore_budget, optimize=optimize, quantize=quantize,
-                           calibration=calibration)
+                           calibration=calibration, import_check=not no_import_check)
     m = result.manifest
     print(
         f"wrote {out}: {m['precision']}, {len(m['kernels'])} kernels, arena {m['arena_bytes']:,} B "

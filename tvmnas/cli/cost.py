@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from tvmnas.cli import options
 from tvmnas.cli.app import app
 
 cost_app = typer.Typer(help="Learned cost models: fit per-target surrogates, predict cycles without the emulator.",
@@ -19,9 +20,8 @@ app.add_typer(cost_app, name="cost")
 @cost_app.command("fit")
 def fit_command(
     db: Path = typer.Option(..., "--db", help="Profile database (tvmnas profile-ops) or profile data (.json.gz)."),
-    target: str = typer.Option(..., "--target", "-t", help="Target whose measurements to fit."),
-    out: Path = typer.Option(..., "--out", "-o",
-                             help="Surrogate file to write (JSON, gzipped when the name ends in .gz)."),
+    target: str = options.target("Target whose measurements to fit.", default=...),
+    out: Path = options.out("Surrogate file to write (JSON, gzipped when the name ends in .gz)."),
 ) -> None:
     """Fit an XGBoost surrogate of log cycles per kernel on the profiled kernels of one target."""
     from tvmnas.cost.collect import load_kernel_rows
@@ -43,7 +43,7 @@ def fit_command(
 @cost_app.command("predict")
 def predict_command(
     model: Path = typer.Argument(..., help="Model file: .onnx or a saved torch.export program (.pt2)."),
-    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
+    target: str = options.target(),
     surrogate: Optional[Path] = typer.Option(None, "--surrogate", help="Surrogate file (default: the shipped one)."),
     optimize: str = typer.Option("speed", "--optimize",
                                  help="Kernels as `tvmnas compile --optimize` builds them: speed or size."),

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from tvmnas.cli import options
 from tvmnas.cli.app import app
 
 dynamic_app = typer.Typer(help="Dynamic networks: train a super-network, pick K sub-networks, compile them "
@@ -18,19 +19,20 @@ app.add_typer(dynamic_app, name="dynamic")
 
 @dynamic_app.command("train")
 def train_command(
-    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits, cifar10, folder, or a data folder."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder for cifar10 / folder data sets."),
-    epochs: int = typer.Option(10, "--epochs", "-e", help="Training epochs."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the super-network."),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    dataset: str = options.dataset(),
+    data_root: Optional[Path] = options.data_root(),
+    epochs: int = options.epochs(),
+    out: Path = options.out("Output folder for the super-network."),
+    seed: int = options.seed(),
+    batch_size: int = options.batch_size(),
     lr: float = typer.Option(0.05, "--lr", help="Initial SGD learning rate (cosine schedule)."),
     random_subnets: int = typer.Option(2, "--random-subnets", help="Random sub-networks per step besides the largest and smallest."),
     holdout: int = typer.Option(300, "--holdout", help="Training examples kept aside for `select`'s accuracy estimate."),
     label_weight: float = typer.Option(0.5, "--label-weight", help="Share of label cross-entropy in the smaller sub-networks' loss (rest: distillation from the largest)."),
-    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use only the first N training images."),
+    limit_train: Optional[int] = options.limit_train(),
     limit_test: Optional[int] = typer.Option(None, "--limit-test", help="Use only the first N test images."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    resume: bool = options.resume(),
+    progress: bool = options.progress(),
 ) -> None:
     """Train the super-network (sandwich rule, in-place distillation); prints metrics as JSON."""
     from tvmnas.data import load_dataset
@@ -42,7 +44,7 @@ def train_command(
     source = {"name": dataset, "root": str(data_root) if data_root else None, "limit_train": limit_train,
               "limit_test": limit_test}
     print(f"training a super-network on {data.name} ...", file=sys.stderr)
-    _, metrics = train_supernet(data, out, config, progress=progress, data_source=source)
+    _, metrics = train_supernet(data, out, config, progress=progress, data_source=source, resume=resume)
     print(json.dumps({k: metrics[k] for k in ("largest_test_acc", "smallest_test_acc", "train_examples")}
                      | {"out": str(out)}))
 
@@ -51,9 +53,9 @@ def train_command(
 def select_command(
     supernet: Path = typer.Argument(..., help="Super-network folder (`tvmnas dynamic train --out`)."),
     k: int = typer.Option(4, "--k", help="Number of configurations to keep."),
-    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the selection: new, empty, or an earlier tvmnas "
-                             "selection (then replaced)."),
+    target: str = options.target(),
+    out: Path = options.out("Output folder for the selection: new, empty, or an earlier tvmnas "
+                            "selection (then replaced)."),
     candidates: int = typer.Option(24, "--candidates", help="Sub-networks evaluated (smallest, largest, random)."),
     cost_model: str = typer.Option("auto", "--cost-model", help="auto (surrogate if shipped for the target), surrogate, mac."),
     finetune_epochs: int = typer.Option(0, "--finetune-epochs", min=0,
@@ -87,8 +89,8 @@ def select_command(
 @dynamic_app.command("compile")
 def compile_command(
     selection: Path = typer.Argument(..., help="Selection folder (`tvmnas dynamic select --out`)."),
-    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target name; default: the selection's target."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the C bundle: new, empty, or an earlier tvmnas bundle (then replaced); any other folder is refused."),
+    target: Optional[str] = options.target("Target name; default: the selection's target.", default=None),
+    out: Path = options.out("Output folder for the C bundle: new, empty, or an earlier tvmnas bundle (then replaced); any other folder is refused."),
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Emit even if flash/SRAM exceed the board's budget."),
     optimize: str = typer.Option("size", "--optimize",
                                  help="size (rolled windows, inline padding: the configurations share most kernels) "
@@ -121,8 +123,8 @@ def compile_command(
 def export_command(
     selection: Path = typer.Argument(..., help="Selection folder (`tvmnas dynamic select --out`)."),
     config: int = typer.Option(..., "--config", help="Configuration index to export."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for model.pt2 / model.onnx: new, empty, or an "
-                             "earlier tvmnas export (then replaced)."),
+    out: Path = options.out("Output folder for model.pt2 / model.onnx: new, empty, or an "
+                            "earlier tvmnas export (then replaced)."),
 ) -> None:
     """Export one configuration as a standalone .pt2 and .onnx; prints the export summary as JSON."""
     from tvmnas.output_dir import check_out_path

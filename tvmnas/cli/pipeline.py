@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from tvmnas.cli import options
 from tvmnas.cli.app import app
 from tvmnas.errors import TvmnasError
 
@@ -22,14 +23,13 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
 
 
 def run_all_command(
-    out: Path = typer.Option(Path("out/demo"), "--out", "-o",
-                             help="Output folder: new, empty, or an earlier run-all folder (a rerun resumes it); "
-                                  "any other folder is refused."),
-    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits, cifar10, folder, or a data folder."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder for cifar10 / folder data sets."),
-    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use only the first N training images."),
-    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
-    space: str = typer.Option("chain", "--space", help="Search space: chain or darts."),
+    out: Path = options.out("Output folder: new, empty, or an earlier run-all folder (a rerun resumes it); "
+                            "any other folder is refused.", default=Path("out/demo")),
+    dataset: str = options.dataset(),
+    data_root: Optional[Path] = options.data_root(),
+    limit_train: Optional[int] = options.limit_train(),
+    target: str = options.target(),
+    space: str = options.space(),
     cost_weight: float = typer.Option(0.5, "--cost-weight", "-l", help="lambda: weight of the hardware cost."),
     sweep: str = typer.Option("", "--sweep", help="Sweep these lambdas (e.g. 0,0.5,2) and deploy a Pareto point."),
     accuracy_drop: float = typer.Option(0.01, "--accuracy-drop",
@@ -42,10 +42,10 @@ def run_all_command(
                                        help="Search within the board's flash and SRAM."),
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Compile even if over the board's budget."),
     verify_images: int = typer.Option(256, "--verify-images", help="Held-out images to compare on QEMU."),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same result."),
+    seed: int = options.seed(help="Same seed, same result."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads (0 = torch's default; small images gain nothing from more)."),
     restart: bool = typer.Option(False, "--restart", help="Clear the output folder's work/ and start over."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress on stderr."),
+    progress: bool = options.progress(help="Progress on stderr."),
 ) -> None:
     """Search, retrain, compile to C, verify on QEMU against PyTorch, and write report.md/.html to --out."""
     import torch

@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from tvmnas.cli import options
 from tvmnas.cli.app import app
 from tvmnas.errors import TvmnasError
 
@@ -25,7 +26,7 @@ SAMPLE_MAX_WEIGHTS = 64 * 1024
 @app.command("profile")
 def profile_command(
     model: Path = typer.Argument(..., help="Model file: .onnx or a saved torch.export program (.pt2)."),
-    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
+    target: str = options.target(),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before the guest counts as hung."),
     optimize: str = typer.Option("speed", "--optimize",
                                  help="Kernels as `tvmnas compile --optimize` builds them: speed or size."),
@@ -45,12 +46,12 @@ def profile_command(
 
 @app.command("profile-ops")
 def profile_ops_command(
-    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
+    target: str = options.target(),
     count: int = typer.Option(100, "--count", "-n", min=1, help="Number of sampled candidates."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes."),
     db_path: Path = typer.Option(..., "--db", help="SQLite profile database (created if absent or empty, resumed if "
                                  "present; a file that is not one is refused)."),
-    seed: int = typer.Option(0, "--seed", help="Sampler seed: the same seed samples the same candidates."),
+    seed: int = options.seed(help="Sampler seed: the same seed samples the same candidates."),
     ops: Optional[str] = typer.Option(None, "--ops", help="Comma-separated op types (default: all; see tvmnas.sampler.OP_TYPES)."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before a candidate's guest counts as hung."),
 ) -> None:

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 import typer
 
+from tvmnas.cli import options
 from tvmnas.cli.app import app
 from tvmnas.errors import TvmnasError
 from tvmnas.runner import RunResult, build, memory_usage, run
@@ -124,7 +125,7 @@ def run_command(
     bundle: Path = typer.Argument(..., exists=True, file_okay=False, help="C bundle folder (tvmnas compile --out)."),
     inputs: list[Path] = typer.Option(..., "--input", "-i", exists=True, dir_okay=False, help="Input .npy (repeat per model input)."),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the output .npy (.npz for several outputs)."),
-    target_name: Optional[str] = typer.Option(None, "--target", "-t", help="Target name; default: the manifest's target."),
+    target_name: Optional[str] = options.target("Target name; default: the manifest's target.", default=None),
     config: Optional[int] = typer.Option(None, "--config", help="Configuration index of a dynamic bundle."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before a guest counts as hung."),
     raw: bool = typer.Option(False, "--raw", help="int8 bundle: the input holds int8 values and the output is "

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from tvmnas.cli import options
 from tvmnas.cli.app import app
 from tvmnas.errors import BudgetViolationError, TvmnasError
 
@@ -28,10 +29,10 @@ def parse_chain_layers(text: str) -> tuple[tuple[int, int], ...]:
 
 @app.command("search")
 def search_command(
-    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits, cifar10, folder, or a data folder."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder for cifar10 / folder data sets."),
-    space: str = typer.Option("darts", "--space", help="Search space: darts or chain."),
-    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target name (see `tvmnas targets`)."),
+    dataset: str = options.dataset(),
+    data_root: Optional[Path] = options.data_root(),
+    space: str = options.space(),
+    target: str = options.target(),
     cost_weight: float = typer.Option(0.0, "--cost-weight", "-l", help="lambda: weight of the normalised cost."),
     budget_cycles: Optional[float] = typer.Option(None, "--budget-cycles", help="Cycle budget (cost model units)."),
     budget_flash: Optional[int] = typer.Option(None, "--budget-flash", help="Parameter-bytes budget."),
@@ -43,10 +44,10 @@ def search_command(
     w_cycles: float = typer.Option(1.0, "--w-cycles", help="Weight of cycles inside the cost."),
     w_flash: float = typer.Option(0.0, "--w-flash", help="Weight of parameter bytes inside the cost."),
     w_sram: float = typer.Option(0.0, "--w-sram", help="Weight of peak activation bytes inside the cost."),
-    epochs: int = typer.Option(10, "--epochs", "-e", help="Search epochs."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (resumed if it holds a checkpoint)."),
-    seed: int = typer.Option(0, "--seed", help="Seed: same seed, same result."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    epochs: int = options.epochs(help="Search epochs."),
+    out: Path = options.out("Output folder (resumed if it holds a checkpoint)."),
+    seed: int = options.seed(help="Seed: same seed, same result."),
+    batch_size: int = options.batch_size(),
     channels: int = typer.Option(8, "--channels", help="darts: initial channels C."),
     cells: int = typer.Option(3, "--cells", help="darts: number of cells."),
     nodes: int = typer.Option(2, "--nodes", help="darts: intermediate nodes per cell."),
@@ -56,9 +57,9 @@ def search_command(
     width_mult: float = typer.Option(1.0, "--width-mult", help="chain: width multiplier."),
     second_order: bool = typer.Option(False, "--second-order", help="Unrolled (second-order) alpha gradient."),
     gumbel: bool = typer.Option(False, "--gumbel", help="Gumbel-softmax sampling of the mixing weights."),
-    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use only the first N training images."),
-    resume: bool = typer.Option(True, "--resume/--restart", help="Continue from a checkpoint in --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    limit_train: Optional[int] = options.limit_train(),
+    resume: bool = options.resume(),
+    progress: bool = options.progress(),
 ) -> None:
     """Search an architecture with loss = CE + lambda * cost; print a JSON summary, exit 1 if over budget."""
     from tvmnas.data import load_dataset
@@ -105,17 +106,17 @@ def search_command(
 @app.command("sweep")
 def sweep_command(
     cost_weights: str = typer.Option("0,0.5,2", "--cost-weights", help="Comma-separated lambdas."),
-    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits, cifar10, folder, or a data folder."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder for cifar10 / folder data sets."),
-    space: str = typer.Option("chain", "--space", help="Search space: darts or chain."),
-    target: str = typer.Option("cortex-m4", "--target", "-t", help="Target to measure on."),
+    dataset: str = options.dataset(),
+    data_root: Optional[Path] = options.data_root(),
+    space: str = options.space(),
+    target: str = options.target("Target to measure on."),
     search_epochs: int = typer.Option(5, "--search-epochs"),
     train_epochs: int = typer.Option(5, "--train-epochs"),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: one sub-folder per lambda, pareto.json/png."),
-    seed: int = typer.Option(0, "--seed"),
-    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use only the first N training images."),
+    out: Path = options.out("Output folder: one sub-folder per lambda, pareto.json/png."),
+    seed: int = options.seed(),
+    limit_train: Optional[int] = options.limit_train(),
     measure: bool = typer.Option(True, "--measure/--no-measure", help="Compile and time each model on the emulator."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    progress: bool = options.progress(help="Progress bars on stderr."),
 ) -> None:
     """Search + retrain for each lambda; Pareto front of accuracy vs cycles on the target, with a plot."""
     from tvmnas.data import load_dataset

@@ -9,22 +9,23 @@ from typing import Optional
 
 import typer
 
+from tvmnas.cli import options
 from tvmnas.cli.app import app
 
 
 @app.command("train")
 def train_command(
     genotype: Path = typer.Argument(..., help="genotype.json written by `tvmnas search`."),
-    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits, cifar10, folder, or a data folder."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder for cifar10 / folder data sets."),
-    epochs: int = typer.Option(10, "--epochs", "-e", help="Training epochs."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (resumed if it holds a checkpoint)."),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    dataset: str = options.dataset(),
+    data_root: Optional[Path] = options.data_root(),
+    epochs: int = options.epochs(),
+    out: Path = options.out("Output folder (resumed if it holds a checkpoint)."),
+    seed: int = options.seed(),
+    batch_size: int = options.batch_size(),
     lr: float = typer.Option(0.05, "--lr", help="Initial SGD learning rate (cosine schedule)."),
-    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Use only the first N training images."),
-    resume: bool = typer.Option(True, "--resume/--restart", help="Continue from a checkpoint in --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    limit_train: Optional[int] = options.limit_train(),
+    resume: bool = options.resume(),
+    progress: bool = options.progress(),
 ) -> None:
     """Train from scratch; writes model.pt2, model.onnx, metrics.json; prints metrics as JSON."""
     from tvmnas.data import load_dataset

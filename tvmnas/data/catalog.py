@@ -30,11 +30,11 @@ def load_dataset(
         data = load_digits()
     elif name == "cifar10":
         if root is None:
-            raise DatasetError("dataset 'cifar10' needs a data folder (--data-root)")
+            raise DatasetError("dataset 'cifar10' needs a data folder (the data root)", settings=("data_root",))
         data = load_cifar10(Path(root))
     elif name == "folder":
         if root is None:
-            raise DatasetError("dataset 'folder' needs a data folder (--data-root)")
+            raise DatasetError("dataset 'folder' needs a data folder (the data root)", settings=("data_root",))
         data = load_image_folder(Path(root), image_size=image_size)
     elif path is not None and path.is_dir():
         if is_cifar10_npz(path) or is_cifar10_batches(path) or is_cifar10_batches(path / "cifar-10-batches-py"):

@@ -20,7 +20,8 @@ def export_subnet(sel_dir: Path, config: int, out_dir: Path) -> dict[str, Any]:
     """
     selection = load_selection(sel_dir)
     if not 0 <= config < len(selection.subnets):
-        raise TvmnasError(f"--config {config} out of range: the selection has {len(selection.subnets)} configurations")
+        raise TvmnasError(f"configuration {config} out of range: the selection has {len(selection.subnets)} "
+                          "configurations", settings=("config",))
     entry = selection.entries[config]
     out_dir = Path(out_dir)
     with staged_output(out_dir, "subnet", inputs=[Path(sel_dir)]) as staging:

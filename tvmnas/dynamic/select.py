@@ -189,7 +189,7 @@ def select_subnets(
     held-out accuracies are then measured again. `net` is updated in place.
     """
     if k < 1:
-        raise TvmnasError(f"--k must be at least 1, got {k}")
+        raise TvmnasError(f"k must be at least 1, got {k}", settings=("k",))
     parts = split(dataset, holdout, seed)
     estimator = CostEstimator(target, cost_model)
     configs = candidate_configs(net.spec, max(candidates, k), seed + 1)

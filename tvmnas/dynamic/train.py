@@ -8,9 +8,7 @@ BatchNorm statistics are not shared: `recalibrate` recomputes them for one sub-n
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,12 +30,14 @@ from tvmnas.dynamic.supernet import (
     smallest,
 )
 from tvmnas.errors import DatasetError, ModelLoadError
-from tvmnas.search.progress import epoch_progress
+from tvmnas.training.loop import Checkpointing, EpochLoop, evaluate, write_log
 
 SUPERNET_FILE = "supernet.pt"
 SPEC_FILE = "spec.json"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "train_log.csv"
+LOG_FIELDS = ("epoch", "train_loss", "train_acc")
+CHECKPOINT_FILE = "supernet_checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -106,30 +106,37 @@ def sandwich_step(net: DynamicSupernet, x: torch.Tensor, y: torch.Tensor, teache
     return float(loss.detach()), float((teacher.argmax(1) == y).float().mean())
 
 
+class _RandomState:
+    """The sub-network sampler's state, checkpointed so that a resumed run samples the same sub-networks."""
+
+    def __init__(self, rng: random.Random):
+        self.state_dict, self.load_state_dict = rng.getstate, rng.setstate
+
+
 def run_epochs(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, config: SupernetTrainConfig, epochs: int,
                step: Callable[[torch.Tensor, torch.Tensor], tuple[float, float]], *, lr: float | None = None,
-               name: str = "train", progress: bool = False) -> list[dict[str, float]]:
-    """SGD (Nesterov momentum, cosine learning rate from `lr` or config.lr to 0) over `epochs` epochs;
-    `step` accumulates one batch's gradients and returns (loss, accuracy). One row per epoch."""
-    base_lr = lr or config.lr
-    optimizer = torch.optim.SGD(model.parameters(), lr=base_lr, momentum=config.momentum,
+               name: str = "train", progress: bool = False, checkpointing: Checkpointing | None = None,
+               rng: random.Random | None = None,
+               on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+    """SGD (Nesterov momentum, cosine learning rate from `lr` or config.lr to 0, annealed per batch) over
+    `epochs` epochs; `step` accumulates one batch's gradients and returns (loss, accuracy). One row per
+    epoch. With `checkpointing`, resumable (`rng`, the sub-network sampler, is checkpointed too)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr or config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=True)
-    steps = num_batches(len(x), config.batch_size)
-    history = []
-    with epoch_progress(name, steps * epochs, enabled=progress) as bar:
-        for epoch in range(epochs):
-            model.train()
-            loss_sum = acc_sum = 0.0
-            for i, (xb, yb) in enumerate(batches(x, y, config.batch_size, shuffle_seed=config.seed * 1000 + epoch)):
-                for group in optimizer.param_groups:
-                    group["lr"] = 0.5 * base_lr * (1 + math.cos(math.pi * (epoch * steps + i) / (epochs * steps)))
-                optimizer.zero_grad(set_to_none=True)
-                loss, acc = step(xb, yb)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                loss_sum, acc_sum = loss_sum + loss, acc_sum + acc
-                bar.update(1, loss=loss, acc=acc)
-            history.append({"epoch": epoch, "train_loss": loss_sum / steps, "train_acc": acc_sum / steps})
+    loop = EpochLoop(model, optimizer, epochs, num_batches(len(x), config.batch_size), config.grad_clip,
+                     per_step_lr=True, state={"rng": _RandomState(rng)} if rng else {}, label=name,
+                     progress=progress, checkpointing=checkpointing)
+
+    def batch_step(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        loss, acc = step(*batch)
+        loop.add(loss=loss, acc=acc)
+        return {"loss": loss, "acc": acc}
+
+    def end_epoch(epoch: int) -> dict[str, float]:
+        return {"train_loss": loop.totals["loss"] / loop.steps, "train_acc": loop.totals["acc"] / loop.steps}
+
+    history = loop.run(lambda epoch: batches(x, y, config.batch_size, shuffle_seed=config.seed * 1000 + epoch),
+                       batch_step, end_epoch, on_epoch_end=on_epoch_end)
     model.eval()
     return history
 
@@ -184,9 +191,13 @@ def train_supernet(
     spec: SupernetSpec | None = None,
     progress: bool = False,
     data_source: dict[str, Any] | None = None,
+    resume: bool = True,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> tuple[DynamicSupernet, dict[str, Any]]:
     """Train a super-network on `dataset` and write supernet.pt, spec.json, train_log.csv, metrics.json.
 
+    A checkpoint written after every epoch is resumed when present with the same settings;
+    `on_epoch_end(epoch, row)` is called after each epoch's checkpoint is written.
     data_source (how to load the data set again: name, root, limits) is recorded for `select`.
     """
     spec = spec or default_spec(dataset.input_shape, dataset.num_classes)
@@ -197,12 +208,15 @@ def train_supernet(
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     net = DynamicSupernet(spec)
+    settings = {"config": asdict(config), "spec": spec.to_dict(), "dataset": dataset.name,
+                "train_examples": len(dataset.train_x)}
     history = run_epochs(
         net, parts.train_x, parts.train_y, config, config.epochs,
         lambda xb, yb: sandwich_step(net, xb, yb, largest(spec),
                                      [smallest(spec)] + [sample(spec, rng) for _ in range(config.random_subnets)],
                                      config.label_weight),
-        name="supernet", progress=progress)
+        name="supernet", progress=progress, rng=rng, on_epoch_end=on_epoch_end,
+        checkpointing=Checkpointing(out_dir, CHECKPOINT_FILE, settings, LOG_FILE, LOG_FIELDS, resume))
     metrics: dict[str, Any] = {"dataset": dataset.name, "train_examples": len(parts.train_x),
                                "holdout_examples": len(parts.holdout_x), "settings": asdict(config),
                                "data_source": data_source or {"name": dataset.name}}
@@ -220,10 +234,7 @@ def save_supernet(net: DynamicSupernet, out_dir: Path, metrics: dict[str, Any], 
     torch.save(net.state_dict(), out_dir / SUPERNET_FILE)
     (out_dir / SPEC_FILE).write_text(json.dumps(net.spec.to_dict(), indent=2, sort_keys=True) + "\n")
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    with open(out_dir / LOG_FILE, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["epoch", "train_loss", "train_acc"])
-        writer.writeheader()
-        writer.writerows(history)
+    write_log(out_dir / LOG_FILE, history, LOG_FIELDS)
 
 
 def load_supernet(sup_dir: Path) -> tuple[DynamicSupernet, dict[str, Any]]:
@@ -265,9 +276,4 @@ def train_standalone(
         return float(loss.detach()), float((logits.argmax(1) == yb).float().mean())
 
     run_epochs(model, parts.train_x, parts.train_y, config, config.epochs, step, name="alone")
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for xb, yb in batches(dataset.test_x, dataset.test_y, 256):
-            correct += int((model(xb).argmax(1) == yb).sum())
-    return model, correct / max(len(dataset.test_x), 1)
+    return model, evaluate(model, dataset.test_x, dataset.test_y, 256)[1]

@@ -3,9 +3,7 @@ checkpoint every epoch, log every epoch to CSV, derive the genotype and check it
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,11 +18,10 @@ from torch import nn
 from tvmnas.data.arrays import ArrayDataset, batches, num_batches
 from tvmnas.search.architect import Architect
 from tvmnas.search.chain_supernet import DEFAULT_CHAIN_LAYERS, ChainSupernet
-from tvmnas.search.checkpoint import load_checkpoint, save_checkpoint
 from tvmnas.search.cost import Budgets, CostFigures, CostModel, CostTerm, CostWeights, MacCostModel
 from tvmnas.search.darts_supernet import DartsSupernet
 from tvmnas.search.genotype import SPACES, Genotype
-from tvmnas.search.progress import epoch_progress
+from tvmnas.training.loop import Checkpointing, EpochLoop, evaluate
 
 CHECKPOINT_NAME = "search_checkpoint.pt"
 LOG_NAME = "search_log.csv"
@@ -117,27 +114,10 @@ def _settings(config: SearchConfig, dataset: ArrayDataset, cost_model: CostModel
             "train_examples": len(dataset.train_x), "cost_model": cost_model.name}
 
 
-def _cosine(start: float, end: float, epoch: int, epochs: int) -> float:
-    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * epoch / epochs))
-
-
 def _tau(config: SearchConfig, epoch: int) -> float:
     if config.epochs == 1:
         return config.tau_max
     return config.tau_max * (config.tau_min / config.tau_max) ** (epoch / (config.epochs - 1))
-
-
-def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int,
-              device: torch.device | str) -> tuple[float, float]:
-    model.eval()
-    loss, correct = 0.0, 0
-    with torch.no_grad():
-        for xb, yb in batches(x, y, batch_size, device=device):
-            logits = model(xb)
-            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
-    model.train()
-    return loss / max(len(x), 1), correct / max(len(x), 1)
 
 
 def search(
@@ -179,73 +159,44 @@ def search(
     x_tr, y_tr = dataset.train_x[tr_idx], dataset.train_y[tr_idx]
     x_va, y_va = dataset.train_x[va_idx], dataset.train_y[va_idx]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    state = load_checkpoint(ckpt_path, settings) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        w_opt.load_state_dict(state["weight_optimizer"])
-        architect.optimizer.load_state_dict(state["arch_optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        history = state["history"]
-        start_epoch = state["epoch"] + 1
-
     steps = min(num_batches(len(x_tr), config.batch_size), num_batches(len(x_va), config.batch_size))
-    with epoch_progress("search", steps * config.epochs, enabled=progress, completed=steps * start_epoch) as bar:
-        for epoch in range(start_epoch, config.epochs):
-            lr = _cosine(config.weight_lr, config.weight_lr_min, epoch, config.epochs)
-            for group in w_opt.param_groups:
-                group["lr"] = lr
-            model.tau = _tau(config, epoch)
-            architect.unrolled_lr = lr
-            model.train()
-            sums = {"loss": 0.0, "correct": 0, "n": 0, "arch": 0.0, "cost": 0.0, "pen": 0.0}
-            train_iter = batches(x_tr, y_tr, config.batch_size, shuffle_seed=config.seed * 100_003 + 2 * epoch,
-                                 device=device)
-            val_iter = batches(x_va, y_va, config.batch_size, shuffle_seed=config.seed * 100_003 + 2 * epoch + 1,
-                               device=device)
-            for xb, yb in (pair for pair, _ in zip(zip(train_iter, val_iter), range(steps))):
-                (xt, yt), (xv, yv) = xb, yb
-                if epoch >= config.warmup_epochs:
-                    a = architect.step(xt, yt, xv, yv)
-                    sums["arch"] += a.loss
-                    sums["cost"] += a.cost
-                    sums["pen"] += a.penalty
-                w_opt.zero_grad(set_to_none=True)
-                logits = model(xt)
-                loss = F.cross_entropy(logits, yt)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.weight_parameters(), config.grad_clip)
-                w_opt.step()
-                for p in model.arch_parameters().values():
-                    p.grad = None
-                sums["loss"] += float(loss.detach()) * len(yt)
-                sums["correct"] += int((logits.argmax(1) == yt).sum())
-                sums["n"] += len(yt)
-                figures = cost_term.figures(model.arch_logits())
-                bar.update(epoch=f"{epoch + 1}/{config.epochs}", loss=float(loss.detach()),
-                           acc=sums["correct"] / sums["n"], cycles=figures.cycles)
-            val_loss, val_acc = _evaluate(model, x_va, y_va, config.batch_size, device)
-            figures = cost_term.figures(model.arch_logits())
-            row = {
-                "epoch": epoch, "lr": lr, "tau": model.tau,
-                "train_loss": sums["loss"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
+    loop = EpochLoop(model, w_opt, config.epochs, steps, config.grad_clip, lr_min=config.weight_lr_min,
+                     clip=model.weight_parameters, state={"arch_optimizer": architect.optimizer}, label="search",
+                     progress=progress,
+                     checkpointing=Checkpointing(out_dir, CHECKPOINT_NAME, settings, LOG_NAME, LOG_FIELDS, resume))
+
+    def epoch_batches(epoch: int):
+        model.tau = _tau(config, epoch)
+        architect.unrolled_lr = loop.lr
+        seed = config.seed * 100_003 + 2 * epoch
+        pairs = zip(batches(x_tr, y_tr, config.batch_size, shuffle_seed=seed, device=device),
+                    batches(x_va, y_va, config.batch_size, shuffle_seed=seed + 1, device=device))
+        return (pair for pair, _ in zip(pairs, range(steps)))
+
+    def step(pair) -> dict[str, float]:
+        (xt, yt), (xv, yv) = pair
+        if loop.epoch >= config.warmup_epochs:
+            a = architect.step(xt, yt, xv, yv)
+            loop.add(arch=a.loss, cost=a.cost, pen=a.penalty)
+        logits = model(xt)
+        loss = F.cross_entropy(logits, yt)
+        loss.backward()
+        for p in model.arch_parameters().values():
+            p.grad = None
+        loop.add(loss=float(loss.detach()) * len(yt), correct=int((logits.argmax(1) == yt).sum()), n=len(yt))
+        return {"loss": float(loss.detach()), "acc": loop.totals["correct"] / loop.totals["n"],
+                "cycles": cost_term.figures(model.arch_logits()).cycles}
+
+    def end_epoch(epoch: int) -> dict[str, float]:
+        val_loss, val_acc = evaluate(model, x_va, y_va, config.batch_size, device)
+        figures, sums = cost_term.figures(model.arch_logits()), {"arch": 0.0, "cost": 0.0, "pen": 0.0, **loop.totals}
+        return {"tau": model.tau, "train_loss": sums["loss"] / sums["n"], "train_acc": sums["correct"] / sums["n"],
                 "val_loss": val_loss, "val_acc": val_acc, "arch_loss": sums["arch"] / steps,
                 "cost_norm": sums["cost"] / steps, "penalty": sums["pen"] / steps,
                 "exp_cycles": figures.cycles, "exp_param_bytes": figures.param_bytes,
-                "exp_peak_act_bytes": figures.peak_act_bytes,
-            }
-            history.append(row)
-            _write_log(out_dir / LOG_NAME, history)
-            save_checkpoint(ckpt_path, {
-                "settings": settings, "epoch": epoch, "model": model.state_dict(),
-                "weight_optimizer": w_opt.state_dict(), "arch_optimizer": architect.optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "history": history,
-            })
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
+                "exp_peak_act_bytes": figures.peak_act_bytes}
+
+    history = loop.run(epoch_batches, step, end_epoch, on_epoch_end=on_epoch_end)
 
     genotype, choices = model.derive()
     exact = cost_term.discrete(choices)
@@ -264,11 +215,3 @@ def search(
                                                       "config": settings["config"]}, indent=2, sort_keys=True) + "\n")
     return SearchResult(genotype, exact, cost_term.reference, cost_model.unit, violations, val_acc, history)
 
-
-def _write_log(path: Path, history: list[dict[str, float]]) -> None:
-    """Rewrite the whole CSV log (it is tiny), so a resumed run's log has every epoch exactly once."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row[k] for k in LOG_FIELDS})

@@ -1,0 +1,1 @@
+"""Training machinery shared by the search, retraining and dynamic training: the resumable epoch loop."""
