@@ -47,3 +47,6 @@ __all__ += ["ReadSharedWeights", "SharedWeightLayout", "StridedWeightView", "Wei
 from .quantize_to_integer import QuantizeToInteger, QuantParams, io_quantization  # noqa: E402
 
 __all__ += ["QuantizeToInteger", "QuantParams", "io_quantization"]
+from .int8_simd import SIMD_C, UseSIMDKernels, uses_simd  # noqa: E402
+
+__all__ += ["SIMD_C", "UseSIMDKernels", "uses_simd"]

@@ -17,6 +17,10 @@ from tvm import te, tirx
 
 INT8_MIN, INT8_MAX = -128, 127
 
+# block annotation naming the layer constants of a conv / dense kernel that passes/int8_simd.py
+# can replace by its SIMD micro-kernel 
+GEMM_ANNOTATION = "tvmnas_int8_gemm"
+
 
 def _i32(value: int) -> tirx.PrimExpr:
     return tirx.const(int(value), "int32")
@@ -115,6 +119,12 @@ def conv2d_int8(
         ),
         name="conv2d_nchw_int32",
     )
+    attrs = None
+    if groups == 1 and n == 1:
+        attrs = {GEMM_ANNOTATION: dict(
+            cin=cin, h=h, w=w, in_cstride=h * w, in_pstride=1, kh=kh, kw=kw, sh=sh, sw=sw, pt=pt, pl=pl, dh=dh,
+            dw=dw, cout=cout, oh=oh, ow=ow, out_ostride=oh * ow, out_pstride=1, in_zp=input_zero_point,
+            out_zp=output_zero_point, act_min=act_min, act_max=act_max)}
     return te.compute(
         acc.shape,
         lambda b, o, y, x: saturate(
@@ -122,6 +132,7 @@ def conv2d_int8(
             output_zero_point, act_min, act_max,
         ),
         name="requantize",
+        attrs=attrs,
     )
 
 
@@ -139,6 +150,10 @@ def dense_int8(
     """[M, K] int8 x [N, K] int8 weights -> [M, N] int8; bias has the input zero point folded in."""
     m, k = (int(d) for d in data.shape)
     n = int(weight.shape[0])
+    # as a 1x1 convolution over M pixels of K channels (channel stride 1, pixel stride K)
+    attrs = {GEMM_ANNOTATION: dict(
+        cin=k, h=1, w=m, in_cstride=1, in_pstride=k, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0, dh=1, dw=1, cout=n, oh=1,
+        ow=m, out_ostride=1, out_pstride=n, in_zp=0, out_zp=output_zero_point, act_min=act_min, act_max=act_max)}
     rk = te.reduce_axis((0, k), name="rk")
     acc = te.compute(
         (m, n),
@@ -151,6 +166,7 @@ def dense_int8(
             requantize(acc[i, j] + bias[j], multiplier[j], shift[j]), output_zero_point, act_min, act_max
         ),
         name="requantize",
+        attrs=attrs,
     )
 
 

@@ -522,8 +522,14 @@ def _param_buffer(func: tirx.PrimFunc, param):
     return None
 
 
+MACS_ATTR = "tvmnas.macs"
+
+
 def kernel_macs(func: tirx.PrimFunc) -> int:
-    """Multiply-accumulates (reduction-block iterations: conv, matmul, pool windows, means)."""
+    """Multiply-accumulates (reduction-block iterations: conv, matmul, pool windows, means; a kernel
+    that calls a C micro-kernel states its own as the function attribute MACS_ATTR)."""
+    if func.attrs is not None and MACS_ATTR in func.attrs:
+        return int(func.attrs[MACS_ATTR])
     return int(sum(b.domain for b in collect_blocks(func) if b.reduce_extents))
 
 

@@ -162,7 +162,10 @@ def schedule_primfunc(
     tile_width: int = 4,
     integer_tile: tuple[int, int] | None = (2, 2),
 ) -> tirx.PrimFunc:
-    """Apply the MCU rules to one PrimFunc; a rule that does not apply leaves the function as it was."""
+    """Apply the MCU rules to one PrimFunc; a rule that does not apply leaves the function as it was,
+    and so is a function without s_tir blocks (one call of a C micro-kernel, passes/int8_simd.py)."""
+    if _try(s_tir.Schedule(func).get_sblock, "root") is None:
+        return func
     return _Rules(func, tile_channels, tile_width, integer_tile).apply(
         inline_padding, fuse_epilogue, register_tile, unroll_window)
 

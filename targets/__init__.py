@@ -53,6 +53,7 @@ class Target:
     sram_bytes: int
     timing_table: str
     opt_flags: tuple[str, ...] = field(default=("-O3",))
+    dsp: bool = False  # the DSP extension (SMLAD, SXTB16): int8 conv/dense use SIMD micro-kernels
 
     @property
     def linker_script(self) -> Path:
@@ -88,6 +89,7 @@ _TYPES: dict[str, type] = {
     "flash_bytes": int,
     "sram_bytes": int,
     "timing_table": str,
+    "dsp": bool,
 }
 
 
@@ -103,7 +105,7 @@ def parse_descriptor(path: Path) -> Target:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise TargetDescriptorError(f"target descriptor {path}: unknown keys {unknown}")
-    missing = sorted(k for k in known - set(raw) if k != "opt_flags")
+    missing = sorted(k for k in known - set(raw) if k not in ("opt_flags", "dsp"))
     if missing:
         raise TargetDescriptorError(f"target descriptor {path}: missing keys {missing}")
     for key, value in raw.items():

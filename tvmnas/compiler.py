@@ -27,12 +27,14 @@ from tvmnas.passes import (
     LowerTIRForC,
     MCULowering,
     ScheduleForMCU,
+    UseSIMDKernels,
     extract_call_graph,
     graph_buffers,
     lower_bound,
     plan_arena,
 )
 from tvmnas.passes.call_graph import DTYPE_BYTES
+from tvmnas.passes.int8_simd import uses_simd
 from tvmnas.quantized import integer_model, quantize_for_compile
 from tvmnas.targets import Target
 from tvmnas.toolchain import require_tools, run_tool
@@ -55,13 +57,18 @@ def check_optimize(optimize: str) -> None:
         raise TvmnasError(f"optimize must be one of {', '.join(OPTIMIZE_GOALS)}, not {optimize!r}")
 
 
-def lower_model(mod: tvm.IRModule, schedule: bool = True, optimize: str = "speed") -> tuple[tvm.IRModule, CallGraph]:
+def lower_model(mod: tvm.IRModule, schedule: bool = True, optimize: str = "speed",
+                simd: bool = False) -> tuple[tvm.IRModule, CallGraph]:
     """Run the Relax MCU pipeline (and the MCU schedules) and read back the kernel call sequence.
 
     optimize: "speed" (unrolled windows, padded row bands where they fit the arena bound) or
     "size" (see `schedule_for_size`).
+    simd: int8 conv / dense kernels call the SIMD micro-kernel (cores with the DSP extension:
+    the target descriptor's "dsp"; see passes/int8_simd.py).
     """
     check_optimize(optimize)
+    if simd:
+        mod = UseSIMDKernels()(mod)
     lowered = MCULowering()(mod)
     graph = extract_call_graph(lowered)
     if schedule:
@@ -196,6 +203,7 @@ def compile_model(
     optimize: str = "speed",
     quantize: str | None = None,
     calibration=None,
+    simd: bool | None = None,
     import_check: bool = True,
 ) -> CompiledModel:
     """Compile `model` for `target` into `out_dir`, untouched on error.
@@ -206,6 +214,8 @@ def compile_model(
     quantize: "int8" quantizes a float model first (post-training, on `calibration`: an array
     or .npy path of input samples); the QDQ model is kept in the bundle as quantized.onnx.
     A QDQ model compiles to integer kernels without it.
+    simd: int8 conv / dense kernels as SIMD micro-kernels; None (default) where the target has the
+    DSP extension, False for the portable scalar kernels on any core.
     import_check: run the imported module on the host against the source framework first
     (`tvmnas.import_check`), so an importer fault is one error instead of a wrong bundle.
     """
@@ -223,7 +233,8 @@ def compile_model(
                 check_import(imported)  # the reference may read the (temporary) model file
         mod, sources = imported.mod, imported.sources
         mod, quantization = integer_model(mod)  # QDQ models: integer kernels, int8 input and output
-        lowered, graph = lower_model(mod, schedule, optimize)
+        use_simd = target.dsp if simd is None else simd and target.dsp
+        lowered, graph = lower_model(mod, schedule, optimize, simd=use_simd)
         check_single_input_output(graph)
         if mod.attrs is not None and OUTPUT_NAMES_ATTR in mod.attrs:
             graph = graph.with_output_names([str(n) for n in mod.attrs[OUTPUT_NAMES_ATTR]])
@@ -232,6 +243,8 @@ def compile_model(
         manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags],
                                 kernel_sources(graph, sources), quantization)
         manifest["optimize"] = optimize
+        if quantization is not None:
+            manifest["int8_kernels"] = "simd" if any(uses_simd(k.text) for k in kernels.values()) else "scalar"
         if qdq is not None:
             (staging / "quantized.onnx").write_bytes(qdq.SerializeToString())
         manifest["flash_bytes"] = object_flash_bytes(staging, target)

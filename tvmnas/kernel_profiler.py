@@ -41,6 +41,8 @@ from tvmnas.passes import CallGraph, KernelCall, plan_arena
 from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
 from tvmnas.profiling import Profile, build_plugin, parse_block_profile, profile_from_blocks, qemu_plugin_args
 from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
+from tvmnas.passes.int8_simd import SIMD_C, uses_simd
+from tvmnas.passes.kernel_features import MACS_ATTR
 from tvmnas.quantized import integer_model
 from tvmnas.runner import COMMON_CFLAGS, JOB_FILE, check_exit, write_job, build, qemu_command
 from tvmnas.sampler import OpSpec
@@ -72,6 +74,8 @@ def compiler_version() -> str:
 def kernel_hash(c_text: str, name: str) -> str:
     """Structural hash of a lowered kernel: its C text with its own function name normalised."""
     normalised = re.sub(rf"\b{re.escape(name)}\b", "KERNEL", c_text)
+    if uses_simd(c_text):  # the micro-kernel it calls is part of what runs
+        normalised += SIMD_C
     return hashlib.sha256(normalised.encode()).hexdigest()[:HASH_CHARS]
 
 
@@ -132,8 +136,11 @@ def kernel_macs(func: tirx.PrimFunc) -> int:
     """Multiply-accumulates a kernel performs: each `acc += a * b` store times its loop trip count.
 
     Counts conv (Cout*Hout*Wout*Cin/groups*k*k), dense/matmul (in*out) and any other reduction of
-    products; pooling, element-wise ops and data movement count zero.
+    products; pooling, element-wise ops and data movement count zero. A kernel that calls a C
+    micro-kernel (passes/int8_simd.py) states its MACs as the function attribute MACS_ATTR.
     """
+    if func.attrs is not None and MACS_ATTR in func.attrs:
+        return int(func.attrs[MACS_ATTR])
     return _macs_in(func.body, 1)
 
 
@@ -208,11 +215,12 @@ class LoweredNetwork:
 
 
 def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = None,
-                  optimize: str = "speed") -> LoweredNetwork:
+                  optimize: str = "speed", simd: bool = False) -> LoweredNetwork:
     """Import and lower `model` (built for `optimize`, as `compile_model`) and print its kernels;
-    the same for every target."""
+    the same for every target, except that simd=True (cores with the DSP extension) makes int8
+    conv / dense kernels call the SIMD micro-kernel."""
     mod, quantization = integer_model(import_model(model, input_shape))  # QDQ: integer kernels, as compile_model
-    lowered, graph = lower_model(mod, optimize=optimize)
+    lowered, graph = lower_model(mod, optimize=optimize, simd=simd)
     check_single_input_output(graph)
     return LoweredNetwork(graph, emit_kernels(lowered, graph), tuple(count_macs(lowered, graph)),
                           "float32" if quantization is None else "int8")
@@ -270,7 +278,8 @@ def prepare_network(
     optimize: str = "speed",
 ) -> PreparedNetwork:
     """Lower `model` and write its C bundle to `bundle_dir`, replacing it (no flash measurement, no budget check)."""
-    return write_network(lower_network(model, input_shape=input_shape, optimize=optimize), target, bundle_dir)
+    network = lower_network(model, input_shape=input_shape, optimize=optimize, simd=target.dsp)
+    return write_network(network, target, bundle_dir)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -378,11 +387,14 @@ def profile_network_json(
     input_shape: tuple[int, ...] | None = None,
     timeout_s: float = 60.0,
     optimize: str = "speed",
+    simd: bool | None = None,
 ) -> dict[str, Any]:
     """Per-kernel profile of a whole network in one emulator run, as the `tvmnas profile` JSON;
-    the kernels built for `optimize` ("speed" or "size"), as `tvmnas compile --optimize` builds them."""
+    the kernels built for `optimize` ("speed" or "size"), as `tvmnas compile --optimize` builds them;
+    simd as `compile_model` (None: where the target has the DSP extension)."""
+    use_simd = target.dsp if simd is None else simd and target.dsp
     with tempfile.TemporaryDirectory(prefix="tvmnas-netprof-") as tmp:
-        network = lower_network(model, input_shape=input_shape, optimize=optimize)
+        network = lower_network(model, input_shape=input_shape, optimize=optimize, simd=use_simd)
         prepared = write_network(network, target, Path(tmp) / "bundle")
         profile = measure_network(prepared, target, Path(tmp) / "build", timeout_s=timeout_s)
     return {

@@ -28,7 +28,7 @@ def targets_command(
     for t in targets:
         table.add_row(
             t.name,
-            t.core + (" +FPU" if t.has_fpu else ""),
+            t.core + (" +FPU" if t.has_fpu else "") + (" +DSP" if t.dsp else ""),
             t.emulator_machine,
             t.board_name,
             f"{t.clock_hz / 1e6:g} MHz",

@@ -14,6 +14,7 @@ import numpy as np
 
 from tvmnas.codegen.c_printer import KernelSignature, c_identifier, c_type, float_literal
 from tvmnas.passes import ArenaPlan, CallGraph, TensorInfo
+from tvmnas.passes.int8_simd import SIMD_C, uses_simd
 from tvmnas.passes.integer_kernels import REQUANTIZE_C
 
 PRELUDE = """\
@@ -210,6 +211,8 @@ def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
 def model_source(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: ArenaPlan,
                  sources: dict[int, str] | None = None) -> str:
     parts = [PRELUDE]
+    if any(uses_simd(k.text) for k in kernels.values()):
+        parts.append(SIMD_C)
     parts += [kernels[name].text for name in sorted(kernels)]
     parts.append(run_function(graph, kernels, plan, sources))
     return "\n".join(parts)

@@ -127,7 +127,9 @@ class CPrinter:
 
     # ---- names -------------------------------------------------------------------------
     def _storage(self, buffer) -> str:
-        data = buffer.data
+        return self._storage_of_data(buffer.data)
+
+    def _storage_of_data(self, data) -> str:
         var = data.args[0] if type(data).__name__ == "Call" else data  # buffer_data(var)
         key = var.name
         if key in self.repeated_params:
@@ -211,6 +213,11 @@ class CPrinter:
         if op in ("call_pure_extern", "call_extern"):
             fname = e.args[0].value
             return f"{fname}({', '.join(self.expr(a) for a in e.args[1:])})"
+        if op == "tvm_access_ptr":  # (type, data, offset, extent, rw_mask): a buffer handed to a C function
+            name = self._storage_of_data(e.args[1])
+            if int(e.args[4].value) & 2:
+                self.written.add(name)
+            return f"(&{name}[{self.expr(e.args[2])}])"
         args = [self.expr(a) for a in e.args]
         if op == "if_then_else":
             return f"({args[0]} ? {args[1]} : {args[2]})"

@@ -1,0 +1,330 @@
+"""UseSIMDKernels: int8 convolutions and dense layers as calls of a C micro-kernel using the DSP
+extension's SIMD instructions (SXTB16 unpacks two int8 to two int16, SMLAD does two 16x16
+multiply-accumulates), for cores whose target descriptor says "dsp": true.
+
+gcc 12 does not vectorize the scalar integer kernels into these instructions, so the kernel of a
+conv (groups 1, any window, stride, padding, dilation) or dense layer becomes one call of
+`tvmnas_s8_conv` (SIMD_C, printed into the bundle before the kernels) with the layer's sizes,
+zero points and clamp as constants. The micro-kernel:
+- gathers the window of each of two output pixels (im2col, padding filled with the input zero
+  point as in TFLite) into an int16 column, each word of 4 values widened by SXTB16 to the pairs
+  (0, 2), (1, 3); where 4 divides C_in and the window lies inside the input, each value goes
+  straight to that place (scratch: two columns and a gather buffer, placed by the arena planner);
+- computes a 2 output channels x 2 pixels register tile: per 4 reduction steps one word of each
+  weight row is unpacked by SXTB16 (bytes 0, 2) and SXTB16 of the word rotated by 8 (bytes 1, 3),
+  which pair up with the column's halves in 8 SMLADs;
+- adds the bias and requantizes with the same `tvmnas_requantize` as the scalar kernel.
+
+Bit-exact with the scalar kernel: both sum the same int32 products, and integer addition does not
+depend on the order. SMLAD does not saturate on accumulation (it only sets the Q flag), and no
+int32 overflow is possible: |x| <= 128 and |w| <= 128 make each product at most 2^14 in magnitude,
+so a sum of up to 2^17 products (the limit MAX_REDUCTION checked here; ResNet-8's largest is 576)
+stays within 2^31. A larger reduction keeps the scalar kernel.
+Without __ARM_FEATURE_SIMD32 (a host build) the two instructions are portable C with the same
+results.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+from .kernel_features import MACS_ATTR
+from .integer_kernels import GEMM_ANNOTATION as SIMD_ANNOTATION
+from .module_update import replace_functions
+
+SIMD_FUNCTION = "tvmnas_s8_conv"
+OPAQUE = 8  # relax op_pattern kOpaque: FuseOps fuses nothing into the call
+MAX_REDUCTION = 1 << 17  # products of at most 2^14 each: the int32 sum cannot overflow
+
+# the layer constants the micro-kernel takes, in its argument order (the annotation's keys)
+LAYER_FIELDS = ("cin", "h", "w", "in_cstride", "in_pstride", "kh", "kw", "sh", "sw", "pt", "pl", "dh", "dw",
+                "cout", "oh", "ow", "out_ostride", "out_pstride", "in_zp", "out_zp", "act_min", "act_max")
+
+SIMD_C = """\
+/* int8 conv / dense micro-kernel (passes/int8_simd.py): im2col of two output pixels, each widened
+ * to an int16 column in the order SXTB16 unpacks a word of 4 weights (bytes 0, 2 then 1, 3); a
+ * 2 output channels x 2 pixels tile of SMLAD (two 16x16 MACs each); int32 accumulation (cannot
+ * overflow: at most 2^17 products of magnitude <= 2^14), then the scalar kernels'
+ * tvmnas_requantize. */
+#if defined(__ARM_FEATURE_SIMD32)
+#include <arm_acle.h>
+static inline int32_t tvmnas_sxtb16_ror8(int32_t x) {
+  int32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+  return r;
+}
+#define TVMNAS_SXTB16(x) ((int32_t)__sxtb16((int32_t)(x)))
+#define TVMNAS_SXTB16_ROR8(x) tvmnas_sxtb16_ror8((int32_t)(x))
+#define TVMNAS_SMLAD(a, b, acc) ((int32_t)__smlad((a), (b), (acc)))
+#else
+static inline int32_t tvmnas_sxtb16_c(uint32_t x) {
+  return (int32_t)((uint32_t)(uint16_t)(int16_t)(int8_t)(x & 0xff) |
+                   ((uint32_t)(uint16_t)(int16_t)(int8_t)((x >> 16) & 0xff) << 16));
+}
+static inline int32_t tvmnas_smlad_c(int32_t a, int32_t b, int32_t acc) {
+  return acc + (int16_t)(a & 0xffff) * (int16_t)(b & 0xffff) +
+         (int16_t)((uint32_t)a >> 16) * (int16_t)((uint32_t)b >> 16);
+}
+#define TVMNAS_SXTB16(x) tvmnas_sxtb16_c((uint32_t)(x))
+#define TVMNAS_SXTB16_ROR8(x) tvmnas_sxtb16_c(((uint32_t)(x) >> 8) | ((uint32_t)(x) << 24))
+#define TVMNAS_SMLAD(a, b, acc) tvmnas_smlad_c((a), (b), (acc))
+#endif
+
+/* A window crossing the input's edge, gathered with checks (padding: the input zero point). Border
+ * pixels only, so one out-of-line copy serves every layer (flash). */
+static __attribute__((noinline)) void tvmnas_s8_gather_edge(
+    const int8_t *in, int8_t *t, int32_t iy0, int32_t ix0, int32_t cin, int32_t h, int32_t w, int32_t in_cstride,
+    int32_t in_pstride, int32_t kh, int32_t kw, int32_t dh, int32_t dw, int32_t in_zp) {
+  const int8_t pad = (int8_t)in_zp;
+  const int32_t x_inside = ix0 >= 0 && ix0 + (kw - 1) * dw < w;
+  for (int32_t c = 0; c < cin; ++c) {
+    const int8_t *plane = in + c * in_cstride;
+    for (int32_t ky = 0; ky < kh; ++ky) {
+      const int32_t iy = iy0 + ky * dh;
+      if (iy < 0 || iy >= h) {
+        for (int32_t kx = 0; kx < kw; ++kx) *t++ = pad;
+        continue;
+      }
+      const int8_t *row = plane + iy * w * in_pstride;
+      if (x_inside) {
+        const int8_t *src = row + ix0 * in_pstride;
+        for (int32_t kx = 0; kx < kw; ++kx) *t++ = src[kx * dw * in_pstride];
+      } else {
+        for (int32_t kx = 0; kx < kw; ++kx) {
+          const int32_t ix = ix0 + kx * dw;
+          *t++ = (ix >= 0 && ix < w) ? row[ix * in_pstride] : pad;
+        }
+      }
+    }
+  }
+}
+
+/* The window of output pixel (oy, ox) as K = cin*kh*kw int16 values: gathered in (c, ky, kx) order
+ * into tmp (padding: the input zero point), then each word of 4 widened by SXTB16 to the pairs
+ * (0, 2), (1, 3); the K % 4 tail stays in order. */
+static inline __attribute__((always_inline)) void tvmnas_s8_column(
+    const int8_t *in, int8_t *tmp, int16_t *col, int32_t oy, int32_t ox, int32_t cin, int32_t h, int32_t w,
+    int32_t in_cstride, int32_t in_pstride, int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt,
+    int32_t pl, int32_t dh, int32_t dw, int32_t in_zp) {
+  const int32_t ix0 = ox * sw - pl;
+  const int32_t iy0 = oy * sh - pt;
+  const int32_t x_inside = ix0 >= 0 && ix0 + (kw - 1) * dw < w;
+  int8_t *t = tmp;
+  const int32_t inside = x_inside && iy0 >= 0 && iy0 + (kh - 1) * dh < h;
+  if (inside && (cin & 3) == 0) {
+    /* the whole window inside and 4 | cin: four channels' windows are 4*kh*kw values, whole
+     * words, so each value goes straight to its widened place (the loops unroll to constants) */
+    const int8_t *origin = in + (iy0 * w + ix0) * in_pstride;
+    for (int32_t c = 0; c < cin; c += 4) {
+      int16_t *dst = col + c * kh * kw;
+#pragma GCC unroll 4
+      for (int32_t cc = 0; cc < 4; ++cc) {
+        const int8_t *src = origin + (c + cc) * in_cstride;
+        for (int32_t ky = 0; ky < kh; ++ky) {
+          for (int32_t kx = 0; kx < kw; ++kx) {
+            const int32_t e = (cc * kh + ky) * kw + kx;
+            dst[(e & ~3) | ((e & 1) << 1) | ((e >> 1) & 1)] = src[(ky * dh * w + kx * dw) * in_pstride];
+          }
+        }
+      }
+    }
+    return;
+  }
+  if (inside) { /* the whole window inside: no checks */
+    const int8_t *origin = in + (iy0 * w + ix0) * in_pstride;
+    for (int32_t c = 0; c < cin; ++c) {
+      const int8_t *src = origin + c * in_cstride;
+      for (int32_t ky = 0; ky < kh; ++ky) {
+        const int8_t *row = src + ky * dh * w * in_pstride;
+        for (int32_t kx = 0; kx < kw; ++kx) *t++ = row[kx * dw * in_pstride];
+      }
+    }
+  } else {
+    tvmnas_s8_gather_edge(in, tmp, oy * sh - pt, ix0, cin, h, w, in_cstride, in_pstride, kh, kw, dh, dw, in_zp);
+  }
+  const int32_t K = cin * kh * kw;
+  const int32_t K4 = K & ~3;
+  int32_t k = 0;
+  for (; k < K4; k += 4) {
+    uint32_t v;
+    __builtin_memcpy(&v, tmp + k, 4);
+    const int32_t even = TVMNAS_SXTB16(v), odd = TVMNAS_SXTB16_ROR8(v);
+    __builtin_memcpy(col + k, &even, 4);
+    __builtin_memcpy(col + k + 2, &odd, 4);
+  }
+  for (; k < K; ++k) col[k] = tmp[k];
+}
+
+static inline int8_t tvmnas_s8_output(int32_t acc, int32_t bias, int32_t mult, int32_t shift, int32_t out_zp,
+                                      int32_t act_min, int32_t act_max) {
+  int32_t v = tvmnas_requantize(acc + bias, mult, shift) + out_zp;
+  v = v < act_min ? act_min : v;
+  return (int8_t)(v > act_max ? act_max : v);
+}
+
+/* scratch: 2 * K int16 (the two columns) followed by K int8 (the gather buffer) */
+static inline __attribute__((always_inline)) void tvmnas_s8_conv(
+    const int8_t *in, const int8_t *weight, const int32_t *bias, const int32_t *mult, const int32_t *shift,
+    int8_t *out, int16_t *scratch, int32_t cin, int32_t h, int32_t w, int32_t in_cstride, int32_t in_pstride,
+    int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw,
+    int32_t cout, int32_t oh, int32_t ow, int32_t out_ostride, int32_t out_pstride, int32_t in_zp,
+    int32_t out_zp, int32_t act_min, int32_t act_max) {
+  const int32_t K = cin * kh * kw;
+  const int32_t K4 = K & ~3;
+  const int32_t K16 = K & ~15;
+  const int32_t P = oh * ow;
+  int8_t *tmp = (int8_t *)(scratch + 2 * K);
+  for (int32_t p = 0; p < P; p += 2) {
+    const int32_t two = p + 1 < P;
+    tvmnas_s8_column(in, tmp, scratch, p / ow, p % ow, cin, h, w, in_cstride, in_pstride, kh, kw, sh, sw, pt, pl,
+                     dh, dw, in_zp);
+    if (two) {
+      tvmnas_s8_column(in, tmp, scratch + K, (p + 1) / ow, (p + 1) % ow, cin, h, w, in_cstride, in_pstride, kh, kw,
+                       sh, sw, pt, pl, dh, dw, in_zp);
+    }
+    const int16_t *x0 = scratch;
+    const int16_t *x1 = two ? scratch + K : scratch;
+    for (int32_t o = 0; o < cout; o += 2) {
+      const int32_t o2 = o + 1 < cout;
+      const int8_t *w0 = weight + o * K;
+      const int8_t *w1 = o2 ? w0 + K : w0;
+      int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0; /* a<channel><pixel> */
+      int32_t k = 0;
+
+/* one step: 4 reduction steps of the 2x2 tile, 16 MACs */
+#define TVMNAS_S8_STEP(off)                                                  \
+  do {                                                                       \
+    uint32_t wa, wb;                                                         \
+    int32_t x0e, x0o, x1e, x1o;                                              \
+    __builtin_memcpy(&wa, w0 + k + (off), 4);                                \
+    __builtin_memcpy(&wb, w1 + k + (off), 4);                                \
+    __builtin_memcpy(&x0e, x0 + k + (off), 4);                               \
+    __builtin_memcpy(&x0o, x0 + k + (off) + 2, 4);                           \
+    __builtin_memcpy(&x1e, x1 + k + (off), 4);                               \
+    __builtin_memcpy(&x1o, x1 + k + (off) + 2, 4);                           \
+    const int32_t wae = TVMNAS_SXTB16(wa), wao = TVMNAS_SXTB16_ROR8(wa);     \
+    const int32_t wbe = TVMNAS_SXTB16(wb), wbo = TVMNAS_SXTB16_ROR8(wb);     \
+    a00 = TVMNAS_SMLAD(wae, x0e, a00); a00 = TVMNAS_SMLAD(wao, x0o, a00);    \
+    a01 = TVMNAS_SMLAD(wae, x1e, a01); a01 = TVMNAS_SMLAD(wao, x1o, a01);    \
+    a10 = TVMNAS_SMLAD(wbe, x0e, a10); a10 = TVMNAS_SMLAD(wbo, x0o, a10);    \
+    a11 = TVMNAS_SMLAD(wbe, x1e, a11); a11 = TVMNAS_SMLAD(wbo, x1o, a11);    \
+  } while (0)
+      /* four steps per iteration; the empty asm keeps gcc from hoisting a step's loads above the
+       * previous step's SMLADs, which runs out of registers */
+      for (; k < K16; k += 16) {
+        TVMNAS_S8_STEP(0);
+        __asm__ volatile("" ::: "memory");
+        TVMNAS_S8_STEP(4);
+        __asm__ volatile("" ::: "memory");
+        TVMNAS_S8_STEP(8);
+        __asm__ volatile("" ::: "memory");
+        TVMNAS_S8_STEP(12);
+      }
+      for (; k < K4; k += 4) {
+        TVMNAS_S8_STEP(0);
+      }
+#undef TVMNAS_S8_STEP
+      for (; k < K; ++k) {
+        const int32_t wa = w0[k], wb = w1[k], xa = x0[k], xb = x1[k];
+        a00 += wa * xa; a01 += wa * xb; a10 += wb * xa; a11 += wb * xb;
+      }
+      int8_t *y = out + o * out_ostride + p * out_pstride;
+      y[0] = tvmnas_s8_output(a00, bias[o], mult[o], shift[o], out_zp, act_min, act_max);
+      if (two) y[out_pstride] = tvmnas_s8_output(a01, bias[o], mult[o], shift[o], out_zp, act_min, act_max);
+      if (o2) {
+        y[out_ostride] = tvmnas_s8_output(a10, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max);
+        if (two) {
+          y[out_ostride + out_pstride] =
+              tvmnas_s8_output(a11, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max);
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def uses_simd(kernel_text: str) -> bool:
+    """Whether printed C calls the SIMD micro-kernel (its definition must then precede it)."""
+    return SIMD_FUNCTION + "(" in kernel_text
+
+
+def _annotation(func: tirx.PrimFunc) -> dict | None:
+    """The layer constants QuantizeToInteger left on the kernel's output block, if any."""
+    sch = s_tir.Schedule(func)
+    blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    found = [b.annotations[SIMD_ANNOTATION] for b in blocks if SIMD_ANNOTATION in b.annotations]
+    if len(found) != 1:
+        return None
+    return {str(k): int(v) for k, v in found[0].items()}
+
+
+_ROLES = ("int8", "int8", "int32", "int32", "int32", "int8")  # data, weight, bias, multiplier, shift, out
+
+
+def _simd_func(func: tirx.PrimFunc, layer: dict) -> tirx.PrimFunc | None:
+    """The kernel as one call of the micro-kernel; None where the parameters are not the six expected."""
+    params = list(func.params)
+    if len(params) != len(_ROLES) or any(str(p.ty.dtype) != d for p, d in zip(params, _ROLES)):
+        return None
+    sizes = []
+    for p in params:
+        n = 1
+        for dim in p.ty.shape:
+            n *= int(dim)
+        sizes.append(n)
+    k = layer["cin"] * layer["kh"] * layer["kw"]
+    if sizes[1] != layer["cout"] * k or sizes[5] != layer["cout"] * layer["oh"] * layer["ow"] or k > MAX_REDUCTION:
+        return None
+    names = [f"p{i}" for i in range(len(params))]
+    decls = ", ".join(
+        f"{n}: T.Buffer(({', '.join(str(int(d)) for d in p.ty.shape)},), \"{p.ty.dtype}\")" for n, p in zip(names, params)
+    )
+    ptrs = [
+        f"T.tvm_access_ptr(T.type_annotation(\"{p.ty.dtype}\"), {n}.data, 0, {size}, {2 if i == 5 else 1})"
+        for i, (n, p, size) in enumerate(zip(names, params, sizes))
+    ]
+    scratch = 2 * k + (k + 1) // 2  # int16: two columns, then the int8 gather buffer
+    ptrs.append(f"T.tvm_access_ptr(T.type_annotation(\"int16\"), col.data, 0, {scratch}, 3)")
+    constants = [str(layer[f]) for f in LAYER_FIELDS]
+    source = (
+        "@T.prim_func(s_tir=True)\n"
+        f"def main({decls}):\n"
+        "    T.func_attr({\"tirx.noalias\": True})\n"
+        f"    col = T.alloc_buffer(({scratch},), \"int16\")\n"
+        f"    T.evaluate(T.call_extern(\"void\", \"{SIMD_FUNCTION}\", {', '.join(ptrs + constants)}))\n"
+    )
+    new = tvm.script.from_source(source)
+    new = new.with_attr(MACS_ATTR, tirx.const(layer["cout"] * layer["oh"] * layer["ow"] * k, "int64"))
+    return new.with_attr("op_pattern", OPAQUE)
+
+
+@tvm.transform.module_pass(opt_level=0, name="UseSIMDKernels")
+class UseSIMDKernels:
+    """Replace every int8 conv / dense kernel that QuantizeToInteger marked (block annotation
+    SIMD_ANNOTATION with the layer constants) by a call of the SIMD micro-kernel SIMD_C.
+
+    Expects: PrimFuncs as QuantizeToInteger's `conv2d_int8` (groups 1, batch 1) and `dense_int8`
+    define them, parameters (data, weight, bias, multiplier, shift, out); run it before
+    MCULowering: the replaced kernels are marked opaque, so FuseOps fuses no epilogue (a residual
+    add) into them, and ScheduleForMCU leaves the call alone. Only for cores with the DSP extension
+    (__ARM_FEATURE_SIMD32): the bundle's C defines the micro-kernel where a kernel calls it.
+    Guarantees: the same int8 outputs as the scalar kernel, bit for bit (see the module docstring);
+    the column buffer (2 x C_in x KH x KW int8) becomes kernel scratch in the arena plan; kernels
+    without the annotation, or whose parameters do not match it, are returned unchanged.
+    """
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        updates = {}
+        for gv, func in mod.functions.items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            layer = _annotation(func)
+            new = None if layer is None else _simd_func(func, layer)
+            if new is not None:
+                updates[gv] = new
+        return replace_functions(mod, updates)
+
+
+__all__ = ["SIMD_ANNOTATION", "SIMD_C", "SIMD_FUNCTION", "UseSIMDKernels", "uses_simd"]
