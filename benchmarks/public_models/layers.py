@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tvmnas.zoo import ConvBnAct  # noqa: F401  (re-exported: conv -> BatchNorm -> activation)
+
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Round a scaled channel count to a multiple of `divisor`, never more than 10% down (timm)."""
@@ -13,24 +15,6 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     if new < 0.9 * value:
         new += divisor
     return new
-
-
-class ConvBnAct(nn.Module):
-    """conv -> BatchNorm -> activation; 'same' padding for odd kernels (PyTorch-style, symmetric)."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int = 1,
-                 dilation: int = 1, act: type[nn.Module] | None = nn.ReLU) -> None:
-        super().__init__()
-        padding = dilation * (kernel - 1) // 2
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation, groups, bias=False)
-        self.bn = nn.BatchNorm2d(c_out)
-        self.act = act() if act is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        x = self.bn(x)
-        x = self.act(x)
-        return x
 
 
 class SqueezeExcite(nn.Module):
