@@ -104,3 +104,6 @@ class CalibrationError(QuantizationError):
 
 class ImportCheckError(TvmnasError):
     """The imported model, run on the host, disagrees with its source framework (an importer fault)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args, settings=("import_check",))

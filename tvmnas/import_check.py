@@ -71,7 +71,7 @@ def check_import(
         if tuple(y.shape) != tuple(ref.shape):
             raise ImportCheckError(
                 f"import check: {label} has shape {tuple(y.shape)} after import but {tuple(ref.shape)} "
-                f"in {imported.framework}; the importer mistranslated the model (--no-import-check skips this check)"
+                f"in {imported.framework}; the importer mistranslated the model (import_check=False skips this check)"
             )
         err, where, scale = max_difference(y, ref)
         if not err <= tolerance * scale:
@@ -79,7 +79,7 @@ def check_import(
             raise ImportCheckError(
                 f"import check: {label} differs from {imported.framework} by {err:.3g} at index {where} "
                 f"({share} of the output's scale {scale:.3g}, tolerance {tolerance:g}) on a seeded input; "
-                f"the importer mistranslated the model (--no-import-check skips this check)"
+                f"the importer mistranslated the model (import_check=False skips this check)"
             )
     return True
 
@@ -119,7 +119,7 @@ def run_on_host(mod: tvm.IRModule, inputs: list[np.ndarray]) -> list[np.ndarray]
         reason = lines[-1] if lines else type(err).__name__
         raise ImportCheckError(
             f"import check: the imported model does not run on the host (TVM LLVM): {reason[:200]} "
-            f"(--no-import-check skips this check)"
+            f"(import_check=False skips this check)"
         ) from None
     return _flatten(out)
 

@@ -49,6 +49,7 @@ SETTING_FLAGS = {
     "ignore_budget": ("the budget override", "--ignore-budget"),
     "config": ("configuration", "--config"),
     "k": ("k", "--k"),
+    "import_check": ("import_check=False", "--no-import-check"),
 }
 
 
