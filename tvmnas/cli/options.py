@@ -50,6 +50,7 @@ SETTING_FLAGS = {
     "config": ("configuration", "--config"),
     "k": ("k", "--k"),
     "import_check": ("import_check=False", "--no-import-check"),
+    "executor": ("executor", "--executor"),
 }
 
 

@@ -1,0 +1,88 @@
+"""Where fan-out work runs: the one seam every parallel job in tvmnas goes through.
+
+A driver submits picklable module-level functions and gets `concurrent.futures.Future`s back,
+so it can use `concurrent.futures.wait` / `as_completed` whatever runs the work. The driver alone
+writes results (databases, files), in its own deterministic order; executors only compute.
+
+- `InlineExecutor`: runs each task when it is submitted, in this process (one worker: today's
+  sequential behaviour, and what tests use to compare against).
+- `LocalExecutor`: a pool of spawned worker processes on this machine.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Callable, Protocol
+
+EXECUTOR_KINDS = ("local",)
+
+
+class Executor(Protocol):
+    """What a driver needs from wherever its tasks run."""
+
+    workers: int
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future: ...
+
+    def shutdown(self, *, cancel_pending: bool = False) -> None: ...
+
+
+def _single_thread_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class InlineExecutor:
+    """Runs every task at submit time in this process; the future it returns is already done."""
+
+    workers = 1
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except Exception as err:  # noqa: BLE001 - handed to the driver through the future, as a pool would
+            fut.set_exception(err)
+        return fut
+
+    def shutdown(self, *, cancel_pending: bool = False) -> None:
+        return None
+
+    def __enter__(self) -> "InlineExecutor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+class LocalExecutor:
+    """`workers` spawned processes on this machine, each with one torch thread."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_single_thread_worker)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, *, cancel_pending: bool = False) -> None:
+        self._pool.shutdown(wait=not cancel_pending, cancel_futures=cancel_pending)
+
+    def __enter__(self) -> "LocalExecutor":
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # On an error or Ctrl-C the driver has saved what finished; queued tasks are dropped.
+        self.shutdown(cancel_pending=exc_type is not None)
+
+
+def make_executor(kind: str = "local", workers: int = 1) -> InlineExecutor | LocalExecutor:
+    """The executor for `kind` with `workers` workers (one local worker runs inline)."""
+    if kind not in EXECUTOR_KINDS:
+        from tvmnas.errors import TvmnasError
+
+        raise TvmnasError(f"unknown executor {kind!r}: choose one of {', '.join(EXECUTOR_KINDS)}",
+                          settings=("executor",))
+    return InlineExecutor() if workers <= 1 else LocalExecutor(workers)
