@@ -11,7 +11,8 @@ writes results (databases, files), in its own deterministic order; executors onl
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Callable, Protocol
 
 EXECUTOR_KINDS = ("local",)
@@ -86,3 +87,29 @@ def make_executor(kind: str = "local", workers: int = 1) -> InlineExecutor | Loc
         raise TvmnasError(f"unknown executor {kind!r}: choose one of {', '.join(EXECUTOR_KINDS)}",
                           settings=("executor",))
     return InlineExecutor() if workers <= 1 else LocalExecutor(workers)
+
+
+def as_finished(executor: Executor, fn: Callable[..., Any], calls: Iterable[tuple[Any, ...]],
+                *, in_flight: int | None = None) -> Iterator[tuple[int, Future]]:
+    """Run `fn(*args)` for every args tuple, yielding (index, future) as each task finishes.
+
+    At most `in_flight` tasks (default: twice the workers; one inline) are submitted at a time, so the driver
+    saves each result while later tasks run, and a stopped driver has queued little work.
+    """
+    limit = in_flight or (2 * executor.workers if executor.workers > 1 else 1)
+    pending = iter(enumerate(calls))
+    running: dict[Future, int] = {}
+    try:
+        while True:
+            for i, args in pending:
+                running[executor.submit(fn, *args)] = i
+                if len(running) >= limit:
+                    break
+            if not running:
+                return
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=running.__getitem__):
+                yield running.pop(fut), fut
+    finally:
+        for fut in running:
+            fut.cancel()

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import re
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +35,7 @@ from tvm import tirx
 from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, write_bundle, write_manifest
 from tvmnas.compiler import arena_buffers, check_single_input_output, emit_kernels, lower_model
 from tvmnas.errors import EmulatorError, TvmnasError
+from tvmnas.executor import Executor, make_executor
 from tvmnas.frontend import ModelSource, import_model
 from tvmnas.passes import CallGraph, KernelCall, plan_arena
 from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
@@ -553,10 +553,6 @@ class _Scheduler:
         return ready
 
 
-def _worker_init() -> None:
-    torch.set_num_threads(1)
-
-
 def _prepare_task(spec: OpSpec, target: Target, work_dir: Path) -> PreparedNetwork:
     return prepare_candidate(spec, target, work_dir / "bundle")
 
@@ -577,64 +573,51 @@ def profile_candidates(
     work_dir: Path,
     *,
     jobs: int = 1,
+    executor: Executor | None = None,
     timeout_s: float = 60.0,
     on_done: ProgressHook | None = None,
 ) -> RunStats:
-    """Profile every candidate into `db`, skipping what it already holds; `jobs` worker processes.
+    """Profile every candidate into `db`, skipping what it already holds.
 
-    Workers compile and measure; this process alone writes the database, one transaction per
-    candidate, so a run killed at any moment keeps every finished candidate and a rerun measures
-    only the rest. A candidate that fails (build error, hang, fault) is listed in the stats and
-    leaves no row, so a rerun retries it.
+    Work runs on `executor` (default: `jobs` local worker processes). Workers compile and
+    measure; this process alone writes the database, one transaction per candidate, so a run
+    killed at any moment keeps every finished candidate and a rerun measures only the rest. A
+    candidate that fails (build error, hang, fault) is listed in the stats and leaves no row, so a
+    rerun retries it.
     """
     work_dir = Path(work_dir)
     sched = _Scheduler(db, on_done)
-    if jobs <= 1:
-        for i, spec in enumerate(specs):
-            _profile_inline(spec, target, work_dir / f"{i:05d}", timeout_s, sched)
-        return sched.stats
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
+    with executor if executor is not None else make_executor("local", jobs) as pool:
         todo = [(spec, work_dir / f"{i:05d}") for i, spec in enumerate(specs)][::-1]
-        running: dict[Future, tuple[OpSpec, PreparedNetwork | None]] = {}
+        running: dict[Future, tuple[OpSpec, PreparedNetwork | None, Path]] = {}
         while todo or running:
-            while todo and sum(p is None for _, p in running.values()) < jobs:
+            while todo and sum(p is None for _, p, _ in running.values()) < pool.workers:
                 spec, cand_dir = todo.pop()
-                running[pool.submit(_prepare_task, spec, target, cand_dir)] = (spec, None)
+                running[pool.submit(_prepare_task, spec, target, cand_dir)] = (spec, None, cand_dir)
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in finished:
-                spec, prepared = running.pop(fut)
+                spec, prepared, cand_dir = running.pop(fut)
                 err = fut.exception()
                 if err is not None and not isinstance(err, CANDIDATE_ERRORS):
                     raise err
                 if err is not None:
                     sched.failed(spec, prepared, err)
+                    shutil.rmtree(cand_dir, ignore_errors=True)
                     ready = sched.take_ready()
                 elif prepared is None:
                     ready = [(spec, fut.result())]
                 else:
                     sched.measured(spec, prepared, fut.result())
-                    shutil.rmtree(prepared.bundle_dir.parent, ignore_errors=True)
+                    shutil.rmtree(cand_dir, ignore_errors=True)
                     ready = sched.take_ready()
                 for r_spec, r_prep in ready:
                     verdict = sched.decide(r_spec, r_prep)
                     if verdict == MEASURE:
-                        running[pool.submit(_measure_task, r_prep, target, timeout_s)] = (r_spec, r_prep)
+                        running[pool.submit(_measure_task, r_prep, target, timeout_s)] = (
+                            r_spec, r_prep, r_prep.bundle_dir.parent)
                     elif verdict == DONE:
                         shutil.rmtree(r_prep.bundle_dir.parent, ignore_errors=True)
     return sched.stats
-
-
-def _profile_inline(spec: OpSpec, target: Target, work_dir: Path, timeout_s: float, sched: _Scheduler) -> None:
-    prepared = None
-    try:
-        prepared = _prepare_task(spec, target, work_dir)
-        if sched.decide(spec, prepared) == MEASURE:
-            sched.measured(spec, prepared, _measure_task(prepared, target, timeout_s))
-    except CANDIDATE_ERRORS as err:
-        sched.failed(spec, prepared, err)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def profile_candidate(

@@ -8,10 +8,8 @@ the project's per-core timing-table estimate over an exact emulated instruction 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +21,7 @@ from tvmnas.codegen.bundle import write_bundle
 from tvmnas.compiler import arena_buffers, emit_kernels, lower_model
 from tvmnas.cost.gzip_text import gzip_bytes, read_text, replace_bytes
 from tvmnas.errors import CostModelError
+from tvmnas.executor import Executor, as_finished, make_executor
 from tvmnas.frontend import import_model
 from tvmnas.passes import kernel_features, kernel_hash, kernel_macs, plan_arena
 from tvmnas.search.genotype import Genotype
@@ -167,9 +166,11 @@ def collect(
     *,
     save_to: Path | None = None,
     jobs: int = 1,
+    executor: Executor | None = None,
     progress: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
 ) -> ProfileData:
-    """Profile every (name, split, genotype) on every target, in order, `jobs` networks at a time.
+    """Profile every (name, split, genotype) on every target, in order, on `executor` (default:
+    `jobs` local worker processes).
 
     With `save_to`, the data is written after every network and networks already in that file
     are not profiled again (an interrupted run resumes where it stopped). Each network gets the
@@ -187,24 +188,14 @@ def collect(
         progress(f"[{i + 1}/{len(genotypes)}] {entry['name']} ({entry['split']}, "
                  f"{entry['genotype']['space']}): {cycles} cycles")
 
-    if jobs <= 1:
-        for i, name, split, genotype in todo:
-            finished(i, profile_network(genotype, targets, data, name=name, split=split, seed=i))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=torch.set_num_threads,
-                                 initargs=(1,)) as pool:
-            futures = {pool.submit(_profile_alone, g, targets, name, split, i): i for i, name, split, g in todo}
-            try:
-                for fut in as_completed(futures):
-                    entry, kernels = fut.result()
-                    for h, kernel in kernels.items():
-                        data.kernels.setdefault(h, kernel)
-                    data.networks.append(entry)
-                    finished(futures[fut], entry)
-            except BaseException:  # a failed network or Ctrl-C: do not start the networks still queued
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+    with executor if executor is not None else make_executor("local", jobs) as pool:
+        calls = [(g, targets, name, split, i) for i, name, split, g in todo]
+        for k, fut in as_finished(pool, _profile_alone, calls):
+            entry, kernels = fut.result()
+            for h, kernel in kernels.items():
+                data.kernels.setdefault(h, kernel)
+            data.networks.append(entry)
+            finished(todo[k][0], entry)
     order = {name: i for i, (name, _, _) in enumerate(genotypes)}
     data.networks.sort(key=lambda n: order.get(n["name"], len(genotypes)))
     _name_kernels_in_order(data)
