@@ -391,8 +391,9 @@ class _IntegerRewriter(relax.PyExprMutator):
         ))
 
     def _layout(self, expr, out: QuantParams) -> relax.Expr | None:
-        """reshape / flatten / concat of int8 tensors: done on int8, inputs whose quantization
-        differs from the output's requantized first (TFLite's reshape and concatenation)."""
+        """reshape / flatten / transpose / concat of int8 tensors: done on int8, inputs whose
+        quantization differs from the output's requantized first (TFLite's reshape and
+        concatenation; a transpose only moves values)."""
         value = self._def(expr)
         name = _op_name(value)
         if name == "relax.reshape":
@@ -400,6 +401,12 @@ class _IntegerRewriter(relax.PyExprMutator):
             if data is None:
                 return None
             return relax.op.reshape(self._int8_as(data, out), _int_shape(expr))
+        if name == "relax.permute_dims":
+            data = self._dequantized(value.args[0])
+            if data is None:
+                return None
+            axes = value.attrs.axes
+            return relax.op.permute_dims(self._int8_as(data, out), None if axes is None else [int(a) for a in axes])
         if name == "relax.concat" and isinstance(value.args[0], relax.Tuple):
             parts = [self._dequantized(f) for f in value.args[0].fields]
             if any(p is None for p in parts):
@@ -407,11 +414,26 @@ class _IntegerRewriter(relax.PyExprMutator):
             return relax.op.concat([self._int8_as(p, out) for p in parts], axis=int(value.attrs.axis))
         return None
 
+    def _relu(self, expr, out: QuantParams) -> relax.Expr | None:
+        """A relu / clip on its own (TFLite's RELU, RELU6): requantized to the output's scale and
+        clamped, as TFLite Micro's ReluQuantized does even where the quantization is unchanged."""
+        producer, act_min, act_max = self._activation(expr, out)
+        if producer.same_as(expr):
+            return None
+        data = self._dequantized(producer)
+        if data is None:
+            return None
+        mult, shift = rescale_multiplier(data.params.scale, out.scale)
+        return self.builder_.call_te(
+            K.requantize_int8, self._int8(data), primfunc_name_hint="relu_int8", input_zero_point=data.params.zero_point,
+            output_zero_point=out.zero_point, multiplier=mult, shift=shift, act_min=act_min, act_max=act_max,
+        )
+
     def _integer(self, call: relax.Call) -> relax.Expr | None:
         out = _per_tensor(call)
         if out is None or str(call.attrs.out_dtype) != "int8":
             return None
-        for rule in (self._conv_or_dense, self._add, self._pool, self._mean, self._layout):
+        for rule in (self._conv_or_dense, self._add, self._pool, self._mean, self._layout, self._relu):
             replaced = rule(call.args[0], out)
             if replaced is not None:
                 return replaced
@@ -456,8 +478,9 @@ class QuantizeToInteger:
       bias add -> optional relu/clip -> quantize: one kernel, int8 in, int32 accumulation, bias
       with the input zero point folded in, per-channel multiplier and shift, int8 out;
     - add of two int8 tensors (TFLite's ADD rescale), max/avg pool (same scale in and out), mean
-      over H and W (TFLite Micro's QuantizedMeanOrSum), reshape/flatten and concat on int8 (an
-      input whose quantization differs from the output's is requantized first).
+      over H and W (TFLite Micro's QuantizedMeanOrSum), reshape/flatten, transpose and concat on
+      int8 (an input whose quantization differs from the output's is requantized first), and a
+      relu / clip on its own (requantized and clamped, TFLite Micro's ReluQuantized).
     Weight and bias constants are evaluated through the importer's dequantize / reshape /
     permute_dims; an int32 bias (QDQ's scale input_scale * weight_scale) is used as stored.
     With int8_io (default True), a single input that is quantized first thing becomes an int8
