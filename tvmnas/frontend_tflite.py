@@ -68,6 +68,7 @@ class _Value:
     zero_point: int = 0
     flat_chw: tuple[int, int, int] | None = None
     pads: tuple[int, int, int, int] | None = None
+    other_layout: _Value | None = field(default=None, repr=False, compare=False)  # the other layout, once made
 
 
 @dataclass
@@ -185,6 +186,11 @@ class _Reader:
         """`v` held NCHW (nchw True) or NHWC; a transpose where the two orders differ in memory."""
         if len(v.shape) != 4 or v.nchw == nchw:
             return v
+        if v.other_layout is None:
+            v.other_layout = self._transposed(v, nchw)
+        return v.other_layout
+
+    def _transposed(self, v: _Value, nchw: bool) -> _Value:
         n, h, w, c = v.shape
         x = self.float_of(v) if v.int8 else v.f
         base = (v.q or v.f).removesuffix("_int8") + ("_nchw" if nchw else "_nhwc")
@@ -194,10 +200,10 @@ class _Reader:
         else:
             y = self.g.node("Transpose", [x], base, perm=list(NCHW_OF_NHWC if nchw else NHWC_OF_NCHW))
         if not v.int8:
-            return replace(v, f=y, nchw=nchw)
+            return replace(v, f=y, nchw=nchw, other_layout=v)
         s = self.g.const(np.float32(v.scale), base + "_scale")
         z = self.g.const(np.int8(v.zero_point), base + "_zero_point")
-        return replace(v, q=self.g.node("QuantizeLinear", [y, s, z], base + "_int8"), f=None, nchw=nchw)
+        return replace(v, q=self.g.node("QuantizeLinear", [y, s, z], base + "_int8"), f=None, nchw=nchw, other_layout=v)
 
     def input_of(self, op, k: int, node: str, op_name: str, nchw: bool | None = None) -> _Value:
         i = int(op.inputs[k])
@@ -327,7 +333,7 @@ def _convert(r: _Reader, op, index: int) -> None:
     if op_name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
         x = r.input_of(op, 0, node, op_name)
         pre = x.pads or (0, 0, 0, 0)
-        x = r.layout(replace(x, pads=None), True)
+        x = r.layout(x if x.pads is None else replace(x, pads=None, other_layout=None), True)
         n, h, w, c = x.shape
         wshape = r.shape(int(op.inputs[1]))
         if op_name == "CONV_2D":
@@ -444,8 +450,9 @@ def _convert(r: _Reader, op, index: int) -> None:
         x = r.input_of(op, 0, node, op_name)
         attrs = {}
         if op_name == "SOFTMAX":
-            if opts is not None and opts.beta != 1.0:
-                raise UnsupportedOperatorError(op_name, node, f"beta {opts.beta}; 1.0 is read")
+            beta = opts.beta if opts is not None else 0.0  # TFLite reads missing options as beta 0
+            if beta != 1.0:
+                raise UnsupportedOperatorError(op_name, node, f"beta {beta}; 1.0 is read")
             attrs["axis"] = 1 if x.nchw else -1
         y = g.node(FLOAT_ONLY[op_name], [r.float_of(x) if x.int8 else x.f], node + "_" + FLOAT_ONLY[op_name].lower(),
                    node_name=node, **attrs)
