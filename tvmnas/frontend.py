@@ -110,6 +110,9 @@ def _load_exported_program(path: Path):
     ModelLoadError line, not a dozen lines of logged traceback first."""
     import torch
 
+    from tvmnas.frontend_pt2e import register_quantized_ops
+
+    register_quantized_ops()  # PT2E-quantized programs hold quantized_decomposed ops
     logger = logging.getLogger("torch.export")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
@@ -194,14 +197,20 @@ def _first_line(err: BaseException) -> str:
 
 
 def _from_exported_program(program) -> tvm.IRModule:
+    from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
+    from tvmnas.frontend_pt2e import is_pt2e_quantized, pt2e_converters
     from tvmnas.passes import WrapNegativeIndices
 
     def convert() -> tvm.IRModule:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             decomposed, options = torch_import_options(program)  # LSTM/GRU/RNN: one kernel per layer
+            if is_pt2e_quantized(decomposed):  # quantized_decomposed ops -> relax quantize / dequantize
+                options["custom_convert_map"] = {**options.get("custom_convert_map", {}), **pt2e_converters(decomposed)}
+                options["unwrap_unit_return_tuple"] = True  # a single int8 output, as QuantizeToInteger reads it
+                return relax.transform.CanonicalizeBindings()(from_exported_program(decomposed, **options))
             return from_exported_program(decomposed, **options)
 
     def failure(err: Exception) -> TvmnasError:
