@@ -89,8 +89,11 @@ def test_flatten_for_dense_permutes_weights_instead_of_transposing(models) -> No
 # ---- bit for bit against TFLite Micro ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", TFLITE_NETS)
+@pytest.mark.parametrize("name", [n if n in ("residual", "preact") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in TFLITE_NETS])
 def test_int8_tflite_is_bit_exact_on_host(models, name: str, tmp_path: Path) -> None:
+    """On the host (no emulator): residual (add) and preact (stand-alone RELU / RELU6) in CI, the
+    networks of the cortex-m4 QEMU test and the rest with the slow tests."""
     path = models[name][0]
     bundle = compile_model(path, load_target("cortex-m4"), tmp_path / "c")
     assert bundle.manifest["precision"] == "int8"
@@ -102,7 +105,8 @@ def test_int8_tflite_is_bit_exact_on_host(models, name: str, tmp_path: Path) -> 
         np.testing.assert_array_equal(y.astype(np.int8), _tflm(path, x))
 
 
-@pytest.mark.parametrize("name", ["conv", "preact", "concat"])
+@pytest.mark.parametrize("name", ["conv", pytest.param("preact", marks=pytest.mark.slow),
+                                  pytest.param("concat", marks=pytest.mark.slow)])
 def test_float_tflite_compiles_to_float32_within_tolerance(models, name: str, tmp_path: Path) -> None:
     path = models[name][1]
     bundle = compile_model(path, load_target("cortex-m4"), tmp_path / "c")
