@@ -178,6 +178,50 @@ def test_cli_compiles_tflite_and_run_raw_gives_tflite_micro_int8(models, tmp_pat
     np.testing.assert_array_equal(y.reshape(-1), _tflm(path, x))
 
 
+def _pad_then(reader: str) -> bytes:
+    """int8 (1, 6, 6, 2) -> PAD (one pixel each side) -> a 3x3 SAME CONV_2D (per-channel weights)
+    or a 2x2 MAX_POOL_2D: the pad is folded into the convolution, or kept as a pad."""
+    from tvmnas.quant.tflite_writer import _Builder
+
+    b = _Builder()
+    fb = b.fb
+    rng = np.random.RandomState(4)
+    b.tensor("x", [1, 6, 6, 2], fb.TensorType.INT8, scale=0.05, zero_point=7)
+    b.tensor("x_padded", [1, 8, 8, 2], fb.TensorType.INT8, scale=0.05, zero_point=7)
+    b.const_i32("paddings", [[0, 0], [1, 1], [1, 1], [0, 0]])
+    b.op(fb.BuiltinOperator.PAD, [0, 2], [1], fb.BuiltinOptions.PadOptions, fb.PadOptionsT())
+    if reader == "conv":
+        w_scale = np.array([0.01, 0.02, 0.015], np.float32)
+        b.tensor("w", [3, 3, 3, 2], fb.TensorType.INT8, rng.randint(-127, 128, (3, 3, 3, 2)).astype(np.int8), w_scale,
+                 np.zeros(3, np.int64))
+        b.tensor("bias", [3], fb.TensorType.INT32, rng.randint(-500, 500, 3).astype(np.int32), 0.05 * w_scale,
+                 np.zeros(3, np.int64))
+        b.tensor("y", [1, 8, 8, 3], fb.TensorType.INT8, scale=0.04, zero_point=-5)
+        opts = fb.Conv2DOptionsT()
+        opts.padding, opts.strideH, opts.strideW = fb.Padding.SAME, 1, 1
+        opts.dilationHFactor = opts.dilationWFactor = 1
+        b.op(fb.BuiltinOperator.CONV_2D, [1, 3, 4], [5], fb.BuiltinOptions.Conv2DOptions, opts)
+        return b.finish([0], [5])
+    b.tensor("y", [1, 4, 4, 2], fb.TensorType.INT8, scale=0.05, zero_point=7)
+    opts = fb.Pool2DOptionsT()
+    opts.padding, opts.strideH, opts.strideW, opts.filterHeight, opts.filterWidth = fb.Padding.VALID, 2, 2, 2, 2
+    b.op(fb.BuiltinOperator.MAX_POOL_2D, [1], [3], fb.BuiltinOptions.Pool2DOptions, opts)
+    return b.finish([0], [3])
+
+
+@pytest.mark.parametrize("reader", ["conv", "maxpool"])
+def test_pad_before_a_same_convolution_or_a_pool_is_bit_exact(reader: str, tmp_path: Path) -> None:
+    path = tmp_path / f"pad_{reader}.tflite"
+    path.write_bytes(_pad_then(reader))
+    ops = [n.op_type for n in tflite_to_onnx(path).graph.node]
+    assert ("Pad" in ops) == (reader == "maxpool")  # folded into the convolution's padding
+    bundle = compile_model(path, load_target("cortex-m4"), tmp_path / "c")
+    xs = _int8_inputs((1, 6, 6, 2), 3, seed=8)
+    outs = run_host(build_host(bundle.out_dir, tmp_path / "h"), [x.astype(np.float32) for x in xs])
+    for x, y in zip(xs, outs):
+        np.testing.assert_array_equal(y.astype(np.int8), _tflm(path, x))
+
+
 # ---- what is refused, and float islands ---------------------------------------------------------
 
 

@@ -218,8 +218,8 @@ class _Reader:
 
     def apply_pad(self, v: _Value) -> _Value:
         """A pending PAD as an ONNX Pad of zeros (real zero: the zero point of an int8 tensor)."""
-        v = self.layout(v, True)
         t, l, b, r = v.pads
+        v = self.layout(replace(v, pads=None, other_layout=None), True)
         x = self.float_of(v) if v.int8 else v.f
         base = (v.q or v.f).removesuffix("_int8") + "_padded"
         pads = self.g.const(np.array([0, 0, t, l, 0, 0, b, r], np.int64), base + "_pads")
@@ -445,7 +445,9 @@ def _convert(r: _Reader, op, index: int) -> None:
             raise UnsupportedOperatorError(op_name, node, "pads with a value other than zero or changes the quantization")
         (t, b), (left, right) = paddings[1], paddings[2]
         prev = x.pads or (0, 0, 0, 0)
-        r.values[out] = replace(x, shape=r.shape(out), pads=(prev[0] + int(t), prev[1] + int(left), prev[2] + int(b), prev[3] + int(right)))
+        # the values stay the unpadded tensor's (its shape too); the reader of `out` applies the pads
+        r.values[out] = replace(x, pads=(prev[0] + int(t), prev[1] + int(left), prev[2] + int(b), prev[3] + int(right)),
+                                other_layout=None)
     elif op_name in FLOAT_ONLY:
         x = r.input_of(op, 0, node, op_name)
         attrs = {}
