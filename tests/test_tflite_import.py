@@ -222,6 +222,36 @@ def test_pad_before_a_same_convolution_or_a_pool_is_bit_exact(reader: str, tmp_p
         np.testing.assert_array_equal(y.astype(np.int8), _tflm(path, x))
 
 
+def test_float_interface_quantize_and_dequantize_ops_become_the_int8_interface(tmp_path: Path) -> None:
+    """A converter's float interface (QUANTIZE first, DEQUANTIZE last): the bundle takes and gives
+    the int8 tensors between them, and its output dequantized equals TFLite Micro's float output."""
+    from tvmnas.quant.tflite_writer import _Builder
+    from tvmnas.quantized import dequantize_array
+
+    b = _Builder()
+    fb = b.fb
+    b.tensor("x", [1, 8], fb.TensorType.FLOAT32)
+    b.tensor("x_q", [1, 8], fb.TensorType.INT8, scale=0.03, zero_point=-4)
+    b.tensor("w", [5, 8], fb.TensorType.INT8, np.random.RandomState(0).randint(-127, 128, (5, 8)).astype(np.int8),
+             np.full(5, 0.02, np.float32), np.zeros(5, np.int64))
+    b.tensor("y_q", [1, 5], fb.TensorType.INT8, scale=0.05, zero_point=3)
+    b.tensor("y", [1, 5], fb.TensorType.FLOAT32)
+    b.op(fb.BuiltinOperator.QUANTIZE, [0], [1])
+    b.op(fb.BuiltinOperator.FULLY_CONNECTED, [1, 2, -1], [3], fb.BuiltinOptions.FullyConnectedOptions,
+         fb.FullyConnectedOptionsT())
+    b.op(fb.BuiltinOperator.DEQUANTIZE, [3], [4])
+    path = tmp_path / "float_io.tflite"
+    path.write_bytes(b.finish([0], [4]))
+    bundle = compile_model(path, load_target("cortex-m4"), tmp_path / "c")
+    (inp,), (out,) = bundle.manifest["inputs"], bundle.manifest["outputs"]
+    assert (inp["dtype"], inp["zero_point"], out["dtype"], out["zero_point"]) == ("int8", -4, "int8", 3)
+    xs = [np.random.RandomState(k).randn(1, 8).astype(np.float32) for k in range(3)]
+    qs = [np.clip(np.sign(x / np.float32(0.03)) * np.floor(np.abs(x / np.float32(0.03)) + 0.5) - 4, -128, 127) for x in xs]
+    outs = run_host(build_host(bundle.out_dir, tmp_path / "h"), qs)
+    for x, y in zip(xs, outs):
+        np.testing.assert_array_equal(dequantize_array(y, out["scale"], out["zero_point"]), _tflm(path, x))
+
+
 # ---- what is refused, and float islands ---------------------------------------------------------
 
 
