@@ -409,9 +409,9 @@ def _convert(r: _Reader, op, index: int) -> None:
         x = r.input_of(op, 0, node, op_name)
         target = r.shape(out)
         dense_only = all(_op_name(r, reader) == "FULLY_CONNECTED" for reader in r.readers.get(out, [])) and out not in r.sg.outputs
-        if len(x.shape) == 4 and len(target) == 2 and x.nchw and dense_only and r.readers.get(out):
-            v = _flatten(r, x, node)
-            r.values[out] = _requantized_like(r, v, out, node, op_name)
+        if len(x.shape) == 4 and len(target) == 2 and x.nchw and dense_only and r.readers.get(out) \
+                and _same_quantization(r, x, out, node, op_name):
+            r.values[out] = _flatten(r, x, node)
             return
         x = r.layout(x, False)
         y = g.node("Reshape", [r.float_of(x) if x.int8 else x.f, g.const(np.array(target, np.int64), node + "_shape")],
@@ -490,14 +490,12 @@ def _flatten(r: _Reader, x: _Value, node: str) -> _Value:
     return _Value((n, h * w * c), True, q=q, scale=x.scale, zero_point=x.zero_point, flat_chw=(c, h, w))
 
 
-def _requantized_like(r: _Reader, v: _Value, out: int, node: str, op_name: str) -> _Value:
-    """`v` as TFLite tensor `out`: its own quantization where a RESHAPE changes it."""
-    if not v.int8 or not r.activation_kind(out, node, op_name):
-        return v
+def _same_quantization(r: _Reader, v: _Value, out: int, node: str, op_name: str) -> bool:
+    """Whether TFLite tensor `out` is held like `v` (both float32, or int8 with one scale and zero point)."""
+    if not r.activation_kind(out, node, op_name):
+        return not v.int8
     scale, zp, _ = r.quant(out)
-    if float(scale[0]) == v.scale and int(zp[0]) == v.zero_point:
-        return v
-    raise UnsupportedOperatorError(op_name, node, "a reshape that changes the quantization")
+    return v.int8 and float(scale[0]) == v.scale and int(zp[0]) == v.zero_point
 
 
 def tflite_to_onnx(model: str | Path | bytes) -> onnx.ModelProto:
