@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from tvmnas.cli import app
 from tvmnas.errors import TvmnasError, UnknownTargetError
-from tvmnas.kernel_profiler import count_module_macs
-from tvmnas.profiledb import ProfileDB
+from tvmnas.measure.profiler import count_module_macs
+from tvmnas.measure.store import ProfileDB
 from tvmnas.zoo import export_onnx, get_entry
 
 CLI = [sys.executable, "-c", "from tvmnas.cli import main; main()"]

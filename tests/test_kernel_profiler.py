@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tvmnas import kernel_profiler
+from tvmnas.measure import profiler as kernel_profiler
 from tvmnas.compiler import lower_model
 from tvmnas.errors import EmulatorError
 from tvmnas.frontend import import_model
-from tvmnas.kernel_profiler import (
+from tvmnas.measure.profiler import (
     codegen_flags,
     codegen_version,
     count_macs,
@@ -23,8 +23,8 @@ from tvmnas.kernel_profiler import (
     profile_candidate,
     profile_candidates,
 )
-from tvmnas.profiledb import ProfileDB
-from tvmnas.sampler import OP_TYPES, OpSpec, sample_ops, spec_macs, weight_count
+from tvmnas.measure.store import ProfileDB
+from tvmnas.cost.sampler import OP_TYPES, OpSpec, sample_ops, spec_macs, weight_count
 from tvmnas.targets import load_target
 
 M4 = load_target("cortex-m4")

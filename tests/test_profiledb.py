@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tvmnas.errors import ProfileDatabaseError
-from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
+from tvmnas.measure.store import CandidateRow, KernelKey, KernelRow, ProfileDB
 
 
 def kernel(hash_: str, instructions: int = 100, version: str = "v1") -> KernelRow:

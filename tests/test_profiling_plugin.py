@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tvmnas.errors import BuildError, EmulatorError
-from tvmnas.profiling.plugin import build_plugin, qemu_plugin_args
-from tvmnas.profiling.cycles import estimate_cycles, load_timing_table
-from tvmnas.profiling.profile import profile_from_blocks, qemu_command, run_block_profile
+from tvmnas.measure.plugin import build_plugin, qemu_plugin_args
+from tvmnas.measure.cycles import estimate_cycles, load_timing_table
+from tvmnas.measure.profile import profile_from_blocks, qemu_command, run_block_profile
 
 M4 = {"machine": "mps2-an386", "core": "cortex-m4",
       "cflags": ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"],

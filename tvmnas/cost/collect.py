@@ -98,8 +98,8 @@ def profile_network(
     timeout_s: float = 120,
 ) -> dict[str, Any]:
     """Lower `genotype` once, then build and profile it for each target; append its rows to `data`."""
-    from tvmnas.profiling import profile_elf
-    from tvmnas.runner import build
+    from tvmnas.measure.profile import profile_elf
+    from tvmnas.measure.runner import build
 
     lowered, graph = _lower_network(genotype, seed)
     kernels = emit_kernels(lowered, graph)
@@ -234,9 +234,9 @@ def kernel_rows_from_db(db_path: Path, target: str,
     The database keeps C text, not TIR, so each sampled candidate is lowered again to read its
     kernels' features; a kernel joins its measured row by the database's kernel hash.
     """
-    from tvmnas.kernel_profiler import kernel_hash as c_hash
-    from tvmnas.profiledb import ProfileDB
-    from tvmnas.sampler import OpSpec
+    from tvmnas.measure.profiler import kernel_hash as c_hash
+    from tvmnas.measure.store import ProfileDB
+    from tvmnas.cost.sampler import OpSpec
 
     with ProfileDB(Path(db_path), create=False) as db:
         measured = {k.kernel_hash: k for k in db.kernels(target)}

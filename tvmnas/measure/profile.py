@@ -1,7 +1,7 @@
 """Running an ELF on QEMU under the block-profiling plugin, and the resulting per-kernel profile.
 
 Instructions are exact (counted by the plugin inside the measured window); cycles are an estimate
-from the core's timing table (see tvmnas.profiling.cycles for what the model leaves out).
+from the core's timing table (see tvmnas.measure.cycles for what the model leaves out).
 Exception handlers inside the window are not counted. Limit: a device-register (MMIO) access
 inside the window makes QEMU's -icount re-run part of a block, which the plugin then counts
 twice; measured code must touch only memory (the harness reads its counter outside the window).
@@ -19,12 +19,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from tvmnas.errors import EmulatorError, ToolchainMissingError
-from tvmnas.profiling.blocks import PREAMBLE, BlockProfile, parse_block_profile
-from tvmnas.profiling.cycles import TimingTable, estimate_segment_cycles, load_timing_table
-from tvmnas.profiling.plugin import build_plugin, qemu_plugin_args
-from tvmnas.runner import run
+from tvmnas.measure.blocks import PREAMBLE, BlockProfile, parse_block_profile
+from tvmnas.measure.cycles import TimingTable, estimate_segment_cycles, load_timing_table
+from tvmnas.measure.plugin import build_plugin, qemu_plugin_args
+from tvmnas.measure.runner import run
 from tvmnas.targets import Target
-from tvmnas.toolchain import run_tool
+from tvmnas.measure.toolchain import run_tool
 
 ICOUNT_SHIFT = 6
 DEFAULT_PLUGIN_CACHE = Path(tempfile.gettempdir()) / "tvmnas-plugin"
@@ -164,13 +164,13 @@ def profile_elf(
     call: int = -1,
     configs: list[int] | None = None,
 ) -> Profile:
-    """Run a harness ELF (tvmnas.runner) on its inputs under the plugin; profile one model call.
+    """Run a harness ELF (tvmnas.measure.runner) on its inputs under the plugin; profile one model call.
 
     The harness opens one window per input (its calibration call uses twin markers the plugin
     does not see), so window i is the model call on inputs[i]; `call` picks i (default: the last).
     Its instructions equal the harness's exact count for that call plus a fixed window overhead
     (the marker calls). Bundles built with profile=True call tvmnas_kernel_mark before each kernel.
-    `configs` selects the configuration of a dynamic bundle per call, as in tvmnas.runner.run.
+    `configs` selects the configuration of a dynamic bundle per call, as in tvmnas.measure.runner.run.
     """
     if not inputs:
         raise EmulatorError(f"{Path(elf).name}: profiling needs at least one input")

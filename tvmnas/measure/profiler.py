@@ -38,16 +38,18 @@ from tvmnas.errors import EmulatorError, TvmnasError
 from tvmnas.executor import Executor, make_executor
 from tvmnas.frontend import ModelSource, import_model
 from tvmnas.passes import CallGraph, KernelCall, plan_arena
-from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
-from tvmnas.profiling import Profile, build_plugin, parse_block_profile, profile_from_blocks, qemu_plugin_args
-from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
+from tvmnas.measure.store import CandidateRow, KernelKey, KernelRow, ProfileDB
+from tvmnas.measure.blocks import parse_block_profile
+from tvmnas.measure.plugin import build_plugin, qemu_plugin_args
+from tvmnas.measure.profile import Profile, profile_from_blocks
+from tvmnas.measure.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
 from tvmnas.passes.int8_simd import SIMD_C, uses_simd
 from tvmnas.passes.kernel_features import MACS_ATTR
 from tvmnas.quantized import integer_model
-from tvmnas.runner import COMMON_CFLAGS, JOB_FILE, check_exit, write_job, build, qemu_command
-from tvmnas.sampler import OpSpec
+from tvmnas.measure.runner import COMMON_CFLAGS, JOB_FILE, check_exit, write_job, build, qemu_command
+from tvmnas.cost.sampler import OpSpec
 from tvmnas.targets import Target
-from tvmnas.toolchain import ARM_GCC, kill_group, tool_path, tool_process
+from tvmnas.measure.toolchain import ARM_GCC, kill_group, tool_path, tool_process
 
 CYCLES_NOTE = "estimated from a per-core timing table"
 INSTRUCTIONS_NOTE = "exact (QEMU plugin inside the measured window)"

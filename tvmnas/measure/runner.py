@@ -24,7 +24,7 @@ import numpy as np
 
 from tvmnas.errors import BuildError, EmulatorError
 from tvmnas.targets import BOARD_DIR, Target
-from tvmnas.toolchain import (
+from tvmnas.measure.toolchain import (
     ARM_GCC, ARM_NM, ARM_SIZE, HOST_GCC, QEMU, require_host_compiler, require_tools, run_tool, tool_path,
 )
 
