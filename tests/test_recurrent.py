@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from tvmnas.compiler import compile_model, lower_model
 from tvmnas.errors import UnsupportedOperatorError
 from tvmnas.frontend import import_model
-from tvmnas.measure.profiler import kernel_macs
+from tvmnas.passes import kernel_macs
 from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
 from tvmnas.zoo import export_onnx, export_pt2

@@ -27,10 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 import tvm
-from torch import nn
-from tvm import tirx
 
 from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, write_bundle, write_manifest
 from tvmnas.compiler import arena_buffers, check_single_input_output, emit_kernels, lower_model
@@ -44,7 +41,7 @@ from tvmnas.measure.plugin import build_plugin, qemu_plugin_args
 from tvmnas.measure.profile import Profile, profile_from_blocks
 from tvmnas.measure.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
 from tvmnas.passes.int8_simd import SIMD_C, uses_simd
-from tvmnas.passes.kernel_features import MACS_ATTR
+from tvmnas.passes.kernel_features import kernel_macs
 from tvmnas.quantized import integer_model
 from tvmnas.measure.runner import COMMON_CFLAGS, JOB_FILE, check_exit, write_job, build, qemu_command
 from tvmnas.cost.sampler import OpSpec
@@ -90,88 +87,10 @@ def codegen_version(k_hash: str, flags: str) -> str:
 # --------------------------------------------------------------------------- MACs
 
 
-def _load_source(e: Any) -> Any:
-    kind = type(e).__name__
-    if kind == "BufferLoad":
-        return e.buffer
-    if kind == "TensorLoad":
-        return e.source
-    return None
-
-
-def _store_is_mac(store: Any) -> bool:
-    """`C[i] = C[i] + a * b` (either operand order, optionally through a cast)."""
-    value = store.value
-    if type(value).__name__ != "Add":
-        return False
-    target = store.buffer if type(store).__name__ == "BufferStore" else getattr(store, "source", None)
-    for acc, prod in ((value.a, value.b), (value.b, value.a)):
-        while type(prod).__name__ == "Cast":
-            prod = prod.value
-        source = _load_source(acc)
-        if source is not None and target is not None and source.same_as(target) and type(prod).__name__ == "Mul":
-            return True
-    return False
-
-
-def _macs_in(stmt: Any, trips: int) -> int:
-    kind = type(stmt).__name__
-    if kind in ("BufferStore", "TensorStore"):
-        return trips if _store_is_mac(stmt) else 0
-    if kind == "For":
-        extent = stmt.extent
-        if type(extent).__name__ != "IntImm":
-            raise NotImplementedError(f"MAC count of a loop with non-constant extent {extent}")
-        return _macs_in(stmt.body, trips * int(extent.value))
-    if kind == "SeqStmt":
-        return sum(_macs_in(s, trips) for s in stmt.seq)
-    if kind == "IfThenElse":
-        return _macs_in(stmt.then_case, trips)
-    for attr in ("block", "body"):
-        inner = getattr(stmt, attr, None)
-        if isinstance(inner, tirx.Stmt):
-            return _macs_in(inner, trips)
-    return 0
-
-
-def kernel_macs(func: tirx.PrimFunc) -> int:
-    """Multiply-accumulates a kernel performs: each `acc += a * b` store times its loop trip count.
-
-    Counts conv (Cout*Hout*Wout*Cin/groups*k*k), dense/matmul (in*out) and any other reduction of
-    products; pooling, element-wise ops and data movement count zero. A kernel that calls a C
-    micro-kernel (passes/int8_simd.py) states its MACs as the function attribute MACS_ATTR.
-    """
-    if func.attrs is not None and MACS_ATTR in func.attrs:
-        return int(func.attrs[MACS_ATTR])
-    return _macs_in(func.body, 1)
-
-
 def count_macs(lowered: tvm.IRModule, graph: CallGraph) -> list[int]:
-    """MACs of every kernel call of a lowered network, in call order (see kernel_macs)."""
+    """MACs of every kernel call of a lowered network, in call order (passes.kernel_macs)."""
     per_kernel = {c.kernel: kernel_macs(lowered[c.kernel]) for c in graph.calls}
     return [per_kernel[c.kernel] for c in graph.calls]
-
-
-def count_module_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """MACs of a torch module from its Conv2d and Linear layers (forward hooks on a zero input)."""
-    total = 0
-
-    def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(mod, nn.Conv2d):
-            k = mod.kernel_size[0] * mod.kernel_size[1]
-            total += out.numel() * (mod.in_channels // mod.groups) * k
-        elif isinstance(mod, nn.Linear):
-            total += out.numel() // out.shape[-1] * mod.in_features * mod.out_features
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            module.eval()(torch.zeros(input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
 
 
 # --------------------------------------------------------------------------- compile without a flash check
