@@ -16,7 +16,8 @@ from tvmnas.measure.profiler import (
     codegen_flags,
     codegen_version,
     count_macs,
-    kernel_hash,
+    kernel_keys,
+    prepare_network,
     measure_network,
     prepare_candidate,
     profile_candidate,
@@ -67,18 +68,37 @@ def test_each_candidate_builds_with_its_shapes(op: str) -> None:
 # --------------------------------------------------------------------------- identities and MACs
 
 
-def test_kernel_hash_ignores_the_function_name_but_not_the_code() -> None:
+def test_codegen_version_ignores_the_function_name_but_not_the_code() -> None:
     text = "static void fused_conv(float *x) {\n  x[0] = 1.0f;\n}\n"
     renamed = text.replace("fused_conv", "fused_conv7")
-    assert kernel_hash(text, "fused_conv") == kernel_hash(renamed, "fused_conv7")
-    assert kernel_hash(text, "fused_conv") != kernel_hash(text.replace("1.0f", "2.0f"), "fused_conv")
+    flags = codegen_flags(M4)
+    assert codegen_version(text, "fused_conv", flags) == codegen_version(renamed, "fused_conv7", flags)
+    assert codegen_version(text, "fused_conv", flags) != codegen_version(text.replace("1.0f", "2.0f"), "fused_conv", flags)
 
 
 def test_codegen_version_follows_flags() -> None:
-    h = kernel_hash("static void k(void) {}\n", "k")
-    flags = codegen_flags(M4)
-    assert codegen_version(h, flags) == codegen_version(h, flags)
-    assert codegen_version(h, flags) != codegen_version(h, flags.replace("-O3", "-O2"))
+    text, flags = "static void k(void) {}\n", codegen_flags(M4)
+    assert codegen_version(text, "k", flags) == codegen_version(text, "k", flags)
+    assert codegen_version(text, "k", flags) != codegen_version(text, "k", flags.replace("-O3", "-O2"))
+
+
+def test_int8_and_float32_kernels_of_one_layer_get_different_keys(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+
+    from tvmnas.quant.quantize import quantize_model
+    from tvmnas.zoo import export_onnx
+
+    torch.manual_seed(0)
+    export_onnx(torch.nn.Conv2d(8, 8, 3, padding=1).eval(), (1, 8, 8, 8), tmp_path / "conv.onnx")
+    calib = np.random.RandomState(0).randn(4, 8, 8, 8).astype(np.float32)
+    onnx.save(quantize_model(tmp_path / "conv.onnx", calib), str(tmp_path / "conv.qdq.onnx"))
+    f32 = prepare_network(tmp_path / "conv.onnx", M4, tmp_path / "f")
+    i8 = prepare_network(tmp_path / "conv.qdq.onnx", M4, tmp_path / "q")
+    (fk,), (ik,) = kernel_keys(f32), kernel_keys(i8)
+    assert (fk.precision, ik.precision) == ("float32", "int8")
+    assert fk.kernel_hash != ik.kernel_hash and fk != ik
+    assert (fk.target, fk.flags) == (ik.target, ik.flags)
 
 
 @pytest.mark.parametrize("spec", [CONV, BLOCK, OpSpec("depthwise", 8, 8, 8, kernel=5, stride=2),

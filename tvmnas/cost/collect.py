@@ -232,9 +232,8 @@ def kernel_rows_from_db(db_path: Path, target: str,
     """Kernel rows for fitting from a tvmnas profile database (tvmnas profile-ops).
 
     The database keeps C text, not TIR, so each sampled candidate is lowered again to read its
-    kernels' features; a kernel joins its measured row by the database's kernel hash.
+    kernels' features; a kernel joins its measured row by its identity (passes.kernel_hash).
     """
-    from tvmnas.measure.profiler import kernel_hash as c_hash
     from tvmnas.measure.store import ProfileDB
     from tvmnas.cost.sampler import OpSpec
 
@@ -249,9 +248,8 @@ def kernel_rows_from_db(db_path: Path, target: str,
             continue
         spec = OpSpec.from_json(cand.params)
         lowered, graph = lower_model(import_model(spec.build(0), spec.input_shape))
-        emitted = emit_kernels(lowered, graph)
-        for name, kernel in emitted.items():
-            h = c_hash(kernel.text, name)
+        for name in sorted({c.kernel for c in graph.calls}):
+            h = kernel_hash(lowered[name])
             if h in measured and h not in rows:
                 m = measured[h]
                 rows[h] = {"hash": h, "name": name, "features": kernel_features(lowered[name]),

@@ -1,10 +1,11 @@
 """Per-kernel profiles: a network or one sampled candidate compiled, built with kernel marks and timed on QEMU.
 
 Instructions are exact (QEMU plugin inside the measured window); cycles are an estimate from the
-core's timing table. Every kernel is identified by the structural hash of its lowered code (its C
-text with the function name normalised) and a code-generator version that also covers the shared
-C prelude, the cross compiler's version and the flags, so a database keyed by both re-measures
-exactly the kernels whose machine code can have changed.
+core's timing table. A kernel's identity is passes.kernel_hash, the structural hash of its
+scheduled TIR (what it computes, the program its cost-model features are read from), with its
+precision; its code-generator version hashes what turns that into machine code (its C text with
+the function name normalised, the shared C prelude, the cross compiler's version and the flags),
+so a database keyed by both re-measures exactly the kernels whose machine code can have changed.
 
 A hang or a fault on the emulator ends as an EmulatorError naming the kernel that was running:
 the plugin writes its profile when QEMU exits (also on SIGTERM after a timeout), and the open
@@ -41,7 +42,7 @@ from tvmnas.measure.plugin import build_plugin, qemu_plugin_args
 from tvmnas.measure.profile import Profile, profile_from_blocks
 from tvmnas.measure.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
 from tvmnas.passes.int8_simd import SIMD_C, uses_simd
-from tvmnas.passes.kernel_features import kernel_macs
+from tvmnas.passes.kernel_features import kernel_hash, kernel_macs
 from tvmnas.quantized import integer_model
 from tvmnas.measure.runner import COMMON_CFLAGS, JOB_FILE, check_exit, write_job, build, qemu_command
 from tvmnas.cost.sampler import OpSpec
@@ -70,17 +71,13 @@ def compiler_version() -> str:
     return (proc.stdout.splitlines() or ["unknown"])[0].strip()
 
 
-def kernel_hash(c_text: str, name: str) -> str:
-    """Structural hash of a lowered kernel: its C text with its own function name normalised."""
+def codegen_version(c_text: str, name: str, flags: str) -> str:
+    """Version of the machine code of a kernel: its C text with its own function name normalised
+    (plus the SIMD micro-kernel it calls), the shared C prelude, the compiler's version and flags."""
     normalised = re.sub(rf"\b{re.escape(name)}\b", "KERNEL", c_text)
     if uses_simd(c_text):  # the micro-kernel it calls is part of what runs
         normalised += SIMD_C
-    return hashlib.sha256(normalised.encode()).hexdigest()[:HASH_CHARS]
-
-
-def codegen_version(k_hash: str, flags: str) -> str:
-    """Version of the code that runs for a kernel: its hash, the shared C prelude, compiler and flags."""
-    text = "\0".join([k_hash, PRELUDE, compiler_version(), flags])
+    text = "\0".join([normalised, PRELUDE, compiler_version(), flags])
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
 
@@ -106,6 +103,7 @@ class KernelInfo:
     codegen_version: str
     macs: int
     c_text: str
+    precision: str
 
 
 @dataclass(frozen=True)
@@ -119,6 +117,11 @@ class PreparedNetwork:
     kernels: tuple[KernelInfo, ...]
 
     @property
+    def precision(self) -> str:
+        """The precision of the network's kernels ("float32" or "int8")."""
+        return self.kernels[0].precision if self.kernels else "float32"
+
+    @property
     def codegen_version(self) -> str:
         """Version of the whole call sequence: every kernel's codegen version in order."""
         text = "\0".join(k.codegen_version for k in self.kernels)
@@ -127,10 +130,12 @@ class PreparedNetwork:
 
 @dataclass(frozen=True)
 class LoweredNetwork:
-    """A network after the MCU pipeline: its call graph, printed kernels and MACs per call (target-free)."""
+    """A network after the MCU pipeline: its call graph, printed kernels, their identities
+    (passes.kernel_hash by kernel name) and MACs per call (target-free)."""
 
     graph: CallGraph
     kernels: dict[str, EmittedKernel]
+    hashes: dict[str, str]
     macs: tuple[int, ...]
     precision: str = "float32"  # "int8" for a QDQ model compiled to integer kernels
 
@@ -143,7 +148,8 @@ def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = N
     mod, quantization = integer_model(import_model(model, input_shape))  # QDQ: integer kernels, as compile_model
     lowered, graph = lower_model(mod, optimize=optimize, simd=simd)
     check_single_input_output(graph)
-    return LoweredNetwork(graph, emit_kernels(lowered, graph), tuple(count_macs(lowered, graph)),
+    hashes = {name: kernel_hash(lowered[name]) for name in sorted({c.kernel for c in graph.calls})}
+    return LoweredNetwork(graph, emit_kernels(lowered, graph), hashes, tuple(count_macs(lowered, graph)),
                           "float32" if quantization is None else "int8")
 
 
@@ -172,7 +178,8 @@ def isolate_call(network: LoweredNetwork, index: int, *, seed: int = PROFILE_INP
         constants=constants,
         calls=[KernelCall(0, call.kernel, call.args, call.outputs)],
     )
-    return LoweredNetwork(solo, {call.kernel: network.kernels[call.kernel]}, (network.macs[index],))
+    return LoweredNetwork(solo, {call.kernel: network.kernels[call.kernel]},
+                          {call.kernel: network.hashes[call.kernel]}, (network.macs[index],), network.precision)
 
 
 def write_network(network: LoweredNetwork, target: Target, bundle_dir: Path) -> PreparedNetwork:
@@ -189,8 +196,8 @@ def write_network(network: LoweredNetwork, target: Target, bundle_dir: Path) -> 
     kernels = []
     for call, n_macs in zip(graph.calls, network.macs, strict=True):
         text = emitted[call.kernel].text
-        k_hash = kernel_hash(text, call.kernel)
-        kernels.append(KernelInfo(call.index, call.kernel, k_hash, codegen_version(k_hash, flags), n_macs, text))
+        kernels.append(KernelInfo(call.index, call.kernel, network.hashes[call.kernel],
+                                  codegen_version(text, call.kernel, flags), n_macs, text, network.precision))
     return PreparedNetwork(bundle_dir, target.name, flags, graph.inputs[0].elems, tuple(kernels))
 
 
@@ -351,7 +358,8 @@ def prepare_candidate(spec: OpSpec, target: Target, bundle_dir: Path, *, seed: i
 
 def kernel_keys(prepared: PreparedNetwork) -> list[KernelKey]:
     """The database keys of a prepared network's kernels, in call order."""
-    return [KernelKey(prepared.target, k.kernel_hash, k.codegen_version, prepared.flags) for k in prepared.kernels]
+    return [KernelKey(prepared.target, k.precision, k.kernel_hash, k.codegen_version, prepared.flags)
+            for k in prepared.kernels]
 
 
 def kernel_rows(spec: OpSpec, prepared: PreparedNetwork, counts: list[tuple[int, int]]) -> list[KernelRow]:
@@ -359,6 +367,7 @@ def kernel_rows(spec: OpSpec, prepared: PreparedNetwork, counts: list[tuple[int,
     return [
         KernelRow(
             target=prepared.target,
+            precision=k.precision,
             kernel_hash=k.kernel_hash,
             codegen_version=k.codegen_version,
             flags=prepared.flags,
@@ -383,6 +392,7 @@ def candidate_row(spec: OpSpec, prepared: PreparedNetwork, rows: dict[KernelKey,
     used = [rows[key] for key in kernel_keys(prepared)]
     return CandidateRow(
         target=prepared.target,
+        precision=prepared.precision,
         candidate_key=spec.key,
         codegen_version=prepared.codegen_version,
         flags=prepared.flags,
@@ -432,7 +442,8 @@ class _Scheduler:
 
     def decide(self, spec: OpSpec, prepared: PreparedNetwork) -> str:
         """DONE (recorded now or before), WAIT (a kernel it needs is in flight) or MEASURE (keys claimed)."""
-        if self.db.has_candidate(prepared.target, spec.key, prepared.codegen_version, prepared.flags):
+        if self.db.has_candidate(prepared.target, prepared.precision, spec.key, prepared.codegen_version,
+                                 prepared.flags):
             self.stats.cached += 1
             self._finish(spec, "cached")
             return DONE
