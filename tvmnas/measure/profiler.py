@@ -37,22 +37,19 @@ from tvmnas.executor import Executor, make_executor
 from tvmnas.frontend import ModelSource, import_model
 from tvmnas.passes import CallGraph, KernelCall, plan_arena
 from tvmnas.measure.store import CandidateRow, KernelKey, KernelRow, ProfileDB
-from tvmnas.measure.blocks import parse_block_profile
-from tvmnas.measure.plugin import build_plugin, qemu_plugin_args
-from tvmnas.measure.profile import Profile, profile_from_blocks
-from tvmnas.measure.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
+from tvmnas.measure.emulator import Emulator
+from tvmnas.measure.profile import Profile
 from tvmnas.passes.int8_simd import SIMD_C, uses_simd
 from tvmnas.passes.kernel_features import kernel_hash, kernel_macs
 from tvmnas.quantized import integer_model
-from tvmnas.measure.runner import COMMON_CFLAGS, JOB_FILE, check_exit, write_job, build, qemu_command
+from tvmnas.measure.runner import COMMON_CFLAGS
 from tvmnas.cost.sampler import OpSpec
 from tvmnas.targets import Target
-from tvmnas.measure.toolchain import ARM_GCC, kill_group, tool_path, tool_process
+from tvmnas.measure.toolchain import ARM_GCC, tool_path
 
 CYCLES_NOTE = "estimated from a per-core timing table"
 INSTRUCTIONS_NOTE = "exact (QEMU plugin inside the measured window)"
 PROFILE_INPUT_SEED = 0
-TERM_GRACE_S = 10.0
 HASH_CHARS = 20
 
 
@@ -131,13 +128,14 @@ class PreparedNetwork:
 @dataclass(frozen=True)
 class LoweredNetwork:
     """A network after the MCU pipeline: its call graph, printed kernels, their identities
-    (passes.kernel_hash by kernel name) and MACs per call (target-free)."""
+    (passes.kernel_hash by kernel name), MACs per call and the scheduled TIR (target-free)."""
 
     graph: CallGraph
     kernels: dict[str, EmittedKernel]
     hashes: dict[str, str]
     macs: tuple[int, ...]
     precision: str = "float32"  # "int8" for a QDQ model compiled to integer kernels
+    lowered: tvm.IRModule | None = field(default=None, repr=False, compare=False)  # features are read from it
 
 
 def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = None,
@@ -150,7 +148,7 @@ def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = N
     check_single_input_output(graph)
     hashes = {name: kernel_hash(lowered[name]) for name in sorted({c.kernel for c in graph.calls})}
     return LoweredNetwork(graph, emit_kernels(lowered, graph), hashes, tuple(count_macs(lowered, graph)),
-                          "float32" if quantization is None else "int8")
+                          "float32" if quantization is None else "int8", lowered)
 
 
 def isolate_call(network: LoweredNetwork, index: int, *, seed: int = PROFILE_INPUT_SEED) -> LoweredNetwork:
@@ -213,74 +211,6 @@ def prepare_network(
 # --------------------------------------------------------------------------- measuring
 
 
-def _open_segment(profile_path: Path) -> int | None:
-    """Kernel index running when QEMU stopped (last segment of the open window), None if unknown."""
-    if not profile_path.is_file():
-        return None
-    windows, is_open, last = 0, False, None
-    for line in profile_path.read_text(errors="replace").splitlines():
-        parts = line.split()
-        if parts[:1] == ["windows"] and len(parts) >= 4:
-            windows, is_open = int(parts[1]), parts[3] != "0"
-        elif parts[:1] == ["segment"] and len(parts) == 4 and is_open and int(parts[2]) == windows:
-            last = int(parts[3])
-    return last
-
-
-def _kernel_label(index: int | None, names: list[str]) -> str:
-    if index is None:
-        return "(which kernel is unknown: the emulator wrote no profile)"
-    if index < 0:
-        return "before the first kernel"
-    if index < len(names):
-        return f"in kernel {index} '{names[index]}'"
-    return f"in kernel {index}"
-
-
-def profile_elf_named(
-    elf: Path,
-    target: Target,
-    inputs: list[np.ndarray],
-    kernel_names: list[str],
-    *,
-    timeout_s: float = 60.0,
-    cache_dir: Path = DEFAULT_PLUGIN_CACHE,
-) -> Profile:
-    """Profile the last call of a harness ELF built with profile=True, naming the kernel on failure.
-
-    A guest that does not exit within `timeout_s` gets SIGTERM (QEMU then writes the plugin's
-    profile), and the error names the kernel whose segment was open; a fault likewise.
-    """
-    plugin_so = build_plugin(cache_dir)
-    what = f"{Path(elf).name} on {target.name}"
-    with tempfile.TemporaryDirectory(prefix="tvmnas-kprof-") as tmp:
-        work = Path(tmp)
-        out = work / "profile.txt"
-        write_job(work / JOB_FILE, inputs, None)
-        cmd = qemu_command(elf, target, qemu_plugin_args(plugin_so, elf, out))
-        with tool_process(cmd, cwd=work) as proc:
-            try:
-                _, stderr = proc.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.communicate(timeout=TERM_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    kill_group(proc)
-                where = _kernel_label(_open_segment(out), kernel_names)
-                raise EmulatorError(f"{what}: guest hung {where} (no exit within {timeout_s:g} s)") from None
-        if proc.returncode != 0:
-            where = _kernel_label(_open_segment(out), kernel_names)
-            try:
-                check_exit(proc.returncode, what, stderr, [])
-            except EmulatorError as err:
-                raise EmulatorError(f"{err} {where}") from None
-        blocks = parse_block_profile(out)
-    if blocks.windows != len(inputs):
-        raise EmulatorError(f"{what}: expected {len(inputs)} measured windows, got {blocks.windows}")
-    return profile_from_blocks(blocks, timing_table_for(target), window=-1)
-
-
 def profile_input(n_floats: int, seed: int = PROFILE_INPUT_SEED) -> np.ndarray:
     """The fixed standard-normal input every profile run uses (data-dependent branches stay fixed)."""
     return np.random.default_rng(seed).standard_normal(n_floats).astype(np.float32)
@@ -293,14 +223,17 @@ def measure_network(
     *,
     timeout_s: float = 60.0,
     extra_cflags: Sequence[str] = (),
+    seed: int = PROFILE_INPUT_SEED,
 ) -> Profile:
-    """Build a prepared bundle with kernel marks and profile one call on the target's emulator.
+    """Build a prepared bundle with kernel marks and profile one call, on profile_input(seed), on
+    the target's emulator.
 
     extra_cflags are for experiments only: rows keyed by `prepared.flags` must not use them.
     """
-    elf = build(prepared.bundle_dir, target, build_dir, profile=True, extra_cflags=extra_cflags)
+    emulator = Emulator(target, timeout_s)
+    elf = emulator.build(prepared.bundle_dir, build_dir, profile=True, extra_cflags=extra_cflags)
     names = [k.name for k in prepared.kernels]
-    profile = profile_elf_named(elf, target, [profile_input(prepared.input_floats)], names, timeout_s=timeout_s)
+    profile = emulator.profile(elf, [profile_input(prepared.input_floats, seed)], kernel_names=names)
     if len(profile.kernels) != len(prepared.kernels):
         raise EmulatorError(
             f"{prepared.bundle_dir}: {len(profile.kernels)} kernel segments measured for {len(prepared.kernels)} calls"
