@@ -32,7 +32,7 @@ SECTION = "profile_rate"
 
 
 def timed_run(specs: list, target, db_path: Path, jobs: int) -> dict:
-    from tvmnas.measure.profiler import profile_candidates
+    from tvmnas.cost.candidates import profile_candidates
     from tvmnas.measure.store import ProfileDB
 
     with ProfileDB(db_path) as db, tempfile.TemporaryDirectory(prefix="tvmnas-rate-") as work:

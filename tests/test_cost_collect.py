@@ -65,7 +65,7 @@ def test_random_networks_are_seeded_and_cover_both_spaces() -> None:
 
 
 def test_rows_from_a_profile_database_join_features_by_kernel_hash(tmp_path: Path) -> None:
-    from tvmnas.measure.profiler import candidate_row, kernel_rows, prepare_candidate
+    from tvmnas.cost.candidates import candidate_row, kernel_rows, prepare_candidate
     from tvmnas.measure.store import ProfileDB
     from tvmnas.cost.sampler import OpSpec
     from tvmnas.targets import load_target

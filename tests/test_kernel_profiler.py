@@ -19,10 +19,9 @@ from tvmnas.measure.profiler import (
     kernel_keys,
     prepare_network,
     measure_network,
-    prepare_candidate,
-    profile_candidate,
-    profile_candidates,
 )
+from tvmnas.cost import candidates
+from tvmnas.cost.candidates import prepare_candidate, profile_candidate, profile_candidates
 from tvmnas.measure.store import ProfileDB
 from tvmnas.search.cost import count_module
 from tvmnas.cost.sampler import OP_TYPES, OpSpec, sample_ops, spec_macs, weight_count
@@ -185,7 +184,7 @@ def test_a_failing_candidate_is_reported_and_leaves_no_row(tmp_path: Path, monke
     def broken_measure(prepared, target, timeout_s):
         raise EmulatorError(f"{prepared.kernels[0].name} on {target.name}: guest hung (test)")
 
-    monkeypatch.setattr(kernel_profiler, "_measure_task", broken_measure)
+    monkeypatch.setattr(candidates, "_measure_task", broken_measure)
     with ProfileDB(tmp_path / "p.db") as db:
         stats = profile_candidates([CONV], M4, db, tmp_path / "w")
         assert stats.measured == 0 and len(stats.failures) == 1

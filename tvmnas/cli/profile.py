@@ -59,7 +59,7 @@ def profile_ops_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tvmnas.measure.profiler import profile_candidates
+    from tvmnas.cost.candidates import profile_candidates
     from tvmnas.measure.store import ProfileDB
     from tvmnas.cost.sampler import OP_TYPES, sample_ops
     from tvmnas.targets import load_target
