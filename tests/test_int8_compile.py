@@ -23,7 +23,7 @@ from tvmnas.frontend import import_model
 from tvmnas.passes import LowerTIRForC, MCULowering, QuantizeToInteger, extract_call_graph, io_quantization
 from tvmnas.quant.int8_nets import INT8_NETS, calibration_data, write_int8_net
 from tvmnas.quant.reference import ReferenceModel, quantize_input
-from tvmnas.runner import build, build_host, run, run_host
+from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
 
 M4 = "cortex-m4"
@@ -296,7 +296,7 @@ def test_integer_convolutions_get_the_integer_register_tile(tmp_path: Path) -> N
 
 def test_profiler_lowers_qdq_models_to_integer_kernels(nets) -> None:
     """`tvmnas profile` times what `compile` builds: integer kernels, reported as int8."""
-    from tvmnas.kernel_profiler import lower_network
+    from tvmnas.measure.profiler import lower_network
 
     network = lower_network(nets["residual"])
     assert network.precision == "int8"

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tvmnas.compiler import compile_model
-from tvmnas.kernel_profiler import lower_network
+from tvmnas.measure.profiler import lower_network
 from tvmnas.quant.int8_nets import INT8_NETS, write_int8_net
 from tvmnas.quant.reference import ReferenceModel, quantize_input
-from tvmnas.runner import build, build_host, run, run_host
+from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import list_targets, load_target
 
 INPUT_SHAPE = (1, 3, 9, 9)

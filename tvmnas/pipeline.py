@@ -336,7 +336,7 @@ def _stage_compile(settings: PipelineSettings, target: Target, trained: dict[str
 
 
 def _stage_build(target: Target, bundle: Path, work: Path, log: StageLog) -> dict[str, Any]:
-    from tvmnas.runner import build, memory_usage
+    from tvmnas.measure.runner import build, memory_usage
 
     with log.status(f"building the bundle for {target.emulator_machine} with arm-none-eabi-gcc"):
         elf = build(bundle, target, work / "build")
@@ -356,7 +356,7 @@ def _reference_logits(model_dir: Path, images: np.ndarray) -> np.ndarray:
 
 def _stage_verify(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: dict[str, Any],
                   built: dict[str, Any], work: Path, log: StageLog) -> dict[str, Any]:
-    from tvmnas.runner import run
+    from tvmnas.measure.runner import run
 
     n = min(settings.verify_images, len(data.test_x))
     images, labels = data.test_x[:n], data.test_y[:n]
@@ -386,7 +386,7 @@ def _stage_verify(settings: PipelineSettings, data: ArrayDataset, target: Target
 
 
 def _stage_profile(data: ArrayDataset, target: Target, built: dict[str, Any], log: StageLog) -> dict[str, Any]:
-    from tvmnas.profiling import profile_elf
+    from tvmnas.measure.profile import profile_elf
 
     with log.status(f"profiling one inference per kernel on {target.emulator_machine}"):
         profile = profile_elf(Path(built["profile_elf"]), target, [data.test_x[:1]])

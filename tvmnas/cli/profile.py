@@ -37,7 +37,7 @@ def profile_command(
 
     tgt = load_target(target)
     check_model_file(model)
-    from tvmnas.kernel_profiler import profile_network_json
+    from tvmnas.measure.profiler import profile_network_json
 
     print(f"profiling {model} on {tgt.name} ({tgt.emulator_machine}) ...", file=sys.stderr)
     report = profile_network_json(model, tgt, timeout_s=timeout_s, optimize=optimize)
@@ -52,16 +52,16 @@ def profile_ops_command(
     db_path: Path = typer.Option(..., "--db", help="SQLite profile database (created if absent or empty, resumed if "
                                  "present; a file that is not one is refused)."),
     seed: int = options.seed(help="Sampler seed: the same seed samples the same candidates."),
-    ops: Optional[str] = typer.Option(None, "--ops", help="Comma-separated op types (default: all; see tvmnas.sampler.OP_TYPES)."),
+    ops: Optional[str] = typer.Option(None, "--ops", help="Comma-separated op types (default: all; see tvmnas.cost.sampler.OP_TYPES)."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before a candidate's guest counts as hung."),
 ) -> None:
     """Profile sampled candidate kernels into the database; rerun to resume (finished ones are skipped)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tvmnas.kernel_profiler import profile_candidates
-    from tvmnas.profiledb import ProfileDB
-    from tvmnas.sampler import OP_TYPES, sample_ops
+    from tvmnas.cost.candidates import profile_candidates
+    from tvmnas.measure.store import ProfileDB
+    from tvmnas.cost.sampler import OP_TYPES, sample_ops
     from tvmnas.targets import load_target
 
     tgt = load_target(target)

@@ -84,8 +84,8 @@ def measure_on_target(model_path: Path, target_name: str, input_shape: tuple[int
                       work_dir: Path) -> dict[str, Any]:
     """Compile the ONNX model to C, build it for the target, profile one call on its emulator."""
     from tvmnas.compiler import compile_model
-    from tvmnas.profiling.profile import profile_elf
-    from tvmnas.runner import build
+    from tvmnas.measure.profile import profile_elf
+    from tvmnas.measure.runner import build
     from tvmnas.targets import load_target
 
     target = load_target(target_name)
