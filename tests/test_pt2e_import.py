@@ -20,7 +20,7 @@ from tvmnas.compiler import compile_model
 from tvmnas.frontend import import_model
 from tvmnas.frontend_pt2e import register_quantized_ops
 from tvmnas.passes import QuantizeToInteger
-from tvmnas.runner import build, build_host, run, run_host
+from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
 
 SHAPE = (1, 3, 8, 8)

@@ -21,7 +21,7 @@ from tvmnas.frontend_tflite import tflite_to_onnx
 from tvmnas.passes import MCULowering, QuantizeToInteger, extract_call_graph
 from tvmnas.quant.tflite_models import TFLITE_NETS, write_tflite_models
 from tvmnas.quant.tflite_writer import run_tflite_micro
-from tvmnas.runner import build, build_host, run, run_host
+from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
 
 CORES = ["cortex-m0", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55"]
