@@ -41,8 +41,9 @@ resume = partial(typer.Option, True, "--resume/--restart", help="Continue from a
 progress = partial(typer.Option, True, "--progress/--no-progress", help="Progress bar on stderr.")
 
 # Commands that fan out (profiling, sweeps): where the work runs and how many tasks at once.
-EXECUTOR_HELP = ("Where the work runs: local (worker processes on this machine) or ray (a Ray cluster, "
-                 "see --ray-address; needs pip install 'tvmnas[ray]').")
+EXECUTORS_HELP = ("local (worker processes on this machine) or ray (a Ray cluster, see --ray-address; "
+                  "needs pip install 'tvmnas[ray]').")
+EXECUTOR_HELP = "Where the work runs: " + EXECUTORS_HELP
 RAY_ADDRESS_HELP = ("Ray cluster to run on (its head's HOST:PORT, or 'auto' on a cluster node); without it, "
                     "--executor ray starts a Ray instance on this machine for the run and stops it after.")
 JOBS_HELP = "Tasks at a time (default: 1 with --executor local; every CPU of the cluster with --executor ray)."
