@@ -46,8 +46,6 @@ SPECS = [
     OpSpec("conv", 8, 4, 8, kernel=3, stride=1),
     OpSpec("inverted_residual", 6, 8, 8, kernel=5, stride=1, expand=3),
     OpSpec("max_pool", 8, 8, 8, kernel=3, stride=2),
-    OpSpec("pointwise", 8, 8, 24, kernel=1, stride=1),
-    OpSpec("depthwise", 8, 8, 8, kernel=3, stride=1),
 ]
 
 
@@ -124,6 +122,39 @@ def test_a_node_without_the_cross_compiler_stops_the_run_naming_itself(tmp_path:
         profile_candidates(SPECS[:2], M4, db, tmp_path / "w", executor=pool)
     line = str(err.value)
     assert f"node {socket.gethostname()} (" in line and "has no arm-none-eabi-gcc" in line and "\n" not in line
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_driver_keeps_what_finished_and_a_rerun_does_the_rest(tmp_path: Path) -> None:
+    import ray
+
+    def interrupt_after_the_first(spec, status: str) -> None:
+        raise KeyboardInterrupt
+
+    with ProfileDB(tmp_path / "p.db") as db:
+        with pytest.raises(KeyboardInterrupt):
+            profile_candidates(SPECS, M4, db, tmp_path / "w", executor=make_executor("ray", 2),
+                               on_done=interrupt_after_the_first)
+        assert not ray.is_initialized()  # the private Ray instance is stopped
+        assert db.counts()[1] == 1  # the finished candidate is saved
+        rerun = profile_candidates(SPECS, M4, db, tmp_path / "w")
+    assert rerun.cached == 1 and rerun.measured + rerun.cached == len(SPECS) and rerun.failures == []
+
+
+@pytest.mark.slow
+def test_cost_data_collected_on_ray_is_byte_identical_to_a_sequential_run(tmp_path: Path) -> None:
+    from tvmnas.cost.collect import collect
+    from tvmnas.search.genotype import ChainLayer, Genotype
+
+    def tiny(*layers: tuple[str, int]) -> Genotype:
+        return Genotype(space="chain", input_shape=(1, 8, 8), num_classes=4, channels=4,
+                        layers=tuple(ChainLayer(op, width, 1) for op, width in layers), head_channels=0)
+
+    nets = [("fit00", "fit", tiny(("mb_k3_e1", 4))), ("eval00", "eval", tiny(("mb_k5_e1", 4), ("mb_k3_e1", 4))),
+            ("fit01", "fit", tiny(("mb_k3_e1", 8)))]
+    collect(nets, [M4], save_to=tmp_path / "one.json.gz", progress=lambda m: None)
+    collect(nets, [M4], save_to=tmp_path / "ray.json.gz", executor=make_executor("ray", 2), progress=lambda m: None)
+    assert (tmp_path / "ray.json.gz").read_bytes() == (tmp_path / "one.json.gz").read_bytes()
 
 
 # --------------------------------------------------------------------------- a two-node cluster
