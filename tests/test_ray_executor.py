@@ -71,6 +71,13 @@ def test_a_ray_address_with_the_local_executor_is_refused() -> None:
     assert err.value.settings == ("executor", "ray_address")
 
 
+def test_an_address_where_no_cluster_listens_is_one_line() -> None:
+    address = f"127.0.0.1:{_free_port()}"  # free: nothing listens there
+    with pytest.raises(RayExecutorError, match=rf"cannot reach the Ray cluster at {address}: ") as err:
+        make_executor("ray", 0, address)
+    assert "\n" not in str(err.value) and err.value.settings == ("ray_address",)
+
+
 def test_the_node_check_names_the_node_and_the_missing_tool(monkeypatch) -> None:
     import tvmnas.ray_executor as rx
 
@@ -111,6 +118,7 @@ def test_a_real_error_is_reported_once_and_a_dead_worker_costs_a_retry(tmp_path:
     assert log.read_text() == "attempt\n"  # not retried
 
 
+@pytest.mark.slow  # the line itself is checked without Ray above; this is the Ray path
 def test_a_node_without_the_cross_compiler_stops_the_run_naming_itself(tmp_path: Path, monkeypatch) -> None:
     bin_dir = tmp_path / "bin"  # the node's PATH: QEMU but no arm-none-eabi-gcc
     bin_dir.mkdir()

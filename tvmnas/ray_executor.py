@@ -103,6 +103,18 @@ def _driver_error(err: BaseException, what: str, retries: int) -> BaseException:
     return err
 
 
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """One line if nothing listens at a HOST:PORT address (Ray itself would retry for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # 'auto' and other forms Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise RayExecutorError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}",
+                               settings=("ray_address",)) from None
+
+
 class RayExecutor:
     """Tasks on a Ray cluster (an existing one at `address`, else a private local instance)."""
 
@@ -111,6 +123,8 @@ class RayExecutor:
         self._ray = ray
         # A private instance runs on this machine; a cluster's workers see their own disks.
         self.shares_files = address is None
+        if address is not None:
+            check_reachable(address)
         if ray.is_initialized():
             ray.shutdown()
         try:
