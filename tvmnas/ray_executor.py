@@ -115,32 +115,40 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
                                settings=("ray_address",)) from None
 
 
+def _connect(ray: Any, workers: int, address: str | None) -> None:
+    """Start a private Ray instance on 127.0.0.1 (address None) or connect to the cluster at `address`."""
+    if address is not None:
+        check_reachable(address)
+    try:
+        if address is None:
+            ray.init(address="local", num_cpus=workers if workers > 0 else None, include_dashboard=False,
+                     _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.ERROR)
+        else:
+            # A cluster reached over loopback has its nodes on 127.0.0.1, whatever this host's address.
+            loopback = address.split(":")[0] in ("127.0.0.1", "localhost")
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
+                     **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RayExecutorError(f"cannot start or reach {where}: {first}", settings=("ray_address",)) from None
+
+
 class RayExecutor:
-    """Tasks on a Ray cluster (an existing one at `address`, else a private local instance)."""
+    """Tasks on a Ray cluster (an existing one at `address`, else a private local instance).
+
+    In a process already connected to Ray (a program that called ray.init itself), that connection
+    is used as it is and left open at shutdown.
+    """
 
     def __init__(self, workers: int = 0, address: str | None = None, *, max_retries: int = SYSTEM_RETRIES) -> None:
         ray = import_ray()
         self._ray = ray
         # A private instance runs on this machine; a cluster's workers see their own disks.
-        self.shares_files = address is None
-        if address is not None:
-            check_reachable(address)
-        if ray.is_initialized():
-            ray.shutdown()
-        try:
-            if address is None:
-                ray.init(address="local", num_cpus=workers if workers > 0 else None, include_dashboard=False,
-                         _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.ERROR)
-            else:
-                # A cluster reached over loopback has its nodes on 127.0.0.1, whatever this host's address.
-                loopback = address.split(":")[0] in ("127.0.0.1", "localhost")
-                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
-                         **({"_node_ip_address": "127.0.0.1"} if loopback else {}))
-        except (ConnectionError, RuntimeError, ValueError) as err:
-            where = "a local Ray instance" if address is None else f"the Ray cluster at {address}"
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RayExecutorError(f"cannot start or reach {where}: {first}",
-                                   settings=("ray_address",)) from None
+        self._owns_connection = not ray.is_initialized()
+        self.shares_files = address is None and self._owns_connection
+        if self._owns_connection:
+            _connect(ray, workers, address)
         self.workers = workers if workers > 0 else max(int(ray.cluster_resources().get("CPU", 1)), 1)
         self._retries = max_retries
         self._remote = ray.remote(num_cpus=1, max_retries=max_retries, retry_exceptions=False)(_run_task)
@@ -177,7 +185,8 @@ class RayExecutor:
                 except Exception:  # noqa: BLE001 - a task that already finished cannot be cancelled
                     pass
         self._pending.clear()
-        self._ray.shutdown()  # connected to a cluster: disconnects only
+        if self._owns_connection:
+            self._ray.shutdown()  # connected to a cluster: disconnects only
 
     def __enter__(self) -> "RayExecutor":
         return self
