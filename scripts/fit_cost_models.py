@@ -69,8 +69,8 @@ def main() -> None:
     parser.add_argument("--fit-networks", type=int, default=FIT_NETWORKS, help="networks to fit on")
     parser.add_argument("--eval-networks", type=int, default=EVAL_NETWORKS, help="held-out networks")
     parser.add_argument("--jobs", "-j", type=int, default=None,
-                        help="networks profiled at a time, one worker each (same data for any number); "
-                             + options.JOBS_HELP)
+                        help="networks profiled at a time (the data file is the same for any number; default: 1 "
+                             "with --executor local, every CPU of the cluster with --executor ray)")
     parser.add_argument("--executor", choices=("local", "ray"), default="local", help=options.EXECUTOR_HELP)
     parser.add_argument("--ray-address", default=None, help=options.RAY_ADDRESS_HELP)
     args = parser.parse_args()
