@@ -190,3 +190,39 @@ def test_a_failing_candidate_is_reported_and_leaves_no_row(tmp_path: Path, monke
         assert stats.measured == 0 and len(stats.failures) == 1
         assert "guest hung (test)" in stats.failures[0] and CONV.key in stats.failures[0]
         assert db.counts() == (0, 0)
+
+
+def test_a_shared_kernel_is_recorded_for_the_first_candidate_whatever_finishes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Candidate 1 is compiled before candidate 0 (as on a busy worker); the kernel both use still
+    gets candidate 0's row, as in a sequential run, so the database does not depend on the executor."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tvmnas.measure.profiler import KernelInfo, PreparedNetwork
+
+    first, second = OpSpec("conv", 8, 4, 8, kernel=3), OpSpec("conv", 8, 4, 8, kernel=5)
+    hashes = {first.key: ["shared", "only_first"], second.key: ["shared", "only_second"]}
+    second_compiled = threading.Event()
+
+    def prepare(spec, target, work_dir):
+        if spec == first:
+            assert second_compiled.wait(timeout=60)
+        kernels = tuple(KernelInfo(i, f"k_{h}", h, f"v_{h}", 10, f"/* {h} */", "float32") for i, h in enumerate(hashes[spec.key]))
+        if spec == second:
+            second_compiled.set()
+        return PreparedNetwork(work_dir / "bundle", target.name, "-O2", 4, kernels)
+
+    monkeypatch.setattr(candidates, "_prepare_task", prepare)
+    monkeypatch.setattr(candidates, "_measure_task", lambda prepared, target, timeout_s: [(100, 150)] * 2)
+
+    class TwoThreads(ThreadPoolExecutor):
+        workers = 2
+        shares_files = True
+
+    with ProfileDB(tmp_path / "p.db") as db:
+        stats = profile_candidates([first, second], M4, db, tmp_path / "w", executor=TwoThreads(2))
+        shared = [k for k in db.kernels() if k.kernel_hash == "shared"]
+    assert stats.failures == [] and stats.measured == 2
+    assert [k.params for k in shared] == [first.params_json()]

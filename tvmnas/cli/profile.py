@@ -48,7 +48,9 @@ def profile_command(
 def profile_ops_command(
     target: str = options.target(),
     count: int = typer.Option(100, "--count", "-n", min=1, help="Number of sampled candidates."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes."),
+    jobs: Optional[int] = options.jobs(),
+    executor: str = options.executor(),
+    ray_address: Optional[str] = options.ray_address(),
     db_path: Path = typer.Option(..., "--db", help="SQLite profile database (created if absent or empty, resumed if "
                                  "present; a file that is not one is refused)."),
     seed: int = options.seed(help="Sampler seed: the same seed samples the same candidates."),
@@ -79,7 +81,8 @@ def profile_ops_command(
     )
     console = Console(stderr=True)
     start = time.monotonic()
-    with ProfileDB(db_path) as db, tempfile.TemporaryDirectory(prefix="tvmnas-profile-ops-") as work:
+    pool = options.make_fanout_executor(executor, jobs, ray_address)  # before the database: no file if it fails
+    with pool, ProfileDB(db_path) as db, tempfile.TemporaryDirectory(prefix="tvmnas-profile-ops-") as work:
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[last]}"), console=console, transient=False,
@@ -89,7 +92,8 @@ def profile_ops_command(
             def on_done(spec, status: str) -> None:
                 progress.update(task, advance=1, last=f"{status}: {spec.key}")
 
-            stats = profile_candidates(specs, tgt, db, Path(work), jobs=jobs, timeout_s=timeout_s, on_done=on_done)
+            stats = profile_candidates(specs, tgt, db, Path(work), executor=pool, timeout_s=timeout_s,
+                                       on_done=on_done)
         kernels_in_db, candidates_in_db = db.counts()
     for failure in stats.failures:
         console.print(f"failed: {failure}", markup=False, highlight=False)
@@ -104,7 +108,8 @@ def profile_ops_command(
         "kernels_added": stats.kernels_added,
         "kernels_in_db": kernels_in_db,
         "candidates_in_db": candidates_in_db,
-        "jobs": jobs,
+        "executor": executor,
+        "jobs": pool.workers,
         "seconds": round(time.monotonic() - start, 1),
     }
     print(json.dumps(summary))

@@ -9,15 +9,15 @@ codegen version, flags) is never measured again, also when another candidate is 
 from __future__ import annotations
 
 import json
-import shutil
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tvmnas.cost.sampler import OpSpec
-from tvmnas.errors import TvmnasError
-from tvmnas.executor import Executor, make_executor
+from tvmnas.errors import ToolchainMissingError, TvmnasError
+from tvmnas.executor import Executor, make_executor, pack_folder, unpack_folder
 from tvmnas.measure.profiler import PreparedNetwork, kernel_keys, measure_network, prepare_network
 from tvmnas.measure.store import CandidateRow, KernelKey, KernelRow, ProfileDB
 from tvmnas.targets import Target
@@ -97,7 +97,7 @@ class _Scheduler:
         self.db, self.on_done = db, on_done
         self.stats = RunStats()
         self.in_flight: set[KernelKey] = set()
-        self.waiting: list[tuple[OpSpec, PreparedNetwork]] = []
+        self.waiting: list[tuple[OpSpec, PreparedNetwork]] = []  # in the order they were decided
 
     def _finish(self, spec: OpSpec, status: str) -> None:
         if self.on_done is not None:
@@ -120,7 +120,9 @@ class _Scheduler:
             self.stats.cached += 1
             self._finish(spec, "cached")
             return DONE
-        if missing & self.in_flight:
+        # An earlier candidate that waits will measure what it lacks first, as a sequential run does.
+        wanted = {key for _, p in self.waiting for key in kernel_keys(p)}
+        if missing & (self.in_flight | wanted):
             self.waiting.append((spec, prepared))
             return WAIT
         self.in_flight |= missing
@@ -143,20 +145,38 @@ class _Scheduler:
         self._finish(spec, "failed")
 
     def take_ready(self) -> list[tuple[OpSpec, PreparedNetwork]]:
-        """Waiting candidates whose kernels are no longer in flight (removed from the wait list)."""
+        """Waiting candidates whose kernels are neither in flight nor wanted by an earlier waiting one
+        (removed from the wait list, in the order they were decided)."""
         ready, still = [], []
+        blocked = set(self.in_flight)
         for item in self.waiting:
-            (still if set(kernel_keys(item[1])) & self.in_flight else ready).append(item)
+            keys = set(kernel_keys(item[1]))
+            if keys & blocked:
+                still.append(item)
+                blocked |= keys
+            else:
+                ready.append(item)
         self.waiting = still
         return ready
 
 
 def _prepare_task(spec: OpSpec, target: Target, work_dir: Path) -> PreparedNetwork:
-    return prepare_candidate(spec, target, work_dir / "bundle")
+    """Compile a candidate in a folder of its own wherever the task runs; its bundle comes back as
+    bytes (`files`), so the measuring task may run on another machine."""
+    with tempfile.TemporaryDirectory(prefix="tvmnas-prepare-") as tmp:
+        prepared = prepare_candidate(spec, target, Path(tmp) / "bundle")
+        files = pack_folder(prepared.bundle_dir)
+    return replace(prepared, bundle_dir=work_dir / "bundle", files=files)
 
 
 def _measure_task(prepared: PreparedNetwork, target: Target, timeout_s: float) -> list[tuple[int, int]]:
-    profile = measure_network(prepared, target, prepared.bundle_dir.parent / "build", timeout_s=timeout_s)
+    """Build and time a prepared candidate (from its `files` in a folder of its own, when it has them)."""
+    with tempfile.TemporaryDirectory(prefix="tvmnas-measure-") as tmp:
+        if prepared.files:
+            bundle = Path(tmp) / "bundle"
+            unpack_folder(bundle, prepared.files)
+            prepared = replace(prepared, bundle_dir=bundle)
+        profile = measure_network(prepared, target, Path(tmp) / "build", timeout_s=timeout_s)
     return [(k.instructions, k.cycles) for k in profile.kernels]
 
 
@@ -177,44 +197,54 @@ def profile_candidates(
 ) -> RunStats:
     """Profile every candidate into `db`, skipping what it already holds.
 
-    Work runs on `executor` (default: `jobs` local worker processes). Workers compile and
+    Work runs on `executor` (default: `jobs` local worker processes), any machine of it: tasks
+    work in folders of their own and the bundle travels with the task. Workers compile and
     measure; this process alone writes the database, one transaction per candidate, so a run
-    killed at any moment keeps every finished candidate and a rerun measures only the rest. A
+    killed at any moment keeps every finished candidate and a rerun measures only the rest.
+    Candidates are decided in their order in `specs` (a kernel two candidates share is measured
+    for the first), so the rows are the same whatever the executor and its number of workers. A
     candidate that fails (build error, hang, fault) is listed in the stats and leaves no row, so a
-    rerun retries it.
+    rerun retries it; a missing tool (on any node) stops the run.
     """
     work_dir = Path(work_dir)
     sched = _Scheduler(db, on_done)
     with executor if executor is not None else make_executor("local", jobs) as pool:
-        todo = [(spec, work_dir / f"{i:05d}") for i, spec in enumerate(specs)][::-1]
-        running: dict[Future, tuple[OpSpec, PreparedNetwork | None, Path]] = {}
+        todo = [(i, spec, work_dir / f"{i:05d}") for i, spec in enumerate(specs)][::-1]
+        turn_of = {spec.key: i for i, spec in reversed(list(enumerate(specs)))}
+        running: dict[Future, tuple[int, OpSpec, PreparedNetwork | None]] = {}
+        arrived: dict[int, tuple[OpSpec, PreparedNetwork | None]] = {}  # prepared, waiting for their turn
+        next_turn = 0
         while todo or running:
-            while todo and sum(p is None for _, p, _ in running.values()) < pool.workers:
-                spec, cand_dir = todo.pop()
-                running[pool.submit(_prepare_task, spec, target, cand_dir)] = (spec, None, cand_dir)
+            while todo and sum(r[2] is None for r in running.values()) < pool.workers:
+                i, spec, cand_dir = todo.pop()
+                running[pool.submit(_prepare_task, spec, target, cand_dir)] = (i, spec, None)
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                spec, prepared, cand_dir = running.pop(fut)
+            for fut in sorted(finished, key=lambda f: running[f][0]):
+                i, spec, prepared = running.pop(fut)
                 err = fut.exception()
-                if err is not None and not isinstance(err, CANDIDATE_ERRORS):
+                if err is not None and (not isinstance(err, CANDIDATE_ERRORS)
+                                        or isinstance(err, ToolchainMissingError)):
                     raise err
                 if err is not None:
                     sched.failed(spec, prepared, err)
-                    shutil.rmtree(cand_dir, ignore_errors=True)
                     ready = sched.take_ready()
+                    if prepared is None:
+                        arrived[i] = (spec, None)
                 elif prepared is None:
-                    ready = [(spec, fut.result())]
+                    arrived[i] = (spec, fut.result())
+                    ready = []
                 else:
                     sched.measured(spec, prepared, fut.result())
-                    shutil.rmtree(cand_dir, ignore_errors=True)
                     ready = sched.take_ready()
+                while next_turn in arrived:
+                    r_spec, r_prep = arrived.pop(next_turn)
+                    next_turn += 1
+                    if r_prep is not None:
+                        ready.append((r_spec, r_prep))
                 for r_spec, r_prep in ready:
-                    verdict = sched.decide(r_spec, r_prep)
-                    if verdict == MEASURE:
+                    if sched.decide(r_spec, r_prep) == MEASURE:
                         running[pool.submit(_measure_task, r_prep, target, timeout_s)] = (
-                            r_spec, r_prep, r_prep.bundle_dir.parent)
-                    elif verdict == DONE:
-                        shutil.rmtree(r_prep.bundle_dir.parent, ignore_errors=True)
+                            turn_of[r_spec.key], r_spec, r_prep)
     return sched.stats
 
 

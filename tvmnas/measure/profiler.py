@@ -31,6 +31,7 @@ import tvm
 from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, write_bundle, write_manifest
 from tvmnas.compiler import arena_buffers, check_single_input_output, emit_kernels, lower_model
 from tvmnas.errors import EmulatorError
+from tvmnas.executor import FolderFiles
 from tvmnas.frontend import ModelSource, import_model
 from tvmnas.passes import CallGraph, KernelCall, plan_arena
 from tvmnas.measure.store import KernelKey
@@ -108,6 +109,8 @@ class PreparedNetwork:
     flags: str
     input_floats: int
     kernels: tuple[KernelInfo, ...]
+    # The bundle's files (path relative to bundle_dir, bytes) when it travels to another machine.
+    files: FolderFiles = field(default=(), repr=False, compare=False)
 
     @property
     def precision(self) -> str:
