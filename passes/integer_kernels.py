@@ -284,3 +284,9 @@ def mean_hw_int8(data: te.Tensor, *, keepdims: bool, input_zero_point: int, outp
     if keepdims:
         return te.compute((n, c, 1, 1), lambda b, ch, _y, _x: value(b, ch), name="mean_int8")
     return te.compute((n, c), value, name="mean_int8")
+
+
+def lut_int8(data: te.Tensor, table: te.Tensor) -> te.Tensor:
+    """Element-wise int8 -> int8 through a 256-entry int8 table indexed by x + 128 (TFLite's int8
+    LOGISTIC / TANH / HARD_SWISH, tabulated by passes/activation_tables.py)."""
+    return te.compute(data.shape, lambda *i: table[data(*i).astype("int32") + _i32(128)], name="lut_int8")

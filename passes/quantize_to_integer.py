@@ -9,6 +9,7 @@ import tvm
 from tvm import relax
 
 from . import integer_kernels as K
+from .activation_tables import activation_table
 from .fixed_point import add_params, conv_multipliers, mean_multiplier, rescale_multiplier
 
 
@@ -378,6 +379,41 @@ class _IntegerRewriter(relax.PyExprMutator):
             act_min=act_min, act_max=act_max,
         )
 
+    def _hard_swish_operand(self, value) -> relax.Expr | None:
+        """x of `x * (clip(x + 3, 0, 6) / 6)` (the ONNX importer's HardSwish), either factor order."""
+        for x, gate in ((value.args[0], value.args[1]), (value.args[1], value.args[0])):
+            div = self._def(gate)
+            if _op_name(div) != "relax.divide" or not np.array_equal(self._const_float(div.args[1]), 6.0):
+                continue
+            clip = self._def(div.args[0])
+            if _op_name(clip) != "relax.clip" or [float(v.value) for v in clip.args[1:3]] != [0.0, 6.0]:
+                continue
+            add = self._def(clip.args[0])
+            if (_op_name(add) == "relax.add" and add.args[0].same_as(x)
+                    and np.array_equal(self._const_float(add.args[1]), 3.0)):
+                return x
+        return None
+
+    def _lut(self, expr, out: QuantParams) -> relax.Expr | None:
+        """sigmoid / tanh / hard-swish of an int8 tensor as one table lookup with TFLite's int8
+        kernel's values (passes/activation_tables.py); left alone where TFLite has no int8 kernel
+        for these quantizations (e.g. a sigmoid output not quantized with scale 1/256, zero point -128)."""
+        value = self._def(expr)
+        name = _op_name(value)
+        if name in ("relax.sigmoid", "relax.tanh"):
+            function, source = name.split(".")[1], value.args[0]
+        elif name == "relax.multiply":
+            function, source = "hard_swish", self._hard_swish_operand(value)
+        else:
+            return None
+        data = None if source is None else self._dequantized(source)
+        if data is None or data.reshape is not None:
+            return None
+        table = activation_table(function, data.params.scale, data.params.zero_point, out.scale, out.zero_point)
+        if table is None:
+            return None
+        return self.builder_.call_te(K.lut_int8, self._int8(data), relax.const(table), primfunc_name_hint="lut_int8")
+
     def _int8_as(self, operand: _Dequantized, out: QuantParams, act_min: int = K.INT8_MIN,
                  act_max: int = K.INT8_MAX) -> relax.Expr:
         """The operand as int8 in the quantization `out` (requantized where it differs)."""
@@ -411,7 +447,7 @@ class _IntegerRewriter(relax.PyExprMutator):
         out = _per_tensor(call)
         if out is None or str(call.attrs.out_dtype) != "int8":
             return None
-        for rule in (self._conv_or_dense, self._add, self._pool, self._mean, self._layout):
+        for rule in (self._conv_or_dense, self._add, self._pool, self._mean, self._layout, self._lut):
             replaced = rule(call.args[0], out)
             if replaced is not None:
                 return replaced
@@ -457,7 +493,10 @@ class QuantizeToInteger:
       with the input zero point folded in, per-channel multiplier and shift, int8 out;
     - add of two int8 tensors (TFLite's ADD rescale), max/avg pool (same scale in and out), mean
       over H and W (TFLite Micro's QuantizedMeanOrSum), reshape/flatten and concat on int8 (an
-      input whose quantization differs from the output's is requantized first).
+      input whose quantization differs from the output's is requantized first);
+    - sigmoid, tanh and hard-swish (x * clip(x + 3, 0, 6) / 6) of an int8 tensor: one lookup in a
+      256-entry int8 table holding TFLite's int8 LOGISTIC / TANH / HARD_SWISH for every input
+      (passes/activation_tables.py), where TFLite has an int8 kernel for the quantizations.
     Weight and bias constants are evaluated through the importer's dequantize / reshape /
     permute_dims; an int32 bias (QDQ's scale input_scale * weight_scale) is used as stored.
     With int8_io (default True), a single input that is quantized first thing becomes an int8

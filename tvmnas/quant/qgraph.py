@@ -29,6 +29,9 @@ QOPERATOR_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinear
 COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "Add", "AveragePool", "MaxPool", "GlobalAveragePool",
                "ReduceMean", "Flatten", "Reshape", "Concat"}
 
+# element-wise activations with an int8 TFLite kernel, run as a 256-entry table (passes/activation_tables.py)
+LUT_OPS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hard_swish"}
+
 
 @dataclass(frozen=True)
 class QTensor:
@@ -45,7 +48,9 @@ class QOp:
     """One integer operator.
 
     kind: conv, dense, add, avgpool, maxpool, mean, reshape, concat, relu (a Relu/Clip that
-    follows no conv, dense or add: TFLite's RELU/RELU6 op, which may requantize) or float (a
+    follows no conv, dense or add: TFLite's RELU/RELU6 op, which may requantize), lut (Sigmoid,
+    Tanh or HardSwish as TFLite's int8 LOGISTIC / TANH / HARD_SWISH: attrs["function"] and the
+    256-entry attrs["table"] indexed by q + 128) or float (a
     float island: an op with no integer form, e.g. Softmax or Sigmoid, run in float32 between
     DequantizeLinear and QuantizeLinear; attrs hold the ONNX node and its constant inputs).
     inputs / output: names of int8 tensors (keys of :attr:`QGraph.tensors`).
@@ -323,6 +328,11 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             continue
         if op in ("QuantizeLinear", "DequantizeLinear", "Constant"):
             continue
+        if op in LUT_OPS:
+            lut = _lut_op(r, node)
+            if lut is not None:
+                ops.append(lut)
+                continue
         if op not in COMPUTE_OPS:
             ops.append(_float_island(r, node))
             continue
@@ -426,6 +436,25 @@ def _float_island(r: _Reader, node: onnx.NodeProto) -> QOp:
     out, act, bounds = r._own_output(node, "NONE", (None, None))
     q = QOp("float", node.name or node.output[0], inputs, out, activation=None, attrs={"node": node, "constants": consts})
     return q
+
+
+def _lut_op(r: _Reader, node: onnx.NodeProto) -> QOp | None:
+    """A Sigmoid / Tanh / HardSwish between int8 tensors as a table op; None (a float island) where
+    its input or output quantization has no TFLite int8 kernel."""
+    try:
+        x = r.activation_in(node.input[0], node)
+        out, _act, _bounds = r._own_output(node, "NONE", (None, None))
+    except QuantizationError:
+        return None
+    from tvmnas.passes.activation_tables import activation_table
+
+    function = LUT_OPS[node.op_type]
+    tin, tout = r.tensors[x], r.tensors[out]
+    table = activation_table(function, tin.scale, tin.zero_point, tout.scale, tout.zero_point)
+    if table is None:
+        return None
+    return QOp("lut", node.name or node.output[0], [x], out, activation="NONE",
+               attrs={"function": function, "table": table})
 
 
 def _dequantize_constant(r: _Reader, dq: onnx.NodeProto) -> np.ndarray:

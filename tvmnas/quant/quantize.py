@@ -12,7 +12,9 @@ The scheme is TFLite's, so that the result runs bit-exactly on TFLite Micro's in
   Gemm, MatMul or Add is fused: only its output is quantized, giving the standard pattern
   ``DQ(x) -> Conv(DQ(w), DQ(b)) -> Relu -> Q``;
 - max pool, average pool, flatten, reshape and a Clip that is not fused keep their input's
-  quantization (TFLite's int8 kernels require it); a Relu that is not fused gets its own.
+  quantization (TFLite's int8 kernels require it); a Relu that is not fused gets its own;
+- Sigmoid and Softmax outputs get scale 1/256, zero point -128 and Tanh outputs 1/128, 0, the
+  fixed output quantization of TFLite's int8 LOGISTIC, SOFTMAX and TANH (as TFLite's converter).
 
 Only the ONNX graph is rewritten: a .pt2 program is first exported to ONNX.
 """
@@ -31,6 +33,9 @@ from tvmnas.quant.qgraph import fold_constants, load_onnx, reject_qoperator, tfl
 
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
 FUSING_OPS = WEIGHTED_OPS | {"Add"}
+# outputs quantized as TFLite's int8 kernels require (scale, zero point), whatever the calibration says
+FIXED_OUTPUT_QUANT = {"Sigmoid": (np.float32(1.0 / 256.0), -128), "Softmax": (np.float32(1.0 / 256.0), -128),
+                      "Tanh": (np.float32(1.0 / 128.0), 0)}
 # Ops whose output keeps the input's quantization (TFLite's int8 kernels require it; a Clip here
 # is one that follows no conv, dense or add: TFLite Micro's int8 RELU6 only clamps).
 SAME_QUANT_OPS = {"MaxPool", "AveragePool", "Flatten", "Reshape", "Clip"}
@@ -266,6 +271,8 @@ def _insert_qdq(model: onnx.ModelProto, data: np.ndarray, input_name: str) -> on
         p = producer.get(a)
         if p is not None and p.op_type in SAME_QUANT_OPS and p.input[0] in qp:
             qp[a] = qp[p.input[0]]
+        elif p is not None and p.op_type in FIXED_OUTPUT_QUANT:
+            qp[a] = FIXED_OUTPUT_QUANT[p.op_type]
         else:
             qp[a] = activation_qparams(*ranges[a])
 

@@ -18,7 +18,10 @@ equal:
 - reshape / flatten: the int8 values unchanged (same quantization), requantized otherwise.
 - relu (a Relu/Clip on its own): ``zp_out + MBQM(x - zp_in)`` with the multiplier of
   ``in_scale / out_scale``, clamped to the activation range (TFLite Micro's ``ReluQuantized``).
-- float islands (ops with no integer form, such as Softmax, Sigmoid or HardSwish): dequantized,
+- lut (Sigmoid, Tanh, HardSwish): TFLite Micro's int8 LOGISTIC / TANH / HARD_SWISH, evaluated
+  for all 256 inputs by passes/activation_tables.py and looked up.
+- float islands (ops with no integer form, such as Softmax, or a Sigmoid whose output is not
+  quantized as TFLite's LOGISTIC requires): dequantized,
   run in float32 by onnx's reference evaluator, quantized as ONNX QuantizeLinear does (ties to
   even). These are not TFLite semantics: TFLite has int8 kernels for them.
 - concat: inputs with the output's quantization are copied, others requantized with a Q31
@@ -204,6 +207,8 @@ def run_op(graph: QGraph, op: QOp, xs: list[np.ndarray]) -> np.ndarray:
         y = _requant_copy(xs[0], tin, tout, op.act)
     elif op.kind == "relu":
         y = _requant_copy(xs[0], tin, tout, op.act, always=True)
+    elif op.kind == "lut":
+        y = op.attrs["table"][xs[0].astype(np.int64) + 128]
     elif op.kind == "float":
         y = _float_island(op, xs, [t[n] for n in op.inputs], tout)
     elif op.kind == "concat":

@@ -255,6 +255,9 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
                 raise QuantizationError(f"node '{op.name}': ReLU6 changes the quantization; TFLite Micro's int8 RELU6 keeps the input's")
             code = BO.RELU if op.activation == "RELU" else BO.RELU6
             bld.op(code, [x], [act_tensor(op.output)])
+        elif op.kind == "lut":
+            code = {"sigmoid": BO.LOGISTIC, "tanh": BO.TANH, "hard_swish": BO.HARD_SWISH}[op.attrs["function"]]
+            bld.op(code, [x], [act_tensor(op.output)])
         elif op.kind == "float":
             raise QuantizationError(f"node '{op.name}': {op.attrs['node'].op_type} runs in float between quantized ops; no int8 TFLite op is written for it")
         elif op.kind == "concat":
