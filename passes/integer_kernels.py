@@ -20,6 +20,9 @@ INT8_MIN, INT8_MAX = -128, 127
 # block annotation naming the layer constants of a conv / dense kernel that passes/int8_simd.py
 # can replace by its SIMD micro-kernel 
 GEMM_ANNOTATION = "tvmnas_int8_gemm"
+# the same for a depthwise conv (groups = input channels, dilation 1) and its SIMD depthwise kernel
+DEPTHWISE_ANNOTATION = "tvmnas_int8_depthwise"
+DEPTHWISE_MAX_PAIRS = 32  # kh * ceil(kw / 2) weight words the depthwise micro-kernel keeps per channel
 
 
 def _i32(value: int) -> tirx.PrimExpr:
@@ -125,6 +128,10 @@ def conv2d_int8(
             cin=cin, h=h, w=w, in_cstride=h * w, in_pstride=1, kh=kh, kw=kw, sh=sh, sw=sw, pt=pt, pl=pl, dh=dh,
             dw=dw, cout=cout, oh=oh, ow=ow, out_ostride=oh * ow, out_pstride=1, in_zp=input_zero_point,
             out_zp=output_zero_point, act_min=act_min, act_max=act_max)}
+    elif groups == cin and cin_g == 1 and n == 1 and (dh, dw) == (1, 1) and kh * ((kw + 1) // 2) <= DEPTHWISE_MAX_PAIRS:
+        attrs = {DEPTHWISE_ANNOTATION: dict(
+            c_in=cin, h=h, w=w, multiplier=cout // cin, kh=kh, kw=kw, sh=sh, sw=sw, pt=pt, pl=pl, pb=pb, pr=pr,
+            oh=oh, ow=ow, in_zp=input_zero_point, out_zp=output_zero_point, act_min=act_min, act_max=act_max)}
     return te.compute(
         acc.shape,
         lambda b, o, y, x: saturate(
