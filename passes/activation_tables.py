@@ -28,7 +28,8 @@ import numpy as np
 
 from .fixed_point import multiply_by_quantized_multiplier, quantize_multiplier
 
-__all__ = ["FIXED_OUTPUT", "activation_table", "logistic_table", "tanh_table", "hard_swish_table", "table_index"]
+__all__ = ["FIXED_OUTPUT", "SOFTMAX_OUTPUT", "activation_table", "hard_swish_table", "logistic_table", "softmax_exp_table",
+           "softmax_rows", "table_index", "tanh_table"]
 
 # TFLite's int8 LOGISTIC and TANH kernels assume this output quantization (scale, zero point)
 FIXED_OUTPUT = {"sigmoid": (1.0 / 256.0, -128), "tanh": (1.0 / 128.0, 0)}
@@ -304,3 +305,59 @@ def activation_table(function: str, input_scale: float, input_zero_point: int, o
         except ValueError:
             return None
     raise ValueError(f"activation_table: no table for '{function}'")
+
+
+# ---- int8 softmax (TFLite Micro's SoftmaxPrepare / reference_ops::Softmax, int8 in and out) ------
+
+SOFTMAX_OUTPUT = (1.0 / 256.0, -128)  # the only int8 output quantization TFLite's int8 SOFTMAX takes
+_SCALED_DIFF_INTEGER_BITS = 5
+_ACCUMULATION_INTEGER_BITS = 12
+
+
+def softmax_params(input_scale: float, beta: float = 1.0) -> tuple[int, int, int]:
+    """(input multiplier, input left shift, diff_min) of TFLite's PreprocessSoftmaxScaling and
+    CalculateInputRadius(5, left shift) for an int8 input."""
+    real = min(float(beta) * float(np.float32(input_scale)) * float(1 << (31 - _SCALED_DIFF_INTEGER_BITS)),
+               float((1 << 31) - 1))
+    multiplier, left_shift = quantize_multiplier(real)
+    radius = math.floor(math.ldexp(float(((1 << _SCALED_DIFF_INTEGER_BITS) - 1)
+                                         * (1 << (31 - _SCALED_DIFF_INTEGER_BITS))), -left_shift))
+    return multiplier, left_shift, -int(radius)
+
+
+def softmax_exp_table(input_scale: float, beta: float = 1.0) -> np.ndarray:
+    """exp of every int8 difference from the row maximum, d = -255..0 (index d + 255), as TFLite's
+    int8 softmax computes it: gemmlowp exp_on_negative_values of the Q5.26 rescaled difference (Q0.31),
+    0 below diff_min (TFLite skips those; a 0 adds nothing to the sum and gives output -128 too)."""
+    multiplier, left_shift, diff_min = softmax_params(input_scale, beta)
+    table = np.zeros(256, np.int32)
+    for i, d in enumerate(range(-255, 1)):
+        if d >= diff_min:
+            rescaled = _srdhm(_wrap32(d * (1 << left_shift)), multiplier)  # MultiplyByQuantizedMultiplierGreaterThanOne
+            table[i] = exp_on_negative_values(rescaled, _SCALED_DIFF_INTEGER_BITS)
+    return table
+
+
+def _reciprocal(x: int, integer_bits: int) -> tuple[int, int]:
+    """TFLite's GetReciprocal: (Q0.31 scale, num_bits_over_unit) of 1 / x for a positive
+    Q(integer_bits) x."""
+    headroom_plus_one = 32 - int(x).bit_length()  # CountLeadingZeros of a positive int32
+    shifted_sum_minus_one = _wrap32(((x << headroom_plus_one) & 0xFFFFFFFF) - (1 << 31))
+    return one_over_one_plus_x_for_x_in_0_1(shifted_sum_minus_one), integer_bits - headroom_plus_one
+
+
+def softmax_rows(x: np.ndarray, exp_table: np.ndarray) -> np.ndarray:
+    """TFLite Micro's int8 softmax over the last axis of int8 `x` (output scale 1/256, zero point -128)."""
+    flat = np.asarray(x).astype(np.int64).reshape(-1, x.shape[-1])
+    out = np.empty(flat.shape, np.int8)
+    for r, row in enumerate(flat):
+        exps = exp_table[(row - row.max() + 255)].astype(np.int64)
+        total = 0
+        for e in exps:
+            total = _wrap32(total + _rdivpot(int(e), _ACCUMULATION_INTEGER_BITS))  # Rescale<12>
+        scale, bits_over_unit = _reciprocal(total, _ACCUMULATION_INTEGER_BITS)
+        exponent = bits_over_unit + 31 - 8
+        for c, e in enumerate(exps):
+            value = _rdivpot(_srdhm(scale, int(e)), exponent) - 128
+            out[r, c] = min(max(value, -128), 127)
+    return out.reshape(x.shape)

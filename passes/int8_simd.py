@@ -415,7 +415,8 @@ class UseSIMDKernels:
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         updates = {}
         for gv, func in mod.functions.items():
-            if not isinstance(func, tirx.PrimFunc):
+            if not isinstance(func, tirx.PrimFunc) or func.attrs is not None and "op_pattern" in func.attrs \
+                    and int(func.attrs["op_pattern"]) == OPAQUE:  # already a call of a C kernel
                 continue
             found = _annotation(func)
             new = None if found is None else _simd_func(func, *found)

@@ -1,6 +1,6 @@
-"""int8 Sigmoid, Tanh and HardSwish as 256-entry lookup tables with TFLite Micro's integer semantics:
-the tables against the tflite-micro interpreter on every int8 input, the quantizer's fixed output
-quantization, and the compiled table kernels bit-exact against the reference on host and QEMU."""
+"""int8 Sigmoid, Tanh and HardSwish as 256-entry lookup tables and int8 Softmax, with TFLite Micro's
+integer semantics: the tables and the softmax against the tflite-micro interpreter, the quantizer's
+fixed output quantization, and the compiled kernels bit-exact against the reference on host and QEMU."""
 
 from __future__ import annotations
 
@@ -72,8 +72,47 @@ def test_quantization_without_a_tflite_kernel_stays_a_float_island(op: str, out:
     assert activation_table({"Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hard_swish"}[op], 0.05, 3, *out) is None
 
 
+def _softmax_model(shape: list[int], in_scale: float, in_zp: int, axis: int = -1) -> onnx.ModelProto:
+    model = _one_op("Softmax", in_scale, in_zp, 1 / 256, -128)
+    for vi in list(model.graph.input) + list(model.graph.output):
+        vi.CopyFrom(helper.make_tensor_value_info(vi.name, TensorProto.FLOAT, shape))
+    model.graph.node[2].attribute.append(helper.make_attribute("axis", axis))
+    return model
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_softmax_matches_tflite_micro(seed: int) -> None:
+    """The reference's int8 softmax equals TFLite Micro's SOFTMAX (int8 in and out), random input
+    quantization, rows of 2 to 256 values, uniform int8 inputs."""
+    rng = np.random.RandomState(seed)
+    shape = [6, int(rng.choice([2, 10, 37, 256]))]
+    model = _softmax_model(shape, *_random_quant("Sigmoid", seed)[:2])
+    (q,) = read_qdq(model).ops
+    assert q.kind == "softmax"
+    xs = rng.randint(-128, 128, shape).astype(np.int8)
+    np.testing.assert_array_equal(ReferenceModel(model).run_int8(xs)[0], run_tflite_micro(write_tflite(model), xs)[0])
+
+
+def test_softmax_without_a_tflite_kernel_stays_a_float_island() -> None:
+    """Over another axis than the last, or over more than 256 values: a float island."""
+    assert read_qdq(_softmax_model([1, 5, 3], 0.1, 0, axis=1)).ops[0].kind == "float"
+    assert read_qdq(_softmax_model([1, 300], 0.1, 0)).ops[0].kind == "float"
+
+
+def test_softmax_compiles_to_the_c_kernel_and_is_bit_exact_on_host(tmp_path: Path) -> None:
+    shape = [4, 37]
+    model = _softmax_model(shape, 0.07, -9)
+    onnx.save(model, str(tmp_path / "softmax.onnx"))
+    bundle = compile_model(tmp_path / "softmax.onnx", load_target("cortex-m4"), tmp_path / "c")
+    assert [k["name"] for k in bundle.manifest["kernels"]] == ["softmax_int8"]
+    xs = [np.random.RandomState(k).randint(-128, 128, shape).astype(np.int8) for k in range(3)]
+    outs = run_host(build_host(bundle.out_dir, tmp_path / "h"), [x.astype(np.float32) for x in xs])
+    for x, y in zip(xs, outs):
+        np.testing.assert_array_equal(y.astype(np.int8), ReferenceModel(model).run_int8(x)[0].reshape(-1))
+
+
 class Activations(torch.nn.Module):
-    """conv -> HardSwish -> conv -> Sigmoid gate and Tanh branch -> mean -> dense."""
+    """conv -> HardSwish -> conv -> Sigmoid gate and Tanh branch -> mean -> dense -> Softmax."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,7 +124,7 @@ class Activations(torch.nn.Module):
         y = torch.nn.functional.hardswish(self.a(x))
         z = self.b(y)
         both = torch.cat([torch.sigmoid(z), torch.tanh(z)], 1)
-        return self.fc(both.mean((2, 3)))
+        return torch.softmax(self.fc(both.mean((2, 3))), 1)
 
 
 @pytest.fixture(scope="module")
@@ -107,12 +146,14 @@ def _inputs(model: Path) -> tuple[ReferenceModel, list[np.ndarray]]:
     return ref, [quantize_input(x[None], info) for x in np.random.RandomState(5).randn(3, 3, 8, 8).astype(np.float32) * 2]
 
 
-def test_quantizer_gives_sigmoid_and_tanh_tflite_output_quantization(act_net: Path) -> None:
+def test_quantizer_gives_sigmoid_tanh_and_softmax_tflite_output_quantization(act_net: Path) -> None:
     graph = read_qdq(act_net)
     luts = {op.attrs["function"]: graph.tensors[op.output] for op in graph.ops if op.kind == "lut"}
     assert set(luts) == {"sigmoid", "tanh", "hard_swish"}
     assert (luts["sigmoid"].scale, luts["sigmoid"].zero_point) == (np.float32(1 / 256), -128)
     assert (luts["tanh"].scale, luts["tanh"].zero_point) == (np.float32(1 / 128), 0)
+    (softmax,) = [op for op in graph.ops if op.kind == "softmax"]
+    assert (graph.tensors[softmax.output].scale, graph.tensors[softmax.output].zero_point) == (np.float32(1 / 256), -128)
     assert not any(op.kind == "float" for op in graph.ops)
 
 
@@ -121,6 +162,7 @@ def test_table_kernels_compile_without_float_and_are_bit_exact_on_host(act_net: 
     bundle = compile_model(act_net, load_target("cortex-m4"), tmp_path / "c")
     names = [k["name"] for k in bundle.manifest["kernels"]]
     assert names.count("lut_int8") == 3  # one PrimFunc, called with each op's table
+    assert names[-1] == "softmax_int8"
     assert all("int8" in n or "tvmnas_s8" in n for n in names), names  # no float kernel left
     outs = run_host(build_host(bundle.out_dir, tmp_path / "h"), [x.astype(np.float32) for x in xs])
     for x, y in zip(xs, outs):

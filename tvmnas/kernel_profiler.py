@@ -42,6 +42,7 @@ from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
 from tvmnas.profiling import Profile, build_plugin, parse_block_profile, profile_from_blocks, qemu_plugin_args
 from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
 from tvmnas.passes.int8_simd import SIMD_C, uses_simd
+from tvmnas.passes.int8_softmax import SOFTMAX_C, uses_softmax
 from tvmnas.passes.kernel_features import MACS_ATTR
 from tvmnas.quantized import integer_model
 from tvmnas.runner import COMMON_CFLAGS, JOB_FILE, check_exit, write_job, build, qemu_command
@@ -76,6 +77,8 @@ def kernel_hash(c_text: str, name: str) -> str:
     normalised = re.sub(rf"\b{re.escape(name)}\b", "KERNEL", c_text)
     if uses_simd(c_text):  # the micro-kernel it calls is part of what runs
         normalised += SIMD_C
+    if uses_softmax(c_text):
+        normalised += SOFTMAX_C
     return hashlib.sha256(normalised.encode()).hexdigest()[:HASH_CHARS]
 
 

@@ -18,9 +18,13 @@ equal:
 - reshape / flatten: the int8 values unchanged (same quantization), requantized otherwise.
 - relu (a Relu/Clip on its own): ``zp_out + MBQM(x - zp_in)`` with the multiplier of
   ``in_scale / out_scale``, clamped to the activation range (TFLite Micro's ``ReluQuantized``).
+- softmax (over the last axis, output scale 1/256, zero point -128): TFLite Micro's int8 SOFTMAX
+  (gemmlowp exp of the Q5.26 difference from the row maximum, a Q12.19 sum, GetReciprocal),
+  passes/activation_tables.py.
+- pad: a constant Pad keeping its input's quantization, padded with the quantized value (TFLite's PAD).
 - lut (Sigmoid, Tanh, HardSwish): TFLite Micro's int8 LOGISTIC / TANH / HARD_SWISH, evaluated
   for all 256 inputs by passes/activation_tables.py and looked up.
-- float islands (ops with no integer form, such as Softmax, or a Sigmoid whose output is not
+- float islands (ops with no integer form, such as a Softmax over another axis, or a Sigmoid whose output is not
   quantized as TFLite's LOGISTIC requires): dequantized,
   run in float32 by onnx's reference evaluator, quantized as ONNX QuantizeLinear does (ties to
   even). These are not TFLite semantics: TFLite has int8 kernels for them.
@@ -36,6 +40,7 @@ import numpy as np
 import onnx
 
 from tvmnas.errors import QuantizationError
+from tvmnas.passes.activation_tables import softmax_rows
 from tvmnas.passes.fixed_point import (
     add_params,
     conv_multipliers,
@@ -75,6 +80,8 @@ def _windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], d
 
 def _conv(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
     a = op.attrs
+    if x.ndim == 3:  # a 1-D conv, read as a 2-D one over a single row
+        x = x[:, :, None, :]
     xs = x.astype(np.int64) - tin.zero_point
     xs = _pad(xs, a["pads"], 0)
     w = op.weight.astype(np.int64)
@@ -119,6 +126,8 @@ def _same_quant(op: QOp, tin: QTensor, tout: QTensor, what: str) -> None:
 
 def _pool(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
     a = op.attrs
+    if x.ndim == 3:  # a 1-D pool, read as a 2-D one over a single row
+        x = x[:, :, None, :]
     _same_quant(op, tin, tout, "average pool" if op.kind == "avgpool" else "max pool")
     if op.kind == "maxpool":
         xp = _pad(x.astype(np.int64), a["pads"], -(1 << 40))
@@ -207,6 +216,10 @@ def run_op(graph: QGraph, op: QOp, xs: list[np.ndarray]) -> np.ndarray:
         y = _requant_copy(xs[0], tin, tout, op.act)
     elif op.kind == "relu":
         y = _requant_copy(xs[0], tin, tout, op.act, always=True)
+    elif op.kind == "softmax":
+        y = softmax_rows(xs[0], op.attrs["exp_table"])
+    elif op.kind == "pad":
+        y = np.pad(xs[0], op.attrs["pads"], constant_values=op.attrs["value"])
     elif op.kind == "lut":
         y = op.attrs["table"][xs[0].astype(np.int64) + 128]
     elif op.kind == "float":
