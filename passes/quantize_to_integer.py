@@ -10,7 +10,7 @@ from tvm import relax
 
 from . import integer_kernels as K
 from .activation_tables import SOFTMAX_OUTPUT, activation_table, softmax_exp_table
-from .fixed_point import add_params, conv_multipliers, mean_multiplier, rescale_multiplier
+from .fixed_point import add_params, conv_multipliers, mean_multiplier, mul_multiplier, rescale_multiplier
 from .int8_softmax import MAX_DEPTH, softmax_primfunc
 
 
@@ -363,6 +363,24 @@ class _IntegerRewriter(relax.PyExprMutator):
             act_min=act_min, act_max=act_max,
         )
 
+    def _mul(self, expr, out: QuantParams) -> relax.Expr | None:
+        """Product of two int8 tensors of one rank (size-1 axes broadcast): TFLite's int8 MUL."""
+        producer, act_min, act_max = self._activation(expr, out)
+        value = self._def(producer)
+        if _op_name(value) != "relax.multiply":
+            return None
+        a, b = (self._dequantized(arg) for arg in value.args)
+        shapes = [_int_shape(arg) for arg in value.args]
+        if (a is None or b is None or len(shapes[0]) != len(shapes[1])
+                or any(x != y and 1 not in (x, y) for x, y in zip(*shapes))):
+            return None
+        mult, shift = mul_multiplier(a.params.scale, b.params.scale, out.scale)
+        return self.builder_.call_te(
+            K.mul_int8, self._int8(a), self._int8(b), primfunc_name_hint="mul_int8",
+            zero_points=[a.params.zero_point, b.params.zero_point], multiplier=mult, shift=shift,
+            output_zero_point=out.zero_point, act_min=act_min, act_max=act_max,
+        )
+
     def _pool(self, expr, out: QuantParams) -> relax.Expr | None:
         producer, act_min, act_max = self._activation(expr, out)
         value = self._def(producer)
@@ -503,7 +521,7 @@ class _IntegerRewriter(relax.PyExprMutator):
         out = _per_tensor(call)
         if out is None or str(call.attrs.out_dtype) != "int8":
             return None
-        for rule in (self._conv_or_dense, self._add, self._pool, self._mean, self._layout, self._lut, self._softmax):
+        for rule in (self._conv_or_dense, self._add, self._pool, self._mean, self._layout, self._lut, self._softmax, self._mul):
             replaced = rule(call.args[0], out)
             if replaced is not None:
                 return replaced
@@ -547,7 +565,8 @@ class QuantizeToInteger:
     - conv2d / conv1d (groups: 1, depthwise, grouped; a conv1d as a conv2d over one row) / matmul (2-D, from Gemm/MatMul/Linear) -> optional
       bias add -> optional relu/clip -> quantize: one kernel, int8 in, int32 accumulation, bias
       with the input zero point folded in, per-channel multiplier and shift, int8 out;
-    - add of two int8 tensors (TFLite's ADD rescale), max/avg pool (1-D or 2-D, ceil_mode as extra
+    - add of two int8 tensors (TFLite's ADD rescale), mul of two int8 tensors of one rank (TFLite's
+      MUL, size-1 axes broadcast), max/avg pool (1-D or 2-D, ceil_mode as extra
       padding after the input; same scale in and out), mean
       over H and W (TFLite Micro's QuantizedMeanOrSum), reshape/flatten and concat on int8 (an
       input whose quantization differs from the output's is requantized first);

@@ -397,3 +397,21 @@ def test_raw_input_must_hold_int8_values(nets, tmp_path: Path) -> None:
         bundle_input(np.array([0.5, 200.0], np.float32), manifest, raw=True)
     np.testing.assert_array_equal(bundle_input(np.array([1.0, -0.9, 100.0], np.float32), manifest, raw=False),
                                   [3, -1, 127])
+
+
+def test_quantize_errors_name_settings_in_words_and_the_cli_prints_flags() -> None:
+    """Library errors name no command-line flag; the CLI's error line maps the settings to flags."""
+    from tvmnas.cli.options import error_line
+    from tvmnas.quantized import bundle_input, quantize_for_compile
+
+    cases = [(lambda: quantize_for_compile("m.onnx", "int8", None), ["--quantize int8", "--calibration"]),
+             (lambda: quantize_for_compile("m.onnx", None, "x.npy"), ["--calibration", "--quantize"]),
+             (lambda: quantize_for_compile("m.onnx", "fp16", "x.npy"), ["--quantize 'fp16'"]),
+             (lambda: bundle_input(np.zeros(2, np.float32), {"inputs": [{"name": "x", "dtype": "float32"}]}, raw=True),
+              ["--raw is for int8 bundles"])]
+    for call, flags in cases:
+        with pytest.raises(TvmnasError) as info:
+            call()
+        assert "--" not in str(info.value)
+        line = error_line(info.value).replace("'int8'", "int8")
+        assert all(f in line for f in flags), line

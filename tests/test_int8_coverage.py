@@ -1,6 +1,7 @@
 """int8 coverage of the shapes the zoos use: 1-D convolutions, pools and means (as 2-D ones over one
 row), ceil_mode max pooling (extra padding after the input), zero Pads folded into the next Conv by
-the quantizer, and a MatMul with a float constant operand (a float island). Each network is
+the quantizer, a squeeze-excite gate (TFLite's int8 MUL with broadcasting) and a MatMul with a float
+constant operand (a float island). Each network is
 quantized by tvmnas's PTQ, compiled and run, and must equal the integer reference bit for bit; the
 reference must stay within 1 LSB of onnxruntime per operator."""
 
@@ -57,7 +58,24 @@ class PadsAndCeil(torch.nn.Module):
         return self.fc(y.flatten(2).mean(2) * weights.max())
 
 
-NETS = {"temporal": (Temporal, (1, 3, 33)), "pads_and_ceil": (PadsAndCeil, (1, 3, 10, 11))}
+class SqueezeExcite(torch.nn.Module):
+    """conv -> squeeze-excite (mean, 1x1 conv, ReLU, 1x1 conv, Sigmoid, channel-wise Mul) -> dense."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.reduce = torch.nn.Conv2d(8, 4, 1)
+        self.expand = torch.nn.Conv2d(4, 8, 1)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.a(x))
+        gate = torch.sigmoid(self.expand(torch.relu(self.reduce(y.mean((2, 3), keepdim=True)))))
+        return self.fc((y * gate).mean((2, 3)))
+
+
+NETS = {"temporal": (Temporal, (1, 3, 33)), "pads_and_ceil": (PadsAndCeil, (1, 3, 10, 11)),
+        "squeeze_excite": (SqueezeExcite, (1, 3, 6, 6))}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +114,45 @@ def test_zero_pad_folds_into_the_conv_and_ceil_mode_pools_in_integers(nets) -> N
     pool = next(op for op in graph.ops if op.kind == "maxpool")
     assert graph.tensors[pool.output].shape[2:] == (4, 6)  # 9x12 in: the width needs ceil_mode (floor gives 5)
     assert any(op.kind == "float" and op.attrs["node"].op_type == "MatMul" for op in graph.ops)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mul_matches_tflite_micro(seed: int) -> None:
+    """The reference's int8 MUL (same shapes, and a per-channel gate broadcast over H and W) equals
+    TFLite Micro's, random quantization."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tvmnas.quant.tflite_writer import run_tflite_micro, to_nhwc, write_tflite
+
+    rng = np.random.RandomState(seed)
+    shape_a, shape_b = [1, 4, 5, 3], ([1, 4, 1, 1] if seed % 2 else [1, 4, 5, 3])
+    scales = np.exp(rng.uniform(np.log(1e-3), np.log(0.5), 3)).astype(np.float32)
+    zps = rng.randint(-128, 128, 3).astype(np.int8)
+    inits = [numpy_helper.from_array(v, n) for v, n in zip([*scales, *zps], ["sa", "sb", "so", "za", "zb", "zo"])]
+    nodes = [helper.make_node("QuantizeLinear", ["a", "sa", "za"], ["aq"]),
+             helper.make_node("DequantizeLinear", ["aq", "sa", "za"], ["ad"]),
+             helper.make_node("QuantizeLinear", ["b", "sb", "zb"], ["bq"]),
+             helper.make_node("DequantizeLinear", ["bq", "sb", "zb"], ["bd"]),
+             helper.make_node("Mul", ["ad", "bd"], ["p"], name="mul"),
+             helper.make_node("QuantizeLinear", ["p", "so", "zo"], ["pq"]),
+             helper.make_node("DequantizeLinear", ["pq", "so", "zo"], ["y"])]
+    graph = helper.make_graph(nodes, "mul", [helper.make_tensor_value_info("a", TensorProto.FLOAT, shape_a),
+                                             helper.make_tensor_value_info("b", TensorProto.FLOAT, shape_b)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape_a)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert read_qdq(model).ops[0].kind == "mul"
+    for _ in range(3):
+        a = rng.randint(-128, 128, shape_a).astype(np.int8)
+        b = rng.randint(-128, 128, shape_b).astype(np.int8)
+        np.testing.assert_array_equal(to_nhwc(ReferenceModel(model).run_int8(a, b)[0]),
+                                      run_tflite_micro(write_tflite(model), to_nhwc(a), to_nhwc(b))[0])
+
+
+def test_squeeze_excite_gate_is_an_integer_mul(nets, tmp_path: Path) -> None:
+    assert [op.kind for op in read_qdq(nets["squeeze_excite"]).ops].count("mul") == 1
+    bundle = compile_model(nets["squeeze_excite"], load_target("cortex-m4"), tmp_path / "c")
+    names = [k["name"] for k in bundle.manifest["kernels"]]
+    assert "mul_int8" in names and all("int8" in n for n in names), names
 
 
 @pytest.mark.parametrize("name", sorted(NETS))

@@ -51,6 +51,9 @@ SETTING_FLAGS = {
     "k": ("k", "--k"),
     "import_check": ("import_check=False", "--no-import-check"),
     "executor": ("executor", "--executor"),
+    "quantize": ("quantize=", "--quantize "),
+    "calibration": ("the calibration input", "--calibration"),
+    "raw": ("raw input", "--raw"),
 }
 
 

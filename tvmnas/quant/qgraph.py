@@ -27,7 +27,7 @@ QOPERATOR_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinear
                  "QLinearLeakyRelu", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
 
 COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "Add", "AveragePool", "MaxPool", "GlobalAveragePool",
-               "ReduceMean", "Flatten", "Reshape", "Concat", "Pad"}
+               "ReduceMean", "Flatten", "Reshape", "Concat", "Pad", "Mul"}
 
 # element-wise activations with an int8 TFLite kernel, run as a 256-entry table (passes/activation_tables.py)
 LUT_OPS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hard_swish"}
@@ -47,7 +47,7 @@ class QTensor:
 class QOp:
     """One integer operator.
 
-    kind: conv, dense, add, avgpool, maxpool, mean, reshape, concat, relu (a Relu/Clip that
+    kind: conv, dense, add, mul (two int8 tensors of one rank, broadcasting), avgpool, maxpool, mean, reshape, concat, relu (a Relu/Clip that
     follows no conv, dense or add: TFLite's RELU/RELU6 op, which may requantize), lut (Sigmoid,
     Tanh or HardSwish as TFLite's int8 LOGISTIC / TANH / HARD_SWISH: attrs["function"] and the
     256-entry attrs["table"] indexed by q + 128), softmax (over the last axis, TFLite's int8 SOFTMAX:
@@ -393,6 +393,18 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             if op == "Gemm" and len(node.input) > 2 and node.input[2]:
                 bias = r.constant_in(node.input[2], node, np.int32)[0].astype(np.int32)
             ops.append(_make(r, "dense", node, [x], out, act, bounds, np.ascontiguousarray(w_oi), ws, bias, {}))
+        elif op == "Mul":
+            if any(i in r.init or (r.producer.get(i) is not None and r.producer[i].op_type == "DequantizeLinear"
+                                   and r.producer[i].input[0] in r.init) for i in node.input):
+                ops.append(_float_island(r, node))  # a product with a constant: no int8 MUL of two tensors
+                continue
+            xs = [r.activation_in(i, node) for i in node.input]
+            out, act, bounds = r.output_of(node)
+            shapes = [r.tensors[x].shape for x in xs]
+            if len(shapes[0]) != len(shapes[1]):
+                ops.append(_float_island(r, node))
+                continue
+            ops.append(_make(r, "mul", node, xs, out, act, bounds, None, None, None, {}))
         elif op == "Add":
             xs = [r.activation_in(i, node) for i in node.input]
             out, act, bounds = r.output_of(node)

@@ -10,6 +10,8 @@ equal:
   a fused Relu/ReLU6 is the requantize clamp.
 - add: TFLite's rescale (inputs shifted left 20 bits, each scaled by its own multiplier, the sum
   scaled to the output), :func:`fixed_point.add_params`.
+- mul (two int8 tensors, broadcasting): TFLite's MUL, ``(a - zp_a) * (b - zp_b)`` requantized
+  with the multiplier of ``s_a * s_b / s_out`` (:func:`fixed_point.mul_multiplier`).
 - average pool: the raw int8 values summed over the in-bounds window and divided with
   :func:`fixed_point.rounding_average`; max pool: the max; both keep the input's quantization.
 - mean: the int32 sum less ``zp_in * count``, requantized with the multiplier of
@@ -45,6 +47,7 @@ from tvmnas.passes.fixed_point import (
     add_params,
     conv_multipliers,
     mean_multiplier,
+    mul_multiplier,
     multiply_by_quantized_multiplier,
     requantize,
     rescale_multiplier,
@@ -115,6 +118,13 @@ def _add(op: QOp, a: np.ndarray, b: np.ndarray, ta: QTensor, tb: QTensor, tout: 
     ra = multiply_by_quantized_multiplier(sa, p["input1_multiplier"], p["input1_shift"]).astype(np.int64)
     rb = multiply_by_quantized_multiplier(sb, p["input2_multiplier"], p["input2_shift"]).astype(np.int64)
     return requantize(ra + rb, p["output_multiplier"], p["output_shift"], tout.zero_point, *op.act)
+
+
+def _mul(op: QOp, a: np.ndarray, b: np.ndarray, ta: QTensor, tb: QTensor, tout: QTensor) -> np.ndarray:
+    """TFLite's int8 MUL: (a - zp_a) * (b - zp_b) requantized by in1_scale * in2_scale / out_scale."""
+    m, s = mul_multiplier(ta.scale, tb.scale, tout.scale)
+    product = (a.astype(np.int64) - ta.zero_point) * (b.astype(np.int64) - tb.zero_point)
+    return requantize(product, m, s, tout.zero_point, *op.act)
 
 
 def _same_quant(op: QOp, tin: QTensor, tout: QTensor, what: str) -> None:
@@ -208,6 +218,8 @@ def run_op(graph: QGraph, op: QOp, xs: list[np.ndarray]) -> np.ndarray:
         y = _dense(op, xs[0], tin, tout)
     elif op.kind == "add":
         y = _add(op, xs[0], xs[1], tin, t[op.inputs[1]], tout)
+    elif op.kind == "mul":
+        y = _mul(op, xs[0], xs[1], tin, t[op.inputs[1]], tout)
     elif op.kind in ("avgpool", "maxpool"):
         y = _pool(op, xs[0], tin, tout)
     elif op.kind == "mean":

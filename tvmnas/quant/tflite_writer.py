@@ -209,6 +209,10 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
             opts = fb.FullyConnectedOptionsT()
             opts.fusedActivationFunction = fused(op)
             bld.op(BO.FULLY_CONNECTED, [x, wt, bt], [act_tensor(op.output)], OPT.FullyConnectedOptions, opts)
+        elif op.kind == "mul":
+            opts = fb.MulOptionsT()
+            opts.fusedActivationFunction = fused(op)
+            bld.op(BO.MUL, [x, act_tensor(op.inputs[1])], [act_tensor(op.output)], OPT.MulOptions, opts)
         elif op.kind == "add":
             opts = fb.AddOptionsT()
             opts.fusedActivationFunction = fused(op)
