@@ -101,8 +101,7 @@ def run_network(name: str, zoo: str, entry, target_name: str, timeout_s: float) 
             record["flash_bytes"] = bundle.manifest["flash_bytes"]
             record["arena_bytes"] = bundle.manifest["arena_bytes"]
             record["int8_kernels"] = bundle.manifest.get("int8_kernels")
-            record["float_kernels"] = sorted({k["name"] for k in bundle.manifest["kernels"]
-                                              if "int8" not in k["name"] and "tvmnas_s8" not in k["name"]})
+            record["float_kernels"] = sorted({k["name"] for k in bundle.manifest["kernels"] if "dequantize" in k["name"]})
             stage = "run"
             result = run(build(bundle.out_dir, target, work / "build"), target, [xq.astype(np.float32).reshape(-1)],
                          timeout_s=timeout_s)
