@@ -70,6 +70,9 @@ SETTING_FLAGS = {
     "import_check": ("import_check=False", "--no-import-check"),
     "executor": ("executor", "--executor"),
     "ray_address": ("Ray address", "--ray-address"),
+    "quantize": ("quantize=", "--quantize "),
+    "calibration": ("the calibration input", "--calibration"),
+    "raw": ("raw input", "--raw"),
 }
 
 

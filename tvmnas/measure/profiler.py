@@ -38,6 +38,7 @@ from tvmnas.measure.store import KernelKey
 from tvmnas.measure.emulator import Emulator
 from tvmnas.measure.profile import Profile
 from tvmnas.passes.int8_simd import SIMD_C, uses_simd
+from tvmnas.passes.int8_softmax import SOFTMAX_C, uses_softmax
 from tvmnas.passes.kernel_features import kernel_hash, kernel_macs
 from tvmnas.quantized import integer_model
 from tvmnas.measure.runner import COMMON_CFLAGS
@@ -67,10 +68,12 @@ def compiler_version() -> str:
 
 def codegen_version(c_text: str, name: str, flags: str) -> str:
     """Version of the machine code of a kernel: its C text with its own function name normalised
-    (plus the SIMD micro-kernel it calls), the shared C prelude, the compiler's version and flags."""
+    (plus the C micro-kernels it calls), the shared C prelude, the compiler's version and flags."""
     normalised = re.sub(rf"\b{re.escape(name)}\b", "KERNEL", c_text)
-    if uses_simd(c_text):  # the micro-kernel it calls is part of what runs
+    if uses_simd(c_text):  # the micro-kernels it calls are part of what runs
         normalised += SIMD_C
+    if uses_softmax(c_text):
+        normalised += SOFTMAX_C
     text = "\0".join([normalised, PRELUDE, compiler_version(), flags])
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 

@@ -176,6 +176,8 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph, float32: bool = F
         x = act_tensor(op.inputs[0])
         if op.kind == "conv":
             a = op.attrs
+            if len(tin.shape) != 4:
+                raise QuantizationError(f"node '{op.name}': a {len(tin.shape) - 2}-D convolution is not written to .tflite")
             o, cig, kh, kw = op.weight.shape
             depthwise = a["group"] == tin.shape[1] and cig == 1 and a["group"] > 1
             if a["group"] != 1 and not depthwise:
@@ -220,12 +222,18 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph, float32: bool = F
             opts = fb.FullyConnectedOptionsT()
             opts.fusedActivationFunction = fused(op)
             bld.op(BO.FULLY_CONNECTED, [x, wt, bt], [act_tensor(op.output)], OPT.FullyConnectedOptions, opts)
+        elif op.kind == "mul":
+            opts = fb.MulOptionsT()
+            opts.fusedActivationFunction = fused(op)
+            bld.op(BO.MUL, [x, act_tensor(op.inputs[1])], [act_tensor(op.output)], OPT.MulOptions, opts)
         elif op.kind == "add":
             opts = fb.AddOptionsT()
             opts.fusedActivationFunction = fused(op)
             bld.op(BO.ADD, [x, act_tensor(op.inputs[1])], [act_tensor(op.output)], OPT.AddOptions, opts)
         elif op.kind in ("avgpool", "maxpool"):
             a = op.attrs
+            if len(tin.shape) != 4:
+                raise QuantizationError(f"node '{op.name}': a 1-D pool is not written to .tflite")
             pad = _padding(op, tin.shape[2:], tout.shape[2:], a["kernel"], a["strides"])
             if pad == "EXPLICIT":
                 raise QuantizationError(f"node '{op.name}': pooling pads {a['pads']} are neither TFLite SAME nor VALID")
@@ -267,6 +275,23 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph, float32: bool = F
             if op.activation == "RELU6" and (tin.scale, tin.zero_point) != (tout.scale, tout.zero_point):
                 raise QuantizationError(f"node '{op.name}': ReLU6 changes the quantization; TFLite Micro's int8 RELU6 keeps the input's")
             code = BO.RELU if op.activation == "RELU" else BO.RELU6
+            bld.op(code, [x], [act_tensor(op.output)])
+        elif op.kind == "softmax":
+            if len(tin.shape) == 4:
+                raise QuantizationError(f"node '{op.name}': softmax over NCHW channels is not written to .tflite")
+            opts = fb.SoftmaxOptionsT()
+            opts.beta = 1.0
+            bld.op(BO.SOFTMAX, [x], [act_tensor(op.output)], OPT.SoftmaxOptions, opts)
+        elif op.kind == "pad":
+            if op.attrs["value"] != tout.zero_point:
+                raise QuantizationError(f"node '{op.name}': pads with {op.attrs['value']}, not the zero point; not written")
+            pads = op.attrs["pads"]
+            if len(tin.shape) == 4:
+                pads = [pads[0], pads[2], pads[3], pads[1]]
+            bld.op(BO.PAD, [x, bld.const_i32(f"{op.name}/paddings", [list(p) for p in pads])], [act_tensor(op.output)],
+                   OPT.PadOptions, fb.PadOptionsT())
+        elif op.kind == "lut":
+            code = {"sigmoid": BO.LOGISTIC, "tanh": BO.TANH, "hard_swish": BO.HARD_SWISH}[op.attrs["function"]]
             bld.op(code, [x], [act_tensor(op.output)])
         elif op.kind == "float":
             raise QuantizationError(f"node '{op.name}': {op.attrs['node'].op_type} runs in float between quantized ops; no int8 TFLite op is written for it")
