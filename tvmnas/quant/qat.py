@@ -465,7 +465,8 @@ def prepare_qat(model: nn.Module, input_shape: tuple[int, ...]) -> QATNetwork:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
             ops[name], last = QConcat(int(dim)), node
         else:
-            raise QuantizationError(f"layer '{node.name}' ({_describe(node, modules)}) has no int8 form in "
+            label = node.target if node.op == "call_module" else node.name
+            raise QuantizationError(f"layer '{label}' ({_describe(node, modules)}) has no int8 form in "
                                     "quantization-aware training")
         own = None if ops[name].kind in ("maxpool", "avgpool", "reshape") or kind == "relu6" else name
         raw_steps.append((name, tuple(value[a] for a in args), own, last))
