@@ -418,7 +418,7 @@ def _stage_verify_int8(settings: PipelineSettings, data: ArrayDataset, target: T
     int8 PyTorch network (evaluation mode), in output steps (LSB), and the classes."""
     import torch
 
-    from tvmnas.quant.reference import ReferenceModel
+    from tvmnas.quant.reference import ReferenceModel, dequantize
     from tvmnas.runner import run
     from tvmnas.training.qat import load_qat
 
@@ -437,7 +437,7 @@ def _stage_verify_int8(settings: PipelineSettings, data: ArrayDataset, target: T
     out = net.output_qtensor()
     torch_q = np.rint(logits / out.scale).astype(np.int64) + out.zero_point
     emulated_q = np.stack(result.outputs).reshape(torch_q.shape).astype(np.int64)
-    emulated = (float(out.scale) * (emulated_q - out.zero_point)).astype(np.float32)
+    emulated = dequantize(emulated_q, out)
     np.save(work / "verify_emulated_logits.npy", emulated)
     np.save(work / "verify_reference_logits.npy", logits)
     same_class = emulated_q.argmax(1) == torch_q.argmax(1)
