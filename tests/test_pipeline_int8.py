@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -121,3 +123,18 @@ def test_a_changed_int8_model_reruns_quantize_and_what_follows(run8: tuple[Path,
 def test_unknown_precision_is_one_line() -> None:
     with pytest.raises(TvmnasError, match="unknown precision 'int4' \\(expected one of float32, int8\\)"):
         PipelineSettings(precision="int4")
+
+
+def test_cli_takes_the_precision(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tvmnas.cli import app
+
+    result = CliRunner().invoke(app, ["run-all", "--help"])
+    assert result.exit_code == 0 and "--precision" in result.output and "--qat-epochs" in result.output
+    script = Path(__file__).resolve().parents[1] / "scripts" / "search_and_compile.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path / "o"), "--precision", "int4",
+                           "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "error: unknown precision 'int4' (expected one of float32, int8)"
+    assert not (tmp_path / "o").exists()
