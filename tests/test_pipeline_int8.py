@@ -138,3 +138,19 @@ def test_cli_takes_the_precision(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "error: unknown precision 'int4' (expected one of float32, int8)"
     assert not (tmp_path / "o").exists()
+
+
+def test_a_folder_recorded_before_int8_settings_resumes_as_float32(tmp_path: Path) -> None:
+    """settings.json of a run made before precision existed reads as float32: a float32 rerun
+    resumes it, an int8 one is refused naming precision."""
+    from tvmnas.pipeline import SETTINGS_FILE, _check_settings
+
+    work = tmp_path / "work"
+    work.mkdir()
+    recorded = {k: v for k, v in PipelineSettings().to_dict().items()
+                if k not in ("precision", "qat_epochs", "int8_tolerance")}
+    (work / SETTINGS_FILE).write_text(json.dumps({**recorded, "search_cost_model": "note"}))
+    _check_settings(work, PipelineSettings(), False, "note")
+    (work / SETTINGS_FILE).write_text(json.dumps({**recorded, "search_cost_model": "note"}))
+    with pytest.raises(TvmnasError, match=r'precision "float32" -> "int8"'):
+        _check_settings(work, PipelineSettings(precision="int8"), False, "note")

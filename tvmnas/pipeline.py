@@ -45,6 +45,10 @@ INT8_FILES = ("model_int8.onnx", "metrics_int8.json")
 FLOAT32_DIR = "float32"  # under work/: the float32 build compiled for comparison in an int8 run
 
 
+# The settings added with int8, as a run recorded before them had them.
+INT8_SETTING_DEFAULTS = {"precision": "float32", "qat_epochs": 4, "int8_tolerance": 1}
+
+
 def stage_names(precision: str) -> tuple[str, ...]:
     """The stages of a run at `precision`, in order."""
     return INT8_STAGES if precision == "int8" else STAGES
@@ -536,6 +540,8 @@ def _check_settings(work: Path, settings: PipelineSettings, restart: bool, cost_
                 raise TvmnasError(f"'{work.parent}' holds a run whose {WORK_DIR}/{SETTINGS_FILE} is unreadable "
                                   f"({type(err).__name__}): use another output folder, or restart to redo it",
                                   settings=("out_dir", "restart")) from err
+            if isinstance(old, dict):  # a run recorded before the int8 settings existed was float32
+                old = {**{k: v for k, v in INT8_SETTING_DEFAULTS.items() if k not in old}, **old}
             changed = settings_changes(old, wanted)
             if changed:
                 raise TvmnasError(f"'{work.parent}' holds a run with other settings ({changed}): use another "
