@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tvmnas.data import load_dataset
-from tvmnas.errors import QuantizationError
+from tvmnas.errors import QuantizationError, TvmnasError
 from tvmnas.quant.qat import export_qdq, prepare_qat
 from tvmnas.quant.quantize import weight_qparams
 from tvmnas.quant.reference import ReferenceModel
@@ -176,6 +176,30 @@ def test_fine_tuning_writes_its_model_and_accuracies(tmp_path: Path) -> None:
     ref = ReferenceModel(tmp_path / "model_int8.onnx")
     xi = again.quantize_input(data.test_x[:1])
     np.testing.assert_array_equal(ref.run_int8(xi)[0], again.run_int8(xi))
+
+
+def test_interrupted_fine_tuning_resumes_to_the_same_network(tmp_path: Path) -> None:
+    """A killed QAT run resumes from its epoch checkpoint to the uninterrupted result; a checkpoint of
+    another float network is refused, not resumed."""
+    data = load_dataset("digits", limit_train=96, limit_test=32)
+    torch.manual_seed(0)
+    model = _randomize_batch_norm(build_model(_chain_genotype()), 4)
+    config = QATConfig(epochs=2, batch_size=32, calibration_images=32)
+    whole = quantization_aware_train(model, data, tmp_path / "whole", config)
+
+    def die(epoch: int, row: dict) -> None:
+        if epoch == 0:
+            raise KeyboardInterrupt()
+
+    with pytest.raises(KeyboardInterrupt):
+        quantization_aware_train(model, data, tmp_path / "split", config, on_epoch_end=die)
+    resumed = quantization_aware_train(model, data, tmp_path / "split", config)
+    a, b = whole.network.state_dict(), resumed.network.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "whole" / "model_int8.onnx").read_bytes() == (tmp_path / "split" / "model_int8.onnx").read_bytes()
+    other = _randomize_batch_norm(build_model(_chain_genotype()), 5)
+    with pytest.raises(TvmnasError, match="written with other settings"):
+        quantization_aware_train(other, data, tmp_path / "split", config)
 
 
 def _require_tools() -> None:

@@ -16,7 +16,9 @@ arithmetic: they are the accuracies of the int8 C code.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,7 @@ def quantization_aware_train(
     float_accuracy: float | None = None,
     resume: bool = True,
     progress: bool = False,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> QATResult:
     """Fine-tune a copy of the trained float `model` with QAT on dataset.train and export it.
 
@@ -103,7 +106,7 @@ def quantization_aware_train(
     ptq_loss, ptq_acc = evaluate(net, dataset.test_x, dataset.test_y, config.batch_size)
     history: list[dict[str, float]] = []
     if config.epochs:
-        history = _fine_tune(net, dataset, out_dir, config, progress, resume)
+        history = _fine_tune(net, dataset, out_dir, config, progress, resume, _state_digest(model), on_epoch_end)
     net.set_observe("frozen", enabled=True)
     net.eval()
     qat_loss, qat_acc = (history[-1]["test_loss"], history[-1]["test_acc"]) if history else (ptq_loss, ptq_acc)
@@ -125,10 +128,20 @@ def quantization_aware_train(
     return QATResult(net, metrics)
 
 
+def _state_digest(model: nn.Module) -> str:
+    """sha256 of a network's parameters and buffers: a checkpoint resumes only the network it started from."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _fine_tune(net: QATNetwork, dataset: ArrayDataset, out_dir: Path, config: QATConfig, progress: bool,
-               resume: bool) -> list[dict[str, float]]:
+               resume: bool, float_digest: str,
+               on_epoch_end: Callable[[int, dict[str, float]], None] | None) -> list[dict[str, float]]:
     settings = {"config": asdict(config), "dataset": dataset.name, "train_examples": len(dataset.train_x),
-                "steps": [s.op for s in net.steps]}
+                "steps": [s.op for s in net.steps], "float_model": float_digest}
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     loop = EpochLoop(net, optimizer, config.epochs, num_batches(len(dataset.train_x), config.batch_size),
@@ -152,7 +165,7 @@ def _fine_tune(net: QATNetwork, dataset: ArrayDataset, out_dir: Path, config: QA
 
     epoch_batches = (lambda epoch: batches(dataset.train_x, dataset.train_y, config.batch_size,
                                            shuffle_seed=config.seed * 100_003 + epoch + 7))
-    return loop.run(epoch_batches, step, end_epoch)
+    return loop.run(epoch_batches, step, end_epoch, on_epoch_end=on_epoch_end)
 
 
 def load_qat(model: nn.Module, input_shape: tuple[int, ...], out_dir: Path) -> QATNetwork:
