@@ -353,8 +353,9 @@ def _stage_train(settings: PipelineSettings, data: ArrayDataset, found: dict[str
     return {"model_dir": str(model_dir), "metrics": metrics}
 
 
-def _float_model(model_dir: Path) -> "torch.nn.Module":  # noqa: F821
-    """The retrained float network (its genotype's model with the final training checkpoint's weights)."""
+def _float_model(model_dir: Path) -> Any:
+    """The retrained float network, a torch module (its genotype's model with the final training
+    checkpoint's weights)."""
     import torch
 
     from tvmnas.models import build_model
