@@ -344,8 +344,12 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[Block]:
             "Latency = estimated cycles / board clock, so it is an estimate too.",
             "Flash and SRAM are read from the linked ELF's sections and symbols (test firmware: model, harness, "
             "C library); the emulator itself does not enforce the board's budget.",
-            f"Accuracy is measured in PyTorch on the test split; the C output is checked on "
-            f"{verify['images']} held-out images against the exported PyTorch program ({verify['source']}).",
+            (f"Accuracy is measured in PyTorch on the test split, the int8 network running the integer "
+             f"arithmetic of the C code; the C output is checked on {verify['images']} held-out images against "
+             f"that network and against the integer reference of `model_int8.onnx` ({verify['source']})."
+             if int8 else
+             f"Accuracy is measured in PyTorch on the test split; the C output is checked on "
+             f"{verify['images']} held-out images against the exported PyTorch program ({verify['source']})."),
         )),
         Heading("Files"),
         Items((
