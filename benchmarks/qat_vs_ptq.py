@@ -51,7 +51,8 @@ def main() -> None:
                         channels=args.channels,
                         layers=(ChainLayer("mb_k3_e3", 2 * args.channels, 2), ChainLayer("mb_k3_e3", 2 * args.channels, 1),
                                 ChainLayer("mb_k3_e3", 4 * args.channels, 2), ChainLayer("mb_k3_e3", 4 * args.channels, 1)))
-    work = args.work / f"{args.dataset}_{args.seed}"
+    work = args.work / (f"{args.dataset}_n{len(data.train_x)}_t{len(data.test_x)}_c{args.channels}_"
+                        f"e{args.train_epochs}_q{args.qat_epochs}_s{args.seed}")
     trained = train(genotype, data, work / "train", TrainConfig(epochs=args.train_epochs, seed=args.seed))
     qat = quantization_aware_train(trained.model, data, work / "qat", QATConfig(epochs=args.qat_epochs, seed=args.seed),
                                    float_accuracy=trained.metrics["test_accuracy"])
