@@ -123,6 +123,8 @@ def test_a_changed_int8_model_reruns_quantize_and_what_follows(run8: tuple[Path,
 def test_unknown_precision_is_one_line() -> None:
     with pytest.raises(TvmnasError, match="unknown precision 'int4' \\(expected one of float32, int8\\)"):
         PipelineSettings(precision="int4")
+    with pytest.raises(TvmnasError, match="precision int8 is not available for the darts space"):
+        PipelineSettings(precision="int8", space="darts")
 
 
 def test_cli_takes_the_precision(tmp_path: Path) -> None:

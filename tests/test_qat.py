@@ -155,6 +155,9 @@ def test_a_layer_with_no_int8_form_is_named() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sigmoid(), nn.Flatten(), nn.Linear(72, 3))
     with pytest.raises(QuantizationError, match=r"layer '1' \(Sigmoid\) has no int8 form"):
         prepare_qat(model, (1, 8, 8))
+    ceil = nn.Sequential(nn.Conv2d(1, 2, 1), nn.AvgPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(32, 3))
+    with pytest.raises(QuantizationError, match=r"layer '1': AvgPool2d.* uses ceil_mode"):
+        prepare_qat(ceil, (1, 8, 8))
 
 
 def test_fine_tuning_writes_its_model_and_accuracies(tmp_path: Path) -> None:

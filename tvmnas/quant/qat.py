@@ -421,20 +421,15 @@ def prepare_qat(model: nn.Module, input_shape: tuple[int, ...]) -> QATNetwork:
         consumed.add(act)
         return _kind(act, modules), act
 
-    placeholders = [n for n in nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise QuantizationError(f"the network has {len(placeholders)} inputs; quantization-aware training takes one")
-    for node in nodes:
-        if node.op in ("placeholder",):
-            value[node] = INPUT
-            continue
+    def add_step(node: fx.Node) -> None:
+        """Group `node` (with the BatchNorm and activation it fuses) into one step."""
         if node.op in ("output", "get_attr") or node in consumed:
-            continue
+            return
         kind = _kind(node, modules)
         args = [a for a in node.args if isinstance(a, fx.Node)]
         if kind == "identity":
             value[node] = value[args[0]]
-            continue
+            return
         name = node.name
         if kind == "conv":
             bn_node = sole_user(node, ("bn",))
@@ -471,6 +466,19 @@ def prepare_qat(model: nn.Module, input_shape: tuple[int, ...]) -> QATNetwork:
         own = None if ops[name].kind in ("maxpool", "avgpool", "reshape") or kind == "relu6" else name
         raw_steps.append((name, tuple(value[a] for a in args), own, last))
         value[last] = name
+
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise QuantizationError(f"the network has {len(placeholders)} inputs; quantization-aware training takes one")
+    for node in nodes:
+        if node.op in ("placeholder",):
+            value[node] = INPUT
+            continue
+        try:
+            add_step(node)
+        except QuantizationError as err:
+            label = node.target if node.op == "call_module" else node.name
+            raise QuantizationError(str(err) if str(err).startswith("layer '") else f"layer '{label}': {err}") from None
     result = output_node.args[0]
     if not isinstance(result, fx.Node) or value.get(result) != raw_steps[-1][0]:
         raise QuantizationError("the network's output is not its last layer's; quantization-aware training "
