@@ -62,7 +62,7 @@ class ActivationQuant(nn.Module):
     through unquantized (calibration runs the float network).
     """
 
-    def __init__(self, momentum: float = 0.05) -> None:
+    def __init__(self, momentum: float = 0.01) -> None:
         super().__init__()
         self.momentum = momentum
         self.register_buffer("lo", torch.tensor(0.0, dtype=torch.float64))
