@@ -46,6 +46,7 @@ def main() -> None:
     from tvmnas.training.qat import QATConfig, quantization_aware_train
 
     torch.set_num_threads(1)
+    commit = git_commit()  # the code measured, not what HEAD is when the run ends
     data = load_dataset(args.dataset, root=args.data_root, limit_train=args.limit_train, limit_test=args.limit_test)
     genotype = Genotype(space="chain", input_shape=data.input_shape, num_classes=data.num_classes,
                         channels=args.channels,
@@ -60,7 +61,7 @@ def main() -> None:
     row = {"dataset": data.name, "train_examples": len(data.train_x), "test_examples": len(data.test_x),
            "genotype": str(genotype), "train_epochs": args.train_epochs, "qat_epochs": args.qat_epochs,
            "seed": args.seed, "float32": m["float_test_accuracy"], "ptq_int8": m["ptq_test_accuracy"],
-           "qat_int8": m["test_accuracy"], "commit": git_commit()}
+           "qat_int8": m["test_accuracy"], "commit": commit}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(row, indent=2) + "\n")
     print("| dataset | train / test images | epochs (float + QAT) | float32 | PTQ int8 | QAT int8 |")
