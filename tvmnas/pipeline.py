@@ -1,5 +1,6 @@
-"""The end-to-end job: search, retrain, compile to C, build for the target, verify on its emulator
-against the trained PyTorch model, profile per layer, and write the report.
+"""The end-to-end job: search, retrain, [quantization-aware training to int8], compile to C, build
+for the target, verify on its emulator against the trained PyTorch model, profile per layer, and
+write the report.
 
 Every stage writes its artifact and then a record (work/stages/<stage>.json) holding its result and
 the sha256 of each file it wrote; a rerun into the same folder with the same settings skips a stage
@@ -32,10 +33,25 @@ from tvmnas.search.search import SearchConfig
 from tvmnas.targets import DEFAULT_TARGET, Target, load_target
 
 STAGES = ("search", "train", "compile", "build", "verify", "profile", "report")
+# int8: QAT fine-tuning and export before compiling; the float32 model compiled, built and profiled
+# beside it for the report's side-by-side comparison.
+INT8_STAGES = ("search", "train", "quantize", "compile", "build", "verify", "profile", "float32", "report")
+PRECISIONS = ("float32", "int8")
 BUNDLE_DIR = "c_bundle"
 WORK_DIR = "work"
 SETTINGS_FILE = "settings.json"
 MODEL_FILES = ("model.pt2", "model.onnx", "genotype.json", "metrics.json")
+INT8_FILES = ("model_int8.onnx", "metrics_int8.json")
+FLOAT32_DIR = "float32"  # under work/: the float32 build compiled for comparison in an int8 run
+
+
+# The settings added with int8, as a run recorded before them had them.
+INT8_SETTING_DEFAULTS = {"precision": "float32", "qat_epochs": 4, "int8_tolerance": 1}
+
+
+def stage_names(precision: str) -> tuple[str, ...]:
+    """The stages of a run at `precision`, in order."""
+    return INT8_STAGES if precision == "int8" else STAGES
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,11 @@ class PipelineSettings:
     fastest Pareto point whose test accuracy is within sweep_accuracy_drop of the front's best.
     cost_model: 'auto' (learned surrogate for the target when one is available, else MACs) or 'mac'.
     verify_images: held-out test images run on the emulator and compared with PyTorch.
-    logit_tolerance: largest allowed |C logit - PyTorch logit| in verification.
+    logit_tolerance: largest allowed |C logit - PyTorch logit| in verification (float32).
+    precision: 'float32', or 'int8': the retrained network is fine-tuned with quantization-aware
+    training for qat_epochs epochs, compiled to integer-only C, verified against the integer reference
+    and the int8 PyTorch network (within int8_tolerance output steps, same class), checked against
+    the board's budgets as int8, and reported beside its float32 build.
     """
 
     dataset: str = "digits"
@@ -70,6 +90,9 @@ class PipelineSettings:
     verify_images: int = 256
     logit_tolerance: float = 1e-3
     ignore_budget: bool = False
+    precision: str = "float32"
+    qat_epochs: int = 4
+    int8_tolerance: int = 1
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:
@@ -82,6 +105,13 @@ class PipelineSettings:
             raise TvmnasError(f"verify_images must be at least 1, got {self.verify_images}")
         if self.cost_weight < 0 or any(lam < 0 for lam in self.sweep):
             raise TvmnasError("cost weights (lambda) must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise TvmnasError(f"unknown precision '{self.precision}' (expected one of {', '.join(PRECISIONS)})")
+        if self.precision == "int8" and self.space == "darts":
+            raise TvmnasError("precision int8 is not available for the darts space: its FactorizedReduce "
+                              "average-pools with ceil_mode, which has no int8 form; use the chain space")
+        if self.qat_epochs < 0 or self.int8_tolerance < 0:
+            raise TvmnasError(f"qat_epochs ({self.qat_epochs}) and int8_tolerance ({self.int8_tolerance}) must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (paths as text, tuples as lists), as recorded in work/settings.json."""
@@ -110,9 +140,9 @@ class StageLog:
         self.console = Console(stderr=True, quiet=not enabled)
         self.seconds: dict[str, float] = {}
 
-    def header(self, index: int, name: str, what: str) -> None:
-        """Announce stage `index` of the run."""
-        self.console.rule(f"[bold]{index}/{len(STAGES)} {name}[/bold]: {escape(what)}", align="left")
+    def header(self, index: int, name: str, what: str, total: int = len(STAGES)) -> None:
+        """Announce stage `index` of the run's `total`."""
+        self.console.rule(f"[bold]{index}/{total} {name}[/bold]: {escape(what)}", align="left")
 
     def skipped(self, name: str) -> None:
         """Say a stage's result was found in the output folder."""
@@ -162,11 +192,12 @@ class Stages:
     """Runs each stage once per output folder: its result and the digests of the files it wrote are
     stored in a record, and reused on rerun while those files are there unchanged."""
 
-    def __init__(self, out: Path, log: StageLog) -> None:
+    def __init__(self, out: Path, log: StageLog, names: tuple[str, ...] = STAGES) -> None:
         self.root = Path(out)
         self.dir = self.root / WORK_DIR / "stages"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = log
+        self.names = names
 
     def run(self, name: str, what: str, fn: Callable[[], dict[str, Any]], line: Callable[[dict], str],
             outputs: Callable[[dict], list[Path]] = lambda result: []) -> dict:
@@ -176,12 +207,12 @@ class Stages:
         stage drops the stored results of the stages after it, so they run again too.
         """
         record = self.dir / f"{name}.json"
-        self.log.header(STAGES.index(name) + 1, name, what)
+        self.log.header(self.names.index(name) + 1, name, what, len(self.names))
         stored = self._stored(name, record)
         if stored is not None:
             self.log.skipped(name)
             return stored
-        for later in STAGES[STAGES.index(name) + 1:]:  # their results were made from the old one
+        for later in self.names[self.names.index(name) + 1:]:  # their results were made from the old one
             (self.dir / f"{later}.json").unlink(missing_ok=True)
         start = time.monotonic()
         result = fn()
@@ -325,13 +356,40 @@ def _stage_train(settings: PipelineSettings, data: ArrayDataset, found: dict[str
     return {"model_dir": str(model_dir), "metrics": metrics}
 
 
+def _float_model(model_dir: Path) -> Any:
+    """The retrained float network, a torch module (its genotype's model with the final training
+    checkpoint's weights)."""
+    import torch
+
+    from tvmnas.models import build_model
+    from tvmnas.train import CHECKPOINT_NAME
+
+    model = build_model(Genotype.load(model_dir / "genotype.json"))
+    model.load_state_dict(torch.load(model_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=False)["model"])
+    return model.eval()
+
+
+def _stage_quantize(settings: PipelineSettings, data: ArrayDataset, trained: dict[str, Any], work: Path,
+                    progress: bool) -> dict[str, Any]:
+    from tvmnas.training.qat import QATConfig, quantization_aware_train
+
+    config = QATConfig(epochs=settings.qat_epochs, batch_size=settings.batch_size, seed=settings.seed)
+    result = quantization_aware_train(_float_model(Path(trained["model_dir"])), data, work / "qat", config,
+                                      float_accuracy=trained["metrics"]["test_accuracy"], progress=progress)
+    return {"model_dir": str(work / "qat"), "model": str(work / "qat" / "model_int8.onnx"), "metrics": result.metrics}
+
+
 def _stage_compile(settings: PipelineSettings, target: Target, trained: dict[str, Any], out: Path,
-                   log: StageLog) -> dict[str, Any]:
+                   log: StageLog, quantized: dict[str, Any] | None = None, bundle: Path | None = None,
+                   ignore_budget: bool | None = None) -> dict[str, Any]:
+    """Compile the float model, or with `quantized` the int8 QDQ model (integer-only C, budgets checked
+    against the int8 build)."""
     from tvmnas.compiler import compile_model
 
-    with log.status(f"compiling model.onnx to C for {target.name} (TVM)"):
-        compiled = compile_model(Path(trained["model_dir"]) / "model.onnx", target, out / BUNDLE_DIR,
-                                 ignore_budget=settings.ignore_budget)
+    model = Path(quantized["model"]) if quantized else Path(trained["model_dir"]) / "model.onnx"
+    with log.status(f"compiling {model.name} to C for {target.name} (TVM)"):
+        compiled = compile_model(model, target, bundle or out / BUNDLE_DIR,
+                                 ignore_budget=settings.ignore_budget if ignore_budget is None else ignore_budget)
     return {"bundle": str(compiled.out_dir), "manifest": compiled.manifest}
 
 
@@ -352,6 +410,66 @@ def _reference_logits(model_dir: Path, images: np.ndarray) -> np.ndarray:
     module = torch.export.load(model_dir / "model.pt2").module()
     with torch.no_grad():
         return np.stack([module(torch.from_numpy(x[None])).numpy()[0] for x in images]).astype(np.float32)
+
+
+def _bundle_inputs(images: np.ndarray, manifest: dict[str, Any]) -> list[np.ndarray]:
+    """The arrays the harness takes for each image: float32, or an int8 bundle's quantized values."""
+    from tvmnas.quantized import bundle_input
+
+    return [bundle_input(x[None], manifest, raw=False) for x in images]
+
+
+def _stage_verify_int8(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: dict[str, Any],
+                       quantized: dict[str, Any], compiled: dict[str, Any], built: dict[str, Any], work: Path,
+                       log: StageLog) -> dict[str, Any]:
+    """int8: the C output against the integer reference of the exported QDQ model and against the
+    int8 PyTorch network (evaluation mode), in output steps (LSB), and the classes."""
+    import torch
+
+    from tvmnas.quant.reference import ReferenceModel, dequantize
+    from tvmnas.measure.runner import run
+    from tvmnas.training.qat import load_qat
+
+    n = min(settings.verify_images, len(data.test_x))
+    images, labels = data.test_x[:n], data.test_y[:n]
+    manifest = compiled["manifest"]
+    inputs = _bundle_inputs(images, manifest)
+    with log.status(f"running {n} held-out test images on QEMU {target.emulator_machine}, in the integer "
+                    "reference and in PyTorch"):
+        result = run(Path(built["elf"]), target, inputs, timeout_s=60 + 2 * n)
+        reference = ReferenceModel(quantized["model"])
+        ref_q = np.stack([reference.run_int8(x.astype(np.int8))[0].reshape(-1) for x in inputs]).astype(np.int64)
+        net = load_qat(_float_model(Path(trained["model_dir"])), data.input_shape, Path(quantized["model_dir"]))
+        with torch.no_grad():
+            logits = net(torch.from_numpy(images)).numpy()
+    out = net.output_qtensor()
+    torch_q = np.rint(logits / out.scale).astype(np.int64) + out.zero_point
+    emulated_q = np.stack(result.outputs).reshape(torch_q.shape).astype(np.int64)
+    emulated = dequantize(emulated_q, out)
+    np.save(work / "verify_emulated_logits.npy", emulated)
+    np.save(work / "verify_reference_logits.npy", logits)
+    same_class = emulated_q.argmax(1) == torch_q.argmax(1)
+    lsb_torch = int(np.abs(emulated_q - torch_q).max())
+    lsb_ref = int(np.abs(emulated_q - ref_q).max())
+    verdict = {
+        "images": n, "source": f"first {n} images of the {data.name} test split (never used by search or training)",
+        "precision": "int8", "classes_agree": int(same_class.sum()),
+        "max_lsb_diff_pytorch": lsb_torch, "max_lsb_diff_reference": lsb_ref, "int8_tolerance": settings.int8_tolerance,
+        "output_scale": float(out.scale), "output_zero_point": out.zero_point,
+        "max_abs_logit_diff": float(np.abs(emulated - logits).max()),
+        "mean_abs_logit_diff": float(np.abs(emulated - logits).mean()),
+        "logit_tolerance": settings.int8_tolerance * float(out.scale),
+        "emulated_accuracy": float((emulated_q.argmax(1) == labels).mean()),
+        "reference_accuracy": float((torch_q.argmax(1) == labels).mean()),
+        "instructions_min": int(min(result.instructions)), "instructions_max": int(max(result.instructions)),
+        "passed": bool(same_class.all() and max(lsb_torch, lsb_ref) <= settings.int8_tolerance),
+    }
+    if not verdict["passed"]:
+        raise VerificationError(
+            f"int8 C on {target.emulator_machine} disagrees on {n - verdict['classes_agree']} of {n} images, "
+            f"max output diff {lsb_torch} steps vs the PyTorch int8 network and {lsb_ref} vs the integer reference; "
+            f"tolerance {settings.int8_tolerance}")
+    return verdict
 
 
 def _stage_verify(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: dict[str, Any],
@@ -385,15 +503,29 @@ def _stage_verify(settings: PipelineSettings, data: ArrayDataset, target: Target
     return verdict
 
 
-def _stage_profile(data: ArrayDataset, target: Target, built: dict[str, Any], log: StageLog) -> dict[str, Any]:
+def _stage_profile(data: ArrayDataset, target: Target, compiled: dict[str, Any], built: dict[str, Any],
+                   log: StageLog) -> dict[str, Any]:
     from tvmnas.measure.profile import profile_elf
 
     with log.status(f"profiling one inference per kernel on {target.emulator_machine}"):
-        profile = profile_elf(Path(built["profile_elf"]), target, [data.test_x[:1]])
+        profile = profile_elf(Path(built["profile_elf"]), target, _bundle_inputs(data.test_x[:1], compiled["manifest"]))
     figures = profile.to_json()
     figures["preamble_cycles"] = profile.preamble_cycles
     figures["latency_s"] = profile.cycles / target.clock_hz
     return figures
+
+
+def _stage_float32(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: dict[str, Any],
+                   work: Path, log: StageLog) -> dict[str, Any]:
+    """The float32 model compiled, built and profiled the same way, for the int8 run's side-by-side
+    (not deployed: the board's budgets are not enforced on it)."""
+    folder = work / FLOAT32_DIR
+    compiled = _stage_compile(settings, target, trained, folder, log, bundle=folder / BUNDLE_DIR, ignore_budget=True)
+    built = _stage_build(target, Path(compiled["bundle"]), folder, log)
+    profile = _stage_profile(data, target, compiled, built, log)
+    return {"bundle": compiled["bundle"], "manifest": compiled["manifest"], "memory": built["memory"],
+            "elf": built["elf"], "profile_elf": built["profile_elf"], "instructions": profile["instructions"],
+            "cycles": profile["cycles"], "test_accuracy": trained["metrics"]["test_accuracy"]}
 
 
 # ---------------------------------------------------------------------------------------------- the job
@@ -412,6 +544,8 @@ def _check_settings(work: Path, settings: PipelineSettings, restart: bool, cost_
                 raise TvmnasError(f"'{work.parent}' holds a run whose {WORK_DIR}/{SETTINGS_FILE} is unreadable "
                                   f"({type(err).__name__}): use another output folder, or restart to redo it",
                                   settings=("out_dir", "restart")) from err
+            if isinstance(old, dict):  # a run recorded before the int8 settings existed was float32
+                old = {**{k: v for k, v in INT8_SETTING_DEFAULTS.items() if k not in old}, **old}
             changed = settings_changes(old, wanted)
             if changed:
                 raise TvmnasError(f"'{work.parent}' holds a run with other settings ({changed}): use another "
@@ -445,8 +579,8 @@ def check_run_folder(out: Path) -> Path:
     return check_out_path(out, "run-all", replaced=False)
 
 
-def _copy_model_files(model_dir: Path, out: Path) -> None:
-    for name in MODEL_FILES:
+def _copy_model_files(model_dir: Path, out: Path, names: tuple[str, ...] = MODEL_FILES) -> None:
+    for name in names:
         shutil.copyfile(model_dir / name, out / name)
 
 
@@ -462,7 +596,9 @@ def run_pipeline(
     """Search, retrain, compile, build, verify on the emulator, profile and report into `out_dir`.
 
     out_dir gets report.md, report.html, plots/, summary.json, the C bundle (c_bundle/), model.pt2,
-    model.onnx, genotype.json and metrics.json; intermediate files live in out_dir/work. A rerun with
+    model.onnx, genotype.json and metrics.json; intermediate files live in out_dir/work. At precision
+    int8 the retrained model is fine-tuned with QAT and the bundle is int8 (out_dir also gets
+    model_int8.onnx and metrics_int8.json), and the float32 build is profiled beside it. A rerun with
     the same settings resumes; other settings need `restart` (which clears work/ first).
     `dataset` replaces loading settings.dataset (its name must still describe it). `executor`
     (tvmnas.executor) runs the sweep's arms (default: one after another here).
@@ -491,9 +627,11 @@ def _run_stages(out: Path, settings: PipelineSettings, data: ArrayDataset, targe
     work = out / WORK_DIR
     _check_settings(work, settings, restart, cost_note)
     log = StageLog(progress)
-    stages = Stages(out, log)
+    names = stage_names(settings.precision)
+    int8 = settings.precision == "int8"
+    stages = Stages(out, log, names)
     log.console.print(escape(f"tvmnas: {data.name} {data.input_shape} -> {settings.space} space -> "
-                             f"{target.name} ({target.board_name}); cost model: {cost_note}"))
+                             f"{target.name} ({target.board_name}), {settings.precision}; cost model: {cost_note}"))
 
     if settings.sweep:
         found = stages.run("search", f"lambda sweep {list(settings.sweep)} (search + retrain + emulate each)",
@@ -509,8 +647,17 @@ def _run_stages(out: Path, settings: PipelineSettings, data: ArrayDataset, targe
                          lambda: _stage_train(settings, data, found, work, progress),
                          lambda r: f"test accuracy {r['metrics']['test_accuracy']:.4f}",
                          lambda r: [Path(r["model_dir"]) / n for n in MODEL_FILES])
-    compiled = stages.run("compile", f"TVM -> standalone C for {target.name}",
-                          lambda: _stage_compile(settings, target, trained, out, log),
+    quantized = None
+    if int8:
+        quantized = stages.run("quantize", f"quantization-aware training, {settings.qat_epochs} epochs from the "
+                                           "float model's calibrated ranges; export int8 QDQ ONNX",
+                               lambda: _stage_quantize(settings, data, trained, work, progress),
+                               lambda r: (f"int8 test accuracy {r['metrics']['test_accuracy']:.4f} (PTQ "
+                                          f"{r['metrics']['ptq_test_accuracy']:.4f}, float32 "
+                                          f"{r['metrics']['float_test_accuracy']:.4f})"),
+                               lambda r: [Path(r["model_dir"]) / n for n in (*INT8_FILES, "model_int8.pt")])
+    compiled = stages.run("compile", f"TVM -> standalone {settings.precision} C for {target.name}",
+                          lambda: _stage_compile(settings, target, trained, out, log, quantized),
                           lambda r: f"arena {r['manifest']['arena_bytes']:,} B, "
                                     f"flash {r['manifest']['flash_bytes']:,} B",
                           lambda r: [Path(r["bundle"])])
@@ -519,23 +666,47 @@ def _run_stages(out: Path, settings: PipelineSettings, data: ArrayDataset, targe
                        lambda r: f"{Path(r['elf']).name}: flash {r['memory']['flash_bytes']:,} B, "
                                  f"SRAM {r['memory']['sram_bytes']:,} B",
                        lambda r: [Path(r["elf"]), Path(r["profile_elf"])])
-    verified = stages.run("verify", "C on QEMU vs PyTorch on held-out images",
-                          lambda: _stage_verify(settings, data, target, trained, built, work, log),
-                          lambda r: f"{r['classes_agree']}/{r['images']} classes agree, "
-                                    f"max |logit diff| {r['max_abs_logit_diff']:.2g}",
-                          lambda r: [work / "verify_emulated_logits.npy", work / "verify_reference_logits.npy"])
+    verify_files = lambda r: [work / "verify_emulated_logits.npy", work / "verify_reference_logits.npy"]  # noqa: E731
+    if int8:
+        verified = stages.run("verify", "int8 C on QEMU vs the integer reference and the int8 PyTorch network",
+                              lambda: _stage_verify_int8(settings, data, target, trained, quantized, compiled, built,
+                                                         work, log),
+                              lambda r: (f"{r['classes_agree']}/{r['images']} classes agree, max output diff "
+                                         f"{r['max_lsb_diff_pytorch']} steps vs PyTorch, "
+                                         f"{r['max_lsb_diff_reference']} vs the integer reference"),
+                              verify_files)
+    else:
+        verified = stages.run("verify", "C on QEMU vs PyTorch on held-out images",
+                              lambda: _stage_verify(settings, data, target, trained, built, work, log),
+                              lambda r: f"{r['classes_agree']}/{r['images']} classes agree, "
+                                        f"max |logit diff| {r['max_abs_logit_diff']:.2g}",
+                              verify_files)
     profiled = stages.run("profile", "exact instructions and estimated cycles per kernel",
-                          lambda: _stage_profile(data, target, built, log),
+                          lambda: _stage_profile(data, target, compiled, built, log),
                           lambda r: f"{r['instructions']:,} instructions, ~{r['cycles']:,} cycles (estimate)")
+    compared = None
+    if int8:
+        compared = stages.run("float32", "the float32 model compiled, built and profiled for comparison",
+                              lambda: _stage_float32(settings, data, target, trained, work, log),
+                              lambda r: (f"float32: ~{r['cycles']:,} cycles (estimate), flash "
+                                         f"{r['memory']['flash_bytes']:,} B, SRAM {r['memory']['sram_bytes']:,} B"),
+                              lambda r: [Path(r["bundle"]), Path(r["elf"]), Path(r["profile_elf"])])
 
     _copy_model_files(Path(trained["model_dir"]), out)
+    if quantized is not None:
+        _copy_model_files(Path(quantized["model_dir"]), out, INT8_FILES)
     summary = {
+        "precision": settings.precision,
         "settings": settings.to_dict(), "dataset": data.name, "input_shape": list(data.input_shape),
         "target": asdict(target), "cost_model": cost_model.name, "cost_model_note": cost_note,
         "search": found, "train": trained, "compile": compiled, "build": built, "verify": verified,
         "profile": profiled,
     }
-    log.header(len(STAGES), "report", "report.md, report.html and plots")
+    if int8:
+        summary["quantize"] = quantized
+        summary["float32"] = compared
+    summary["test_accuracy"] = quantized["metrics"]["test_accuracy"] if int8 else trained["metrics"]["test_accuracy"]
+    log.header(len(names), "report", "report.md, report.html and plots", len(names))
     start = time.monotonic()
     write_report(out, summary, Genotype.load(out / "genotype.json"))
     _write_json(out / "summary.json", summary)

@@ -281,19 +281,17 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[Block]:
     sram_used = int(memory["sram_bytes"])
     flash_ok = memory["flash_bytes"] <= tgt["flash_bytes"]
     sram_ok = sram_used <= tgt["sram_bytes"]
+    int8 = summary.get("precision") == "int8"
     blocks: list[Block] = [
         Paragraph(f"{summary['dataset']} {tuple(summary['input_shape'])} -> {s['space']} search space -> "
-                  f"**{tgt['name']}** ({tgt['board_name']}, {clock_mhz:g} MHz). Searched architecture: "
-                  f"`{found['genotype']}`."),
+                  f"**{tgt['name']}** ({tgt['board_name']}, {clock_mhz:g} MHz), "
+                  f"**{summary.get('precision', 'float32')}**. Searched architecture: `{found['genotype']}`."),
         Heading("Result"),
         Table(("figure", "value", "how it was obtained"), (
-            ("test accuracy (PyTorch)", f"{metrics['test_accuracy']:.2%}",
-             f"float32 model after {s['train_epochs']} epochs of retraining, whole {summary['dataset']} test split"),
+            _accuracy_row(summary),
             ("accuracy of the C code on QEMU", f"{verify['emulated_accuracy']:.2%}",
              f"{verify['images']} held-out test images"),
-            ("C vs PyTorch agreement", f"{verify['classes_agree']}/{verify['images']} same class, "
-             f"max abs logit diff {verify['max_abs_logit_diff']:.2g}",
-             f"tolerance {verify['logit_tolerance']:g}; " + ("passed" if verify["passed"] else "FAILED")),
+            _agreement_row(verify, int8),
             ("instructions per inference", f"{prof['instructions']:,}",
              f"exact, counted on QEMU {tgt['emulator_machine']} (-icount)"),
             ("cycles per inference", f"~{prof['cycles']:,} (estimate)",
@@ -330,6 +328,8 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[Block]:
                   + ("Budget check passed." if not found["violations"]
                      else "Over the search budgets: " + "; ".join(found["violations"]) + ".")),
     ]
+    if summary.get("float32"):
+        blocks += _precision_blocks(summary)
     if "pareto" in plots:
         blocks += _sweep_blocks(found, plots["pareto"], float(s["sweep_accuracy_drop"]))
     blocks += [
@@ -344,20 +344,84 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[Block]:
             "Latency = estimated cycles / board clock, so it is an estimate too.",
             "Flash and SRAM are read from the linked ELF's sections and symbols (test firmware: model, harness, "
             "C library); the emulator itself does not enforce the board's budget.",
-            f"Accuracy is measured in PyTorch on the test split; the C output is checked on "
-            f"{verify['images']} held-out images against the exported PyTorch program ({verify['source']}).",
+            (f"Accuracy is measured in PyTorch on the test split, the int8 network running the integer "
+             f"arithmetic of the C code; the C output is checked on {verify['images']} held-out images against "
+             f"that network and against the integer reference of `model_int8.onnx` ({verify['source']})."
+             if int8 else
+             f"Accuracy is measured in PyTorch on the test split; the C output is checked on "
+             f"{verify['images']} held-out images against the exported PyTorch program ({verify['source']})."),
         )),
         Heading("Files"),
         Items((
             "`c_bundle/`: the C to drop into a firmware project (`model.h`, `model.c`, `model_weights.c/.h`, "
             "`Makefile` building `libmodel.a`, `examples/classify.c`, `manifest.json`)",
             "`model.pt2`, `model.onnx`: the trained float32 model; `genotype.json`: the architecture; "
-            "`metrics.json`: training figures",
+            "`metrics.json`: training figures"
+            + ("; `model_int8.onnx`: the int8 QDQ model compiled into `c_bundle/`; `metrics_int8.json`: "
+               "its PTQ and QAT accuracies" if int8 else ""),
             "`summary.json`: every figure of this report, machine-readable; `work/`: intermediate files "
             "(checkpoints, logs, ELFs) that let a rerun resume",
         )),
     ]
     return blocks
+
+
+def _accuracy_row(summary: dict[str, Any]) -> tuple[str, str, str]:
+    s, metrics = summary["settings"], summary["train"]["metrics"]
+    if summary.get("precision") != "int8":
+        return ("test accuracy (PyTorch)", f"{metrics['test_accuracy']:.2%}",
+                f"float32 model after {s['train_epochs']} epochs of retraining, whole {summary['dataset']} test split")
+    q = summary["quantize"]["metrics"]
+    return ("test accuracy (int8)", f"{q['test_accuracy']:.2%}",
+            f"float32 model retrained {s['train_epochs']} epochs, then {q['qat_epochs']} epoch(s) of quantization-aware "
+            f"training; the integer arithmetic the C code runs, whole {summary['dataset']} test split")
+
+
+def _agreement_row(verify: dict[str, Any], int8: bool) -> tuple[str, str, str]:
+    verdict = "passed" if verify["passed"] else "FAILED"
+    if not int8:
+        return ("C vs PyTorch agreement", f"{verify['classes_agree']}/{verify['images']} same class, "
+                f"max abs logit diff {verify['max_abs_logit_diff']:.2g}",
+                f"tolerance {verify['logit_tolerance']:g}; {verdict}")
+    return ("int8 C vs PyTorch agreement", f"{verify['classes_agree']}/{verify['images']} same class, max output "
+            f"diff {verify['max_lsb_diff_pytorch']} steps (LSB) vs the int8 PyTorch network, "
+            f"{verify['max_lsb_diff_reference']} vs the integer reference",
+            f"tolerance {verify['int8_tolerance']} steps of {verify['output_scale']:.3g}; {verdict}")
+
+
+def _precision_blocks(summary: dict[str, Any]) -> list[Block]:
+    """int8 and float32 builds of the same network side by side (same target, same measurement)."""
+    f32, q = summary["float32"], summary["quantize"]["metrics"]
+    i8_mem, f32_mem = summary["build"]["memory"], f32["memory"]
+    i8_cycles, f32_cycles = summary["profile"]["cycles"], f32["cycles"]
+
+    def ratio(f32_value: float, i8_value: float, less: str, more: str) -> str:
+        if not f32_value or not i8_value:
+            return "-"
+        return f"{f32_value / i8_value:.2f}x {less}" if f32_value >= i8_value else f"{i8_value / f32_value:.2f}x {more}"
+
+    rows = (
+        ("test accuracy", f"{q['test_accuracy']:.2%} (PTQ alone: {q['ptq_test_accuracy']:.2%})",
+         f"{f32['test_accuracy']:.2%}", f"{100 * (q['test_accuracy'] - f32['test_accuracy']):+.2f} points"),
+        ("cycles per inference (estimate)", f"~{i8_cycles:,}", f"~{f32_cycles:,}", ratio(f32_cycles, i8_cycles, "fewer", "more")),
+        ("flash, whole firmware", f"{i8_mem['flash_bytes']:,} B", f"{f32_mem['flash_bytes']:,} B",
+         ratio(f32_mem["flash_bytes"], i8_mem["flash_bytes"], "smaller", "larger")),
+        ("model flash (code + weights)", f"{summary['compile']['manifest']['flash_bytes']:,} B",
+         f"{f32['manifest']['flash_bytes']:,} B",
+         ratio(f32["manifest"]["flash_bytes"], summary["compile"]["manifest"]["flash_bytes"], "smaller", "larger")),
+        ("SRAM", f"{i8_mem['sram_bytes']:,} B", f"{f32_mem['sram_bytes']:,} B",
+         ratio(f32_mem["sram_bytes"], i8_mem["sram_bytes"], "smaller", "larger")),
+        ("activation arena", f"{i8_mem['arena_bytes']:,} B", f"{f32_mem['arena_bytes']:,} B",
+         ratio(f32_mem["arena_bytes"], i8_mem["arena_bytes"], "smaller", "larger")),
+    )
+    return [
+        Heading("int8 and float32 side by side"),
+        Table(("figure", "int8 (deployed)", "float32", "int8 vs float32"), rows),
+        Paragraph("Same network, same target, same emulator and timing table; the float32 build is compiled "
+                  "only for this comparison (the board's budgets are checked on the int8 build). Accuracies are "
+                  "on the whole test split: int8 as the C code computes it (integer arithmetic), float32 in "
+                  "PyTorch. Cycles are estimates."),
+    ]
 
 
 def _layer_rows(manifest: dict[str, Any], prof: dict[str, Any]) -> list[tuple[str, ...]]:

@@ -42,6 +42,10 @@ def run_all_command(
                                        help="Search within the board's flash and SRAM."),
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Compile even if over the board's budget."),
     verify_images: int = typer.Option(256, "--verify-images", help="Held-out images to compare on QEMU."),
+    precision: str = typer.Option("float32", "--precision",
+                                  help="float32, or int8: quantization-aware training, integer-only C, int8 budgets, "
+                                       "and the float32 build profiled beside it."),
+    qat_epochs: int = typer.Option(4, "--qat-epochs", help="int8: quantization-aware training epochs after retraining."),
     seed: int = options.seed(help="Same seed, same result."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads (0 = torch's default; small images gain nothing from more)."),
     restart: bool = typer.Option(False, "--restart", help="Clear the output folder's work/ and start over."),
@@ -63,7 +67,7 @@ def run_all_command(
         cost_weight=cost_weight, sweep=parse_lambdas(sweep), sweep_accuracy_drop=accuracy_drop,
         cost_model=cost_model, search_epochs=search_epochs, train_epochs=train_epochs, seed=seed,
         board_budgets=board_budgets, budget_cycles=budget_cycles, verify_images=verify_images,
-        ignore_budget=ignore_budget,
+        ignore_budget=ignore_budget, precision=precision, qat_epochs=qat_epochs,
     )
     pool = options.make_fanout_executor(executor, jobs, ray_address) if settings.sweep else None
     result = run_pipeline(out, settings, restart=restart, progress=progress, executor=pool)
@@ -71,7 +75,8 @@ def run_all_command(
     print(f"report: {out / 'report.html'}", file=sys.stderr)
     print(json.dumps({
         "out": str(out), "report": str(out / "report.html"), "genotype": s["search"]["genotype"],
-        "test_accuracy": s["train"]["metrics"]["test_accuracy"], "instructions": s["profile"]["instructions"],
+        "precision": s["precision"], "test_accuracy": s["test_accuracy"],
+        "float32_test_accuracy": s["train"]["metrics"]["test_accuracy"], "instructions": s["profile"]["instructions"],
         "cycles": s["profile"]["cycles"], "cycles_are": "estimate", "latency_s": s["profile"]["latency_s"],
         "flash_bytes": s["build"]["memory"]["flash_bytes"], "sram_bytes": s["build"]["memory"]["sram_bytes"],
         "verified": s["verify"]["passed"], "cost_model": s["cost_model"],

@@ -22,6 +22,7 @@ Only the ONNX graph is rewritten: a .pt2 program is first exported to ONNX.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +273,13 @@ def quantize_model(model_path: str | Path, calibration: np.ndarray | str | Path)
         raise CalibrationError(f"calibration array has {data.shape[0]} samples; at least 1 is needed")
     if not np.issubdtype(data.dtype, np.floating) or not np.all(np.isfinite(data)):
         raise CalibrationError(f"calibration array must be finite floats, got {data.dtype}")
+    model = prepare_float_graph(model)
+    return insert_qdq(model, in_vi.name, lambda names: _activation_ranges(model, names, data, in_vi.name))
+
+
+def prepare_float_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The float graph as the quantizer reads it: opset 13 or later, constants evaluated,
+    BatchNormalization folded into the Conv before it, unused initializers dropped."""
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < 13:
             model = onnx.version_converter.convert_version(model, 13)
@@ -279,10 +287,21 @@ def quantize_model(model_path: str | Path, calibration: np.ndarray | str | Path)
     _fold_batch_norm(model)
     _fold_pad(model)
     _drop_unused_initializers(model)
-    return _insert_qdq(model, data, in_vi.name)
+    return model
 
 
-def _insert_qdq(model: onnx.ModelProto, data: np.ndarray, input_name: str) -> onnx.ModelProto:
+def bias_qparams(b: np.ndarray, in_scale: float, w_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int32 bias values and their float32 scales ``input_scale * weight_scale[c]`` (zero point 0)."""
+    b_scale = (np.float32(in_scale) * np.asarray(w_scale, np.float32)).astype(np.float32)
+    q = np.clip(tflite_round(np.asarray(b).astype(np.float64) / b_scale.astype(np.float64)), -(2**31), 2**31 - 1)
+    return q.astype(np.int32), b_scale
+
+
+def insert_qdq(model: onnx.ModelProto, input_name: str,
+               ranges: Callable[[list[str]], dict[str, tuple[float, float]]]) -> onnx.ModelProto:
+    """The QDQ model of a prepared float graph (:func:`prepare_float_graph`): weights and biases
+    quantized as above, each activation from its (min, max) range as ``ranges(names)`` gives it
+    (post-training: measured on calibration samples; quantization-aware training: learned)."""
     g = model.graph
     init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     floats = _float_tensors(model)
@@ -305,7 +324,7 @@ def _insert_qdq(model: onnx.ModelProto, data: np.ndarray, input_name: str) -> on
                      and o not in {x.name for x in g.output})
             if not fused:
                 acts.append(o)
-    ranges = _activation_ranges(model, [a for a in acts], data, input_name)
+    found = ranges(list(acts))
     qp: dict[str, tuple[np.float32, int]] = {}
     for a in acts:  # graph order: a same-quantization op's input is decided before it
         p = producer.get(a)
@@ -314,7 +333,7 @@ def _insert_qdq(model: onnx.ModelProto, data: np.ndarray, input_name: str) -> on
         elif p is not None and p.op_type in FIXED_OUTPUT_QUANT:
             qp[a] = FIXED_OUTPUT_QUANT[p.op_type]
         else:
-            qp[a] = activation_qparams(*ranges[a])
+            qp[a] = activation_qparams(*found[a])
 
     new_init: list[onnx.TensorProto] = []
     new_nodes: list[onnx.NodeProto] = []
@@ -347,8 +366,7 @@ def _insert_qdq(model: onnx.ModelProto, data: np.ndarray, input_name: str) -> on
 
     def dq_bias(node: onnx.NodeProto, idx: int, in_scale: np.float32, w_scale: np.ndarray) -> None:
         name = node.input[idx]
-        b_scale = (np.float32(in_scale) * w_scale).astype(np.float32)
-        q = np.clip(tflite_round(init[name].astype(np.float64) / b_scale.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
+        q, b_scale = bias_qparams(init[name], in_scale, w_scale)
         qn, sn = const(name + "_quantized", q), const(name + "_scale", b_scale)
         zn = const(name + "_zero_point", np.zeros(q.shape, np.int32))
         new_nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [name + "_dq"], name=name + "_DequantizeLinear", axis=0))
