@@ -139,10 +139,63 @@ def _place(order: list[ArenaBuffer], alignment: int) -> tuple[dict[str, int], in
     return offsets, max((e for _, e, _ in placed), default=0)
 
 
+SEARCH_STEPS = 20000  # placements tried by `_place_within` before it gives up
+
+
+def _free_offsets(size: int, conflicts: list[tuple[int, int]], limit: int, alignment: int) -> list[int]:
+    """The lowest and the highest aligned offset where `size` bytes fit below `limit` clear of `conflicts`."""
+    fits = []
+    edges = sorted({0, *(_align(e, alignment) for _, e in conflicts)})
+    ends = sorted({limit, *(s for s, _ in conflicts)}, reverse=True)
+    for start in edges:
+        if start + size <= limit and all(start + size <= s or start >= e for s, e in conflicts):
+            fits.append(start)
+            break
+    for end in ends:
+        start = (end - size) // alignment * alignment
+        if start >= 0 and start + size <= limit and all(start + size <= s or start >= e for s, e in conflicts):
+            if start not in fits:
+                fits.append(start)
+            break
+    return fits
+
+
+def _place_within(buffers: list[ArenaBuffer], limit: int, alignment: int) -> dict[str, int] | None:
+    """Offsets for every buffer inside `limit` bytes, or None: buffers in order of first use, each at
+    the lowest or the highest place it fits, depth first with backtracking (at most SEARCH_STEPS
+    placements). Packs what first fit leaves fragmented, e.g. a chain whose tensors alternate in
+    size (pad 48 KB, conv 32 KB, conv 32 KB, pad ...), which needs the ends of the arena in turn."""
+    order = sorted(buffers, key=lambda b: (b.first, -b.nbytes, b.name))
+    placed: list[tuple[int, int]] = []
+    steps = 0
+
+    def go(i: int) -> bool:
+        nonlocal steps
+        if i == len(order):
+            return True
+        buf = order[i]
+        size = _align(buf.nbytes, alignment)
+        conflicts = [(o, o + _align(order[j].nbytes, alignment)) for j, o in enumerate(placed) if order[j].overlaps(buf)]
+        for offset in _free_offsets(size, conflicts, limit, alignment):
+            steps += 1
+            if steps > SEARCH_STEPS:
+                return False
+            placed.append(offset)
+            if go(i + 1):
+                return True
+            placed.pop()
+        return False
+
+    if not go(0):
+        return None
+    return {b.name: o for b, o in zip(order, placed)}
+
+
 def plan_arena(buffers: list[ArenaBuffer], alignment: int = ALIGNMENT,
                aliases: dict[str, str] | None = None) -> ArenaPlan:
     """Greedy first-fit placement tried in several orders (largest first, first use, longest
-    lifetime, largest size x lifetime); the smallest arena wins, ties to the earlier order.
+    lifetime, largest size x lifetime); the smallest arena wins, ties to the earlier order. Where
+    that is above the live-bytes bound, a bounded search (`_place_within`) tries to fit the bound.
     aliases: the `in_place_aliases` the buffers were built with; each aliased tensor gets the
     offset of the tensor it is written over.
 
@@ -154,11 +207,17 @@ def plan_arena(buffers: list[ArenaBuffer], alignment: int = ALIGNMENT,
         if best is None or arena < best[1]:
             best = (offsets, arena)
     offsets, arena = best
+    bound = lower_bound(buffers)
+    if arena > bound:
+        tight = _place_within(buffers, bound, alignment)
+        if tight is not None:
+            offsets, arena = tight, max((o + _align(b.nbytes, alignment) for b in buffers
+                                         for o in [tight[b.name]]), default=0)
     aliases = aliases or {}
     for name in aliases:
         offsets[name] = offsets[_root(name, aliases)]
     unshared = sum(_align(b.nbytes, alignment) for b in buffers)
-    return ArenaPlan(dict(sorted(offsets.items())), arena, lower_bound(buffers), unshared, dict(sorted(aliases.items())))
+    return ArenaPlan(dict(sorted(offsets.items())), arena, bound, unshared, dict(sorted(aliases.items())))
 
 
 def stock_storage_bytes(mod) -> int:

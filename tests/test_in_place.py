@@ -16,6 +16,7 @@ from tvm import te
 from tvmnas.compiler import compile_model, lower_model
 from tvmnas.frontend import import_model
 from tvmnas.passes import (
+    ArenaBuffer,
     AnnotateInPlace,
     CallGraph,
     KernelCall,
@@ -244,3 +245,16 @@ def test_resnet_in_place_on_qemu_matches_onnxruntime_and_the_int8_reference(tmp_
     xq = quantize_input(x, ref.graph.tensors[ref.graph.inputs[0]])
     (yq,) = run(build(q.out_dir, target, tmp_path / "qb"), target, [xq.astype(np.float32)], timeout_s=300).outputs
     np.testing.assert_array_equal(yq.astype(np.int8), ref.run_int8(xq)[0].reshape(-1))
+
+
+def test_plan_reaches_the_bound_on_a_chain_of_alternating_sizes() -> None:
+    # pad (48 KB) -> conv (32 KB) -> conv (32 KB) -> pad ...: DS-CNN's shape. First fit leaves the
+    # third tensor no room below 80 KB; the search places each at one end of the arena in turn.
+    sizes = [48384, 32000, 32000] * 4
+    bufs = [ArenaBuffer(f"t{i:02d}", n, i, i + 1) for i, n in enumerate(sizes)]
+    plan = plan_arena(bufs)
+    assert plan.arena_bytes == plan.lower_bound_bytes == 48384 + 32000
+    for a, b in zip(bufs, bufs[1:]):
+        a0, b0 = plan.offsets[a.name], plan.offsets[b.name]
+        assert a0 + a.nbytes <= b0 or b0 + b.nbytes <= a0
+        assert max(a0 + a.nbytes, b0 + b.nbytes) <= plan.arena_bytes
