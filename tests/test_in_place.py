@@ -3,6 +3,7 @@ calls run in place (passes/plan_arena.py), and compiled bundles that run in plac
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,21 @@ def test_plan_reaches_the_bound_on_a_chain_of_alternating_sizes() -> None:
         a0, b0 = plan.offsets[a.name], plan.offsets[b.name]
         assert a0 + a.nbytes <= b0 or b0 + b.nbytes <= a0
         assert max(a0 + a.nbytes, b0 + b.nbytes) <= plan.arena_bytes
+
+
+@pytest.mark.slow
+def test_dscnn_arena_at_its_bound_runs_correctly(tmp_path: Path) -> None:
+    """MLPerf Tiny's DS-CNN (explicit padding between layers: the search places its chain), built
+    for the host, against PyTorch."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from public_models import PUBLIC_MODELS
+
+    entry = PUBLIC_MODELS["mlperf_dscnn"]
+    net = entry.build()
+    onnx_path = export_onnx(net, entry.input_shape, tmp_path / "ds.onnx")
+    m = compile_model(onnx_path, load_target("cortex-m4"), tmp_path / "c").manifest
+    assert m["arena_bytes"] == m["arena_lower_bound_bytes"]
+    x = entry.sample_input().numpy()
+    (y,) = run_host(build_host(tmp_path / "c", tmp_path / "h"), [x])
+    expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y.reshape(expected.shape), expected, rtol=1e-4, atol=1e-5)
