@@ -112,7 +112,11 @@ class _Accesses:
     def param_of(self, buffer) -> int | None:
         data = buffer.data
         var = data.args[0] if type(data).__name__ == "Call" else data  # buffer_data(param)
-        return self.index_of.get(var.name)
+        index = self.index_of.get(var.name)
+        offset = buffer.elem_offset
+        if index is not None and not (type(offset).__name__ == "IntImm" and int(offset.value) == 0):
+            self.raw.add(index)  # a view at an offset: its indices are not the parameter's
+        return index
 
     def _visit(self, stmt, env: dict, loops: tuple) -> None:
         kind = type(stmt).__name__
@@ -190,6 +194,12 @@ class _Accesses:
             if isinstance(child, tirx.Expr):
                 children.append(child)
         if kind == "Call":
+            if str(getattr(expr.op, "name", "")).endswith("address_of"):  # a pointer into a buffer
+                for a in expr.args:
+                    if type(a).__name__ in ("BufferLoad", "TensorLoad"):
+                        index = self.param_of(a.buffer if type(a).__name__ == "BufferLoad" else a.source)
+                        if index is not None:
+                            self.raw.add(index)
             children.extend(a for a in expr.args if isinstance(a, tirx.Expr))
         for child in children:
             self._expr(child, env, store)
