@@ -87,8 +87,15 @@ def _evaluate(expr, values: dict, env: dict):
         if key in env:
             return _evaluate(env[key], values, env)
         raise _NotProven(f"index uses {expr.name}")
-    if kind == "Cast" and "int" in str(expr.dtype):
-        return _evaluate(expr.value, values, env)
+    if kind == "Cast" and str(expr.ty).startswith(("int", "uint")):
+        value = _evaluate(expr.value, values, env)
+        bits = int(str(expr.ty).lstrip("uint") or 32)
+        if bits >= 64:
+            return value
+        if str(expr.ty).startswith("uint"):
+            return np.mod(value, np.int64(1) << bits)
+        half = np.int64(1) << (bits - 1)
+        return np.mod(value + half, 2 * half) - half  # the narrowing conversion wraps
     if kind in _BINARY:
         return _BINARY[kind](_evaluate(expr.a, values, env), _evaluate(expr.b, values, env))
     raise _NotProven(f"index expression {kind}")

@@ -287,3 +287,13 @@ def test_dscnn_arena_at_its_bound_runs_correctly(tmp_path: Path) -> None:
     (y,) = run_host(build_host(tmp_path / "c", tmp_path / "h"), [x])
     expected = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(y.reshape(expected.shape), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_integer_casts_in_an_index_are_evaluated() -> None:
+    # darts_cells int8 has such an index; a cast that narrows wraps as C converts
+    a = te.placeholder((N,), "float32", name="a")
+    same = te.compute((N,), lambda i: a[i.astype("int16").astype("int32")] * 2.0, name="o")
+    assert in_place_pairs(_flat(a, same)) == [(0, 1)]
+    b = te.placeholder((512,), "float32", name="b")
+    wrapped = te.compute((512,), lambda i: b[i.astype("int8").astype("int32") % 512], name="o")
+    assert in_place_pairs(_flat(b, wrapped)) == []
