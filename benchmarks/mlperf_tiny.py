@@ -117,6 +117,22 @@ def table(cells: dict[str, dict], targets, nets) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(ratios)
 
 
+def targets_summary(cells: dict[str, dict]) -> str:
+    """The issue's ResNet-8 targets on cortex-m4 against what this run measured."""
+    f, q = (cells.get(cell_key("cortex-m4", "mlperf_resnet8", b)) for b in ("float32", "int8_simd"))
+    if not (f and q and "result" in f and "result" in q):
+        return ""
+    f, q = f["result"], q["result"]
+    return (
+        "ResNet-8 on cortex-m4 against the targets of the int8 issue: int8 SIMD "
+        f"{q['cycles_per_mac']:.2f} estimated cycles/MAC (target <= 2.0); flash {q['flash_bytes']:,} B = "
+        f"{q['flash_bytes'] / f['flash_bytes']:.4f}x float32 (target <= 0.3); arena {q['arena_bytes']:,} B = "
+        f"{q['arena_bytes'] / f['arena_bytes']:.3f}x the float32 arena with in-place kernels ({f['arena_bytes']:,} B), "
+        f"{q['arena_bytes'] / f['arena_bound_without_in_place_bytes']:.3f}x the float32 bound without them "
+        f"({f['arena_bound_without_in_place_bytes']:,} B) (target <= 0.3)."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default=",".join(TARGETS))
@@ -160,6 +176,7 @@ def main() -> None:
             "measurements. `arena` is the planned arena with in-place kernels (passes/in_place.py); `bound in place` "
             "is the most bytes live at any kernel when proven-safe kernels write over a dying input; `bound without` "
             "is the same with every tensor in its own bytes (the planner's bound before in-place planning).\n\n" + text
+            + "\n\n" + targets_summary(cells)
         )
         replace_section("mlperf_tiny", body)
 
