@@ -172,6 +172,8 @@ def main() -> None:
             f"## MLPerf Tiny architectures, int8 vs float32 on cortex-m4, m33 and m7 (commit {', '.join(commits)})\n\n"
             "`nice -n 5 python benchmarks/mlperf_tiny.py`\n\n"
             f"{__doc__.split(chr(10) + chr(10))[1]}\n\n"
+            "Each cell records the HEAD it was measured at; a cell measured later by the same process ran the "
+            "code that process imported when it started (the first commit listed).\n\n"
             "Instructions are exact (QEMU -icount); cycles are estimates from each core's timing table, not board "
             "measurements. `arena` is the planned arena with in-place kernels (passes/in_place.py); `bound in place` "
             "is the most bytes live at any kernel when proven-safe kernels write over a dying input; `bound without` "
