@@ -240,12 +240,15 @@ def test_resnet_in_place_on_qemu_matches_onnxruntime_and_the_int8_reference(tmp_
     calibration = np.random.RandomState(0).randn(8, *entry.input_shape[1:]).astype(np.float32)
     qdq = tmp_path / "q.onnx"
     qdq.write_bytes(quantize_model(onnx_path, calibration).SerializeToString())
-    q = compile_model(qdq, target, tmp_path / "q")
-    assert q.manifest["in_place"]
     ref = ReferenceModel(qdq)
     xq = quantize_input(x, ref.graph.tensors[ref.graph.inputs[0]])
-    (yq,) = run(build(q.out_dir, target, tmp_path / "qb"), target, [xq.astype(np.float32)], timeout_s=300).outputs
-    np.testing.assert_array_equal(yq.astype(np.int8), ref.run_int8(xq)[0].reshape(-1))
+    # SIMD: the adds run in place after the opaque convolutions; scalar: the conv epilogue adds in place
+    for simd in (True, False):
+        q = compile_model(qdq, target, tmp_path / f"q{simd}", simd=simd)
+        assert q.manifest["in_place"]
+        (yq,) = run(build(q.out_dir, target, tmp_path / f"qb{simd}"), target, [xq.astype(np.float32)],
+                    timeout_s=300).outputs
+        np.testing.assert_array_equal(yq.astype(np.int8), ref.run_int8(xq)[0].reshape(-1))
 
 
 # DS-CNN's float32 buffers (name, bytes, first, last): explicit padding makes its chain alternate
