@@ -43,6 +43,8 @@ def measure(model: Path, target, work: Path, simd: bool = False, **compile_args)
         "flash_bytes": manifest["flash_bytes"],
         "weights_bytes": manifest["weights_bytes"],
         "arena_bytes": manifest["arena_bytes"],
+        "arena_bound_bytes": manifest["arena_lower_bound_bytes"],
+        "arena_bound_without_in_place_bytes": manifest["arena_lower_bound_without_in_place_bytes"],
         "instructions": prof["instructions"],
         "cycles": prof["cycles"],
         "macs": prof["macs"],

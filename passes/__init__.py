@@ -7,7 +7,8 @@ from .mcu_pipeline import MCULowering
 from .mcu_schedule import ScheduleForMCU
 from .split_to_slices import SplitToSlices
 from .wrap_negative_indices import WrapNegativeIndices
-from .plan_arena import ArenaBuffer, ArenaPlan, graph_buffers, lower_bound, plan_arena, stock_storage_bytes
+from .plan_arena import (ArenaBuffer, ArenaPlan, graph_buffers, in_place_aliases, lower_bound, plan_arena,
+                         stock_storage_bytes)
 from .kernel_features import FEATURE_NAMES, extract_kernel_features, feature_vector, kernel_features, kernel_hash, kernel_macs
 from .annotate_cost import AnnotateCost, predicted_cycles
 from .memory_estimate import EstimateMemory, MemoryEstimate, estimate_memory
@@ -37,6 +38,7 @@ __all__ = [
     "WrapNegativeIndices",
     "extract_call_graph",
     "graph_buffers",
+    "in_place_aliases",
     "lower_bound",
     "plan_arena",
     "stock_storage_bytes",
@@ -50,3 +52,6 @@ __all__ += ["QuantizeToInteger", "QuantParams", "io_quantization"]
 from .int8_simd import SIMD_C, UseSIMDKernels, uses_simd  # noqa: E402
 
 __all__ += ["SIMD_C", "UseSIMDKernels", "uses_simd"]
+from .in_place import AnnotateInPlace, in_place_pairs  # noqa: E402
+
+__all__ += ["AnnotateInPlace", "in_place_pairs"]

@@ -9,7 +9,8 @@ from tvm import tirx
 
 from .call_graph import DTYPE_BYTES, extract_call_graph
 from .lower_tir import LowerTIRForC
-from .plan_arena import graph_buffers, plan_arena
+from .in_place import in_place_pairs
+from .plan_arena import graph_buffers, in_place_aliases, plan_arena
 
 # Code-size model (bytes of Thumb-2 at -O3): a fixed part (model_run, shared helpers) plus one
 # figure per distinct kernel. Checked against compiled zoo models (m0_cnn, resnet8, lenet5,
@@ -61,18 +62,22 @@ def _scratch(func: tirx.PrimFunc) -> list[tuple[str, int]]:
     return found
 
 
-def estimate_memory(mod: tvm.IRModule, func_name: str = "main") -> MemoryEstimate:
+def estimate_memory(mod: tvm.IRModule, func_name: str = "main", in_place: bool = True) -> MemoryEstimate:
     """Analysis: flash and peak SRAM of a module after MCULowering (optionally scheduled).
 
     Weights are the constants `func_name` passes to its kernels; the arena is planned with
     PlanArena's greedy planner over every intermediate tensor (producer to last reader) and every
-    kernel's scratch (during its call), as the compiler plans it.
+    kernel's scratch (during its call), as the compiler plans it: with in_place, a kernel proven
+    safe to (passes/in_place.py) writes its output over an input that dies there.
     """
     graph = extract_call_graph(mod, func_name)
     used = sorted({c.kernel for c in graph.calls})
     flat = LowerTIRForC()(tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv.name_hint in used}))
     scratch = {gv.name_hint: _scratch(f) for gv, f in flat.functions.items() if isinstance(f, tirx.PrimFunc)}
-    plan = plan_arena(graph_buffers(graph, scratch))
+    pairs = {gv.name_hint: in_place_pairs(f) for gv, f in flat.functions.items()
+             if in_place and isinstance(f, tirx.PrimFunc)}
+    aliases = in_place_aliases(graph, pairs)
+    plan = plan_arena(graph_buffers(graph, scratch, aliases), aliases=aliases)
     weights = int(sum(a.nbytes for a in graph.constants.values()))
     code = CODE_BASE_BYTES + CODE_PER_KERNEL_BYTES * len(used)
     return MemoryEstimate(weights + code, weights, code, plan.arena_bytes, plan.lower_bound_bytes)
@@ -87,13 +92,15 @@ class EstimateMemory:
 
     Parameters:
       func_name: the Relax function to estimate (default "main").
+      in_place: plan kernels proven safe to run in place over a dying input (default True).
     """
 
-    def __init__(self, func_name: str = "main"):
+    def __init__(self, func_name: str = "main", in_place: bool = True):
         self.func_name = func_name
+        self.in_place = in_place
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Annotate (see the class docstring)."""
-        est = estimate_memory(mod, self.func_name)
+        est = estimate_memory(mod, self.func_name, self.in_place)
         out = mod.with_attr(ATTR_FLASH, tvm.runtime.convert(est.flash_bytes))
         return out.with_attr(ATTR_SRAM, tvm.runtime.convert(est.peak_sram_bytes))

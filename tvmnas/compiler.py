@@ -23,6 +23,7 @@ from tvmnas.import_check import check_import
 from tvmnas.output_dir import staged_output
 from tvmnas.passes import (
     ArenaBuffer,
+    ArenaPlan,
     CallGraph,
     LowerTIRForC,
     MCULowering,
@@ -30,9 +31,11 @@ from tvmnas.passes import (
     UseSIMDKernels,
     extract_call_graph,
     graph_buffers,
+    in_place_aliases,
     lower_bound,
     plan_arena,
 )
+from tvmnas.passes.in_place import in_place_pairs
 from tvmnas.passes.call_graph import DTYPE_BYTES
 from tvmnas.passes.int8_simd import uses_simd
 from tvmnas.quantized import integer_model, quantize_for_compile
@@ -110,26 +113,65 @@ def schedule_within_bound(lowered: tvm.IRModule, graph: CallGraph) -> tvm.IRModu
     return scheduled
 
 
-def emit_kernels(lowered: tvm.IRModule, graph: CallGraph) -> dict[str, EmittedKernel]:
-    """Lower every called PrimFunc to flat TIR and print it as C."""
+def emit_kernels(lowered: tvm.IRModule, graph: CallGraph, in_place: bool = False,
+                 shared: dict[str, set[int]] | None = None) -> dict[str, EmittedKernel]:
+    """Lower every called PrimFunc to flat TIR and print it as C.
+
+    in_place: also prove which kernels may write an output over an input (`in_place_pairs`).
+    shared: kernel -> parameter positions printed without `restrict` (a call passes them one buffer).
+    """
     used = sorted({c.kernel for c in graph.calls})
     prims = tvm.IRModule({gv: f for gv, f in lowered.functions.items() if gv.name_hint in used})
     flat = LowerTIRForC()(prims)
     kernels = {}
     for gv, func in flat.functions.items():
         if isinstance(func, tirx.PrimFunc):
-            text, sig = print_kernel(func, gv.name_hint)
-            kernels[gv.name_hint] = EmittedKernel(text, sig)
+            text, sig = print_kernel(func, gv.name_hint, shared=frozenset((shared or {}).get(gv.name_hint, ())))
+            pairs = tuple(in_place_pairs(func)) if in_place else ()
+            kernels[gv.name_hint] = EmittedKernel(text, sig, pairs)
     return kernels
 
 
-def arena_buffers(graph: CallGraph, kernels: dict[str, EmittedKernel]) -> list[ArenaBuffer]:
-    """Lifetimes of every intermediate tensor (producer to last reader) and kernel scratch."""
-    scratch = {
+def kernel_scratch(kernels: dict[str, EmittedKernel]) -> dict[str, list[tuple[str, int]]]:
+    """(name, bytes) of each kernel's arena scratch."""
+    return {
         name: [(buf, elems * DTYPE_BYTES[dtype]) for buf, dtype, elems in k.signature.scratch]
         for name, k in kernels.items()
     }
-    return graph_buffers(graph, scratch)
+
+
+def arena_buffers(graph: CallGraph, kernels: dict[str, EmittedKernel],
+                  aliases: dict[str, str] | None = None) -> list[ArenaBuffer]:
+    """Lifetimes of every intermediate tensor (producer to last reader) and kernel scratch;
+    tensors written in place (`aliases`) share their buffer."""
+    return graph_buffers(graph, kernel_scratch(kernels), aliases)
+
+
+@dataclass(frozen=True)
+class PlannedArena:
+    """The arena plan, with the live-bytes bound of the same kernels had nothing run in place."""
+
+    plan: ArenaPlan
+    lower_bound_without_in_place_bytes: int
+
+
+def plan_model_arena(lowered: tvm.IRModule, graph: CallGraph, kernels: dict[str, EmittedKernel],
+                     in_place: bool = True) -> tuple[PlannedArena, dict[str, EmittedKernel]]:
+    """Plan the arena, letting kernels write over a dying input where `emit_kernels(in_place=True)`
+    proved it safe (`in_place_aliases`); kernels that a call runs in place are printed again
+    without `restrict` on the two parameters that then share memory."""
+    without = lower_bound(arena_buffers(graph, kernels))
+    aliases = in_place_aliases(graph, {n: list(k.in_place) for n, k in kernels.items()}) if in_place else {}
+    plan = plan_arena(arena_buffers(graph, kernels, aliases), aliases=aliases)
+    shared: dict[str, set[int]] = {}
+    for call in graph.calls:
+        for o, out in enumerate(call.outputs):
+            if out in aliases:
+                shared.setdefault(call.kernel, set()).update({call.args.index(aliases[out]), len(call.args) + o})
+    if shared:
+        reprinted = emit_kernels(lowered, graph, in_place=True, shared=shared)
+        kernels = {n: reprinted[n] if n in shared else k for n, k in kernels.items()}
+    return PlannedArena(plan, without), kernels
 
 
 def check_single_input_output(graph: CallGraph) -> None:
@@ -205,6 +247,7 @@ def compile_model(
     calibration=None,
     simd: bool | None = None,
     import_check: bool = True,
+    in_place: bool = True,
 ) -> CompiledModel:
     """Compile `model` for `target` into `out_dir`, untouched on error.
 
@@ -218,6 +261,8 @@ def compile_model(
     DSP extension, False for the portable scalar kernels on any core.
     import_check: run the imported module on the host against the source framework first
     (`tvmnas.import_check`), so an importer fault is one error instead of a wrong bundle.
+    in_place: let kernels write their output over an input that dies there where the flat TIR
+    proves it safe (passes/in_place.py); False plans every tensor its own bytes.
     """
     out_dir = Path(out_dir)
     check_optimize(optimize)
@@ -238,11 +283,14 @@ def compile_model(
         check_single_input_output(graph)
         if mod.attrs is not None and OUTPUT_NAMES_ATTR in mod.attrs:
             graph = graph.with_output_names([str(n) for n in mod.attrs[OUTPUT_NAMES_ATTR]])
-        kernels = emit_kernels(lowered, graph)
-        plan = plan_arena(arena_buffers(graph, kernels))
+        kernels = emit_kernels(lowered, graph, in_place=in_place)
+        planned, kernels = plan_model_arena(lowered, graph, kernels, in_place)
+        plan = planned.plan
         manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags],
                                 kernel_sources(graph, sources), quantization)
         manifest["optimize"] = optimize
+        manifest["arena_lower_bound_without_in_place_bytes"] = planned.lower_bound_without_in_place_bytes
+        manifest["in_place"] = {out: src for out, src in plan.aliases.items()}
         if quantization is not None:
             manifest["int8_kernels"] = "simd" if any(uses_simd(k.text) for k in kernels.values()) else "scalar"
         if qdq is not None:

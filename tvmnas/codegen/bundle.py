@@ -50,10 +50,12 @@ static inline int64_t tvmnas_minl(int64_t a, int64_t b) { return a < b ? a : b; 
 
 @dataclass
 class EmittedKernel:
-    """A printed kernel: its C text and signature."""
+    """A printed kernel: its C text and signature, and the (input, output) parameter positions it
+    may run in place on (passes/in_place.py; empty when not analysed)."""
 
     text: str
     signature: KernelSignature
+    in_place: tuple[tuple[int, int], ...] = ()
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -189,7 +191,9 @@ def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
     for call in graph.calls:
         for out in call.outputs:
             if out != out_name:
-                lines.append(arena_pointer(out, graph.tensors[out], plan.offsets[out], "activation"))
+                over = plan.aliases.get(out)
+                role = f"activation, in place over {c_identifier(over)}" if over else "activation"
+                lines.append(arena_pointer(out, graph.tensors[out], plan.offsets[out], role))
     for call in graph.calls:
         sig = kernels[call.kernel].signature
         args = [call_argument(a, graph) for a in call.args] + [call_argument(o, graph) for o in call.outputs]

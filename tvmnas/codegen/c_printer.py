@@ -108,10 +108,12 @@ class KernelSignature:
 class CPrinter:
     """Prints one PrimFunc; create one instance per function."""
 
-    def __init__(self, func, name: str, restrict: bool = True, noclone: bool = False) -> None:
+    def __init__(self, func, name: str, restrict: bool = True, noclone: bool = False,
+                 shared: frozenset[int] = frozenset()) -> None:
         self.func = func
         self.name = name
         self.restrict = " restrict" if restrict else ""
+        self.shared = shared  # parameter positions that may share memory: printed without restrict
         self.noclone = noclone
         self.storage_names: dict[str, str] = {}  # buffer data-var name -> C name (buffers alias by name)
         # a kernel can take one tensor twice (concat(a, b, a)): its parameters then share a name, and
@@ -299,8 +301,8 @@ class CPrinter:
         self.stmt(self.func.body, 1)
         written = {p for p in params if p in self.written}
         decls = [
-            f"{'' if p in written else 'const '}{c_type(d)} *{self.restrict} {p}"
-            for p, d in zip(params, dtypes)
+            f"{'' if p in written else 'const '}{c_type(d)} *{'' if i in self.shared else self.restrict} {p}"
+            for i, (p, d) in enumerate(zip(params, dtypes))
         ]
         decls += [f"{c_type(d)} *{self.restrict} {n}" for n, d, _ in self.scratch]
         # noinline: a kernel compiles to the same code wherever it is called, so its profiled cost
@@ -314,12 +316,15 @@ class CPrinter:
         return f"{header} {{\n{body}\n}}\n", sig
 
 
-def print_kernel(func, name: str, restrict: bool = True, noclone: bool = False) -> tuple[str, KernelSignature]:
+def print_kernel(func, name: str, restrict: bool = True, noclone: bool = False,
+                 shared: frozenset[int] = frozenset()) -> tuple[str, KernelSignature]:
     """Print `func` (a lowered PrimFunc) as a static C function named `name`.
 
     noclone: forbid gcc's per-call-site copies, for a kernel that several programs call (dynamic bundles).
+    shared: parameter positions printed without `restrict`, because a call passes them the same
+    memory (an output written in place over an input, passes/in_place.py).
     """
     try:
-        return CPrinter(func, name, restrict, noclone).print()
+        return CPrinter(func, name, restrict, noclone, frozenset(shared)).print()
     except NotImplementedError as err:
         raise UnsupportedOperatorError(name, name, str(err)) from None
