@@ -77,8 +77,9 @@ static inline int32_t tvmnas_smlad_c(int32_t a, int32_t b, int32_t acc) {
 #endif
 
 /* A window crossing the input's edge, gathered with checks (padding: the input zero point). Border
- * pixels only, so one out-of-line copy serves every layer (flash). */
-static __attribute__((noinline)) void tvmnas_s8_gather_edge(
+ * pixels only, so one out-of-line copy serves every layer (flash; noclone: gcc would otherwise
+ * specialise a copy per call site). */
+static __attribute__((noinline, noclone)) void tvmnas_s8_gather_edge(
     const int8_t *in, int8_t *t, int32_t iy0, int32_t ix0, int32_t cin, int32_t h, int32_t w, int32_t in_cstride,
     int32_t in_pstride, int32_t kh, int32_t kw, int32_t dh, int32_t dw, int32_t in_zp) {
   const int8_t pad = (int8_t)in_zp;
