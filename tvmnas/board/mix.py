@@ -1,0 +1,145 @@
+"""Instruction mix of real kernels on the emulator: per-kernel features (tvmnas.board.features)
+with the data reads from flash counted, for whole networks and for the stored profile data.
+
+The flash region is read from the ELF itself (the sections the linker placed with the code), so
+a firmware whose weights were moved to RAM reports no flash reads for them.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tvmnas.board.features import Features, segment_features
+from tvmnas.cost.gzip_text import gzip_bytes, read_text, replace_bytes
+from tvmnas.errors import BuildError, CostModelError, EmulatorError
+from tvmnas.profiling.blocks import BlockProfile, parse_block_profile
+from tvmnas.profiling.plugin import build_plugin, qemu_plugin_args
+from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
+from tvmnas.runner import run
+from tvmnas.targets import Target
+from tvmnas.toolchain import run_tool, tool_path
+
+ARM_OBJDUMP = "arm-none-eabi-objdump"
+FLASH_SECTIONS = (".vectors", ".text", ".rodata", ".ARM.extab", ".ARM.exidx")
+MIX_FORMAT = "tvmnas-kernel-mix"
+MIX_VERSION = 1
+
+
+def section_table(elf: Path) -> dict[str, tuple[int, int]]:
+    """Name -> (VMA, size) of an ELF's sections, read with arm-none-eabi-objdump -h."""
+    proc = run_tool([str(tool_path(ARM_OBJDUMP)), "-h", str(elf)])
+    if proc.returncode != 0:
+        raise BuildError(f"cannot read the sections of {elf}: {proc.stderr.strip()[:200]}")
+    out: dict[str, tuple[int, int]] = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[0].isdigit():
+            out[parts[1]] = (int(parts[3], 16), int(parts[2], 16))
+    return out
+
+
+def flash_region(elf: Path) -> tuple[int, int]:
+    """[lo, hi) spanning the ELF's code and read-only data: what sits in a board's flash."""
+    sections = section_table(elf)
+    spans = [(vma, vma + size) for name, (vma, size) in sections.items() if name in FLASH_SECTIONS and size]
+    if not spans:
+        raise BuildError(f"{elf} has none of the sections {', '.join(FLASH_SECTIONS)}")
+    return min(lo for lo, _ in spans), max(hi for _, hi in spans)
+
+
+def run_mix_profile(elf: Path, target: Target, inputs: Sequence[np.ndarray], *, timeout_s: float = 120.0,
+                    cache_dir: Path = DEFAULT_PLUGIN_CACHE) -> BlockProfile:
+    """Run a harness ELF (built with profile=True) on its inputs under the plugin, flash reads counted."""
+    plugin_so = build_plugin(cache_dir)
+    with tempfile.TemporaryDirectory(prefix="tvmnas-mix-") as tmp:
+        out = Path(tmp) / "profile.txt"
+        run(elf, target, list(inputs), timeout_s=timeout_s,
+            qemu_extra_args=qemu_plugin_args(plugin_so, elf, out, region=flash_region(elf)))
+        return parse_block_profile(out)
+
+
+def kernel_features_of(blocks: BlockProfile, target: Target, window: int = -1) -> list[Features]:
+    """Features of each kernel segment of one window (default: the last)."""
+    one = blocks.window(window)
+    feats = segment_features(one, timing_table_for(target))
+    return [feats.get(k, {}) for k in range(one.kernels())]
+
+
+def network_mix(genotype: Any, target: Target, *, seed: int = 0, timeout_s: float = 120.0) -> list[tuple[str, Features]]:
+    """(kernel hash, features) of every call of a genotype's network, as cost.collect profiles it."""
+    from tvmnas.codegen.bundle import write_bundle
+    from tvmnas.compiler import arena_buffers, emit_kernels
+    from tvmnas.cost.collect import _lower_network
+    from tvmnas.passes import kernel_hash, plan_arena
+    from tvmnas.runner import build
+
+    lowered, graph = _lower_network(genotype, seed)
+    kernels = emit_kernels(lowered, graph)
+    plan = plan_arena(arena_buffers(graph, kernels))
+    x = np.random.default_rng(seed).standard_normal(int(np.prod(genotype.input_shape))).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="tvmnas-mix-net-") as tmp:
+        bundle = Path(tmp) / "bundle"
+        bundle.mkdir()
+        write_bundle(bundle, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags])
+        elf = build(bundle, target, Path(tmp) / "build", profile=True)
+        feats = kernel_features_of(run_mix_profile(elf, target, [x], timeout_s=timeout_s), target)
+    if len(feats) != len(graph.calls):
+        raise EmulatorError(f"{len(feats)} kernel segments measured for {len(graph.calls)} calls")
+    return [(kernel_hash(lowered[c.kernel]), f) for c, f in zip(graph.calls, feats)]
+
+
+def load_mix(path: Path) -> dict[str, Any]:
+    """A kernel-mix file: {format, version, target, networks: [names], kernels: {hash: features}}."""
+    path = Path(path)
+    if not path.is_file():
+        raise CostModelError(f"kernel mix file '{path}' does not exist")
+    try:
+        doc = json.loads(read_text(path))
+    except ValueError as err:
+        raise CostModelError(f"kernel mix file '{path}' is not JSON: {err}") from err
+    if not isinstance(doc, dict) or doc.get("format") != MIX_FORMAT or doc.get("version") != MIX_VERSION:
+        raise CostModelError(f"'{path}' is not a {MIX_FORMAT} file of version {MIX_VERSION}")
+    return doc
+
+
+def save_mix(path: Path, doc: dict[str, Any]) -> None:
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    replace_bytes(path, gzip_bytes(text))
+
+
+def collect_mix(data: Any, target: Target, path: Path, *, names: Sequence[str] | None = None,
+                progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure the instruction mix of stored networks (cost.collect.ProfileData) into `path`,
+    resuming: networks already listed there are skipped, the file is rewritten after each one."""
+    from tvmnas.search.genotype import Genotype
+
+    doc = load_mix(path) if Path(path).is_file() else {
+        "format": MIX_FORMAT, "version": MIX_VERSION, "target": target.name, "networks": [], "kernels": {}}
+    if doc["target"] != target.name:
+        raise CostModelError(f"kernel mix file '{path}' is for {doc['target']}, not {target.name}")
+    wanted = set(names) if names is not None else None
+    for net in data.networks:
+        if net["name"] in doc["networks"] or (wanted is not None and net["name"] not in wanted):
+            continue
+        if target.name not in net["targets"]:
+            continue
+        mix = network_mix(Genotype.from_dict(net["genotype"]), target)
+        stored = [c["hash"] for c in net["targets"][target.name]["calls"]]
+        if [h for h, _ in mix] != stored:
+            progress(f"{net['name']}: lowering differs from the stored profile; skipped")
+            continue
+        for h, f in mix:
+            doc["kernels"].setdefault(h, f)
+        doc["networks"].append(net["name"])
+        save_mix(path, doc)
+        progress(f"{net['name']}: {len(doc['kernels'])} kernels with their mix")
+    return doc
+
+
+__all__ = ["collect_mix", "flash_region", "kernel_features_of", "load_mix", "network_mix", "run_mix_profile",
+           "save_mix", "section_table"]
