@@ -40,7 +40,7 @@ from tvmnas.frontend import ModelSource, import_model
 from tvmnas.passes import CallGraph, KernelCall, plan_arena
 from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
 from tvmnas.profiling import Profile, build_plugin, parse_block_profile, profile_from_blocks, qemu_plugin_args
-from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
+from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, flash_region_for, timing_table_for
 from tvmnas.passes.int8_simd import SIMD_C, uses_simd
 from tvmnas.passes.kernel_features import MACS_ATTR
 from tvmnas.quantized import integer_model
@@ -329,7 +329,7 @@ def profile_elf_named(
         work = Path(tmp)
         out = work / "profile.txt"
         write_job(work / JOB_FILE, inputs, None)
-        cmd = qemu_command(elf, target, qemu_plugin_args(plugin_so, elf, out))
+        cmd = qemu_command(elf, target, qemu_plugin_args(plugin_so, elf, out, region=flash_region_for(elf, target)))
         with tool_process(cmd, cwd=work) as proc:
             try:
                 _, stderr = proc.communicate(timeout=timeout_s)

@@ -16,40 +16,16 @@ import numpy as np
 
 from tvmnas.board.features import Features, segment_features
 from tvmnas.cost.gzip_text import gzip_bytes, read_text, replace_bytes
-from tvmnas.errors import BuildError, CostModelError, EmulatorError
+from tvmnas.errors import CostModelError, EmulatorError
 from tvmnas.profiling.blocks import BlockProfile, parse_block_profile
 from tvmnas.profiling.plugin import build_plugin, qemu_plugin_args
+from tvmnas.profiling.regions import flash_region
 from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
 from tvmnas.runner import run
 from tvmnas.targets import Target
-from tvmnas.toolchain import run_tool, tool_path
 
-ARM_OBJDUMP = "arm-none-eabi-objdump"
-FLASH_SECTIONS = (".vectors", ".text", ".rodata", ".ARM.extab", ".ARM.exidx")
 MIX_FORMAT = "tvmnas-kernel-mix"
 MIX_VERSION = 1
-
-
-def section_table(elf: Path) -> dict[str, tuple[int, int]]:
-    """Name -> (VMA, size) of an ELF's sections, read with arm-none-eabi-objdump -h."""
-    proc = run_tool([str(tool_path(ARM_OBJDUMP)), "-h", str(elf)])
-    if proc.returncode != 0:
-        raise BuildError(f"cannot read the sections of {elf}: {proc.stderr.strip()[:200]}")
-    out: dict[str, tuple[int, int]] = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 6 and parts[0].isdigit():
-            out[parts[1]] = (int(parts[3], 16), int(parts[2], 16))
-    return out
-
-
-def flash_region(elf: Path) -> tuple[int, int]:
-    """[lo, hi) spanning the ELF's code and read-only data: what sits in a board's flash."""
-    sections = section_table(elf)
-    spans = [(vma, vma + size) for name, (vma, size) in sections.items() if name in FLASH_SECTIONS and size]
-    if not spans:
-        raise BuildError(f"{elf} has none of the sections {', '.join(FLASH_SECTIONS)}")
-    return min(lo for lo, _ in spans), max(hi for _, hi in spans)
 
 
 def run_mix_profile(elf: Path, target: Target, inputs: Sequence[np.ndarray], *, timeout_s: float = 120.0,
@@ -141,5 +117,4 @@ def collect_mix(data: Any, target: Target, path: Path, *, names: Sequence[str] |
     return doc
 
 
-__all__ = ["collect_mix", "flash_region", "kernel_features_of", "load_mix", "network_mix", "run_mix_profile",
-           "save_mix", "section_table"]
+__all__ = ["collect_mix", "kernel_features_of", "load_mix", "network_mix", "run_mix_profile", "save_mix"]

@@ -154,6 +154,15 @@ def timing_table_for(target: Target) -> TimingTable:
     return load_timing_table(Path(target.timing_table).stem)
 
 
+def flash_region_for(elf: Path, target: Target) -> tuple[int, int] | None:
+    """The ELF's flash region where the target's table prices flash reads (a calibrated table), else None."""
+    if not timing_table_for(target).flash_read_cycles:
+        return None
+    from tvmnas.profiling.regions import flash_region
+
+    return flash_region(elf)
+
+
 def profile_elf(
     elf: Path,
     target: Target,
@@ -178,7 +187,7 @@ def profile_elf(
     with tempfile.TemporaryDirectory(prefix="tvmnas-profile-") as tmp:
         out = Path(tmp) / "profile.txt"
         run(elf, target, inputs, configs=configs, timeout_s=timeout_s,
-            qemu_extra_args=qemu_plugin_args(plugin_so, elf, out))
+            qemu_extra_args=qemu_plugin_args(plugin_so, elf, out, region=flash_region_for(elf, target)))
         blocks = parse_block_profile(out)
     if blocks.windows != len(inputs):
         raise EmulatorError(

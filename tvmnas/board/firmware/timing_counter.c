@@ -55,6 +55,17 @@ void timing_counter_init(void)
     __asm__ volatile("cpsie i" ::: "memory");
 }
 
+
+#if defined(TVMNAS_TIMING_EMU_SYSTICK)
+/* `to` holds the count since the restart at `from` (timing_read restarts the timer). */
+uint64_t timing_elapsed(const timing_raw *from, const timing_raw *to)
+{
+    (void)from;
+    const uint64_t t = (uint64_t)to->a * PERIOD + (RELOAD - to->b);
+    const uint64_t den = (uint64_t)TVMNAS_COUNTER_HZ << TVMNAS_ICOUNT_SHIFT;
+    return (t * 1000000000ull + den - 1u) / den - (uint64_t)to->a * HANDLER_INSTRUCTIONS;
+}
+#else
 /* Wraps counted when the current value was read: the second read if a wrap came in between and
  * the value is from the new period (high), else the first. */
 static uint64_t ticks(const timing_raw *r)
@@ -63,20 +74,6 @@ static uint64_t ticks(const timing_raw *r)
     return (uint64_t)wraps * PERIOD + (RELOAD - r->b);
 }
 
-#if defined(TVMNAS_TIMING_EMU_SYSTICK)
-static uint64_t instructions(uint64_t t)
-{
-    const uint64_t den = (uint64_t)TVMNAS_COUNTER_HZ << TVMNAS_ICOUNT_SHIFT;
-    return (t * 1000000000ull + den - 1u) / den;
-}
-
-uint64_t timing_elapsed(const timing_raw *from, const timing_raw *to)
-{
-    const uint32_t w_from = (from->a != from->c && from->b > RELOAD / 2u) ? from->c : from->a;
-    const uint32_t w_to = (to->a != to->c && to->b > RELOAD / 2u) ? to->c : to->a;
-    return instructions(ticks(to)) - instructions(ticks(from)) - (uint64_t)(w_to - w_from) * HANDLER_INSTRUCTIONS;
-}
-#else
 uint64_t timing_elapsed(const timing_raw *from, const timing_raw *to)
 {
     return ticks(to) - ticks(from); /* the wrap handler's few cycles per 2^24 are included */

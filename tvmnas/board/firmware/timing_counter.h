@@ -32,8 +32,20 @@ static inline __attribute__((always_inline)) void timing_read(timing_raw *r)
 {
     r->a = TIMING_REG32(0xE0001004u); /* DWT_CYCCNT */
 }
-#elif defined(TVMNAS_TIMING_SYSTICK) || defined(TVMNAS_TIMING_EMU_SYSTICK)
-#define TIMING_UNIT_IS_SYSTICK 1
+#elif defined(TVMNAS_TIMING_EMU_SYSTICK)
+/* The emulator's SysTick count converts to instructions exactly only from a restart, so each
+ * mark reads the count since the previous mark and restarts it (a fixed path as well). */
+extern volatile uint32_t tvmnas_timing_wraps;
+static inline __attribute__((always_inline)) void timing_read(timing_raw *r)
+{
+    TIMING_REG32(0xE000E010u) = 0; /* SYST_CSR: stop */
+    r->b = TIMING_REG32(0xE000E018u);
+    r->a = tvmnas_timing_wraps;
+    TIMING_REG32(0xE000E018u) = 0; /* clear: restart from the reload value */
+    tvmnas_timing_wraps = 0;
+    TIMING_REG32(0xE000E010u) = 7u; /* enable, interrupt, core clock */
+}
+#elif defined(TVMNAS_TIMING_SYSTICK)
 extern volatile uint32_t tvmnas_timing_wraps;
 static inline __attribute__((always_inline)) void timing_read(timing_raw *r)
 {
