@@ -28,7 +28,7 @@ from tvmnas.profiling.cycles import TimingTable
 
 EMPTY_MARK = {"n:alu": 1.0, "n:call": 1.0, "n:branch": 1.0, "taken": 2.0}  # movs r0,#k; bl mark; bx lr
 MIN_SHARE = 0.005
-PRIOR_STRENGTH = 1e-3
+PRIOR_STRENGTH = 1e-5
 MIN_KERNELS = 12
 
 
