@@ -136,7 +136,7 @@ def test_calibrate_on_a_simulated_board(tmp_path: Path, onnx_model: Path) -> Non
     # held-out networks (the stored profile data's eval split), priced by the refitted surrogate
     mix = load_mix(DATA_DIR / "mix-cortex-m4.json.gz")["kernels"]
     truth = network_cycles(board, "cortex-m4", mix, split="eval")
-    assert len(truth) >= 20
+    assert len(truth) >= 15
     data = ProfileData.load(DATA_DIR / "profiles.json.gz")
     surrogate = CostSurrogate.load(folder / "surrogate.json.gz", "sim-board")
     errors = []
@@ -146,12 +146,12 @@ def test_calibrate_on_a_simulated_board(tmp_path: Path, onnx_model: Path) -> Non
             errors.append(float(surrogate.predict(feats).sum()) / truth[net["name"]] - 1)
     within = float(np.mean(np.abs(errors) <= 0.10))
     assert within >= 0.95, (within, sorted(np.abs(errors))[-5:])
-    # the shipped surrogate (shipped table, no flash wait states) does not
+    # the shipped surrogate (shipped table, no flash wait states) misses the board by far more
     shipped = CostSurrogate.load(DATA_DIR / "surrogate-cortex-m4.json.gz")
     shipped_err = [float(shipped.predict([data.kernels[c["hash"]]["features"]
                                           for c in net["targets"]["cortex-m4"]["calls"]]).sum()) / truth[net["name"]] - 1
                    for net in data.networks if net["name"] in truth]
-    assert float(np.mean(np.abs(shipped_err) <= 0.10)) < 0.5
+    assert np.median(np.abs(shipped_err)) > 3 * np.median(np.abs(errors))
     # the new target is used by name, and says how its cycles were obtained
     pred = tvmnas("cost", "predict", str(onnx_model), "--target", "sim-board", env=env)
     assert pred.returncode == 0, pred.stderr

@@ -57,6 +57,8 @@ def profile_command(
 
     print(f"profiling {model} on {tgt.name} ({tgt.emulator_machine}) ...", file=sys.stderr)
     report = profile_network_json(model, tgt, timeout_s=timeout_s, optimize=optimize)
+    if tgt.calibrated_from:
+        report["cycles_note"] = f"timing table calibrated from {tgt.calibrated_from}"
     print(json.dumps(report))
 
 
