@@ -158,3 +158,63 @@ def test_mixed_units_are_refused(tmp_path: Path) -> None:
     log.write_text("tvmnas-kernel 0.0 a/k cycles 100 110 5\ntvmnas-kernel 0.1 a/k2 instructions 10 10 1\n")
     with pytest.raises(MeasurementsError, match=r"capture.txt:2: unit 'instructions' differs"):
         read_measurements(log)
+
+
+def test_cli_reports_a_bad_measurements_file_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    set_dir = tmp_path / "set"
+    set_dir.mkdir()
+    (set_dir / "kernels.json").write_text(SET_FILE.read_text())
+    log = tmp_path / "capture.txt"
+    log.write_text("tvmnas-kernel 0.0 conv3x3_3to8_16/fused_conv2d_add_relu cycles 100 110 5\ntvmnas-kernel 0.1 x\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", "from tvmnas.cli import main; main()", "cost", "calibrate", str(log),
+         "--target", "cortex-m4", "--set", str(set_dir), "--out", "never-written"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TVMNAS_TARGETS_DIR": str(tmp_path / "t")})
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "capture.txt:2: malformed measurement line" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "t").exists()
+
+
+FLASH_READ_BODY = """
+    ldr r1, =flashdata
+    ldr r2, [r1]
+    ldr r2, [r1, #4]
+    ldmia r1, {r2, r3, r4}
+    ldr r2, =ia
+    ldr r3, [r2]
+    str r3, [r2]
+    b 1f
+    .ltorg
+1:
+    .pushsection .rodata
+    .p2align 2
+flashdata:
+    .word 1, 2, 3, 4
+    .popsection
+"""
+
+
+def test_plugin_counts_data_reads_from_flash_only(tmp_path: Path) -> None:
+    """Two literal-pool loads, two single loads and a three-word LDM from flash: 7 reads; the load
+    from RAM and the store are not counted (the plugin's region= option, QEMU mps2-an386)."""
+    from test_profiling_plugin import M4, build_guest
+
+    from tvmnas.profiling.plugin import build_plugin, qemu_plugin_args
+    from tvmnas.profiling.profile import qemu_command
+    from tvmnas.profiling.regions import flash_region
+    from tvmnas.toolchain import run_tool
+
+    elf = build_guest(tmp_path, M4, FLASH_READ_BODY)
+    out = tmp_path / "profile.txt"
+    so = build_plugin(tmp_path / "cache")
+    proc = run_tool([*qemu_command(M4["machine"], elf), *qemu_plugin_args(so, elf, out, region=flash_region(elf))],
+                    timeout_s=60)
+    assert proc.returncode == 0, proc.stderr
+    prof = parse_block_profile(out)
+    assert prof.region_reads() == 7
+    assert segment_features(prof, load_timing_table("cortex-m4"))[-1][FLASH_READS] == 7

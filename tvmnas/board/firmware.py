@@ -209,7 +209,6 @@ def _input_values(network, seed: int = 0) -> tuple[str, np.ndarray]:
 
 
 def _models_source(models: Sequence[FirmwareModel]) -> tuple[str, str, int, int]:
-    from tvmnas.codegen.bundle import shape_text  # noqa: F401  (bundle owns C naming)
     from tvmnas.codegen.c_printer import c_type, float_literal
     from tvmnas.compiler import arena_buffers
     from tvmnas.passes import plan_arena
