@@ -161,3 +161,25 @@ def test_calibrate_on_a_simulated_board(tmp_path: Path, onnx_model: Path) -> Non
     again = tvmnas("cost", "calibrate", str(capture), "--target", "cortex-m4", "--set", str(set_dir),
                    "--out", "sim-board", env=env)
     assert again.returncode != 0 and "already exists" in again.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_calibration_set_firmware_times_every_kernel(tmp_path: Path) -> None:
+    """`cost calibration-set` writes one firmware for all kernels; it builds for board and emulator,
+    and its emulator run prints each kernel's instruction count as recorded with its mix (and as
+    in the shipped test data)."""
+    out = tmp_path / "calset"
+    proc = tvmnas("cost", "calibration-set", "--target", "cortex-m4", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "kernels.json").read_text())
+    assert len(manifest["kernels"]) >= 30
+    built = make(out, "all", "emu")
+    assert built.returncode == 0, built.stderr
+    ran = make(out, "run-emu")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    capture = tmp_path / "capture.txt"
+    capture.write_text(ran.stdout)
+    rows = read_measurements(capture)
+    assert [(r.id, r.name, r.min) for r in rows] == [(k["id"], k["name"], k["instructions"]) for k in manifest["kernels"]]
+    shipped = json.loads((DATA / "calibration-set-cortex-m4.json").read_text())
+    assert [k["features"] for k in manifest["kernels"]] == [k["features"] for k in shipped["kernels"]]
