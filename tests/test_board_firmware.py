@@ -183,3 +183,25 @@ def test_calibration_set_firmware_times_every_kernel(tmp_path: Path) -> None:
     assert [(r.id, r.name, r.min) for r in rows] == [(k["id"], k["name"], k["instructions"]) for k in manifest["kernels"]]
     shipped = json.loads((DATA / "calibration-set-cortex-m4.json").read_text())
     assert [k["features"] for k in manifest["kernels"]] == [k["features"] for k in shipped["kernels"]]
+
+
+@pytest.mark.slow
+def test_arena_section_and_weights_placement_reach_the_board_image(tmp_path: Path) -> None:
+    from tvmnas.board.firmware import FirmwareModel, Placement, write_firmware
+    from tvmnas.kernel_profiler import lower_network
+    from tvmnas.targets import load_target
+
+    tgt = load_target("cortex-m4")
+    net = lower_network(small_net(), input_shape=(1, 3, 8, 8), simd=tgt.dsp)
+    out = tmp_path / "fw"
+    write_firmware([FirmwareModel("tiny", net)], tgt, out, placement=Placement(
+        weights="ram", arena_section=".sram2", arena_memory=(0x10000000, 64 << 10)))
+    built = make(out, "all")
+    assert built.returncode == 0, built.stderr
+    nm = subprocess.run(["arm-none-eabi-nm", str(out / "build" / "firmware.elf")], capture_output=True, text=True).stdout
+    symbols = {parts[2]: int(parts[0], 16) for parts in (line.split() for line in nm.splitlines()) if len(parts) == 3}
+    assert 0x10000000 <= symbols["arena"] < 0x10000000 + (64 << 10)
+    weights = [a for name, a in symbols.items() if name.startswith("tvmnas_m00_") and name != "tvmnas_m00_run"
+               and not name.endswith(("_input", "_input_init", "_output", "_names"))]
+    assert weights and all(0x20000000 <= a < 0x20000000 + tgt.sram_bytes for a in weights)
+    assert 0x08000000 <= symbols["tvmnas_m00_run"] < 0x08000000 + tgt.flash_bytes

@@ -116,7 +116,7 @@ def linker_script(vectors: tuple[int, int] | None, flash: tuple[int, int], ram: 
     if placement.arena_memory is not None:
         regions.append(_region("ARENA", "rw", placement.arena_memory))
     in_ram = placement.weights == "ram"
-    rodata = "*(EXCLUDE_FILE(*model_weights.o) .rodata .rodata.*)" if in_ram else "*(.rodata .rodata.*)"
+    rodata = "EXCLUDE_FILE(*model_weights.o) *(.rodata .rodata.*)" if in_ram else "*(.rodata .rodata.*)"
     weights_data = "        *model_weights.o(.rodata .rodata.*)\n" if in_ram else ""
     arena_region = "ARENA" if placement.arena_memory is not None else "RAM"
     return f"""\
@@ -300,8 +300,8 @@ def _makefile(target: Target, n_models: int, placement: Placement) -> str:
 #   make emu             emulator build: build-emu/firmware.elf (QEMU {target.emulator_machine}, instructions)
 #   make run-emu         run the emulator build on QEMU and print its lines
 # Options: RUNS=5 WARMUP=1 (timed and untimed runs per model), USER_SRC=uart.c (your
-# tvmnas_putchar / tvmnas_board_init), ARENA_SECTION={placement.arena_section}, CC/OBJCOPY/QEMU.
-# Changing RUNS, WARMUP or ARENA_SECTION: `make clean` first.
+# tvmnas_putchar / tvmnas_board_init), CC/OBJCOPY/QEMU. Changing RUNS or WARMUP: `make clean` first.
+# The arena's section ({placement.arena_section}) is fixed here and in board.ld.
 ifeq ($(origin CC),default)
 CC = arm-none-eabi-gcc
 endif
@@ -310,11 +310,10 @@ QEMU ?= qemu-system-arm
 RUNS ?= 5
 WARMUP ?= 1
 USER_SRC ?=
-ARENA_SECTION ?= {placement.arena_section}
 CPU_FLAGS = {" ".join(target.cflags)}
 MODEL_FLAGS = {flags} -ffreestanding -ffunction-sections -fdata-sections -Wall -Wextra -Werror -DTVMNAS_PROFILE
 MAIN_FLAGS = $(CPU_FLAGS) -O2 -ffreestanding -ffunction-sections -fdata-sections -Wall -Wextra -Werror \\
-\t-DTVMNAS_TIMING_RUNS=$(RUNS) -DTVMNAS_TIMING_WARMUP=$(WARMUP) -DTVMNAS_ARENA_SECTION='"$(ARENA_SECTION)"' -Isrc
+\t-DTVMNAS_TIMING_RUNS=$(RUNS) -DTVMNAS_TIMING_WARMUP=$(WARMUP) -DTVMNAS_ARENA_SECTION='"{placement.arena_section}"' -Isrc
 LDFLAGS = $(CPU_FLAGS) -nostartfiles --specs=nano.specs -Wl,--gc-sections
 HEADERS = src/timing_counter.h src/timing_io.h src/timing_models.h
 BOARD_OBJS = {" ".join(objs["build"])}
