@@ -29,10 +29,10 @@ from tvmnas.compiler import compile_model, lower_model  # noqa: E402
 from tvmnas.models import build_model  # noqa: E402
 from tvmnas.search.genotype import Genotype  # noqa: E402
 from tvmnas.frontend import import_model  # noqa: E402
-from tvmnas.kernel_profiler import count_module_macs  # noqa: E402
+from tvmnas.search.cost import count_module  # noqa: E402
 from tvmnas.passes import stock_storage_bytes  # noqa: E402
-from tvmnas.profiling.profile import profile_elf  # noqa: E402
-from tvmnas.runner import build, run  # noqa: E402
+from tvmnas.measure.profile import profile_elf  # noqa: E402
+from tvmnas.measure.runner import build, run  # noqa: E402
 from tvmnas.targets import load_target  # noqa: E402
 from tvmnas.zoo import ZOO  # noqa: E402
 
@@ -111,7 +111,7 @@ def measure(nets: list[str], targets: list[str], save, genotypes: list[Path] = (
         name = entry.name
         model = entry.build()
         x = entry.sample_input(0).numpy()
-        row = {"macs": count_module_macs(model, entry.input_shape), **tensor_figures(model, entry)}
+        row = {"macs": count_module(model, entry.input_shape[1:]).macs, **tensor_figures(model, entry)}
         for tname in targets:
             if tname != targets[0] and name not in HEADLINE and not name.startswith("searched:"):
                 continue

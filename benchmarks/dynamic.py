@@ -206,7 +206,7 @@ def main() -> None:
 
 def alone_instruction_count(bundle: Path, x: np.ndarray, target) -> int:
     """Exact instructions of one model_run of a bundle compiled alone."""
-    from tvmnas.runner import build, run
+    from tvmnas.measure.runner import build, run
 
     return run(build(bundle, target, bundle / "build"), target, [x], timeout_s=600).instructions[0]
 
@@ -214,7 +214,7 @@ def alone_instruction_count(bundle: Path, x: np.ndarray, target) -> int:
 def measure_qemu(bundle: Path, subnets, test_x: np.ndarray, target, k_count: int, rounds: int) -> dict:
     """One QEMU process: every round runs each configuration twice in a row on that round's test
     image (order rotated between rounds); outputs vs PyTorch, exact counts, switching cost."""
-    from tvmnas.runner import build, memory_usage, run
+    from tvmnas.measure.runner import build, memory_usage, run
 
     elf = build(bundle, target, bundle / "build")
     configs, inputs = [], []

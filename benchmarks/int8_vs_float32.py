@@ -32,7 +32,7 @@ CALIBRATION_SAMPLES = 16
 def measure(model: Path, target, work: Path, simd: bool = False, **compile_args) -> dict:
     """Compile (flash, arena) and profile (instructions, estimated cycles, MACs) one model."""
     from tvmnas.compiler import compile_model
-    from tvmnas.kernel_profiler import profile_network_json
+    from tvmnas.measure.profiler import profile_network_json
 
     manifest = compile_model(model, target, work, ignore_budget=True, simd=simd, **compile_args).manifest
     profiled = model if not compile_args else work / "quantized.onnx"

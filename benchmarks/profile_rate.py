@@ -32,8 +32,8 @@ SECTION = "profile_rate"
 
 
 def timed_run(specs: list, target, db_path: Path, jobs: int) -> dict:
-    from tvmnas.kernel_profiler import profile_candidates
-    from tvmnas.profiledb import ProfileDB
+    from tvmnas.cost.candidates import profile_candidates
+    from tvmnas.measure.store import ProfileDB
 
     with ProfileDB(db_path) as db, tempfile.TemporaryDirectory(prefix="tvmnas-rate-") as work:
         start = time.monotonic()
@@ -65,7 +65,7 @@ def main() -> None:
 
     import torch
 
-    from tvmnas.sampler import sample_ops
+    from tvmnas.cost.sampler import sample_ops
     from tvmnas.targets import load_target
 
     torch.set_num_threads(1)

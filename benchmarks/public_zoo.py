@@ -62,7 +62,7 @@ def run_route(entry: PublicModel, route: str, target_name: str, timeout_s: float
 
     from tvmnas.compiler import compile_model
     from tvmnas.errors import TvmnasError
-    from tvmnas.runner import build, run
+    from tvmnas.measure.runner import build, run
     from tvmnas.targets import load_target
 
     record: dict = {"name": entry.name, "route": route, "target": target_name, "family": entry.family}

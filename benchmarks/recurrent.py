@@ -33,8 +33,8 @@ import torch  # noqa: E402
 from tvmnas.compiler import compile_model  # noqa: E402
 from tvmnas.cost.predict import predict_model_json  # noqa: E402
 from tvmnas.cost.surrogate import load_surrogate  # noqa: E402
-from tvmnas.kernel_profiler import profile_network_json  # noqa: E402
-from tvmnas.runner import build, run  # noqa: E402
+from tvmnas.measure.profiler import profile_network_json  # noqa: E402
+from tvmnas.measure.runner import build, run  # noqa: E402
 from tvmnas.targets import load_target  # noqa: E402
 from tvmnas.zoo import export_onnx, export_pt2  # noqa: E402
 from tvmnas.zoo_recurrent import KWS_MODELS  # noqa: E402

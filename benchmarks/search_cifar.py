@@ -112,8 +112,8 @@ def measure(model_dir: Path, image: np.ndarray, args: argparse.Namespace) -> dic
     import onnxruntime as ort
 
     from tvmnas.compiler import compile_model
-    from tvmnas.profiling import profile_elf
-    from tvmnas.runner import build, memory_usage, run
+    from tvmnas.measure.profile import profile_elf
+    from tvmnas.measure.runner import build, memory_usage, run
     from tvmnas.targets import load_target
 
     target = load_target(args.target)

@@ -34,7 +34,7 @@ SECTION = "zoo_profile"
 
 def isolated_sums(network, target, work: Path, timeout_s: float, extra: list[str]) -> dict:
     """Every call of `network` compiled and run alone; equal kernels (same hash) run once."""
-    from tvmnas.kernel_profiler import isolate_call, measure_network, write_network
+    from tvmnas.measure.profiler import isolate_call, measure_network, write_network
 
     seen: dict[str, tuple[int, int]] = {}
     instructions = cycles = 0
@@ -51,7 +51,7 @@ def isolated_sums(network, target, work: Path, timeout_s: float, extra: list[str
 
 def profile_one(network, target, work: Path, isolated: bool, timeout_s: float, extra: list[str]) -> dict:
     from tvmnas.errors import TvmnasError
-    from tvmnas.kernel_profiler import measure_network, write_network
+    from tvmnas.measure.profiler import measure_network, write_network
 
     try:
         prepared = write_network(network, target, work / "bundle")
@@ -120,7 +120,7 @@ def measure(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
     """Profile the selected zoo networks on the selected targets; `save` gets the result after each network."""
     import torch
 
-    from tvmnas.kernel_profiler import lower_network
+    from tvmnas.measure.profiler import lower_network
     from tvmnas.targets import list_targets, load_target
     from tvmnas.zoo import get_entry, list_zoo
 

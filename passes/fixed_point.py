@@ -41,6 +41,7 @@ __all__ = [
     "ADD_LEFT_SHIFT",
     "add_params",
     "rescale_multiplier",
+    "mul_multiplier",
     "mean_multiplier",
     "rounding_average",
 ]
@@ -246,6 +247,13 @@ def rescale_multiplier(input_scale: float, output_scale: float) -> tuple[int, in
     reshape inputs of other quantization, mean): ``input_scale / output_scale``, the float32
     scales widened to double first, as TFLite's Prepare functions compute it."""
     return quantize_multiplier(float(np.float32(input_scale)) / float(np.float32(output_scale)))
+
+
+def mul_multiplier(input1_scale: float, input2_scale: float, output_scale: float) -> tuple[int, int]:
+    """(multiplier, shift) of TFLite's int8 MUL: ``s1 * s2 / s_out``, the float32 scales widened to
+    double and multiplied in that order (TFLite Micro's CalculateOpDataMul)."""
+    return quantize_multiplier(float(np.float32(input1_scale)) * float(np.float32(input2_scale))
+                               / float(np.float32(output_scale)))
 
 
 def mean_multiplier(input_scale: float, output_scale: float, count: int) -> tuple[int, int]:

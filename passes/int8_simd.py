@@ -30,16 +30,21 @@ import tvm
 from tvm import s_tir, tirx
 
 from .kernel_features import MACS_ATTR
+from .integer_kernels import DEPTHWISE_ANNOTATION
 from .integer_kernels import GEMM_ANNOTATION as SIMD_ANNOTATION
 from .module_update import replace_functions
 
 SIMD_FUNCTION = "tvmnas_s8_conv"
+DEPTHWISE_FUNCTION = "tvmnas_s8_depthwise"
 OPAQUE = 8  # relax op_pattern kOpaque: FuseOps fuses nothing into the call
 MAX_REDUCTION = 1 << 17  # products of at most 2^14 each: the int32 sum cannot overflow
 
 # the layer constants the micro-kernel takes, in its argument order (the annotation's keys)
 LAYER_FIELDS = ("cin", "h", "w", "in_cstride", "in_pstride", "kh", "kw", "sh", "sw", "pt", "pl", "dh", "dw",
                 "cout", "oh", "ow", "out_ostride", "out_pstride", "in_zp", "out_zp", "act_min", "act_max")
+# the same for the depthwise micro-kernel
+DEPTHWISE_FIELDS = ("c_in", "h", "w", "multiplier", "kh", "kw", "sh", "sw", "pt", "pl", "pb", "pr", "oh", "ow",
+                    "in_zp", "out_zp", "act_min", "act_max")
 
 SIMD_C = """\
 /* int8 conv / dense micro-kernel (passes/int8_simd.py): im2col of two output pixels, each widened
@@ -242,29 +247,113 @@ static inline __attribute__((always_inline)) void tvmnas_s8_conv(
     }
   }
 }
+
+/* int8 depthwise micro-kernel (passes/int8_simd.py), NCHW, dilation 1, any depth multiplier: each
+ * input channel is widened once to an int16 plane with its padding (the input zero point); then per
+ * output channel and pair of output pixels, each kernel row is a run of SMLADs on words of two
+ * adjacent taps (weights widened once per channel, an odd kernel width padded with a zero weight);
+ * int32 accumulation, then the scalar kernels' tvmnas_requantize.
+ * scratch: (h + pt + pb) rows of (w + pl + pr + 2) int16 */
+#define TVMNAS_DW_MAX_PAIRS 32
+static inline __attribute__((always_inline)) void tvmnas_s8_depthwise(
+    const int8_t *in, const int8_t *weight, const int32_t *bias, const int32_t *mult, const int32_t *shift,
+    int8_t *out, int16_t *plane, int32_t c_in, int32_t h, int32_t w, int32_t multiplier, int32_t kh, int32_t kw,
+    int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t pb, int32_t pr, int32_t oh, int32_t ow, int32_t in_zp,
+    int32_t out_zp, int32_t act_min, int32_t act_max) {
+  const int32_t hp = h + pt + pb;
+  const int32_t rs = w + pl + pr + 2; /* row stride: a spare pair for the zero weight of an odd width */
+  const int32_t pairs = (kw + 1) >> 1;
+  const int16_t pad = (int16_t)in_zp;
+  for (int32_t c = 0; c < c_in; ++c) {
+    const int8_t *src = in + c * h * w;
+    for (int32_t y = 0; y < hp; ++y) {
+      int16_t *row = plane + y * rs;
+      const int32_t iy = y - pt;
+      if (iy < 0 || iy >= h) {
+        for (int32_t x = 0; x < rs; ++x) row[x] = pad;
+        continue;
+      }
+      for (int32_t x = 0; x < pl; ++x) row[x] = pad;
+      const int8_t *s = src + iy * w;
+      int16_t *d = row + pl;
+      for (int32_t x = 0; x < w; ++x) d[x] = s[x];
+      for (int32_t x = pl + w; x < rs; ++x) row[x] = pad;
+    }
+    for (int32_t m = 0; m < multiplier; ++m) {
+      const int32_t o = c * multiplier + m;
+      const int8_t *wo = weight + o * kh * kw;
+      int32_t wp[TVMNAS_DW_MAX_PAIRS]; /* (w[ky][2j], w[ky][2j + 1] or 0) as int16 pairs */
+      for (int32_t ky = 0; ky < kh; ++ky) {
+        for (int32_t j = 0; j < pairs; ++j) {
+          const int32_t lo = wo[ky * kw + 2 * j];
+          const int32_t hi = 2 * j + 1 < kw ? wo[ky * kw + 2 * j + 1] : 0;
+          wp[ky * pairs + j] = (int32_t)(((uint32_t)(uint16_t)(int16_t)hi << 16) | (uint16_t)(int16_t)lo);
+        }
+      }
+      const int32_t b = bias[o], mu = mult[o], sf = shift[o];
+      int8_t *y = out + o * oh * ow;
+      for (int32_t oy = 0; oy < oh; ++oy) {
+        const int16_t *top = plane + oy * sh * rs;
+        int8_t *yrow = y + oy * ow;
+        int32_t ox = 0;
+        for (; ox + 1 < ow; ox += 2) {
+          const int16_t *p0 = top + ox * sw;
+          const int16_t *p1 = p0 + sw;
+          int32_t a0 = 0, a1 = 0;
+          for (int32_t ky = 0; ky < kh; ++ky) {
+            for (int32_t j = 0; j < pairs; ++j) {
+              int32_t x0, x1;
+              __builtin_memcpy(&x0, p0 + ky * rs + 2 * j, 4);
+              __builtin_memcpy(&x1, p1 + ky * rs + 2 * j, 4);
+              a0 = TVMNAS_SMLAD(wp[ky * pairs + j], x0, a0);
+              a1 = TVMNAS_SMLAD(wp[ky * pairs + j], x1, a1);
+            }
+          }
+          yrow[ox] = tvmnas_s8_output(a0, b, mu, sf, out_zp, act_min, act_max);
+          yrow[ox + 1] = tvmnas_s8_output(a1, b, mu, sf, out_zp, act_min, act_max);
+        }
+        if (ox < ow) {
+          const int16_t *p0 = top + ox * sw;
+          int32_t a0 = 0;
+          for (int32_t ky = 0; ky < kh; ++ky) {
+            for (int32_t j = 0; j < pairs; ++j) {
+              int32_t x0;
+              __builtin_memcpy(&x0, p0 + ky * rs + 2 * j, 4);
+              a0 = TVMNAS_SMLAD(wp[ky * pairs + j], x0, a0);
+            }
+          }
+          yrow[ox] = tvmnas_s8_output(a0, b, mu, sf, out_zp, act_min, act_max);
+        }
+      }
+    }
+  }
+}
 """
 
 
 def uses_simd(kernel_text: str) -> bool:
-    """Whether printed C calls the SIMD micro-kernel (its definition must then precede it)."""
-    return SIMD_FUNCTION + "(" in kernel_text
+    """Whether printed C calls a SIMD micro-kernel (SIMD_C must then precede it)."""
+    return SIMD_FUNCTION + "(" in kernel_text or DEPTHWISE_FUNCTION + "(" in kernel_text
 
 
-def _annotation(func: tirx.PrimFunc) -> dict | None:
-    """The layer constants QuantizeToInteger left on the kernel's output block, if any."""
+def _annotation(func: tirx.PrimFunc) -> tuple[str, dict] | None:
+    """(annotation key, layer constants) QuantizeToInteger left on the kernel's output block, if any."""
     sch = s_tir.Schedule(func)
     blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    found = [b.annotations[SIMD_ANNOTATION] for b in blocks if SIMD_ANNOTATION in b.annotations]
+    found = [(key, b.annotations[key]) for b in blocks for key in (SIMD_ANNOTATION, DEPTHWISE_ANNOTATION)
+             if key in b.annotations]
     if len(found) != 1:
         return None
-    return {str(k): int(v) for k, v in found[0].items()}
+    key, layer = found[0]
+    return key, {str(k): int(v) for k, v in layer.items()}
 
 
 _ROLES = ("int8", "int8", "int32", "int32", "int32", "int8")  # data, weight, bias, multiplier, shift, out
 
 
-def _simd_func(func: tirx.PrimFunc, layer: dict) -> tirx.PrimFunc | None:
-    """The kernel as one call of the micro-kernel; None where the parameters are not the six expected."""
+def _simd_func(func: tirx.PrimFunc, key: str, layer: dict) -> tirx.PrimFunc | None:
+    """The kernel as one call of its micro-kernel (conv / dense, or depthwise); None where the
+    parameters are not the six expected."""
     params = list(func.params)
     if len(params) != len(_ROLES) or any(str(p.ty.dtype) != d for p, d in zip(params, _ROLES)):
         return None
@@ -274,8 +363,17 @@ def _simd_func(func: tirx.PrimFunc, layer: dict) -> tirx.PrimFunc | None:
         for dim in p.ty.shape:
             n *= int(dim)
         sizes.append(n)
-    k = layer["cin"] * layer["kh"] * layer["kw"]
-    if sizes[1] != layer["cout"] * k or sizes[5] != layer["cout"] * layer["oh"] * layer["ow"] or k > MAX_REDUCTION:
+    if key == DEPTHWISE_ANNOTATION:
+        cout = layer["c_in"] * layer["multiplier"]
+        k = layer["kh"] * layer["kw"]
+        scratch = (layer["h"] + layer["pt"] + layer["pb"]) * (layer["w"] + layer["pl"] + layer["pr"] + 2)
+        function, fields = DEPTHWISE_FUNCTION, DEPTHWISE_FIELDS
+    else:
+        cout = layer["cout"]
+        k = layer["cin"] * layer["kh"] * layer["kw"]
+        scratch = 2 * k + (k + 1) // 2  # int16: two columns, then the int8 gather buffer
+        function, fields = SIMD_FUNCTION, LAYER_FIELDS
+    if sizes[1] != cout * k or sizes[5] != cout * layer["oh"] * layer["ow"] or k > MAX_REDUCTION:
         return None
     names = [f"p{i}" for i in range(len(params))]
     decls = ", ".join(
@@ -285,18 +383,17 @@ def _simd_func(func: tirx.PrimFunc, layer: dict) -> tirx.PrimFunc | None:
         f"T.tvm_access_ptr(T.type_annotation(\"{p.ty.dtype}\"), {n}.data, 0, {size}, {2 if i == 5 else 1})"
         for i, (n, p, size) in enumerate(zip(names, params, sizes))
     ]
-    scratch = 2 * k + (k + 1) // 2  # int16: two columns, then the int8 gather buffer
     ptrs.append(f"T.tvm_access_ptr(T.type_annotation(\"int16\"), col.data, 0, {scratch}, 3)")
-    constants = [str(layer[f]) for f in LAYER_FIELDS]
+    constants = [str(layer[f]) for f in fields]
     source = (
         "@T.prim_func(s_tir=True)\n"
         f"def main({decls}):\n"
         "    T.func_attr({\"tirx.noalias\": True})\n"
         f"    col = T.alloc_buffer(({scratch},), \"int16\")\n"
-        f"    T.evaluate(T.call_extern(\"void\", \"{SIMD_FUNCTION}\", {', '.join(ptrs + constants)}))\n"
+        f"    T.evaluate(T.call_extern(\"void\", \"{function}\", {', '.join(ptrs + constants)}))\n"
     )
     new = tvm.script.from_source(source)
-    new = new.with_attr(MACS_ATTR, tirx.const(layer["cout"] * layer["oh"] * layer["ow"] * k, "int64"))
+    new = new.with_attr(MACS_ATTR, tirx.const(cout * layer["oh"] * layer["ow"] * k, "int64"))
     return new.with_attr("op_pattern", OPAQUE)
 
 
@@ -318,13 +415,14 @@ class UseSIMDKernels:
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         updates = {}
         for gv, func in mod.functions.items():
-            if not isinstance(func, tirx.PrimFunc):
+            if not isinstance(func, tirx.PrimFunc) or func.attrs is not None and "op_pattern" in func.attrs \
+                    and int(func.attrs["op_pattern"]) == OPAQUE:  # already a call of a C kernel
                 continue
-            layer = _annotation(func)
-            new = None if layer is None else _simd_func(func, layer)
+            found = _annotation(func)
+            new = None if found is None else _simd_func(func, *found)
             if new is not None:
                 updates[gv] = new
         return replace_functions(mod, updates)
 
 
-__all__ = ["SIMD_ANNOTATION", "SIMD_C", "SIMD_FUNCTION", "UseSIMDKernels", "uses_simd"]
+__all__ = ["DEPTHWISE_FUNCTION", "SIMD_ANNOTATION", "SIMD_C", "SIMD_FUNCTION", "UseSIMDKernels", "uses_simd"]

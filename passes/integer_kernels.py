@@ -20,6 +20,9 @@ INT8_MIN, INT8_MAX = -128, 127
 # block annotation naming the layer constants of a conv / dense kernel that passes/int8_simd.py
 # can replace by its SIMD micro-kernel 
 GEMM_ANNOTATION = "tvmnas_int8_gemm"
+# the same for a depthwise conv (groups = input channels, dilation 1) and its SIMD depthwise kernel
+DEPTHWISE_ANNOTATION = "tvmnas_int8_depthwise"
+DEPTHWISE_MAX_PAIRS = 32  # kh * ceil(kw / 2) weight words the depthwise micro-kernel keeps per channel
 
 
 def _i32(value: int) -> tirx.PrimExpr:
@@ -125,6 +128,10 @@ def conv2d_int8(
             cin=cin, h=h, w=w, in_cstride=h * w, in_pstride=1, kh=kh, kw=kw, sh=sh, sw=sw, pt=pt, pl=pl, dh=dh,
             dw=dw, cout=cout, oh=oh, ow=ow, out_ostride=oh * ow, out_pstride=1, in_zp=input_zero_point,
             out_zp=output_zero_point, act_min=act_min, act_max=act_max)}
+    elif groups == cin and cin_g == 1 and n == 1 and (dh, dw) == (1, 1) and kh * ((kw + 1) // 2) <= DEPTHWISE_MAX_PAIRS:
+        attrs = {DEPTHWISE_ANNOTATION: dict(
+            c_in=cin, h=h, w=w, multiplier=cout // cin, kh=kh, kw=kw, sh=sh, sw=sw, pt=pt, pl=pl, pb=pb, pr=pr,
+            oh=oh, ow=ow, in_zp=input_zero_point, out_zp=output_zero_point, act_min=act_min, act_max=act_max)}
     return te.compute(
         acc.shape,
         lambda b, o, y, x: saturate(
@@ -202,15 +209,20 @@ def requantize_int8(data: te.Tensor, *, input_zero_point: int, output_zero_point
     )
 
 
-def max_pool2d_int8(data: te.Tensor, *, pool: Sequence[int], strides: Sequence[int], padding: Sequence[int],
-                    act_min: int, act_max: int) -> te.Tensor:
-    """NCHW int8 max pooling; padded taps never win (TFLite semantics, same scale in and out)."""
+def _pool_geometry(data: te.Tensor, pool: Sequence[int], strides: Sequence[int],
+                   padding: Sequence[int]) -> tuple[int, ...]:
+    """(n, c, h, w, kh, kw, sh, sw, pt, pl, pb, pr, oh, ow) of an NCHW pooling window (floor division)."""
     n, c, h, w = (int(d) for d in data.shape)
     kh, kw = (int(p) for p in pool)
     sh, sw = (int(s) for s in strides)
     pt, pl, pb, pr = (int(p) for p in padding)
-    oh = (h + pt + pb - kh) // sh + 1
-    ow = (w + pl + pr - kw) // sw + 1
+    return n, c, h, w, kh, kw, sh, sw, pt, pl, pb, pr, (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+
+
+def max_pool2d_int8(data: te.Tensor, *, pool: Sequence[int], strides: Sequence[int], padding: Sequence[int],
+                    act_min: int, act_max: int) -> te.Tensor:
+    """NCHW int8 max pooling; padded taps never win (TFLite semantics, same scale in and out)."""
+    n, c, h, w, kh, kw, sh, sw, pt, pl, pb, pr, oh, ow = _pool_geometry(data, pool, strides, padding)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
 
@@ -236,12 +248,7 @@ def _divide_rounding(acc: tirx.PrimExpr, count: tirx.PrimExpr) -> tirx.PrimExpr:
 def avg_pool2d_int8(data: te.Tensor, *, pool: Sequence[int], strides: Sequence[int], padding: Sequence[int],
                     act_min: int, act_max: int) -> te.Tensor:
     """NCHW int8 average pooling over valid taps (count_include_pad off), same scale in and out."""
-    n, c, h, w = (int(d) for d in data.shape)
-    kh, kw = (int(p) for p in pool)
-    sh, sw = (int(s) for s in strides)
-    pt, pl, pb, pr = (int(p) for p in padding)
-    oh = (h + pt + pb - kh) // sh + 1
-    ow = (w + pl + pr - kw) // sw + 1
+    n, c, h, w, kh, kw, sh, sw, pt, pl, pb, pr, oh, ow = _pool_geometry(data, pool, strides, padding)
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
 
@@ -284,3 +291,26 @@ def mean_hw_int8(data: te.Tensor, *, keepdims: bool, input_zero_point: int, outp
     if keepdims:
         return te.compute((n, c, 1, 1), lambda b, ch, _y, _x: value(b, ch), name="mean_int8")
     return te.compute((n, c), value, name="mean_int8")
+
+
+def lut_int8(data: te.Tensor, table: te.Tensor) -> te.Tensor:
+    """Element-wise int8 -> int8 through a 256-entry int8 table indexed by x + 128 (TFLite's int8
+    LOGISTIC / TANH / HARD_SWISH, tabulated by passes/activation_tables.py)."""
+    return te.compute(data.shape, lambda *i: table[data(*i).astype("int32") + _i32(128)], name="lut_int8")
+
+
+def mul_int8(a: te.Tensor, b: te.Tensor, *, zero_points: Sequence[int], multiplier: int, shift: int,
+             output_zero_point: int, act_min: int, act_max: int) -> te.Tensor:
+    """TFLite's int8 MUL of two tensors of one rank (an axis of size 1 broadcasts): (a - zp_a) *
+    (b - zp_b) in int32, requantized by (multiplier, shift) (`fixed_point.mul_multiplier`)."""
+    shape = [max(int(x), int(y)) for x, y in zip(a.shape, b.shape)]
+
+    def read(t, i):
+        return t(*[0 if int(d) == 1 and int(s) != 1 else x for x, d, s in zip(i, t.shape, shape)]).astype("int32")
+
+    return te.compute(
+        shape,
+        lambda *i: saturate(requantize((read(a, i) - _i32(zero_points[0])) * (read(b, i) - _i32(zero_points[1])),
+                                       _i32(multiplier), _i32(shift)), output_zero_point, act_min, act_max),
+        name="mul_int8",
+    )

@@ -525,12 +525,61 @@ def _param_buffer(func: tirx.PrimFunc, param):
 MACS_ATTR = "tvmnas.macs"
 
 
+def _load_source(e) -> object:
+    kind = type(e).__name__
+    if kind == "BufferLoad":
+        return e.buffer
+    if kind == "TensorLoad":
+        return e.source
+    return None
+
+
+def _store_is_mac(store) -> bool:
+    """`C[i] = C[i] + a * b` (either operand order, optionally through a cast)."""
+    value = store.value
+    if type(value).__name__ != "Add":
+        return False
+    target = store.buffer if type(store).__name__ == "BufferStore" else getattr(store, "source", None)
+    for acc, prod in ((value.a, value.b), (value.b, value.a)):
+        while type(prod).__name__ == "Cast":
+            prod = prod.value
+        source = _load_source(acc)
+        if source is not None and target is not None and source.same_as(target) and type(prod).__name__ == "Mul":
+            return True
+    return False
+
+
+def _macs_in(stmt, trips: int) -> int:
+    kind = type(stmt).__name__
+    if kind in ("BufferStore", "TensorStore"):
+        return trips if _store_is_mac(stmt) else 0
+    if kind == "For":
+        extent = stmt.extent
+        if type(extent).__name__ != "IntImm":
+            raise NotImplementedError(f"MAC count of a loop with non-constant extent {extent}")
+        return _macs_in(stmt.body, trips * int(extent.value))
+    if kind == "SeqStmt":
+        return sum(_macs_in(s, trips) for s in stmt.seq)
+    if kind == "IfThenElse":
+        return _macs_in(stmt.then_case, trips)
+    for attr in ("block", "body"):
+        inner = getattr(stmt, attr, None)
+        if isinstance(inner, tirx.Stmt):
+            return _macs_in(inner, trips)
+    return 0
+
+
 def kernel_macs(func: tirx.PrimFunc) -> int:
-    """Multiply-accumulates (reduction-block iterations: conv, matmul, pool windows, means; a kernel
-    that calls a C micro-kernel states its own as the function attribute MACS_ATTR)."""
+    """Multiply-accumulates a kernel performs: each `acc += a * b` store times its loop trip count.
+
+    The project's one MAC convention (search.cost.count_module counts torch modules the same way):
+    conv (Cout*Hout*Wout*Cin/groups*k*k), dense/matmul (in*out per row) and any other reduction of
+    products count; pooling, means, element-wise ops and data movement count zero. A kernel that
+    calls a C micro-kernel (int8_simd) states its MACs as the function attribute MACS_ATTR.
+    """
     if func.attrs is not None and MACS_ATTR in func.attrs:
         return int(func.attrs[MACS_ATTR])
-    return int(sum(b.domain for b in collect_blocks(func) if b.reduce_extents))
+    return _macs_in(func.body, 1)
 
 
 def kernel_hash(func: tirx.PrimFunc) -> str:

@@ -9,7 +9,9 @@ import tvm
 from tvm import relax
 
 from . import integer_kernels as K
-from .fixed_point import add_params, conv_multipliers, mean_multiplier, rescale_multiplier
+from .activation_tables import SOFTMAX_OUTPUT, activation_table, softmax_exp_table
+from .fixed_point import add_params, conv_multipliers, mean_multiplier, mul_multiplier, rescale_multiplier
+from .int8_softmax import MAX_DEPTH, softmax_primfunc
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,9 @@ def _use_counts(func: relax.Function) -> dict[int, int]:
             visit(b.value)
     visit(func.body.body)
     return counts
+
+
+_WEIGHTED = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.matmul")
 
 
 @relax.expr_functor.mutator
@@ -276,7 +281,7 @@ class _IntegerRewriter(relax.PyExprMutator):
         if _op_name(value) == "relax.add":
             for acc_side, bias_side in ((0, 1), (1, 0)):
                 b = self._const_float(value.args[bias_side])
-                if b is not None and _op_name(self._def(value.args[acc_side])) in ("relax.nn.conv2d", "relax.matmul"):
+                if b is not None and _op_name(self._def(value.args[acc_side])) in _WEIGHTED:
                     bias, bias_int32 = b, self._int32_constant(value.args[bias_side])
                     value = self._def(value.args[acc_side])
                     break
@@ -286,6 +291,11 @@ class _IntegerRewriter(relax.PyExprMutator):
         if name == "relax.nn.conv2d":
             attrs = value.attrs
             if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW"):
+                return None
+            out_axis = 0
+        elif name == "relax.nn.conv1d":
+            attrs = value.attrs
+            if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCW", "OIW", "NCW"):
                 return None
             out_axis = 0
         elif name == "relax.matmul":
@@ -315,6 +325,19 @@ class _IntegerRewriter(relax.PyExprMutator):
         args = [relax.const(w), relax.const(folded.astype(np.int32)), relax.const(mult), relax.const(shift)]
         common = dict(output_zero_point=out.zero_point, act_min=act_min, act_max=act_max)
         x = self._int8(data)
+        if name == "relax.nn.conv1d":  # as a 2-D conv over one row
+            attrs = value.attrs
+            n, c, length = _int_shape(value.args[0])
+            x = self.builder_.emit(relax.op.reshape(x, (n, c, 1, length)))
+            args[0] = relax.const(w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]))
+            (left, right), (stride,), (dilation,) = ([int(p) for p in attrs.padding], [int(s) for s in attrs.strides],
+                                                     [int(d) for d in attrs.dilation])
+            conv = self.builder_.emit(self.builder_.call_te(
+                K.conv2d_int8, x, *args, primfunc_name_hint="conv2d_int8", strides=[1, stride],
+                padding=[0, left, 0, right], dilation=[1, dilation], groups=int(attrs.groups),
+                input_zero_point=data.params.zero_point, **common,
+            ))
+            return relax.op.reshape(conv, _int_shape(value))
         if name == "relax.nn.conv2d":
             attrs = value.attrs
             return self.builder_.call_te(
@@ -340,26 +363,56 @@ class _IntegerRewriter(relax.PyExprMutator):
             act_min=act_min, act_max=act_max,
         )
 
+    def _mul(self, expr, out: QuantParams) -> relax.Expr | None:
+        """Product of two int8 tensors of one rank (size-1 axes broadcast): TFLite's int8 MUL."""
+        producer, act_min, act_max = self._activation(expr, out)
+        value = self._def(producer)
+        if _op_name(value) != "relax.multiply":
+            return None
+        a, b = (self._dequantized(arg) for arg in value.args)
+        shapes = [_int_shape(arg) for arg in value.args]
+        if (a is None or b is None or len(shapes[0]) != len(shapes[1])
+                or any(x != y and 1 not in (x, y) for x, y in zip(*shapes))):
+            return None
+        mult, shift = mul_multiplier(a.params.scale, b.params.scale, out.scale)
+        return self.builder_.call_te(
+            K.mul_int8, self._int8(a), self._int8(b), primfunc_name_hint="mul_int8",
+            zero_points=[a.params.zero_point, b.params.zero_point], multiplier=mult, shift=shift,
+            output_zero_point=out.zero_point, act_min=act_min, act_max=act_max,
+        )
+
     def _pool(self, expr, out: QuantParams) -> relax.Expr | None:
         producer, act_min, act_max = self._activation(expr, out)
         value = self._def(producer)
         name = _op_name(value)
-        if name not in ("relax.nn.max_pool2d", "relax.nn.avg_pool2d"):
+        if name not in ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.max_pool1d", "relax.nn.avg_pool1d"):
             return None
         data = self._dequantized(value.args[0])
         attrs = value.attrs
-        if (data is None or data.params != out or str(attrs.layout) != "NCHW" or bool(attrs.ceil_mode)
-                or any(int(d) != 1 for d in attrs.dilation)):
+        one_d = name.endswith("1d")
+        if (data is None or data.reshape is not None or data.params != out
+                or str(attrs.layout) != ("NCW" if one_d else "NCHW") or any(int(d) != 1 for d in attrs.dilation)):
             return None
-        kwargs = dict(pool=[int(p) for p in attrs.pool_size], strides=[int(s) for s in attrs.strides],
-                      padding=[int(p) for p in attrs.padding], act_min=act_min, act_max=act_max)
-        if name == "relax.nn.max_pool2d":
-            return self.builder_.call_te(K.max_pool2d_int8, self._int8(data), primfunc_name_hint="max_pool2d_int8",
-                                         **kwargs)
-        if bool(attrs.count_include_pad) and any(int(p) for p in attrs.padding):
+        pool, strides, padding = ([int(p) for p in attrs.pool_size], [int(s) for s in attrs.strides],
+                                  [int(p) for p in attrs.padding])
+        in_shape, out_shape = _int_shape(value.args[0]), _int_shape(value)
+        x = self._int8(data)
+        if one_d:  # as a 2-D pool over one row
+            pool, strides, padding = [1, pool[0]], [1, strides[0]], [0, padding[0], 0, padding[1]]
+            x = self.builder_.emit(relax.op.reshape(x, (in_shape[0], in_shape[1], 1, in_shape[2])))
+        if bool(attrs.ceil_mode):  # ceil_mode's extra windows: padding after the input, never counted
+            in_4d = (in_shape[0], in_shape[1], 1, in_shape[2]) if one_d else in_shape
+            out_4d = (out_shape[0], out_shape[1], 1, out_shape[2]) if one_d else out_shape
+            padding[2] += max((out_4d[2] - 1) * strides[0] + pool[0] - (in_4d[2] + padding[0] + padding[2]), 0)
+            padding[3] += max((out_4d[3] - 1) * strides[1] + pool[1] - (in_4d[3] + padding[1] + padding[3]), 0)
+        kwargs = dict(pool=pool, strides=strides, padding=padding, act_min=act_min, act_max=act_max)
+        if name.startswith("relax.nn.max_pool"):
+            pooled = self.builder_.call_te(K.max_pool2d_int8, x, primfunc_name_hint="max_pool2d_int8", **kwargs)
+        elif bool(attrs.count_include_pad) and any(int(p) for p in attrs.padding):
             return None
-        return self.builder_.call_te(K.avg_pool2d_int8, self._int8(data), primfunc_name_hint="avg_pool2d_int8",
-                                     **kwargs)
+        else:
+            pooled = self.builder_.call_te(K.avg_pool2d_int8, x, primfunc_name_hint="avg_pool2d_int8", **kwargs)
+        return relax.op.reshape(self.builder_.emit(pooled), out_shape) if one_d else pooled
 
     def _mean(self, expr, out: QuantParams) -> relax.Expr | None:
         producer, act_min, act_max = self._activation(expr, out)
@@ -367,16 +420,73 @@ class _IntegerRewriter(relax.PyExprMutator):
         if _op_name(value) != "relax.mean":
             return None
         data = self._dequantized(value.args[0])
-        axes = None if value.attrs.axis is None else sorted(int(a) % 4 for a in value.attrs.axis)
-        if data is None or data.reshape is not None or len(_int_shape(value.args[0])) != 4 or axes != [2, 3]:
-            return None
         shape = _int_shape(value.args[0])
-        mult, shift = mean_multiplier(data.params.scale, out.scale, shape[2] * shape[3])
-        return self.builder_.call_te(
-            K.mean_hw_int8, self._int8(data), primfunc_name_hint="mean_int8", keepdims=bool(value.attrs.keepdims),
+        axes = None if value.attrs.axis is None else sorted(int(a) % len(shape) for a in value.attrs.axis)
+        if data is None or data.reshape is not None or axes != list(range(2, len(shape))) or len(shape) not in (3, 4):
+            return None
+        x = self._int8(data)
+        if len(shape) == 3:  # the mean over W of NCW: as over H and W of one row
+            x = self.builder_.emit(relax.op.reshape(x, (shape[0], shape[1], 1, shape[2])))
+        count = int(np.prod(shape[2:]))
+        mult, shift = mean_multiplier(data.params.scale, out.scale, count)
+        mean = self.builder_.call_te(
+            K.mean_hw_int8, x, primfunc_name_hint="mean_int8", keepdims=bool(value.attrs.keepdims),
             input_zero_point=data.params.zero_point, output_zero_point=out.zero_point, multiplier=mult, shift=shift,
             act_min=act_min, act_max=act_max,
         )
+        return relax.op.reshape(self.builder_.emit(mean), _int_shape(value)) if len(shape) == 3 else mean
+
+    def _hard_swish_operand(self, value) -> relax.Expr | None:
+        """x of `x * (clip(x + 3, 0, 6) / 6)` (the ONNX importer's HardSwish), either factor order."""
+        for x, gate in ((value.args[0], value.args[1]), (value.args[1], value.args[0])):
+            div = self._def(gate)
+            if _op_name(div) != "relax.divide" or not np.array_equal(self._const_float(div.args[1]), 6.0):
+                continue
+            clip = self._def(div.args[0])
+            if _op_name(clip) != "relax.clip" or [float(v.value) for v in clip.args[1:3]] != [0.0, 6.0]:
+                continue
+            add = self._def(clip.args[0])
+            if (_op_name(add) == "relax.add" and add.args[0].same_as(x)
+                    and np.array_equal(self._const_float(add.args[1]), 3.0)):
+                return x
+        return None
+
+    def _lut(self, expr, out: QuantParams) -> relax.Expr | None:
+        """sigmoid / tanh / hard-swish of an int8 tensor as one table lookup with TFLite's int8
+        kernel's values (passes/activation_tables.py); left alone where TFLite has no int8 kernel
+        for these quantizations (e.g. a sigmoid output not quantized with scale 1/256, zero point -128)."""
+        value = self._def(expr)
+        name = _op_name(value)
+        if name in ("relax.sigmoid", "relax.tanh"):
+            function, source = name.split(".")[1], value.args[0]
+        elif name == "relax.multiply":
+            function, source = "hard_swish", self._hard_swish_operand(value)
+        else:
+            return None
+        data = None if source is None else self._dequantized(source)
+        if data is None or data.reshape is not None:
+            return None
+        table = activation_table(function, data.params.scale, data.params.zero_point, out.scale, out.zero_point)
+        if table is None:
+            return None
+        return self.builder_.call_te(K.lut_int8, self._int8(data), relax.const(table), primfunc_name_hint="lut_int8")
+
+    def _softmax(self, expr, out: QuantParams) -> relax.Expr | None:
+        """softmax over the last axis of an int8 tensor, quantized as TFLite's int8 SOFTMAX requires
+        (scale 1/256, zero point -128): one call of the C kernel of passes/int8_softmax.py with the
+        compile-time exp table; left alone otherwise (a float island)."""
+        value = self._def(expr)
+        if _op_name(value) != "relax.nn.softmax":
+            return None
+        data = self._dequantized(value.args[0])
+        shape = _int_shape(value)
+        if (data is None or data.reshape is not None or int(value.attrs.axis) % len(shape) != len(shape) - 1
+                or shape[-1] > MAX_DEPTH or (np.float32(out.scale), out.zero_point)
+                != (np.float32(SOFTMAX_OUTPUT[0]), SOFTMAX_OUTPUT[1])):
+            return None
+        callee = self.builder_.add_func(softmax_primfunc(shape), "softmax_int8")
+        return relax.call_tir(callee, [self._int8(data), relax.const(softmax_exp_table(data.params.scale))],
+                              relax.TensorType(shape, "int8"))
 
     def _int8_as(self, operand: _Dequantized, out: QuantParams, act_min: int = K.INT8_MIN,
                  act_max: int = K.INT8_MAX) -> relax.Expr:
@@ -391,8 +501,9 @@ class _IntegerRewriter(relax.PyExprMutator):
         ))
 
     def _layout(self, expr, out: QuantParams) -> relax.Expr | None:
-        """reshape / flatten / concat of int8 tensors: done on int8, inputs whose quantization
-        differs from the output's requantized first (TFLite's reshape and concatenation)."""
+        """reshape / flatten / transpose / concat of int8 tensors: done on int8, inputs whose
+        quantization differs from the output's requantized first (TFLite's reshape and
+        concatenation; a transpose only moves values)."""
         value = self._def(expr)
         name = _op_name(value)
         if name == "relax.reshape":
@@ -400,6 +511,12 @@ class _IntegerRewriter(relax.PyExprMutator):
             if data is None:
                 return None
             return relax.op.reshape(self._int8_as(data, out), _int_shape(expr))
+        if name == "relax.permute_dims":
+            data = self._dequantized(value.args[0])
+            if data is None:
+                return None
+            axes = value.attrs.axes
+            return relax.op.permute_dims(self._int8_as(data, out), None if axes is None else [int(a) for a in axes])
         if name == "relax.concat" and isinstance(value.args[0], relax.Tuple):
             parts = [self._dequantized(f) for f in value.args[0].fields]
             if any(p is None for p in parts):
@@ -407,11 +524,27 @@ class _IntegerRewriter(relax.PyExprMutator):
             return relax.op.concat([self._int8_as(p, out) for p in parts], axis=int(value.attrs.axis))
         return None
 
+    def _relu(self, expr, out: QuantParams) -> relax.Expr | None:
+        """A relu / clip on its own (TFLite's RELU, RELU6): requantized to the output's scale and
+        clamped, as TFLite Micro's ReluQuantized does even where the quantization is unchanged."""
+        producer, act_min, act_max = self._activation(expr, out)
+        if producer.same_as(expr):
+            return None
+        data = self._dequantized(producer)
+        if data is None:
+            return None
+        mult, shift = rescale_multiplier(data.params.scale, out.scale)
+        return self.builder_.call_te(
+            K.requantize_int8, self._int8(data), primfunc_name_hint="relu_int8", input_zero_point=data.params.zero_point,
+            output_zero_point=out.zero_point, multiplier=mult, shift=shift, act_min=act_min, act_max=act_max,
+        )
+
     def _integer(self, call: relax.Call) -> relax.Expr | None:
         out = _per_tensor(call)
         if out is None or str(call.attrs.out_dtype) != "int8":
             return None
-        for rule in (self._conv_or_dense, self._add, self._pool, self._mean, self._layout):
+        for rule in (self._conv_or_dense, self._add, self._pool, self._mean, self._layout, self._relu,
+                     self._lut, self._softmax, self._mul):
             replaced = rule(call.args[0], out)
             if replaced is not None:
                 return replaced
@@ -447,17 +580,25 @@ class QuantizeToInteger:
     Expects: `main` as `relax.frontend.onnx.from_onnx` imports a QDQ model (or any Relax graph in
     that form): int8 tensors made by `relax.quantize` and read through `relax.dequantize` with
     per-tensor scale and zero point; int8 weights as `dequantize(constant)` with zero point 0,
-    per-tensor or per-output-channel; NCHW / OIHW; static shapes. Run it before MCULowering
+    per-tensor or per-output-channel; NCHW / OIHW (NCW / OIW); static shapes. Run it before MCULowering
     (whose FoldConstant would turn dequantized weights into float32 constants).
 
     Rewrites, where the whole chain matches (otherwise the chain is left as it was: a float island
     between a dequantize and a quantize that LegalizeOps lowers in float32):
-    - conv2d (groups: 1, depthwise, grouped) / matmul (2-D, from Gemm/MatMul/Linear) -> optional
+    - conv2d / conv1d (groups: 1, depthwise, grouped; a conv1d as a conv2d over one row) / matmul (2-D, from Gemm/MatMul/Linear) -> optional
       bias add -> optional relu/clip -> quantize: one kernel, int8 in, int32 accumulation, bias
       with the input zero point folded in, per-channel multiplier and shift, int8 out;
-    - add of two int8 tensors (TFLite's ADD rescale), max/avg pool (same scale in and out), mean
-      over H and W (TFLite Micro's QuantizedMeanOrSum), reshape/flatten and concat on int8 (an
-      input whose quantization differs from the output's is requantized first).
+    - add of two int8 tensors (TFLite's ADD rescale), mul of two int8 tensors of one rank (TFLite's
+      MUL, size-1 axes broadcast), max/avg pool (1-D or 2-D, ceil_mode as extra
+      padding after the input; same scale in and out), mean
+      over H and W (TFLite Micro's QuantizedMeanOrSum), reshape/flatten, transpose and concat on
+      int8 (an input whose quantization differs from the output's is requantized first), and a
+      relu / clip on its own (requantized and clamped, TFLite Micro's ReluQuantized);
+    - sigmoid, tanh and hard-swish (x * clip(x + 3, 0, 6) / 6) of an int8 tensor: one lookup in a
+      256-entry int8 table holding TFLite's int8 LOGISTIC / TANH / HARD_SWISH for every input
+      (passes/activation_tables.py), where TFLite has an int8 kernel for the quantizations;
+    - softmax over the last axis (at most 256 values) with TFLite's int8 output quantization: one
+      call of the C kernel of passes/int8_softmax.py with a compile-time exp table.
     Weight and bias constants are evaluated through the importer's dequantize / reshape /
     permute_dims; an int32 bias (QDQ's scale input_scale * weight_scale) is used as stored.
     With int8_io (default True), a single input that is quantized first thing becomes an int8

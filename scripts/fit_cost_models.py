@@ -2,6 +2,7 @@
 
   python scripts/fit_cost_models.py            # profile (if no data yet), fit, distill
   python scripts/fit_cost_models.py --profile -j 8  # re-profile even if the data file exists, 8 at a time
+  python scripts/fit_cost_models.py --profile --executor ray --ray-address HEAD:6379  # on a Ray cluster
   python scripts/fit_cost_models.py --refresh-features  # kernel features changed: recompute them, keep
                                                         # the measurements, refit and distill
 
@@ -34,9 +35,11 @@ from pathlib import Path
 
 import torch
 
+from tvmnas.cli import options
 from tvmnas.cost.collect import ProfileData, collect, refresh_features
 from tvmnas.cost.networks import interleave, random_genotypes
 from tvmnas.cost.surrogate import CostSurrogate
+from tvmnas.errors import TvmnasError
 from tvmnas.targets import load_target
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "tvmnas" / "cost" / "data"
@@ -46,10 +49,13 @@ EVAL_NETWORKS, EVAL_SEED = 50, 2
 DISTILL_SPECS, DISTILL_SEED = 100, 0
 
 
-def profile(path: Path, fit_networks: int, eval_networks: int, jobs: int = 1) -> ProfileData:
-    """Stage 1: compile and profile the fit and eval networks (resuming from `path` if present)."""
+def profile(path: Path, fit_networks: int, eval_networks: int, jobs: int | None = None, executor: str = "local",
+            ray_address: str | None = None) -> ProfileData:
+    """Stage 1: compile and profile the fit and eval networks (resuming from `path` if present), one
+    network per task on the executor (the file is the same for any executor and number of workers)."""
     networks = interleave(random_genotypes(fit_networks, FIT_SEED), random_genotypes(eval_networks, EVAL_SEED))
-    return collect(networks, [load_target(t) for t in TARGETS], save_to=path, jobs=jobs)
+    pool = options.make_fanout_executor(executor, jobs, ray_address)
+    return collect(networks, [load_target(t) for t in TARGETS], save_to=path, executor=pool)
 
 
 def main() -> None:
@@ -62,8 +68,11 @@ def main() -> None:
     parser.add_argument("--skip-distill", action="store_true", help="fit the surrogates only")
     parser.add_argument("--fit-networks", type=int, default=FIT_NETWORKS, help="networks to fit on")
     parser.add_argument("--eval-networks", type=int, default=EVAL_NETWORKS, help="held-out networks")
-    parser.add_argument("--jobs", "-j", type=int, default=1,
-                        help="networks profiled at a time, one worker process each (same data for any number)")
+    parser.add_argument("--jobs", "-j", type=int, default=None,
+                        help="networks profiled at a time (the data file is the same for any number; default: 1 "
+                             "with --executor local, every CPU of the cluster with --executor ray)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local", help=options.EXECUTOR_HELP)
+    parser.add_argument("--ray-address", default=None, help=options.RAY_ADDRESS_HELP)
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +83,10 @@ def main() -> None:
     data = ProfileData.load(data_path) if data_path.is_file() else ProfileData()
     wanted = {"fit": args.fit_networks, "eval": args.eval_networks}
     if any(sum(n["split"] == s for n in data.networks) < k for s, k in wanted.items()):
-        data = profile(data_path, args.fit_networks, args.eval_networks, args.jobs)
+        try:
+            data = profile(data_path, args.fit_networks, args.eval_networks, args.jobs, args.executor, args.ray_address)
+        except TvmnasError as err:
+            sys.exit(f"error: {options.error_line(err)}")
         print(f"profiled {len(data.networks)} networks in {time.time() - start:.0f} s -> {data_path}", file=sys.stderr)
     if args.refresh_features:
         refresh_features(data)

@@ -33,6 +33,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first and pinned: an unpinned resolution would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q torch==2.13.0 >&2
-.venv/bin/python -m pip install -q -e ".[test,int8]" >&2
+.venv/bin/python -m pip install -q -e ".[test,int8,ray]" >&2
 touch .venv/.tvmnas-setup
 echo "setup: ready" >&2

@@ -62,6 +62,14 @@ CASES = [
          "input 'image' has a dynamic dimension 2 ('height'", out="o"),
     Case("compile-two-inputs", ("compile", "two_inputs.onnx", "--out", "o"), ("two_inputs.onnx",),
          "the model has 2 inputs (a, b): only models with one input", out="o"),
+    Case("compile-qoperator-onnx", ("compile", "qlinearconv.onnx", "--out", "o"), ("qlinearconv.onnx",),
+         "node 'qconv' is QLinearConv, a QOperator-format op; export QDQ instead", out="o"),
+    Case("compile-corrupt-tflite", ("compile", "random.tflite", "--out", "o"), ("random.tflite",),
+         "'random.tflite' is not a TFLite model", out="o"),
+    Case("compile-tflite-unsupported-op", ("compile", "l2norm.tflite", "--out", "o"), ("l2norm.tflite",),
+         "unsupported operator 'L2_NORMALIZATION' at node 'normalized'", out="o"),
+    Case("compile-tflite-float-input-int8-weights", ("compile", "hybrid.tflite", "--out", "o"), ("hybrid.tflite",),
+         "node 'logits' has int8 weights and a float32 input (dynamic-range quantization)", out="o"),
     Case("profile-dynamic-height", ("profile", "dynamic_hw.onnx"), ("dynamic_hw.onnx",),
          "input 'image' has a dynamic dimension 2"),
     Case("profile-two-inputs", ("profile", "two_inputs.onnx"), ("two_inputs.onnx",), "the model has 2 inputs (a, b)"),
@@ -141,6 +149,48 @@ def make_erfinv_pt2(path: Path) -> None:
     torch.export.save(torch.export.export(ErfInv().eval(), (torch.zeros(1, 1, 6, 6),)), str(path))
 
 
+def make_qlinearconv_onnx(path: Path) -> None:  # QOperator ONNX: int8 arithmetic as one node
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z"),
+             numpy_helper.from_array(np.ones((2, 1, 3, 3), np.int8), "w")]
+    node = helper.make_node("QLinearConv", ["x", "s", "z", "w", "s", "z", "s", "z"], ["y"], name="qconv")
+    graph = helper.make_graph([node], "q", [helper.make_tensor_value_info("x", TensorProto.INT8, [1, 1, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT8, [1, 2, 4, 4])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _tflite_file(path: Path, build: Callable) -> None:
+    from tvmnas.quant.tflite_writer import _Builder
+
+    b = _Builder()
+    inputs, outputs = build(b, b.fb)
+    path.write_bytes(b.finish(inputs, outputs))
+
+
+def make_l2norm_tflite(path: Path) -> None:  # an int8 operator the .tflite reader does not read
+    def build(b, fb):
+        b.tensor("x", [1, 8], fb.TensorType.INT8, scale=0.05, zero_point=0)
+        b.tensor("normalized", [1, 8], fb.TensorType.INT8, scale=1 / 128, zero_point=0)
+        b.op(fb.BuiltinOperator.L2_NORMALIZATION, [0], [1])
+        return [0], [1]
+
+    _tflite_file(path, build)
+
+
+def make_hybrid_tflite(path: Path) -> None:  # float activations, int8 weights (dynamic-range quantization)
+    def build(b, fb):
+        b.tensor("x", [1, 4], fb.TensorType.FLOAT32)
+        b.tensor("w", [2, 4], fb.TensorType.INT8, np.ones((2, 4), np.int8), 0.1, 0)
+        b.tensor("logits", [1, 2], fb.TensorType.FLOAT32)
+        b.op(fb.BuiltinOperator.FULLY_CONNECTED, [0, 1, -1], [2], fb.BuiltinOptions.FullyConnectedOptions,
+             fb.FullyConnectedOptionsT())
+        return [0], [2]
+
+    _tflite_file(path, build)
+
+
 def make_random_bytes(path: Path) -> None:
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
 
@@ -198,6 +248,10 @@ MAKERS: dict[str, Callable[[Path], None]] = {
     "random.onnx": make_random_bytes,
     "random.pt2": make_random_bytes,
     "model.tflite2": make_random_bytes,
+    "random.tflite": make_random_bytes,
+    "qlinearconv.onnx": make_qlinearconv_onnx,
+    "l2norm.tflite": make_l2norm_tflite,
+    "hybrid.tflite": make_hybrid_tflite,
     "bundle": make_bundle,
     "x.npy": make_x_npy,
     "outdir": make_folder,

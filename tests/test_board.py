@@ -14,8 +14,8 @@ import pytest
 from tvmnas.board.calibrate import EMPTY_MARK, fit_timing, kernel_features
 from tvmnas.board.features import FLASH_READS, LinearTiming, linear_from_table, segment_features
 from tvmnas.board.measurements import MeasurementsError, read_measurements
-from tvmnas.profiling.blocks import parse_block_profile
-from tvmnas.profiling.cycles import TIMING_DIR, estimate_segment_cycles, load_timing_table, timing_table_from_dict
+from tvmnas.measure.blocks import parse_block_profile
+from tvmnas.measure.cycles import TIMING_DIR, estimate_segment_cycles, load_timing_table, timing_table_from_dict
 
 DATA = Path(__file__).parent / "data"
 SET_FILE = DATA / "calibration-set-cortex-m4.json"
@@ -204,15 +204,15 @@ def test_plugin_counts_data_reads_from_flash_only(tmp_path: Path) -> None:
     from RAM and the store are not counted (the plugin's region= option, QEMU mps2-an386)."""
     from test_profiling_plugin import M4, build_guest
 
-    from tvmnas.profiling.plugin import build_plugin, qemu_plugin_args
-    from tvmnas.profiling.profile import qemu_command
-    from tvmnas.profiling.regions import flash_region
-    from tvmnas.toolchain import run_tool
+    from tvmnas.measure.plugin import build_plugin, qemu_plugin_args
+    from tvmnas.measure.runner import qemu_command
+    from tvmnas.measure.regions import flash_region
+    from tvmnas.measure.toolchain import run_tool
 
     elf = build_guest(tmp_path, M4, FLASH_READ_BODY)
     out = tmp_path / "profile.txt"
     so = build_plugin(tmp_path / "cache")
-    proc = run_tool([*qemu_command(M4["machine"], elf), *qemu_plugin_args(so, elf, out, region=flash_region(elf))],
+    proc = run_tool([*qemu_command(elf, M4["machine"]), *qemu_plugin_args(so, elf, out, region=flash_region(elf))],
                     timeout_s=60)
     assert proc.returncode == 0, proc.stderr
     prof = parse_block_profile(out)

@@ -74,7 +74,7 @@ def test_profile_firmware_builds_and_its_emulator_run_matches_profile(onnx_model
 def test_systick_firmware_matches_profile(tmp_path: Path, target: str) -> None:
     """Armv6-M (no DWT: SysTick on the board) and the AN547's SysTick emulator counter."""
     from tvmnas.board.firmware import FirmwareModel, Placement, write_firmware
-    from tvmnas.kernel_profiler import lower_network, profile_network_json
+    from tvmnas.measure.profiler import lower_network, profile_network_json
     from tvmnas.targets import load_target
 
     tgt = load_target(target)
@@ -104,7 +104,7 @@ def test_calibrate_on_a_simulated_board(tmp_path: Path, onnx_model: Path) -> Non
     from tvmnas.board.refit import network_cycles
     from tvmnas.cost.collect import ProfileData
     from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate
-    from tvmnas.profiling.cycles import load_timing_table
+    from tvmnas.measure.cycles import load_timing_table
 
     set_doc = json.loads((DATA / "calibration-set-cortex-m4.json").read_text())
     set_dir = tmp_path / "set"
@@ -188,7 +188,7 @@ def test_calibration_set_firmware_times_every_kernel(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_arena_section_and_weights_placement_reach_the_board_image(tmp_path: Path) -> None:
     from tvmnas.board.firmware import FirmwareModel, Placement, write_firmware
-    from tvmnas.kernel_profiler import lower_network
+    from tvmnas.measure.profiler import lower_network
     from tvmnas.targets import load_target
 
     tgt = load_target("cortex-m4")

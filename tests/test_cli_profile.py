@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from tvmnas.cli import app
 from tvmnas.errors import TvmnasError, UnknownTargetError
-from tvmnas.kernel_profiler import count_module_macs
-from tvmnas.profiledb import ProfileDB
+from tvmnas.search.cost import count_module
+from tvmnas.measure.store import ProfileDB
 from tvmnas.zoo import export_onnx, get_entry
 
 CLI = [sys.executable, "-c", "from tvmnas.cli import main; main()"]
@@ -42,7 +42,7 @@ def test_profile_prints_every_kernel_and_totals_that_add_up(tmp_path: Path) -> N
     assert all(k["instructions"] > 0 and k["cycles"] >= k["instructions"] for k in kernels)
     assert report["instructions"] == report["preamble_instructions"] + sum(k["instructions"] for k in kernels)
     assert report["cycles"] > sum(k["cycles"] for k in kernels) - 1
-    assert sum(k["macs"] for k in kernels) == count_module_macs(model, entry.input_shape)
+    assert sum(k["macs"] for k in kernels) == count_module(model, entry.input_shape[1:]).macs
 
 
 def test_profile_optimize_size_times_the_size_build(tmp_path: Path) -> None:

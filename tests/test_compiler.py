@@ -12,7 +12,7 @@ import torch
 from tvmnas.compiler import compile_model
 from tvmnas.errors import BudgetExceededError, ModelLoadError, UnknownTargetError, UnsupportedOperatorError
 from tvmnas.output_dir import write_marker
-from tvmnas.runner import build, build_host, run, run_host
+from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
 from tvmnas.zoo import ZOO, export_onnx, export_pt2
 

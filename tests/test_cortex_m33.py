@@ -16,7 +16,7 @@ from tvmnas.cli import app
 from tvmnas.compiler import compile_model
 from tvmnas.quant.int8_nets import calibration_data, write_int8_net
 from tvmnas.quant.reference import ReferenceModel, quantize_input
-from tvmnas.runner import build, memory_usage, run
+from tvmnas.measure.runner import build, memory_usage, run
 from tvmnas.targets import load_target
 from tvmnas.zoo import export_onnx, get_entry
 

@@ -65,9 +65,9 @@ def test_random_networks_are_seeded_and_cover_both_spaces() -> None:
 
 
 def test_rows_from_a_profile_database_join_features_by_kernel_hash(tmp_path: Path) -> None:
-    from tvmnas.kernel_profiler import candidate_row, kernel_rows, prepare_candidate
-    from tvmnas.profiledb import ProfileDB
-    from tvmnas.sampler import OpSpec
+    from tvmnas.cost.candidates import candidate_row, kernel_rows, prepare_candidate
+    from tvmnas.measure.store import ProfileDB
+    from tvmnas.cost.sampler import OpSpec
     from tvmnas.targets import load_target
 
     target = load_target("cortex-m4")
@@ -129,3 +129,23 @@ def test_parallel_and_resumed_profiling_write_the_same_file_as_one_run(tmp_path:
     collect(nets, target, save_to=resumed, jobs=2, progress=seen.append)
     assert len(seen) == 2 and not any("eval00" in m for m in seen)  # only the missing networks
     assert resumed.read_bytes() == one.read_bytes()
+
+
+@pytest.mark.slow
+def test_a_shipped_network_profiles_today_as_the_shipped_data_recorded_it() -> None:
+    """The measurement path (lower, write, build, profile on the emulator) still gives the shipped
+    data's entry, byte for byte, and its kernels' features and MACs."""
+    import json
+
+    from tvmnas.cost.collect import profile_network
+    from tvmnas.cost.surrogate import DATA_DIR
+    from tvmnas.search.genotype import Genotype
+    from tvmnas.targets import load_target
+
+    shipped = ProfileData.load(DATA_DIR / "profiles.json.gz")
+    net = shipped.networks[1]
+    fresh = ProfileData()
+    entry = profile_network(Genotype.from_dict(net["genotype"]), [load_target(t) for t in net["targets"]], fresh,
+                            name=net["name"], split=net["split"], seed=1)
+    assert json.dumps(entry, sort_keys=True) == json.dumps(net, sort_keys=True)
+    assert {h: shipped.kernels[h] for h in fresh.kernels} == fresh.kernels

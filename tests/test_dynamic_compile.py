@@ -15,7 +15,7 @@ from tvmnas.dynamic.subnet import extract_subnet
 from tvmnas.dynamic.supernet import DynamicSupernet, StageSpec, SubnetConfig, SupernetSpec, largest, smallest
 from tvmnas.dynamic.train import recalibrate
 from tvmnas.errors import BudgetExceededError, TvmnasError
-from tvmnas.runner import build, build_host, run, run_host
+from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
 
 SPEC = SupernetSpec((1, 8, 8), 10, 8, (StageSpec(8, 2, 1), StageSpec(12, 1, 2)), width_fractions=(0.5, 1.0),

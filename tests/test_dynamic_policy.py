@@ -9,7 +9,7 @@ import pytest
 
 from tvmnas.dynamic.kernel_merge import merge_kernels
 from tvmnas.dynamic.policy import ConfigInfo, pick_config, policy_source
-from tvmnas.toolchain import require_host_compiler
+from tvmnas.measure.toolchain import require_host_compiler
 
 INFOS = [
     ConfigInfo(0.80, 1000, 4000),

@@ -19,7 +19,7 @@ from tvmnas.compiler import lower_model
 from tvmnas.frontend import import_model
 from tvmnas.passes import LowerTIRForC
 from tvmnas.passes.share_weights import ReadSharedWeights, StridedWeightView, WeightView, share_weights
-from tvmnas.toolchain import require_host_compiler
+from tvmnas.measure.toolchain import require_host_compiler
 
 RNG = np.random.default_rng(0)
 FULL = RNG.standard_normal((6, 3, 5, 5)).astype(np.float32)

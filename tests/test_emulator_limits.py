@@ -16,7 +16,7 @@ from torch import nn
 from tvmnas.cli.run import nonfinite_warning
 from tvmnas.compiler import compile_model
 from tvmnas.errors import BudgetExceededError, BuildError, EmulatorError
-from tvmnas.runner import build, build_host, linker_reason, run, run_host
+from tvmnas.measure.runner import build, build_host, linker_reason, run, run_host
 from tvmnas.targets import load_target
 
 LD_STDERR = """\

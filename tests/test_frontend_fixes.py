@@ -29,7 +29,7 @@ from tvmnas.frontend import ImportedModel, import_model, import_source
 from tvmnas.import_check import IMPORT_CHECK_TOLERANCE, check_import, is_quantized, max_difference, run_on_host
 from tvmnas.onnx_fold import fold_shape_arithmetic
 from tvmnas.passes import WrapNegativeIndices
-from tvmnas.runner import build, build_host, run, run_host
+from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
 from tvmnas.zoo import export_onnx, export_pt2, sample_input
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from tvmnas.runner import build_host, run_host
+from tvmnas.measure.runner import build_host, run_host
 
 
 class Small(nn.Module):

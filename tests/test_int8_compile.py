@@ -23,7 +23,7 @@ from tvmnas.frontend import import_model
 from tvmnas.passes import LowerTIRForC, MCULowering, QuantizeToInteger, extract_call_graph, io_quantization
 from tvmnas.quant.int8_nets import INT8_NETS, calibration_data, write_int8_net
 from tvmnas.quant.reference import ReferenceModel, quantize_input
-from tvmnas.runner import build, build_host, run, run_host
+from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
 
 M4 = "cortex-m4"
@@ -134,8 +134,9 @@ def test_io_quantization_reads_the_input_and_output_scales(nets) -> None:
 
 
 def test_float_island_stays_float_and_compiles(tmp_path: Path) -> None:
-    """A Sigmoid between a dequantize and a quantize has no integer kernel: it stays float between
-    the integer layers, and the model still agrees with onnxruntime within one output step."""
+    """A Sigmoid whose output is not quantized as TFLite's int8 LOGISTIC requires (scale 1/256, zero
+    point -128) has no integer kernel: it stays float between the integer layers, and the model
+    still agrees with onnxruntime within one output step."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.RandomState(3)
@@ -145,7 +146,7 @@ def test_float_island_stays_float_and_compiles(tmp_path: Path) -> None:
         numpy_helper.from_array(w, "w_q"), numpy_helper.from_array(np.full(4, 0.01, np.float32), "w_s"),
         numpy_helper.from_array(np.zeros(4, np.int8), "w_z"),
         numpy_helper.from_array(np.float32(0.05), "s_c"), numpy_helper.from_array(np.int8(-5), "z_c"),
-        numpy_helper.from_array(np.float32(1 / 256), "s_o"), numpy_helper.from_array(np.int8(-128), "z_o"),
+        numpy_helper.from_array(np.float32(1 / 250), "s_o"), numpy_helper.from_array(np.int8(-128), "z_o"),
     ]
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "s_in", "z_in"], ["xq"]),
@@ -169,7 +170,7 @@ def test_float_island_stays_float_and_compiles(tmp_path: Path) -> None:
     x = rng.randn(1, 2, 6, 6).astype(np.float32)
     xq = np.clip(np.rint(x / np.float32(0.02)) + 3, -128, 127)
     y = run_host(build_host(bundle.out_dir, tmp_path / "h"), [xq.astype(np.float32)])[0]
-    ref = np.rint(_ort_unoptimized(path, x).reshape(-1) * 256) - 128
+    ref = np.rint(_ort_unoptimized(path, x).reshape(-1) * 250) - 128
     assert np.abs(y - ref).max() <= 1
 
 
@@ -296,7 +297,7 @@ def test_integer_convolutions_get_the_integer_register_tile(tmp_path: Path) -> N
 
 def test_profiler_lowers_qdq_models_to_integer_kernels(nets) -> None:
     """`tvmnas profile` times what `compile` builds: integer kernels, reported as int8."""
-    from tvmnas.kernel_profiler import lower_network
+    from tvmnas.measure.profiler import lower_network
 
     network = lower_network(nets["residual"])
     assert network.precision == "int8"
@@ -396,3 +397,21 @@ def test_raw_input_must_hold_int8_values(nets, tmp_path: Path) -> None:
         bundle_input(np.array([0.5, 200.0], np.float32), manifest, raw=True)
     np.testing.assert_array_equal(bundle_input(np.array([1.0, -0.9, 100.0], np.float32), manifest, raw=False),
                                   [3, -1, 127])
+
+
+def test_quantize_errors_name_settings_in_words_and_the_cli_prints_flags() -> None:
+    """Library errors name no command-line flag; the CLI's error line maps the settings to flags."""
+    from tvmnas.cli.options import error_line
+    from tvmnas.quantized import bundle_input, quantize_for_compile
+
+    cases = [(lambda: quantize_for_compile("m.onnx", "int8", None), ["--quantize int8", "--calibration"]),
+             (lambda: quantize_for_compile("m.onnx", None, "x.npy"), ["--calibration", "--quantize"]),
+             (lambda: quantize_for_compile("m.onnx", "fp16", "x.npy"), ["--quantize 'fp16'"]),
+             (lambda: bundle_input(np.zeros(2, np.float32), {"inputs": [{"name": "x", "dtype": "float32"}]}, raw=True),
+              ["--raw is for int8 bundles"])]
+    for call, flags in cases:
+        with pytest.raises(TvmnasError) as info:
+            call()
+        assert "--" not in str(info.value)
+        line = error_line(info.value).replace("'int8'", "int8")
+        assert all(f in line for f in flags), line

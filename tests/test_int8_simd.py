@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tvmnas.compiler import compile_model
-from tvmnas.kernel_profiler import lower_network
+from tvmnas.measure.profiler import lower_network
 from tvmnas.quant.int8_nets import INT8_NETS, write_int8_net
 from tvmnas.quant.reference import ReferenceModel, quantize_input
-from tvmnas.runner import build, build_host, run, run_host
+from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import list_targets, load_target
 
 INPUT_SHAPE = (1, 3, 9, 9)
@@ -149,4 +149,70 @@ def test_simd_runs_fewer_instructions_than_scalar_on_m4(odd_net: Path, tmp_path:
     ref, xs = _inputs(odd_net, n=1)
     simd = _bit_exact_on_qemu(odd_net, ref, xs, "cortex-m4", tmp_path / "s")
     scalar = _bit_exact_on_qemu(odd_net, ref, xs, "cortex-m4", tmp_path / "n", simd=False)
+    assert sum(simd) < sum(scalar)
+
+
+class DepthwiseShapes(torch.nn.Module):
+    """Depthwise convs for the SIMD depthwise kernel: 3x3 and 5x5 (an odd kernel width: the zero
+    weight pad), stride 1 and 2, odd output widths (the single-pixel tail), asymmetric padding,
+    depth multiplier 2, a 1x3 kernel; and a dilated depthwise conv that stays scalar."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 1)
+        self.dw1 = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.dw2 = torch.nn.Conv2d(4, 8, 5, stride=2, padding=(2, 1), groups=4)  # multiplier 2
+        self.dw3 = torch.nn.Conv2d(8, 8, (1, 3), padding=(0, 1), groups=8)
+        self.dw4 = torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.dw1(self.stem(x)))
+        y = torch.clamp(self.dw2(y), 0, 6)
+        y = self.dw4(self.dw3(y))
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def dw_net(tmp_path_factory) -> Path:
+    from tvmnas.quant.quantize import quantize_model
+    from tvmnas.zoo import export_onnx
+
+    out = tmp_path_factory.mktemp("simd_dw")
+    torch.manual_seed(1)
+    export_onnx(DepthwiseShapes().eval(), INPUT_SHAPE, out / "dw.onnx")
+    calib = np.random.RandomState(0).randn(8, *INPUT_SHAPE[1:]).astype(np.float32)
+    onnx.save(quantize_model(out / "dw.onnx", calib), str(out / "dw.qdq.onnx"))
+    return out / "dw.qdq.onnx"
+
+
+def test_depthwise_kernel_exactly_where_the_core_has_dsp(dw_net: Path, tmp_path: Path) -> None:
+    for target_name, calls in (("cortex-m4", 3), ("cortex-m3", 0)):
+        compile_model(dw_net, load_target(target_name), tmp_path / target_name)
+        source = (tmp_path / target_name / "model.c").read_text()
+        assert source.count("tvmnas_s8_depthwise((") == calls  # the dilated one stays scalar
+
+
+def test_depthwise_kernel_is_bit_exact_on_host(dw_net: Path, tmp_path: Path) -> None:
+    ref, xs = _inputs(dw_net)
+    bundle = compile_model(dw_net, load_target("cortex-m4"), tmp_path / "c")
+    assert "tvmnas_s8_depthwise((" in (tmp_path / "c" / "model.c").read_text()
+    outs = run_host(build_host(bundle.out_dir, tmp_path / "h"), [x.astype(np.float32) for x in xs])
+    for x, y in zip(xs, outs):
+        np.testing.assert_array_equal(y.astype(np.int8), ref.run_int8(x)[0].reshape(-1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target_name", [pytest.param("cortex-m4", marks=pytest.mark.ci), "cortex-m0"])
+def test_depthwise_shapes_are_bit_exact_on_qemu(dw_net: Path, target_name: str, tmp_path: Path) -> None:
+    """The SIMD depthwise kernel on M4, the scalar one on M0: the reference's outputs."""
+    ref, xs = _inputs(dw_net)
+    _bit_exact_on_qemu(dw_net, ref, xs, target_name, tmp_path)
+
+
+@pytest.mark.slow
+def test_simd_depthwise_runs_fewer_instructions_than_scalar_on_m4(dw_net: Path, tmp_path: Path) -> None:
+    ref, xs = _inputs(dw_net, n=1)
+    simd = _bit_exact_on_qemu(dw_net, ref, xs, "cortex-m4", tmp_path / "s")
+    scalar = _bit_exact_on_qemu(dw_net, ref, xs, "cortex-m4", tmp_path / "n", simd=False)
     assert sum(simd) < sum(scalar)

@@ -8,23 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from tvmnas import kernel_profiler
+from tvmnas.measure import profiler as kernel_profiler
 from tvmnas.compiler import lower_model
 from tvmnas.errors import EmulatorError
 from tvmnas.frontend import import_model
-from tvmnas.kernel_profiler import (
+from tvmnas.measure.profiler import (
     codegen_flags,
     codegen_version,
     count_macs,
-    count_module_macs,
-    kernel_hash,
+    kernel_keys,
+    prepare_network,
     measure_network,
-    prepare_candidate,
-    profile_candidate,
-    profile_candidates,
 )
-from tvmnas.profiledb import ProfileDB
-from tvmnas.sampler import OP_TYPES, OpSpec, sample_ops, spec_macs, weight_count
+from tvmnas.cost import candidates
+from tvmnas.cost.candidates import prepare_candidate, profile_candidate, profile_candidates
+from tvmnas.measure.store import ProfileDB
+from tvmnas.search.cost import count_module
+from tvmnas.cost.sampler import OP_TYPES, OpSpec, sample_ops, spec_macs, weight_count
 from tvmnas.targets import load_target
 
 M4 = load_target("cortex-m4")
@@ -54,32 +54,50 @@ def test_sampler_respects_the_caps() -> None:
 
 
 @pytest.mark.parametrize("op", OP_TYPES)
-def test_each_candidate_builds_and_its_spec_macs_match_torch(op: str) -> None:
+def test_each_candidate_builds_with_its_shapes(op: str) -> None:
     spec = next(s for s in sample_ops(len(OP_TYPES) * 2, seed=3) if s.op == op)
     module = spec.build(seed=0)
     out = module(torch.zeros(spec.input_shape))
     if op != "linear":
         assert out.shape[1] == spec.c_out
         assert out.shape[-1] == spec.out_resolution
-    assert spec_macs(spec) == count_module_macs(module, spec.input_shape)
     assert OpSpec.from_json(spec.params_json()) == spec
 
 
 # --------------------------------------------------------------------------- identities and MACs
 
 
-def test_kernel_hash_ignores_the_function_name_but_not_the_code() -> None:
+def test_codegen_version_ignores_the_function_name_but_not_the_code() -> None:
     text = "static void fused_conv(float *x) {\n  x[0] = 1.0f;\n}\n"
     renamed = text.replace("fused_conv", "fused_conv7")
-    assert kernel_hash(text, "fused_conv") == kernel_hash(renamed, "fused_conv7")
-    assert kernel_hash(text, "fused_conv") != kernel_hash(text.replace("1.0f", "2.0f"), "fused_conv")
+    flags = codegen_flags(M4)
+    assert codegen_version(text, "fused_conv", flags) == codegen_version(renamed, "fused_conv7", flags)
+    assert codegen_version(text, "fused_conv", flags) != codegen_version(text.replace("1.0f", "2.0f"), "fused_conv", flags)
 
 
 def test_codegen_version_follows_flags() -> None:
-    h = kernel_hash("static void k(void) {}\n", "k")
-    flags = codegen_flags(M4)
-    assert codegen_version(h, flags) == codegen_version(h, flags)
-    assert codegen_version(h, flags) != codegen_version(h, flags.replace("-O3", "-O2"))
+    text, flags = "static void k(void) {}\n", codegen_flags(M4)
+    assert codegen_version(text, "k", flags) == codegen_version(text, "k", flags)
+    assert codegen_version(text, "k", flags) != codegen_version(text, "k", flags.replace("-O3", "-O2"))
+
+
+def test_int8_and_float32_kernels_of_one_layer_get_different_keys(tmp_path: Path) -> None:
+    import numpy as np
+    import onnx
+
+    from tvmnas.quant.quantize import quantize_model
+    from tvmnas.zoo import export_onnx
+
+    torch.manual_seed(0)
+    export_onnx(torch.nn.Conv2d(8, 8, 3, padding=1).eval(), (1, 8, 8, 8), tmp_path / "conv.onnx")
+    calib = np.random.RandomState(0).randn(4, 8, 8, 8).astype(np.float32)
+    onnx.save(quantize_model(tmp_path / "conv.onnx", calib), str(tmp_path / "conv.qdq.onnx"))
+    f32 = prepare_network(tmp_path / "conv.onnx", M4, tmp_path / "f")
+    i8 = prepare_network(tmp_path / "conv.qdq.onnx", M4, tmp_path / "q")
+    (fk,), (ik,) = kernel_keys(f32), kernel_keys(i8)
+    assert (fk.precision, ik.precision) == ("float32", "int8")
+    assert fk.kernel_hash != ik.kernel_hash and fk != ik
+    assert (fk.target, fk.flags) == (ik.target, ik.flags)
 
 
 @pytest.mark.parametrize("spec", [CONV, BLOCK, OpSpec("depthwise", 8, 8, 8, kernel=5, stride=2),
@@ -87,7 +105,7 @@ def test_codegen_version_follows_flags() -> None:
 def test_count_macs_from_lowered_kernels_matches_torch(spec: OpSpec) -> None:
     module = spec.build()
     lowered, graph = lower_model(import_model(module, spec.input_shape))
-    assert sum(count_macs(lowered, graph)) == count_module_macs(module, spec.input_shape) == spec_macs(spec)
+    assert sum(count_macs(lowered, graph)) == count_module(module, spec.input_shape[1:]).macs == spec_macs(spec)
 
 
 # --------------------------------------------------------------------------- measuring on QEMU
@@ -166,9 +184,45 @@ def test_a_failing_candidate_is_reported_and_leaves_no_row(tmp_path: Path, monke
     def broken_measure(prepared, target, timeout_s):
         raise EmulatorError(f"{prepared.kernels[0].name} on {target.name}: guest hung (test)")
 
-    monkeypatch.setattr(kernel_profiler, "_measure_task", broken_measure)
+    monkeypatch.setattr(candidates, "_measure_task", broken_measure)
     with ProfileDB(tmp_path / "p.db") as db:
         stats = profile_candidates([CONV], M4, db, tmp_path / "w")
         assert stats.measured == 0 and len(stats.failures) == 1
         assert "guest hung (test)" in stats.failures[0] and CONV.key in stats.failures[0]
         assert db.counts() == (0, 0)
+
+
+def test_a_shared_kernel_is_recorded_for_the_first_candidate_whatever_finishes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Candidate 1 is compiled before candidate 0 (as on a busy worker); the kernel both use still
+    gets candidate 0's row, as in a sequential run, so the database does not depend on the executor."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tvmnas.measure.profiler import KernelInfo, PreparedNetwork
+
+    first, second = OpSpec("conv", 8, 4, 8, kernel=3), OpSpec("conv", 8, 4, 8, kernel=5)
+    hashes = {first.key: ["shared", "only_first"], second.key: ["shared", "only_second"]}
+    second_compiled = threading.Event()
+
+    def prepare(spec, target, work_dir):
+        if spec == first:
+            assert second_compiled.wait(timeout=60)
+        kernels = tuple(KernelInfo(i, f"k_{h}", h, f"v_{h}", 10, f"/* {h} */", "float32") for i, h in enumerate(hashes[spec.key]))
+        if spec == second:
+            second_compiled.set()
+        return PreparedNetwork(work_dir / "bundle", target.name, "-O2", 4, kernels)
+
+    monkeypatch.setattr(candidates, "_prepare_task", prepare)
+    monkeypatch.setattr(candidates, "_measure_task", lambda prepared, target, timeout_s: [(100, 150)] * 2)
+
+    class TwoThreads(ThreadPoolExecutor):
+        workers = 2
+        shares_files = True
+
+    with ProfileDB(tmp_path / "p.db") as db:
+        stats = profile_candidates([first, second], M4, db, tmp_path / "w", executor=TwoThreads(2))
+        shared = [k for k in db.kernels() if k.kernel_hash == "shared"]
+    assert stats.failures == [] and stats.measured == 2
+    assert [k.params for k in shared] == [first.params_json()]

@@ -15,7 +15,7 @@ from tvmnas.errors import TvmnasError
 from tvmnas.frontend import import_model
 from tvmnas.passes import ScheduleForMCU
 from tvmnas.passes.mcu_schedule import schedule_primfunc
-from tvmnas.runner import build, run
+from tvmnas.measure.runner import build, run
 from tvmnas.targets import load_target
 from tvmnas.zoo import ZOO
 

@@ -23,7 +23,7 @@ from tvmnas.cli.options import error_line
 from tvmnas.errors import ProfileDatabaseError, TvmnasError
 from tvmnas.output_dir import MARKER_FILE, OutputFolderError, folder_lock, output_kind, staged_output, write_marker
 from tvmnas.pipeline import STAGES, PipelineSettings, StageLog, Stages, _check_settings, run_pipeline
-from tvmnas.profiledb import ProfileDB
+from tvmnas.measure.store import ProfileDB
 from tvmnas.zoo import ZOO, export_onnx
 
 NOT_OURS = "exists and is not a tvmnas bundle; choose another folder or remove it"

@@ -72,7 +72,7 @@ def test_every_artifact_is_written(demo: tuple[Path, dict]) -> None:
 def test_c_on_qemu_matches_pytorch_on_held_out_images(demo: tuple[Path, dict]) -> None:
     """Run the built ELF again on held-out test images and compare with the exported PyTorch model."""
     from tvmnas.data import load_dataset
-    from tvmnas.runner import run
+    from tvmnas.measure.runner import run
     from tvmnas.targets import load_target
 
     out, summary = demo

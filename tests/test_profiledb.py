@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 
 from tvmnas.errors import ProfileDatabaseError
-from tvmnas.profiledb import CandidateRow, KernelKey, KernelRow, ProfileDB
+from tvmnas.measure.store import CandidateRow, KernelKey, KernelRow, ProfileDB
 
 
-def kernel(hash_: str, instructions: int = 100, version: str = "v1") -> KernelRow:
-    return KernelRow("cortex-m4", hash_, version, "-O3", "k_" + hash_, "conv", "{}", 10, instructions, 2 * instructions, "/* c */")
+def kernel(hash_: str, instructions: int = 100, version: str = "v1", precision: str = "float32") -> KernelRow:
+    return KernelRow("cortex-m4", precision, hash_, version, "-O3", "k_" + hash_, "conv", "{}", 10, instructions, 2 * instructions, "/* c */")
 
 
-def candidate(key: str, kernels: list[KernelRow], version: str = "cv1") -> CandidateRow:
+def candidate(key: str, kernels: list[KernelRow], version: str = "cv1", precision: str = "float32") -> CandidateRow:
     return CandidateRow(
-        "cortex-m4", key, version, "-O3", "conv", "{}", "[]",
+        "cortex-m4", precision, key, version, "-O3", "conv", "{}", "[]",
         sum(k.macs for k in kernels), sum(k.instructions for k in kernels), sum(k.cycles for k in kernels),
     )
 
@@ -31,9 +31,10 @@ def test_rows_round_trip_and_survive_reopening(tmp_path: Path) -> None:
     with ProfileDB(path) as db:
         assert db.kernels() == [a, b]
         assert db.kernel(a.key) == a
-        assert db.kernel(KernelKey("cortex-m4", "aa", "v2", "-O3")) is None
-        assert db.has_candidate("cortex-m4", "c1", "cv1", "-O3")
-        assert not db.has_candidate("cortex-m4", "c1", "cv1", "-O2")
+        assert db.kernel(KernelKey("cortex-m4", "float32", "aa", "v2", "-O3")) is None
+        assert db.has_candidate("cortex-m4", "float32", "c1", "cv1", "-O3")
+        assert not db.has_candidate("cortex-m4", "float32", "c1", "cv1", "-O2")
+        assert not db.has_candidate("cortex-m4", "int8", "c1", "cv1", "-O3")
         assert db.candidates()[0].instructions == 400
         assert db.counts() == (2, 1)
 
@@ -52,6 +53,16 @@ def test_a_new_codegen_version_is_a_new_row(tmp_path: Path) -> None:
         db.record(candidate("c1", [kernel("aa")]), [kernel("aa")])
         db.record(candidate("c1", [kernel("aa", 90, "v2")], "cv2"), [kernel("aa", 90, "v2")])
         assert [k.instructions for k in db.kernels()] == [100, 90]
+        assert db.counts() == (2, 2)
+
+
+def test_an_int8_kernel_is_a_new_row_beside_the_float32_one(tmp_path: Path) -> None:
+    f32, i8 = kernel("aa"), kernel("aa", 40, precision="int8")
+    with ProfileDB(tmp_path / "p.db") as db:
+        db.record(candidate("c1", [f32]), [f32])
+        assert db.kernel(i8.key) is None
+        assert db.record(candidate("c1", [i8], precision="int8"), [i8]) == 1
+        assert db.kernel(i8.key).instructions == 40 and db.kernel(f32.key).instructions == 100
         assert db.counts() == (2, 2)
 
 
@@ -76,7 +87,7 @@ def test_other_schema_version_is_refused_by_name(tmp_path: Path) -> None:
     ProfileDB(path).close()
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(ProfileDatabaseError, match=r"schema version 99, this tvmnas reads 1"):
+    with pytest.raises(ProfileDatabaseError, match=r"schema version 99, this tvmnas reads 2: profile into a new file"):
         ProfileDB(path)
 
 

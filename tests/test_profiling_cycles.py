@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from tvmnas.errors import EmulatorError, ToolchainMissingError, UnknownTargetError
-from tvmnas.profiling import plugin as plugin_mod
-from tvmnas.profiling.blocks import Block, BlockCount, BlockProfile, Insn, parse_block_profile
-from tvmnas.profiling.cycles import (
+from tvmnas.measure import plugin as plugin_mod
+from tvmnas.measure.blocks import Block, BlockCount, BlockProfile, Insn, parse_block_profile
+from tvmnas.measure.cycles import (
     available_cores,
     block_cycles,
     classify,

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from tvmnas.errors import BuildError, EmulatorError
-from tvmnas.profiling.plugin import build_plugin, qemu_plugin_args
-from tvmnas.profiling.cycles import estimate_cycles, load_timing_table
-from tvmnas.profiling.profile import profile_from_blocks, qemu_command, run_block_profile
+from tvmnas.measure.plugin import build_plugin, qemu_plugin_args
+from tvmnas.measure.cycles import estimate_cycles, load_timing_table
+from tvmnas.measure.profile import profile_from_blocks, run_block_profile
+from tvmnas.measure.runner import qemu_command
 
 M4 = {"machine": "mps2-an386", "core": "cortex-m4",
       "cflags": ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"],
@@ -158,7 +159,7 @@ def build_guest(tmp: Path, board: dict, body: str, *, repeat: int = 1, use_timer
 
 def timer_instructions(elf: Path, tmp: Path) -> int:
     """Instructions between the guest's two TIMER0 reads, from the CMSDK timer under -icount shift=6."""
-    proc = subprocess.run(qemu_command("mps2-an386", elf), capture_output=True, text=True, timeout=30, check=True)
+    proc = subprocess.run(qemu_command(elf, "mps2-an386"), capture_output=True, text=True, timeout=30, check=True)
     ticks = int(re.search(r"T=([0-9a-f]{8})", proc.stdout + proc.stderr).group(1), 16)
     return ticks * 40 // 64  # 25 MHz ticks (40 ns) -> 64 ns instructions
 
@@ -246,7 +247,7 @@ def test_plugin_agrees_with_cmsdk_timer_icount(tmp_path: Path, cache: Path) -> N
 
 def test_interrupt_handlers_inside_the_window_are_not_counted(tmp_path: Path, cache: Path) -> None:
     elf = build_guest(tmp_path, M0, nop_sled(20000), use_systick=True)
-    proc = subprocess.run(qemu_command(M0["machine"], elf), capture_output=True, text=True, timeout=30, check=True)
+    proc = subprocess.run(qemu_command(elf, M0["machine"]), capture_output=True, text=True, timeout=30, check=True)
     wraps = int(re.search(r"T=([0-9a-f]{8})", proc.stdout + proc.stderr).group(1), 16)
     assert wraps > 0, "SysTick never interrupted the window: the test does not exercise the handler"
     blocks = run_block_profile(elf, M0["machine"], timeout_s=30, cache_dir=cache)

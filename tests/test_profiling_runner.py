@@ -1,4 +1,4 @@
-"""profile_elf on a harness ELF (tvmnas.runner): a hand-written float conv + ReLU bundle with kernel marks."""
+"""profile_elf on a harness ELF (tvmnas.measure.runner): a hand-written float conv + ReLU bundle with kernel marks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tvmnas.profiling.profile import profile_elf
-from tvmnas.runner import build, run
+from tvmnas.measure.profile import profile_elf
+from tvmnas.measure.runner import build, run
 from tvmnas.targets import load_target
 
 H, W, C, K = 10, 10, 4, 4  # input HxWxC, K output channels, 3x3 valid conv -> 8x8xK

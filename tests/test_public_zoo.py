@@ -21,7 +21,7 @@ import public_zoo  # noqa: E402
 from public_models import PUBLIC_MODELS  # noqa: E402
 
 from tvmnas.errors import ModelLoadError, UnsupportedOperatorError  # noqa: E402
-from tvmnas.runner import RunResult  # noqa: E402
+from tvmnas.measure.runner import RunResult  # noqa: E402
 from tvmnas.zoo import export_onnx, export_pt2  # noqa: E402
 
 NAMES = list(PUBLIC_MODELS)
@@ -91,7 +91,7 @@ class FakeCompiled:
 def fake_pipeline(monkeypatch, entry, *, compile_error: Exception | None = None, perturb: float = 0.0):
     """compile_model/build/run replaced: the 'emulator' returns PyTorch's output plus `perturb` x scale."""
     import tvmnas.compiler
-    import tvmnas.runner
+    import tvmnas.measure.runner
 
     def compile_model(path, target, out_dir, **kwargs):
         if compile_error is not None:
@@ -106,8 +106,8 @@ def fake_pipeline(monkeypatch, entry, *, compile_error: Exception | None = None,
                          emulator_stderr="")
 
     monkeypatch.setattr(tvmnas.compiler, "compile_model", compile_model)
-    monkeypatch.setattr(tvmnas.runner, "build", lambda bundle, target, build_dir: Path(build_dir) / "model.elf")
-    monkeypatch.setattr(tvmnas.runner, "run", run)
+    monkeypatch.setattr(tvmnas.measure.runner, "build", lambda bundle, target, build_dir: Path(build_dir) / "model.elf")
+    monkeypatch.setattr(tvmnas.measure.runner, "run", run)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from onnx import TensorProto, helper
 from tvmnas.compiler import compile_model, lower_model
 from tvmnas.errors import UnsupportedOperatorError
 from tvmnas.frontend import import_model
-from tvmnas.kernel_profiler import kernel_macs
-from tvmnas.runner import build, build_host, run, run_host
+from tvmnas.passes import kernel_macs
+from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
 from tvmnas.zoo import export_onnx, export_pt2
 from tvmnas.zoo_recurrent import KWS_MODELS, RecurrentEntry
@@ -219,7 +219,7 @@ def test_kws_matches_pytorch_on_qemu(name: str, route: str, target_name: str, tm
 def test_profile_and_cost_predict_price_recurrent_kernels(tmp_path: Path) -> None:
     from tvmnas.cost.predict import predict_model_json
     from tvmnas.cost.surrogate import load_surrogate
-    from tvmnas.kernel_profiler import profile_network_json
+    from tvmnas.measure.profiler import profile_network_json
 
     entry = SMALL["gru_2layer_time_major_state"]
     path, _, _ = _export(entry, "onnx", tmp_path)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tvmnas.errors import BuildError, EmulatorError
-from tvmnas.runner import build, build_host, memory_usage, run, run_host
+from tvmnas.measure.runner import build, build_host, memory_usage, run, run_host
 from tvmnas.targets import list_targets, load_target
 
 AFFINE_BODY = """

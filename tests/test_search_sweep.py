@@ -1,11 +1,13 @@
 """Lambda sweep: Pareto front selection, JSON + plot output, and (slow) cycles measured on QEMU."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from tvmnas.data import load_dataset
+from tvmnas.executor import InlineExecutor
 from tvmnas.search.search import SearchConfig
 from tvmnas.search.sweep import SweepPoint, pareto_front, sweep
 from tvmnas.train import TrainConfig
@@ -46,3 +48,24 @@ def test_sweep_measures_cycles_on_the_emulator(tmp_path):
     assert p.instructions is not None and p.instructions > p.macs  # at least one instruction per MAC
     assert p.cycles >= p.instructions and p.cycles_source == "estimate, emulated on cortex-m4"
     assert p.arena_bytes is not None and p.flash_bytes is not None and p.flash_bytes > p.param_bytes
+
+
+class _ElsewhereExecutor(InlineExecutor):
+    """Runs each task here, but like a cluster's workers it claims not to see the driver's files."""
+
+    shares_files = False
+
+
+def test_arms_on_workers_without_the_drivers_files_give_the_same_points_and_files(tmp_path):
+    data = load_dataset("digits", limit_train=64, limit_test=32)
+    settings = ([0.0, 20.0], SearchConfig(space="chain", epochs=1, batch_size=32), TrainConfig(epochs=1, batch_size=32))
+    here = sweep(data, tmp_path / "here", *settings, measure=False)
+    away = sweep(data, tmp_path / "away", *settings, measure=False, executor=_ElsewhereExecutor())
+    assert [replace(p, run_dir="") for p in away] == [replace(p, run_dir="") for p in here]
+    assert [p.run_dir for p in away] == [str(tmp_path / "away" / "lambda_0"), str(tmp_path / "away" / "lambda_20")]
+
+    def files(root):
+        return sorted(str(f.relative_to(root)) for f in root.rglob("*") if f.is_file())
+
+    assert files(tmp_path / "away") == files(tmp_path / "here")
+    assert (tmp_path / "away" / "lambda_20" / "train" / "model.onnx").is_file()

@@ -37,7 +37,7 @@ from tvmnas.passes.call_graph import DTYPE_BYTES
 from tvmnas.passes.int8_simd import uses_simd
 from tvmnas.quantized import integer_model, quantize_for_compile
 from tvmnas.targets import Target
-from tvmnas.toolchain import require_tools, run_tool
+from tvmnas.measure.toolchain import require_tools, run_tool
 
 
 @dataclass

@@ -7,25 +7,54 @@ writes results (databases, files), in its own deterministic order; executors onl
 - `InlineExecutor`: runs each task when it is submitted, in this process (one worker: today's
   sequential behaviour, and what tests use to compare against).
 - `LocalExecutor`: a pool of spawned worker processes on this machine.
+- `RayExecutor` (tvmnas.ray_executor, the optional `ray` extra): Ray workers on a cluster's nodes.
 """
 from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
-EXECUTOR_KINDS = ("local",)
+EXECUTOR_KINDS = ("local", "ray")
+
+
+# A folder as a task carries it to another machine: (path relative to the folder, bytes), sorted.
+FolderFiles = tuple[tuple[str, bytes], ...]
+
+
+def pack_folder(folder: Path) -> FolderFiles:
+    """Every file under `folder` (none if it does not exist), for a task that runs elsewhere."""
+    folder = Path(folder)
+    return tuple((f.relative_to(folder).as_posix(), f.read_bytes()) for f in sorted(folder.rglob("*")) if f.is_file())
+
+
+def unpack_folder(folder: Path, files: FolderFiles) -> None:
+    """Write packed files under `folder`, replacing files of the same name and keeping the others."""
+    for rel, data in files:
+        path = Path(folder) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
 
 class Executor(Protocol):
-    """What a driver needs from wherever its tasks run."""
+    """What a driver needs from wherever its tasks run.
+
+    `shares_files`: tasks see this machine's files (local workers); when False, a task that works
+    in a folder carries it there and back (pack_folder / unpack_folder).
+    """
 
     workers: int
+    shares_files: bool
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future: ...
 
     def shutdown(self, *, cancel_pending: bool = False) -> None: ...
+
+    def __enter__(self) -> "Executor": ...
+
+    def __exit__(self, exc_type: object, *exc: object) -> None: ...
 
 
 def _single_thread_worker() -> None:
@@ -38,6 +67,7 @@ class InlineExecutor:
     """Runs every task at submit time in this process; the future it returns is already done."""
 
     workers = 1
+    shares_files = True
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         fut: Future = Future()
@@ -60,6 +90,8 @@ class InlineExecutor:
 class LocalExecutor:
     """`workers` spawned processes on this machine, each with one torch thread."""
 
+    shares_files = True
+
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
@@ -79,13 +111,26 @@ class LocalExecutor:
         self.shutdown(cancel_pending=exc_type is not None)
 
 
-def make_executor(kind: str = "local", workers: int = 1) -> InlineExecutor | LocalExecutor:
-    """The executor for `kind` with `workers` workers (one local worker runs inline)."""
+def make_executor(kind: str = "local", workers: int = 1, address: str | None = None) -> Executor:
+    """The executor for `kind` with `workers` workers (one local worker runs inline).
+
+    "ray": tasks on the Ray cluster at `address`, or on a local Ray instance started (and stopped at
+    shutdown) for this run; `workers` <= 0 means one per CPU of the cluster (of this machine).
+    """
     if kind not in EXECUTOR_KINDS:
         from tvmnas.errors import TvmnasError
 
         raise TvmnasError(f"unknown executor {kind!r}: choose one of {', '.join(EXECUTOR_KINDS)}",
                           settings=("executor",))
+    if address is not None and kind != "ray":
+        from tvmnas.errors import TvmnasError
+
+        raise TvmnasError(f"a Ray address ({address}) is only for executor 'ray', not {kind!r}",
+                          settings=("executor", "ray_address"))
+    if kind == "ray":
+        from tvmnas.ray_executor import RayExecutor
+
+        return RayExecutor(workers, address)
     return InlineExecutor() if workers <= 1 else LocalExecutor(workers)
 
 

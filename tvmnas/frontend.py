@@ -1,4 +1,4 @@
-"""Import a network (torch.nn.Module, saved torch.export program `.pt2`, or `.onnx`) into Relax."""
+"""Import a network (torch.nn.Module, saved torch.export program `.pt2`, `.onnx` or `.tflite`) into Relax."""
 
 from __future__ import annotations
 
@@ -97,6 +97,10 @@ def import_source(
     check_model_file(path)  # an existing .onnx, .pt2 or .pt
     if path.suffix.lower() == ".onnx":
         return _import_onnx(path, notice)
+    if path.suffix.lower() == ".tflite":
+        from tvmnas.frontend_tflite import import_tflite
+
+        return import_tflite(path, notice)
     program = fix_torch_batch(_load_exported_program(path), f"'{path}'", notice)
     return _torch_import(program, program.module)
 
@@ -106,6 +110,9 @@ def _load_exported_program(path: Path):
     ModelLoadError line, not a dozen lines of logged traceback first."""
     import torch
 
+    from tvmnas.frontend_pt2e import register_quantized_ops
+
+    register_quantized_ops()  # PT2E-quantized programs hold quantized_decomposed ops
     logger = logging.getLogger("torch.export")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
@@ -190,14 +197,20 @@ def _first_line(err: BaseException) -> str:
 
 
 def _from_exported_program(program) -> tvm.IRModule:
+    from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
+    from tvmnas.frontend_pt2e import is_pt2e_quantized, pt2e_converters
     from tvmnas.passes import WrapNegativeIndices
 
     def convert() -> tvm.IRModule:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             decomposed, options = torch_import_options(program)  # LSTM/GRU/RNN: one kernel per layer
+            if is_pt2e_quantized(decomposed):  # quantized_decomposed ops -> relax quantize / dequantize
+                options["custom_convert_map"] = {**options.get("custom_convert_map", {}), **pt2e_converters(decomposed)}
+                options["unwrap_unit_return_tuple"] = True  # a single int8 output, as QuantizeToInteger reads it
+                return relax.transform.CanonicalizeBindings()(from_exported_program(decomposed, **options))
             return from_exported_program(decomposed, **options)
 
     def failure(err: Exception) -> TvmnasError:
@@ -225,20 +238,29 @@ def _torch_node_name(program, op: str) -> str:
 
 def _import_onnx(path: Path, notice: Notice = stderr_notice) -> ImportedModel:
     import onnx
-    from tvm.relax.frontend.onnx import from_onnx
-
-    from tvmnas.onnx_fold import fold_shape_arithmetic
-    from tvmnas.passes import WrapNegativeIndices
-    from tvmnas.quant.qgraph import reject_qoperator
 
     try:
         proto = onnx.load(str(path))
         onnx.checker.check_model(proto)
     except Exception as err:  # protobuf decode errors have no common base class
         raise ModelLoadError(f"'{path}' is not a valid ONNX model: {_first_line(err)}") from None
+    return import_onnx_proto(proto, f"'{path}'", "onnxruntime", lambda names: _onnxruntime_reference(path, names), notice)
+
+
+def import_onnx_proto(
+    proto, label: str, framework: str, reference_of: Callable[[list[str]], Callable], notice: Notice = stderr_notice
+) -> ImportedModel:
+    """Import an ONNX ModelProto (`label` names it in messages); `reference_of(input_names)` gives
+    the run of the source framework (`framework`) that the import check compares with."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from tvmnas.onnx_fold import fold_shape_arithmetic
+    from tvmnas.passes import WrapNegativeIndices
+    from tvmnas.quant.qgraph import reject_qoperator
+
     reject_qoperator(proto)  # QOperator ONNX: one line saying to export QDQ
     check_onnx_recurrent(proto)
-    fix_onnx_batch(proto, f"'{path}'", notice)
+    fix_onnx_batch(proto, label, notice)
     # torch.onnx.export writes pads and chunk bounds as integer subgraphs TVM 0.27 cannot import
     folded = fold_shape_arithmetic(proto)
 
@@ -261,8 +283,8 @@ def _import_onnx(path: Path, notice: Notice = stderr_notice) -> ImportedModel:
         raise dynamic_shape_error(folded, dynamic)
     names = [o.name for o in proto.graph.output]
     mod = _with_output_names(WrapNegativeIndices()(mod), names)
-    return ImportedModel(mod, _onnx_sources(folded), "onnxruntime", names,
-                         _onnxruntime_reference(path, [i.name for i in _graph_inputs(proto)]))
+    return ImportedModel(mod, _onnx_sources(folded), framework, names,
+                         reference_of([i.name for i in _graph_inputs(proto)]))
 
 
 def _graph_inputs(proto) -> list:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from tvmnas.errors import ModelLoadError
 
-MODEL_SUFFIXES = (".onnx", ".pt2", ".pt")
+MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".tflite")
 
 
 def check_model_file(path: Path) -> None:
-    """ModelLoadError unless `path` is an existing file with a model suffix (.onnx or .pt2)."""
+    """ModelLoadError unless `path` is an existing file with a model suffix (.onnx, .pt2 or .tflite)."""
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"model file '{path}' does not exist")
@@ -19,4 +19,4 @@ def check_model_file(path: Path) -> None:
         raise ModelLoadError(f"model file '{path}' is not a file")
     suffix = path.suffix.lower()
     if suffix not in MODEL_SUFFIXES:
-        raise ModelLoadError(f"'{path}': unknown model format '{suffix}' (expected .onnx or .pt2)")
+        raise ModelLoadError(f"'{path}': unknown model format '{suffix}' (expected .onnx, .pt2 or .tflite)")

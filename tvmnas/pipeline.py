@@ -289,12 +289,12 @@ def _stage_search(settings: PipelineSettings, data: ArrayDataset, target: Target
 
 
 def _stage_sweep(settings: PipelineSettings, data: ArrayDataset, target: Target, cost_model: CostModel,
-                 work: Path, progress: bool) -> dict[str, Any]:
+                 work: Path, progress: bool, executor: Any = None) -> dict[str, Any]:
     from tvmnas.search.sweep import pareto_front, sweep
 
     config = _search_config(settings, target, settings.cost_weight)
     points = sweep(data, work / "sweep", list(settings.sweep), config, _train_config(settings),
-                   cost_model=cost_model, measure=True, progress=progress)
+                   cost_model=cost_model, measure=True, progress=progress, executor=executor)
     front = pareto_front(points)
     if not front:
         raise BudgetViolationError([f"every lambda in {list(settings.sweep)} gave an architecture over budget"])
@@ -337,7 +337,7 @@ def _stage_compile(settings: PipelineSettings, target: Target, trained: dict[str
 
 
 def _stage_build(target: Target, bundle: Path, work: Path, log: StageLog) -> dict[str, Any]:
-    from tvmnas.runner import build, memory_usage
+    from tvmnas.measure.runner import build, memory_usage
 
     with log.status(f"building the bundle for {target.emulator_machine} with arm-none-eabi-gcc"):
         elf = build(bundle, target, work / "build")
@@ -357,7 +357,7 @@ def _reference_logits(model_dir: Path, images: np.ndarray) -> np.ndarray:
 
 def _stage_verify(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: dict[str, Any],
                   built: dict[str, Any], work: Path, log: StageLog) -> dict[str, Any]:
-    from tvmnas.runner import run
+    from tvmnas.measure.runner import run
 
     n = min(settings.verify_images, len(data.test_x))
     images, labels = data.test_x[:n], data.test_y[:n]
@@ -387,7 +387,7 @@ def _stage_verify(settings: PipelineSettings, data: ArrayDataset, target: Target
 
 
 def _stage_profile(data: ArrayDataset, target: Target, built: dict[str, Any], log: StageLog) -> dict[str, Any]:
-    from tvmnas.profiling import profile_elf
+    from tvmnas.measure.profile import profile_elf
 
     with log.status(f"profiling one inference per kernel on {target.emulator_machine}"):
         profile = profile_elf(Path(built["profile_elf"]), target, [data.test_x[:1]])
@@ -458,13 +458,15 @@ def run_pipeline(
     dataset: ArrayDataset | None = None,
     restart: bool = False,
     progress: bool = False,
+    executor: Any = None,
 ) -> PipelineResult:
     """Search, retrain, compile, build, verify on the emulator, profile and report into `out_dir`.
 
     out_dir gets report.md, report.html, plots/, summary.json, the C bundle (c_bundle/), model.pt2,
     model.onnx, genotype.json and metrics.json; intermediate files live in out_dir/work. A rerun with
     the same settings resumes; other settings need `restart` (which clears work/ first).
-    `dataset` replaces loading settings.dataset (its name must still describe it).
+    `dataset` replaces loading settings.dataset (its name must still describe it). `executor`
+    (tvmnas.executor) runs the sweep's arms (default: one after another here).
     Raises VerificationError when the C output disagrees with PyTorch.
     """
     from tvmnas.data import load_dataset
@@ -496,7 +498,7 @@ def _run_stages(out: Path, settings: PipelineSettings, data: ArrayDataset, targe
 
     if settings.sweep:
         found = stages.run("search", f"lambda sweep {list(settings.sweep)} (search + retrain + emulate each)",
-                           lambda: _stage_sweep(settings, data, target, cost_model, work, progress),
+                           lambda: _stage_sweep(settings, data, target, cost_model, work, progress, executor),
                            lambda r: f"chose lambda={r['cost_weight']:g}: {r['genotype']}",
                            lambda r: [Path(r["genotype_path"]), *(Path(r["model_dir"]) / n for n in MODEL_FILES)])
     else:

@@ -37,16 +37,20 @@ PRECISIONS = ("int8",)
 
 
 def quantize_for_compile(model, quantize: str | None, calibration) -> "onnx.ModelProto | None":  # noqa: F821
-    """The QDQ model `tvmnas compile --quantize int8 --calibration X` compiles (None without
-    --quantize); the quantizer's own errors name a missing or wrongly shaped calibration array."""
+    """The QDQ model `compile_model(..., quantize="int8", calibration=X)` compiles (None without
+    quantize); the quantizer's own errors name a missing or wrongly shaped calibration array.
+    Errors name the settings in words (settings=(...)); the CLI prints its flags for them."""
     if quantize is None:
         if calibration is not None:
-            raise TvmnasError("--calibration is only used with --quantize int8")
+            raise TvmnasError("the calibration input is only used with quantize='int8'",
+                              settings=("calibration", "quantize"))
         return None
     if quantize not in PRECISIONS:
-        raise TvmnasError(f"--quantize must be one of {', '.join(PRECISIONS)}, not {quantize!r}")
+        raise TvmnasError(f"quantize={quantize!r} is not a supported precision (quantize='int8')",
+                          settings=("quantize",))
     if calibration is None:
-        raise TvmnasError("--quantize int8 needs calibration inputs: --calibration X.npy")
+        raise TvmnasError("quantize='int8' needs calibration data: the calibration input (a .npy of float samples "
+                          "shaped like the model input, N first)", settings=("quantize", "calibration"))
     from tvmnas.quant.quantize import quantize_model
 
     return quantize_model(model, calibration)
@@ -73,16 +77,18 @@ def bundle_input(x: np.ndarray, manifest: dict, raw: bool) -> np.ndarray:
     spec = manifest["inputs"][0]
     if spec.get("dtype", "float32") != "int8":
         if raw:
-            raise TvmnasError(f"--raw is for int8 bundles; input '{spec['name']}' is {spec.get('dtype')}")
+            raise TvmnasError(f"raw input is for int8 bundles; input '{spec['name']}' is {spec.get('dtype')}",
+                              settings=("raw",))
         return x
     if raw:
         if np.any(x != np.rint(x)) or x.min() < -128 or x.max() > 127:
-            raise TvmnasError(f"--raw input for '{spec['name']}' must hold int8 values (integers in [-128, 127]), "
-                              f"got values in [{x.min():g}, {x.max():g}]")
+            raise TvmnasError(f"raw input must hold int8 values (integers in [-128, 127]) for '{spec['name']}', "
+                              f"got values in [{x.min():g}, {x.max():g}]", settings=("raw",))
         return x.astype(np.float32)
     quant = _io_quant(spec)
     if quant is None:
-        raise TvmnasError(f"int8 input '{spec['name']}' has no scale and zero_point in the manifest: use --raw")
+        raise TvmnasError(f"int8 input '{spec['name']}' has no scale and zero_point in the manifest: pass raw input",
+                          settings=("raw",))
     return quantize_array(x, *quant).astype(np.float32)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from tvmnas.board.features import FLASH_READS, PIPELINED, LinearTiming, linear_from_table
 from tvmnas.board.measurements import Measurement, MeasurementsError
-from tvmnas.profiling.cycles import TimingTable
+from tvmnas.measure.cycles import TimingTable
 
 EMPTY_MARK = {"n:alu": 1.0, "n:call": 1.0, "n:branch": 1.0, "taken": 2.0}  # movs r0,#k; bl mark; bx lr
 MIN_SHARE = 0.005

@@ -103,7 +103,7 @@ def calibration_items() -> list[Item]:
 
 
 def _lower_item(item: Item, target: Target, work: Path):
-    from tvmnas.kernel_profiler import lower_network
+    from tvmnas.measure.profiler import lower_network
 
     torch.manual_seed(0)
     module = item.build().eval()
@@ -124,8 +124,8 @@ def _lower_item(item: Item, target: Target, work: Path):
 def model_features(network, target: Target, work: Path) -> list[dict[str, float]]:
     """Each kernel's instruction mix (flash reads counted) from one `tvmnas profile`-style run."""
     from tvmnas.board.mix import kernel_features_of, run_mix_profile
-    from tvmnas.kernel_profiler import profile_input, write_network
-    from tvmnas.runner import build
+    from tvmnas.measure.profiler import profile_input, write_network
+    from tvmnas.measure.runner import build
 
     prepared = write_network(network, target, work / "bundle")
     elf = build(prepared.bundle_dir, target, work / "build", profile=True)

@@ -9,7 +9,7 @@ that wait on the address computed just before (`stall`) and data reads from the 
 flash region). A `LinearTiming` is one weight per feature; estimated cycles are the dot product.
 
 For a core without dual issue, the weights read from its timing table give exactly
-tvmnas.profiling.cycles' estimate (flash reads weigh 0 there). Dual issue is a pairing rule, not
+tvmnas.measure.cycles' estimate (flash reads weigh 0 there). Dual issue is a pairing rule, not
 a sum, so a table fitted from a board drops it: the board's cycles carry its effect instead.
 """
 
@@ -19,8 +19,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from tvmnas.profiling.blocks import Block, BlockProfile
-from tvmnas.profiling.cycles import (
+from tvmnas.measure.blocks import Block, BlockProfile
+from tvmnas.measure.cycles import (
     DATA_PROCESSING_CLASSES, MEMORY_CLASSES, TimingTable, _address_regs, _dests, classify, register_count,
 )
 

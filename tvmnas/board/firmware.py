@@ -74,10 +74,10 @@ class Placement:
 
 @dataclass(frozen=True)
 class FirmwareModel:
-    """One model the firmware times: its lowered network (kernel_profiler.LoweredNetwork) and label."""
+    """One model the firmware times: its lowered network (tvmnas.measure.profiler.LoweredNetwork) and label."""
 
     label: str
-    network: object  # tvmnas.kernel_profiler.LoweredNetwork
+    network: object  # tvmnas.measure.profiler.LoweredNetwork
 
 
 def parse_memory(text: str, what: str) -> tuple[int, int]:
@@ -196,10 +196,10 @@ def _c_string(text: str) -> str:
 
 
 def _input_values(network, seed: int = 0) -> tuple[str, np.ndarray]:
-    """The profiler's fixed input (kernel_profiler.profile_input), in the model's input type as the
+    """The profiler's fixed input (tvmnas.measure.profiler.profile_input), in the model's input type as the
     harness converts it, so data-dependent paths run as in `tvmnas profile`."""
     from tvmnas.codegen.c_printer import c_type
-    from tvmnas.kernel_profiler import profile_input
+    from tvmnas.measure.profiler import profile_input
 
     info = network.graph.inputs[0]
     x = profile_input(info.elems, seed)
@@ -371,11 +371,10 @@ def write_firmware(models: Sequence[FirmwareModel], target: Target, out_dir: Pat
     """Write the timing firmware project for `models` into `out_dir` (a new or empty folder).
 
     Returns the path of kernels.json: per kernel line id "<model>.<index>", its name, kernel hash
-    (as kernel_profiler hashes C text), MACs and precision.
+    (the profile data's kernel hash), MACs and precision.
     """
     from tvmnas.codegen.bundle import write_bundle
     from tvmnas.compiler import arena_buffers
-    from tvmnas.kernel_profiler import kernel_hash
     from tvmnas.passes import plan_arena
 
     placement.check()
@@ -402,7 +401,7 @@ def write_firmware(models: Sequence[FirmwareModel], target: Target, out_dir: Pat
             (mdir / "rename.h").write_text(_rename_header(i, net.graph))
             for k, (call, macs) in enumerate(zip(net.graph.calls, net.macs, strict=True)):
                 kernels.append({"id": f"{i}.{k}", "name": f"{m.label}/{call.kernel}", "model": m.label,
-                                "kernel": call.kernel, "kernel_hash": kernel_hash(net.kernels[call.kernel].text, call.kernel),
+                                "kernel": call.kernel, "kernel_hash": net.hashes[call.kernel],
                                 "macs": int(macs), "precision": net.precision})
         header, source, _, _ = _models_source(models)
         (tmp / "src" / "timing_models.h").write_text(header)

@@ -17,11 +17,11 @@ import numpy as np
 from tvmnas.board.features import Features, segment_features
 from tvmnas.cost.gzip_text import gzip_bytes, read_text, replace_bytes
 from tvmnas.errors import CostModelError, EmulatorError
-from tvmnas.profiling.blocks import BlockProfile, parse_block_profile
-from tvmnas.profiling.plugin import build_plugin, qemu_plugin_args
-from tvmnas.profiling.regions import flash_region
-from tvmnas.profiling.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
-from tvmnas.runner import run
+from tvmnas.measure.blocks import BlockProfile, parse_block_profile
+from tvmnas.measure.plugin import build_plugin, qemu_plugin_args
+from tvmnas.measure.regions import flash_region
+from tvmnas.measure.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
+from tvmnas.measure.runner import run
 from tvmnas.targets import Target
 
 MIX_FORMAT = "tvmnas-kernel-mix"
@@ -48,25 +48,20 @@ def kernel_features_of(blocks: BlockProfile, target: Target, window: int = -1) -
 
 def network_mix(genotype: Any, target: Target, *, seed: int = 0, timeout_s: float = 120.0) -> list[tuple[str, Features]]:
     """(kernel hash, features) of every call of a genotype's network, as cost.collect profiles it."""
-    from tvmnas.codegen.bundle import write_bundle
-    from tvmnas.compiler import arena_buffers, emit_kernels
     from tvmnas.cost.collect import _lower_network
-    from tvmnas.passes import kernel_hash, plan_arena
-    from tvmnas.runner import build
+    from tvmnas.measure.profiler import profile_input, write_network
+    from tvmnas.measure.runner import build
 
-    lowered, graph = _lower_network(genotype, seed)
-    kernels = emit_kernels(lowered, graph)
-    plan = plan_arena(arena_buffers(graph, kernels))
-    x = np.random.default_rng(seed).standard_normal(int(np.prod(genotype.input_shape))).astype(np.float32)
+    network = _lower_network(genotype, seed)
+    graph = network.graph
     with tempfile.TemporaryDirectory(prefix="tvmnas-mix-net-") as tmp:
-        bundle = Path(tmp) / "bundle"
-        bundle.mkdir()
-        write_bundle(bundle, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags])
-        elf = build(bundle, target, Path(tmp) / "build", profile=True)
+        prepared = write_network(network, target, Path(tmp) / "bundle")
+        elf = build(prepared.bundle_dir, target, Path(tmp) / "build", profile=True)
+        x = profile_input(prepared.input_floats, seed)
         feats = kernel_features_of(run_mix_profile(elf, target, [x], timeout_s=timeout_s), target)
     if len(feats) != len(graph.calls):
         raise EmulatorError(f"{len(feats)} kernel segments measured for {len(graph.calls)} calls")
-    return [(kernel_hash(lowered[c.kernel]), f) for c, f in zip(graph.calls, feats)]
+    return [(network.hashes[c.kernel], f) for c, f in zip(graph.calls, feats)]
 
 
 def load_mix(path: Path) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def calibrate_target(measurements: Path, set_dir: Path, base_name: str, new_name
     manifest = load_set(set_dir, base)
     by_id = {k["id"]: k for k in manifest["kernels"]}
     feats = kernel_features(rows, by_id, str(set_dir))
-    from tvmnas.profiling.profile import timing_table_for
+    from tvmnas.measure.profile import timing_table_for
 
     fit = fit_timing(feats, [float(r.min) for r in rows], timing_table_for(base))
     unit = rows[0].unit

@@ -3,7 +3,7 @@
 Folder: $TVMNAS_TARGETS_DIR if set, else ~/.tvmnas/targets. One subfolder per target:
 
     <dir>/<name>/descriptor.json   the target descriptor (tvmnas.targets format, name = <name>)
-    <dir>/<name>/timing.json       the fitted timing table (tvmnas.profiling.cycles format)
+    <dir>/<name>/timing.json       the fitted timing table (tvmnas.measure.cycles format)
     <dir>/<name>/surrogate.json.gz the cost surrogate refitted on re-estimated profile data
     <dir>/<name>/distilled.pt      the distilled cost for the search
     <dir>/<name>/calibration.json  what the fit saw: board, kernels, weights, residuals

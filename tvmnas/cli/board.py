@@ -43,7 +43,7 @@ def write_profile_firmware(model: Path, target_name: str, out_dir: Path, placeme
 
     from tvmnas.board.calibration_set import model_features
     from tvmnas.board.firmware import FirmwareModel, write_firmware
-    from tvmnas.kernel_profiler import lower_network
+    from tvmnas.measure.profiler import lower_network
     from tvmnas.targets import load_target
 
     tgt = load_target(target_name)

@@ -15,7 +15,7 @@ from tvmnas.cli.app import app
 
 @app.command("compile")
 def compile_command(
-    model: Path = typer.Argument(..., help="Model file: .onnx or a saved torch.export program (.pt2)."),
+    model: Path = typer.Argument(..., help="Model file: .onnx, .tflite or a saved torch.export program (.pt2)."),
     target: str = options.target(),
     out: Path = options.out("Output folder for the C bundle: new, empty, or an earlier tvmnas bundle (then replaced); any other folder is refused."),
     ignore_budget: bool = typer.Option(False, "--ignore-budget", help="Emit even if flash/SRAM exceed the board's budget."),

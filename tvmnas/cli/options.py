@@ -40,6 +40,24 @@ batch_size = partial(typer.Option, 64, "--batch-size")
 resume = partial(typer.Option, True, "--resume/--restart", help="Continue from a checkpoint in --out.")
 progress = partial(typer.Option, True, "--progress/--no-progress", help="Progress bar on stderr.")
 
+# Commands that fan out (profiling, sweeps): where the work runs and how many tasks at once.
+EXECUTORS_HELP = ("local (worker processes on this machine) or ray (a Ray cluster, see --ray-address; "
+                  "needs pip install 'tvmnas[ray]').")
+EXECUTOR_HELP = "Where the work runs: " + EXECUTORS_HELP
+RAY_ADDRESS_HELP = ("Ray cluster to run on (its head's HOST:PORT, or 'auto' on a cluster node); without it, "
+                    "--executor ray starts a Ray instance on this machine for the run and stops it after.")
+JOBS_HELP = "Tasks at a time (default: 1 with --executor local; every CPU of the cluster with --executor ray)."
+executor = partial(typer.Option, "local", "--executor", help=EXECUTOR_HELP)
+ray_address = partial(typer.Option, None, "--ray-address", help=RAY_ADDRESS_HELP)
+jobs = partial(typer.Option, None, "--jobs", "-j", min=1, help=JOBS_HELP)
+
+
+def make_fanout_executor(kind: str, jobs: int | None, address: str | None) -> Any:
+    """The executor a fan-out command's --executor, --jobs and --ray-address ask for."""
+    from tvmnas.executor import make_executor
+
+    return make_executor(kind, jobs if jobs is not None else (0 if kind == "ray" else 1), address)
+
 
 # How a library error's words for a setting (TvmnasError.settings) read on the command line.
 SETTING_FLAGS = {
@@ -51,6 +69,10 @@ SETTING_FLAGS = {
     "k": ("k", "--k"),
     "import_check": ("import_check=False", "--no-import-check"),
     "executor": ("executor", "--executor"),
+    "ray_address": ("Ray address", "--ray-address"),
+    "quantize": ("quantize=", "--quantize "),
+    "calibration": ("the calibration input", "--calibration"),
+    "raw": ("raw input", "--raw"),
 }
 
 

@@ -46,6 +46,10 @@ def run_all_command(
     threads: int = typer.Option(1, "--threads", help="torch CPU threads (0 = torch's default; small images gain nothing from more)."),
     restart: bool = typer.Option(False, "--restart", help="Clear the output folder's work/ and start over."),
     progress: bool = options.progress(help="Progress on stderr."),
+    jobs: Optional[int] = options.jobs(help="Sweep: lambdas at a time (default: 1 with --executor local; every "
+                                       "CPU of the cluster with --executor ray)."),
+    executor: str = options.executor(help="Where the sweep's lambdas run: " + options.EXECUTORS_HELP),
+    ray_address: Optional[str] = options.ray_address(),
 ) -> None:
     """Search, retrain, compile to C, verify on QEMU against PyTorch, and write report.md/.html to --out."""
     import torch
@@ -61,7 +65,8 @@ def run_all_command(
         board_budgets=board_budgets, budget_cycles=budget_cycles, verify_images=verify_images,
         ignore_budget=ignore_budget,
     )
-    result = run_pipeline(out, settings, restart=restart, progress=progress)
+    pool = options.make_fanout_executor(executor, jobs, ray_address) if settings.sweep else None
+    result = run_pipeline(out, settings, restart=restart, progress=progress, executor=pool)
     s = result.summary
     print(f"report: {out / 'report.html'}", file=sys.stderr)
     print(json.dumps({

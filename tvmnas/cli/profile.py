@@ -53,7 +53,7 @@ def profile_command(
         print(f"writing the timing firmware of {model} for {tgt.name} boards to {board_firmware} ...", file=sys.stderr)
         print(json.dumps(write_profile_firmware(model, tgt.name, board_firmware, placement, optimize)))
         return
-    from tvmnas.kernel_profiler import profile_network_json
+    from tvmnas.measure.profiler import profile_network_json
 
     print(f"profiling {model} on {tgt.name} ({tgt.emulator_machine}) ...", file=sys.stderr)
     report = profile_network_json(model, tgt, timeout_s=timeout_s, optimize=optimize)
@@ -66,20 +66,22 @@ def profile_command(
 def profile_ops_command(
     target: str = options.target(),
     count: int = typer.Option(100, "--count", "-n", min=1, help="Number of sampled candidates."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes."),
+    jobs: Optional[int] = options.jobs(),
+    executor: str = options.executor(),
+    ray_address: Optional[str] = options.ray_address(),
     db_path: Path = typer.Option(..., "--db", help="SQLite profile database (created if absent or empty, resumed if "
                                  "present; a file that is not one is refused)."),
     seed: int = options.seed(help="Sampler seed: the same seed samples the same candidates."),
-    ops: Optional[str] = typer.Option(None, "--ops", help="Comma-separated op types (default: all; see tvmnas.sampler.OP_TYPES)."),
+    ops: Optional[str] = typer.Option(None, "--ops", help="Comma-separated op types (default: all; see tvmnas.cost.sampler.OP_TYPES)."),
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before a candidate's guest counts as hung."),
 ) -> None:
     """Profile sampled candidate kernels into the database; rerun to resume (finished ones are skipped)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tvmnas.kernel_profiler import profile_candidates
-    from tvmnas.profiledb import ProfileDB
-    from tvmnas.sampler import OP_TYPES, sample_ops
+    from tvmnas.cost.candidates import profile_candidates
+    from tvmnas.measure.store import ProfileDB
+    from tvmnas.cost.sampler import OP_TYPES, sample_ops
     from tvmnas.targets import load_target
 
     tgt = load_target(target)
@@ -97,7 +99,8 @@ def profile_ops_command(
     )
     console = Console(stderr=True)
     start = time.monotonic()
-    with ProfileDB(db_path) as db, tempfile.TemporaryDirectory(prefix="tvmnas-profile-ops-") as work:
+    pool = options.make_fanout_executor(executor, jobs, ray_address)  # before the database: no file if it fails
+    with pool, ProfileDB(db_path) as db, tempfile.TemporaryDirectory(prefix="tvmnas-profile-ops-") as work:
         with Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[last]}"), console=console, transient=False,
@@ -107,7 +110,8 @@ def profile_ops_command(
             def on_done(spec, status: str) -> None:
                 progress.update(task, advance=1, last=f"{status}: {spec.key}")
 
-            stats = profile_candidates(specs, tgt, db, Path(work), jobs=jobs, timeout_s=timeout_s, on_done=on_done)
+            stats = profile_candidates(specs, tgt, db, Path(work), executor=pool, timeout_s=timeout_s,
+                                       on_done=on_done)
         kernels_in_db, candidates_in_db = db.counts()
     for failure in stats.failures:
         console.print(f"failed: {failure}", markup=False, highlight=False)
@@ -122,7 +126,8 @@ def profile_ops_command(
         "kernels_added": stats.kernels_added,
         "kernels_in_db": kernels_in_db,
         "candidates_in_db": candidates_in_db,
-        "jobs": jobs,
+        "executor": executor,
+        "jobs": pool.workers,
         "seconds": round(time.monotonic() - start, 1),
     }
     print(json.dumps(summary))

@@ -16,7 +16,7 @@ import typer
 from tvmnas.cli import options
 from tvmnas.cli.app import app
 from tvmnas.errors import TvmnasError
-from tvmnas.runner import RunResult, build, memory_usage, run
+from tvmnas.measure.runner import RunResult, build, memory_usage, run
 from tvmnas.targets import Target, load_target
 
 
@@ -115,7 +115,7 @@ def nonfinite_warning(x: np.ndarray, y: np.ndarray) -> str | None:
 def cycles_estimate(elf: Path, target: Target, inputs: list[np.ndarray], configs: list[int] | None) -> int:
     """Estimated cycles of the model call: the same ELF rerun under the profiling plugin, its executed
     blocks weighted by the core's timing table (deterministic; an estimate, not a board measurement)."""
-    from tvmnas.profiling.profile import profile_elf
+    from tvmnas.measure.profile import profile_elf
 
     return profile_elf(elf, target, inputs, configs=configs).cycles
 

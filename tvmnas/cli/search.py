@@ -117,6 +117,10 @@ def sweep_command(
     limit_train: Optional[int] = options.limit_train(),
     measure: bool = typer.Option(True, "--measure/--no-measure", help="Compile and time each model on the emulator."),
     progress: bool = options.progress(help="Progress bars on stderr."),
+    jobs: Optional[int] = options.jobs(help="Lambdas at a time (default: 1 with --executor local; every CPU "
+                                       "of the cluster with --executor ray)."),
+    executor: str = options.executor(),
+    ray_address: Optional[str] = options.ray_address(),
 ) -> None:
     """Search + retrain for each lambda; Pareto front of accuracy vs cycles on the target, with a plot."""
     from tvmnas.data import load_dataset
@@ -135,7 +139,9 @@ def sweep_command(
     if not lambdas:
         raise TvmnasError("--cost-weights needs at least one value")
     data = load_dataset(dataset, root=data_root, limit_train=limit_train)
-    points = sweep(data, out, lambdas, search_config, train_config, measure=measure, progress=progress)
+    pool = options.make_fanout_executor(executor, jobs, ray_address)
+    points = sweep(data, out, lambdas, search_config, train_config, measure=measure, progress=progress,
+                   executor=pool)
     front = pareto_front(points)
     print(f"wrote {out / 'pareto.json'} and {out / 'pareto.png'}", file=sys.stderr)
     print(json.dumps({"front": [{"cost_weight": points[i].cost_weight, "test_accuracy": points[i].test_accuracy,

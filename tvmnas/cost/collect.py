@@ -14,16 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from tvmnas.codegen.bundle import write_bundle
-from tvmnas.compiler import arena_buffers, emit_kernels, lower_model
+from tvmnas.compiler import lower_model
 from tvmnas.cost.gzip_text import gzip_bytes, read_text, replace_bytes
 from tvmnas.errors import CostModelError
 from tvmnas.executor import Executor, as_finished, make_executor
 from tvmnas.frontend import import_model
-from tvmnas.passes import kernel_features, kernel_hash, kernel_macs, plan_arena
+from tvmnas.measure.profiler import LoweredNetwork, lower_network, measure_network, write_network
+from tvmnas.passes import kernel_features, kernel_hash, kernel_macs
 from tvmnas.search.genotype import Genotype
 from tvmnas.targets import Target
 
@@ -78,13 +77,11 @@ class ProfileData:
         return [rows[h] for h in sorted(rows)]
 
 
-def _lower_network(genotype: Genotype, seed: int):
+def _lower_network(genotype: Genotype, seed: int) -> LoweredNetwork:
     from tvmnas.models import build_model
 
     torch.manual_seed(seed)
-    model = build_model(genotype).eval()
-    mod = import_model(model, (1, *genotype.input_shape))
-    return lower_model(mod)
+    return lower_network(build_model(genotype).eval(), input_shape=(1, *genotype.input_shape))
 
 
 def profile_network(
@@ -97,40 +94,25 @@ def profile_network(
     seed: int = 0,
     timeout_s: float = 120,
 ) -> dict[str, Any]:
-    """Lower `genotype` once, then build and profile it for each target; append its rows to `data`."""
-    from tvmnas.profiling import profile_elf
-    from tvmnas.runner import build
-
-    lowered, graph = _lower_network(genotype, seed)
-    kernels = emit_kernels(lowered, graph)
-    plan = plan_arena(arena_buffers(graph, kernels))
-    hashes: dict[str, str] = {}
-    for kname in sorted({c.kernel for c in graph.calls}):
-        func = lowered[kname]
-        h = kernel_hash(func)
-        hashes[kname] = h
+    """Lower `genotype` once, then build and profile it for each target (input: profile_input(seed));
+    append its rows to `data`."""
+    network = _lower_network(genotype, seed)
+    for kname, h in network.hashes.items():
         if h not in data.kernels:
+            func = network.lowered[kname]
             data.kernels[h] = {"name": kname, "features": kernel_features(func), "macs": kernel_macs(func)}
-    x = np.random.default_rng(seed).standard_normal(int(np.prod(genotype.input_shape))).astype(np.float32)
     entry: dict[str, Any] = {"name": name, "split": split, "genotype": genotype.to_dict(), "targets": {}}
     with tempfile.TemporaryDirectory(prefix="tvmnas-cost-") as tmp:
         for target in targets:
-            bundle = Path(tmp) / f"bundle-{target.name}"
-            bundle.mkdir()
-            write_bundle(bundle, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags])
-            elf = build(bundle, target, Path(tmp) / f"build-{target.name}", profile=True)
-            prof = profile_elf(elf, target, [x], timeout_s=timeout_s)
-            if len(prof.kernels) != len(graph.calls):
-                raise CostModelError(
-                    f"{name} on {target.name}: profile has {len(prof.kernels)} kernel segments for {len(graph.calls)} calls"
-                )
+            prepared = write_network(network, target, Path(tmp) / f"bundle-{target.name}")
+            prof = measure_network(prepared, target, Path(tmp) / f"build-{target.name}", timeout_s=timeout_s, seed=seed)
             entry["targets"][target.name] = {
                 "instructions": prof.instructions,
                 "cycles": prof.cycles,
                 "preamble_cycles": prof.preamble_cycles,
                 "calls": [
-                    {"kernel": c.kernel, "hash": hashes[c.kernel], "instructions": k.instructions, "cycles": k.cycles}
-                    for c, k in zip(graph.calls, prof.kernels)
+                    {"kernel": k.name, "hash": k.kernel_hash, "instructions": m.instructions, "cycles": m.cycles}
+                    for k, m in zip(prepared.kernels, prof.kernels)
                 ],
             }
     data.networks.append(entry)
@@ -214,11 +196,10 @@ def refresh_features(data: ProfileData,
     """
     fresh: set[str] = set()
     for i, net in enumerate(data.networks):
-        lowered, graph = _lower_network(Genotype.from_dict(net["genotype"]), seed=0)
-        for kname in sorted({c.kernel for c in graph.calls}):
-            h = kernel_hash(lowered[kname])
+        network = _lower_network(Genotype.from_dict(net["genotype"]), seed=0)
+        for kname, h in network.hashes.items():
             if h in data.kernels and h not in fresh:
-                data.kernels[h]["features"] = kernel_features(lowered[kname])
+                data.kernels[h]["features"] = kernel_features(network.lowered[kname])
                 fresh.add(h)
         progress(f"[{i + 1}/{len(data.networks)}] {net['name']}: {len(fresh)} kernels refreshed")
     stale = len(data.kernels) - len(fresh)
@@ -232,11 +213,10 @@ def kernel_rows_from_db(db_path: Path, target: str,
     """Kernel rows for fitting from a tvmnas profile database (tvmnas profile-ops).
 
     The database keeps C text, not TIR, so each sampled candidate is lowered again to read its
-    kernels' features; a kernel joins its measured row by the database's kernel hash.
+    kernels' features; a kernel joins its measured row by its identity (passes.kernel_hash).
     """
-    from tvmnas.kernel_profiler import kernel_hash as c_hash
-    from tvmnas.profiledb import ProfileDB
-    from tvmnas.sampler import OpSpec
+    from tvmnas.measure.store import ProfileDB
+    from tvmnas.cost.sampler import OpSpec
 
     with ProfileDB(Path(db_path), create=False) as db:
         measured = {k.kernel_hash: k for k in db.kernels(target)}
@@ -249,9 +229,8 @@ def kernel_rows_from_db(db_path: Path, target: str,
             continue
         spec = OpSpec.from_json(cand.params)
         lowered, graph = lower_model(import_model(spec.build(0), spec.input_shape))
-        emitted = emit_kernels(lowered, graph)
-        for name, kernel in emitted.items():
-            h = c_hash(kernel.text, name)
+        for name in sorted({c.kernel for c in graph.calls}):
+            h = kernel_hash(lowered[name])
             if h in measured and h not in rows:
                 m = measured[h]
                 rows[h] = {"hash": h, "name": name, "features": kernel_features(lowered[name]),

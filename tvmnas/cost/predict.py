@@ -17,7 +17,7 @@ def predict_model_json(model: ModelSource, surrogate: CostSurrogate, *,
     """Lower `model` as the compiler does (built for `optimize`) and price every kernel call:
     {target, instructions (null), cycles, cycles_note, macs, kernels: [{index, name, macs, instructions
     (null), cycles}]}."""
-    from tvmnas.kernel_profiler import count_macs
+    from tvmnas.measure.profiler import count_macs
 
     lowered, graph = lower_model(import_model(model, input_shape), optimize=optimize)
     macs = count_macs(lowered, graph)

@@ -27,7 +27,10 @@ QOPERATOR_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinear
                  "QLinearLeakyRelu", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
 
 COMPUTE_OPS = {"Conv", "Gemm", "MatMul", "Add", "AveragePool", "MaxPool", "GlobalAveragePool",
-               "ReduceMean", "Flatten", "Reshape", "Concat"}
+               "ReduceMean", "Flatten", "Reshape", "Concat", "Pad", "Mul"}
+
+# element-wise activations with an int8 TFLite kernel, run as a 256-entry table (passes/activation_tables.py)
+LUT_OPS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hard_swish"}
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,13 @@ class QTensor:
 class QOp:
     """One integer operator.
 
-    kind: conv, dense, add, avgpool, maxpool, mean, reshape, concat, relu (a Relu/Clip that
-    follows no conv, dense or add: TFLite's RELU/RELU6 op, which may requantize) or float (a
+    kind: conv, dense, add, mul (two int8 tensors of one rank, broadcasting), avgpool, maxpool, mean, reshape, concat, relu (a Relu/Clip that
+    follows no conv, dense or add: TFLite's RELU/RELU6 op, which may requantize), lut (Sigmoid,
+    Tanh or HardSwish as TFLite's int8 LOGISTIC / TANH / HARD_SWISH: attrs["function"] and the
+    256-entry attrs["table"] indexed by q + 128), softmax (over the last axis, TFLite's int8 SOFTMAX:
+    attrs["exp_table"] the exp of each difference from the row maximum), pad (a constant Pad keeping its input's
+    quantization: attrs["pads"] as (before, after) per axis, attrs["value"] the int8 pad value) or
+    float (a
     float island: an op with no integer form, e.g. Softmax or Sigmoid, run in float32 between
     DequantizeLinear and QuantizeLinear; attrs hold the ONNX node and its constant inputs).
     inputs / output: names of int8 tensors (keys of :attr:`QGraph.tensors`).
@@ -289,11 +297,26 @@ def _attrs(node: onnx.NodeProto) -> dict:
 
 
 def _pads(node: onnx.NodeProto, spatial: int = 2) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right); a 1-D op's (begin, end) as (0, begin, 0, end)."""
     a = _attrs(node)
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
         raise QuantizationError(f"node '{node.name}' uses auto_pad {a['auto_pad']!r}; export explicit pads")
     p = list(a.get("pads", [0] * 2 * spatial))
+    if spatial == 1:
+        return 0, p[0], 0, p[1]
     return p[0], p[1], p[2], p[3]
+
+
+def ceil_mode_pads(in_shape: tuple[int, ...], out_shape: tuple[int, ...], kernel: tuple[int, int],
+                   strides: tuple[int, int], pads: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The (top, left, bottom, right) pads that give a ceil_mode pool's output size with floor
+    division: ceil_mode's extra windows read padding after the input (never counted, never the max)."""
+    t, l, b, r = pads
+    (h, w), (oh, ow) = (in_shape[2:] if len(in_shape) == 4 else (1, in_shape[2])), \
+        (out_shape[2:] if len(out_shape) == 4 else (1, out_shape[2]))
+    b += max((oh - 1) * strides[0] + kernel[0] - (h + t + b), 0)
+    r += max((ow - 1) * strides[1] + kernel[1] - (w + l + r), 0)
+    return t, l, b, r
 
 
 def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
@@ -323,6 +346,16 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             continue
         if op in ("QuantizeLinear", "DequantizeLinear", "Constant"):
             continue
+        if op == "Softmax":
+            soft = _softmax_op(r, node)
+            if soft is not None:
+                ops.append(soft)
+                continue
+        if op in LUT_OPS:
+            lut = _lut_op(r, node)
+            if lut is not None:
+                ops.append(lut)
+                continue
         if op not in COMPUTE_OPS:
             ops.append(_float_island(r, node))
             continue
@@ -335,10 +368,19 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             bias = np.zeros(o, np.int32)
             if len(node.input) > 2 and node.input[2]:
                 bias = r.constant_in(node.input[2], node, np.int32)[0].astype(np.int32)
-            attrs = {"strides": tuple(a.get("strides", (1, 1))), "pads": _pads(node),
-                     "dilations": tuple(a.get("dilations", (1, 1))), "group": int(a.get("group", 1))}
+            spatial = w.ndim - 2
+            if spatial not in (1, 2):
+                raise QuantizationError(f"Conv '{node.name}' is {spatial}-D; int8 convolutions are 1-D or 2-D")
+            attrs = {"strides": tuple(a.get("strides", (1,) * spatial)), "pads": _pads(node, spatial),
+                     "dilations": tuple(a.get("dilations", (1,) * spatial)), "group": int(a.get("group", 1))}
+            if spatial == 1:  # a 1-D conv is a 2-D one over a single row
+                w = w[:, :, None, :]
+                attrs.update(strides=(1,) + attrs["strides"], dilations=(1,) + attrs["dilations"], rows=1)
             ops.append(_make(r, "conv", node, [x], out, act, bounds, w, _per_channel(ws, o, axis, 0, node), bias, attrs))
         elif op in ("Gemm", "MatMul"):
+            if node.input[1] in r.init:  # a float constant operand: no int8 weights, a float island
+                ops.append(_float_island(r, node))
+                continue
             x = r.activation_in(node.input[0], node)
             w, ws, axis = r.constant_in(node.input[1], node, np.int8)
             out, act, bounds = r.output_of(node)
@@ -351,6 +393,18 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             if op == "Gemm" and len(node.input) > 2 and node.input[2]:
                 bias = r.constant_in(node.input[2], node, np.int32)[0].astype(np.int32)
             ops.append(_make(r, "dense", node, [x], out, act, bounds, np.ascontiguousarray(w_oi), ws, bias, {}))
+        elif op == "Mul":
+            if any(i in r.init or (r.producer.get(i) is not None and r.producer[i].op_type == "DequantizeLinear"
+                                   and r.producer[i].input[0] in r.init) for i in node.input):
+                ops.append(_float_island(r, node))  # a product with a constant: no int8 MUL of two tensors
+                continue
+            xs = [r.activation_in(i, node) for i in node.input]
+            out, act, bounds = r.output_of(node)
+            shapes = [r.tensors[x].shape for x in xs]
+            if len(shapes[0]) != len(shapes[1]):
+                ops.append(_float_island(r, node))
+                continue
+            ops.append(_make(r, "mul", node, xs, out, act, bounds, None, None, None, {}))
         elif op == "Add":
             xs = [r.activation_in(i, node) for i in node.input]
             out, act, bounds = r.output_of(node)
@@ -358,17 +412,24 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
         elif op in ("AveragePool", "MaxPool"):
             x = r.activation_in(node.input[0], node)
             out, act, bounds = r.output_of(node)
-            if a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", (1, 1))):
-                raise QuantizationError(f"{op} '{node.name}' uses ceil_mode or dilations; not supported in int8")
-            if op == "AveragePool" and a.get("count_include_pad", 0) and any(_pads(node)):
+            spatial = len(a["kernel_shape"])
+            if spatial not in (1, 2) or any(d != 1 for d in a.get("dilations", (1,) * spatial)):
+                raise QuantizationError(f"{op} '{node.name}' is {spatial}-D or dilated; int8 pooling is 1-D or 2-D, undilated")
+            pads = _pads(node, spatial)
+            if op == "AveragePool" and a.get("count_include_pad", 0) and any(pads):
                 raise QuantizationError(f"AveragePool '{node.name}' counts padding (count_include_pad=1); TFLite's int8 average pool does not")
-            attrs = {"kernel": tuple(a["kernel_shape"]), "strides": tuple(a.get("strides", (1, 1))), "pads": _pads(node)}
+            kernel, strides = tuple(a["kernel_shape"]), tuple(a.get("strides", (1,) * spatial))
+            if spatial == 1:  # a 1-D pool is a 2-D one over a single row
+                kernel, strides = (1,) + kernel, (1,) + strides
+            if a.get("ceil_mode", 0):  # the extra windows of ceil_mode: padding after, never counted
+                pads = ceil_mode_pads(r.tensors[x].shape, r.tensors[out].shape, kernel, strides, pads)
+            attrs = {"kernel": kernel, "strides": strides, "pads": pads}
             kind = "avgpool" if op == "AveragePool" else "maxpool"
             ops.append(_make(r, kind, node, [x], out, act, bounds, None, None, None, attrs))
         elif op in ("GlobalAveragePool", "ReduceMean"):
             x = r.activation_in(node.input[0], node)
             out, act, bounds = r.output_of(node)
-            axes = (2, 3)
+            axes = tuple(range(2, len(r.tensors[x].shape)))  # GlobalAveragePool: every spatial axis
             keep = True
             if op == "ReduceMean":
                 axes_v = a.get("axes")
@@ -387,6 +448,8 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             out, act, bounds = r.output_of(node)
             rank = len(r.tensors[out].shape)
             ops.append(_make(r, "concat", node, xs, out, act, bounds, None, None, None, {"axis": int(a["axis"]) % rank}))
+        elif op == "Pad":
+            ops.append(_pad_op(r, node, a))
     outputs: list[str] = []
     output_names: list[str] = []
     for vi in g.output:
@@ -426,6 +489,63 @@ def _float_island(r: _Reader, node: onnx.NodeProto) -> QOp:
     out, act, bounds = r._own_output(node, "NONE", (None, None))
     q = QOp("float", node.name or node.output[0], inputs, out, activation=None, attrs={"node": node, "constants": consts})
     return q
+
+
+def _pad_op(r: _Reader, node: onnx.NodeProto, a: dict) -> QOp:
+    """A constant Pad that keeps its input's quantization: an int8 pad with the quantized pad value
+    (TFLite's PAD); any other Pad runs as a float island."""
+    x = r.activation_in(node.input[0], node)
+    out, act, bounds = r._own_output(node, "NONE", (None, None))
+    tin, tout = r.tensors[x], r.tensors[out]
+    mode = a.get("mode", b"constant")
+    pads = r.init.get(node.input[1]) if len(node.input) > 1 else None
+    value = r.init.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.float32)
+    if (mode not in (b"constant", "constant") or pads is None or value is None or (len(node.input) > 3 and node.input[3])
+            or (tin.scale, tin.zero_point) != (tout.scale, tout.zero_point)):
+        return _float_island(r, node)
+    rank = len(tin.shape)
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    q = int(np.clip(np.rint(np.float32(np.asarray(value).reshape(())) / tout.scale) + tout.zero_point, -128, 127))
+    return QOp("pad", node.name or node.output[0], [x], out, activation="NONE",
+               attrs={"pads": [(pads[i], pads[i + rank]) for i in range(rank)], "value": q})
+
+
+def _softmax_op(r: _Reader, node: onnx.NodeProto) -> QOp | None:
+    """A Softmax over the last axis of an int8 tensor with TFLite's int8 output quantization (scale
+    1/256, zero point -128) as TFLite's int8 SOFTMAX; None (a float island) otherwise."""
+    from tvmnas.passes.activation_tables import SOFTMAX_OUTPUT, softmax_exp_table
+    from tvmnas.passes.int8_softmax import MAX_DEPTH
+
+    try:
+        x = r.activation_in(node.input[0], node)
+        out, _act, _bounds = r._own_output(node, "NONE", (None, None))
+    except QuantizationError:
+        return None
+    tin, tout = r.tensors[x], r.tensors[out]
+    axis = int(_attrs(node).get("axis", -1)) % len(tin.shape)
+    if axis != len(tin.shape) - 1 or tin.shape[-1] > MAX_DEPTH or (tout.scale, tout.zero_point) != (np.float32(SOFTMAX_OUTPUT[0]), SOFTMAX_OUTPUT[1]):
+        return None
+    return QOp("softmax", node.name or node.output[0], [x], out, activation="NONE",
+               attrs={"exp_table": softmax_exp_table(tin.scale)})
+
+
+def _lut_op(r: _Reader, node: onnx.NodeProto) -> QOp | None:
+    """A Sigmoid / Tanh / HardSwish between int8 tensors as a table op; None (a float island) where
+    its input or output quantization has no TFLite int8 kernel."""
+    try:
+        x = r.activation_in(node.input[0], node)
+        out, _act, _bounds = r._own_output(node, "NONE", (None, None))
+    except QuantizationError:
+        return None
+    from tvmnas.passes.activation_tables import activation_table
+
+    function = LUT_OPS[node.op_type]
+    tin, tout = r.tensors[x], r.tensors[out]
+    table = activation_table(function, tin.scale, tin.zero_point, tout.scale, tout.zero_point)
+    if table is None:
+        return None
+    return QOp("lut", node.name or node.output[0], [x], out, activation="NONE",
+               attrs={"function": function, "table": table})
 
 
 def _dequantize_constant(r: _Reader, dq: onnx.NodeProto) -> np.ndarray:

@@ -11,8 +11,10 @@ The scheme is TFLite's, so that the result runs bit-exactly on TFLite Micro's in
 - BatchNormalization after a Conv is folded into it first; a Relu or Clip right after a Conv,
   Gemm, MatMul or Add is fused: only its output is quantized, giving the standard pattern
   ``DQ(x) -> Conv(DQ(w), DQ(b)) -> Relu -> Q``;
-- max pool, average pool, flatten, reshape and a Clip that is not fused keep their input's
-  quantization (TFLite's int8 kernels require it); a Relu that is not fused gets its own.
+- max pool, average pool, flatten, reshape, pad and a Clip that is not fused keep their input's
+  quantization (TFLite's int8 kernels require it); a Relu that is not fused gets its own;
+- Sigmoid and Softmax outputs get scale 1/256, zero point -128 and Tanh outputs 1/128, 0, the
+  fixed output quantization of TFLite's int8 LOGISTIC, SOFTMAX and TANH (as TFLite's converter).
 
 Only the ONNX graph is rewritten: a .pt2 program is first exported to ONNX.
 """
@@ -31,9 +33,12 @@ from tvmnas.quant.qgraph import fold_constants, load_onnx, reject_qoperator, tfl
 
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
 FUSING_OPS = WEIGHTED_OPS | {"Add"}
+# outputs quantized as TFLite's int8 kernels require (scale, zero point), whatever the calibration says
+FIXED_OUTPUT_QUANT = {"Sigmoid": (np.float32(1.0 / 256.0), -128), "Softmax": (np.float32(1.0 / 256.0), -128),
+                      "Tanh": (np.float32(1.0 / 128.0), 0)}
 # Ops whose output keeps the input's quantization (TFLite's int8 kernels require it; a Clip here
 # is one that follows no conv, dense or add: TFLite Micro's int8 RELU6 only clamps).
-SAME_QUANT_OPS = {"MaxPool", "AveragePool", "Flatten", "Reshape", "Clip"}
+SAME_QUANT_OPS = {"MaxPool", "AveragePool", "Flatten", "Reshape", "Clip", "Pad"}
 
 
 def load_calibration(calibration: np.ndarray | str | Path) -> np.ndarray:
@@ -122,7 +127,7 @@ def _fold_batch_norm(model: onnx.ModelProto) -> None:
         b = (numpy_helper.to_array(init[conv.input[2]]).astype(np.float64)
              if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0]))
         k = gamma / np.sqrt(var + eps)
-        w_new = (w * k.reshape(-1, 1, 1, 1)).astype(np.float32)
+        w_new = (w * k.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
         b_new = ((b - mean) * k + beta).astype(np.float32)
         wn, bn_name = conv.input[1] + "_bnfold", bn.output[0] + "_bias"
         g.initializer.extend([numpy_helper.from_array(w_new, wn), numpy_helper.from_array(b_new, bn_name)])
@@ -132,6 +137,45 @@ def _fold_batch_norm(model: onnx.ModelProto) -> None:
         removed.append(bn)
     for bn in removed:
         g.node.remove(bn)
+
+
+def _fold_pad(model: onnx.ModelProto) -> None:
+    """Fold every zero-valued constant Pad of the spatial axes that only a Conv reads into that
+    Conv's pads (TFLite's converters do the same: the conv pads with the input zero point)."""
+    g = model.graph
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in g.output}
+    removed = []
+    for pad in g.node:
+        if pad.op_type != "Pad" or pad.output[0] in graph_outputs or len(consumers.get(pad.output[0], [])) != 1:
+            continue
+        conv = consumers[pad.output[0]][0]
+        attrs = {a.name: helper.get_attribute_value(a) for a in pad.attribute}
+        conv_attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        value = init.get(pad.input[2]) if len(pad.input) > 2 and pad.input[2] else np.zeros(())
+        if (conv.op_type != "Conv" or conv.input[0] != pad.output[0] or attrs.get("mode", b"constant") != b"constant"
+                or len(pad.input) < 2 or pad.input[1] not in init or value is None or np.any(value != 0)
+                or (len(pad.input) > 3 and pad.input[3]) or conv_attrs.get("auto_pad", b"NOTSET") != b"NOTSET"):
+            continue
+        pads = [int(p) for p in init[pad.input[1]].reshape(-1)]
+        rank = len(pads) // 2
+        spatial = rank - 2
+        if pads[0] or pads[1] or pads[rank] or pads[rank + 1] or spatial < 1:
+            continue
+        old = list(conv_attrs.get("pads", [0] * 2 * spatial))
+        new = [old[i] + pads[2 + i] for i in range(spatial)] + [old[spatial + i] + pads[rank + 2 + i] for i in range(spatial)]
+        for a in list(conv.attribute):
+            if a.name == "pads":
+                conv.attribute.remove(a)
+        conv.attribute.append(helper.make_attribute("pads", new))
+        conv.input[0] = pad.input[0]
+        removed.append(pad)
+    for pad in removed:
+        g.node.remove(pad)
 
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
@@ -233,6 +277,7 @@ def quantize_model(model_path: str | Path, calibration: np.ndarray | str | Path)
             model = onnx.version_converter.convert_version(model, 13)
     fold_constants(model)
     _fold_batch_norm(model)
+    _fold_pad(model)
     _drop_unused_initializers(model)
     return _insert_qdq(model, data, in_vi.name)
 
@@ -266,6 +311,8 @@ def _insert_qdq(model: onnx.ModelProto, data: np.ndarray, input_name: str) -> on
         p = producer.get(a)
         if p is not None and p.op_type in SAME_QUANT_OPS and p.input[0] in qp:
             qp[a] = qp[p.input[0]]
+        elif p is not None and p.op_type in FIXED_OUTPUT_QUANT:
+            qp[a] = FIXED_OUTPUT_QUANT[p.op_type]
         else:
             qp[a] = activation_qparams(*ranges[a])
 
@@ -315,7 +362,8 @@ def _insert_qdq(model: onnx.ModelProto, data: np.ndarray, input_name: str) -> on
         for i, name in enumerate(node.input):
             if name in rename:
                 node.input[i] = rename[name]
-        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in init:
+        if (n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in init
+                and (n.op_type == "Conv" or init[n.input[1]].ndim == 2)):
             x = n.input[0]
             if x not in qp:
                 raise QuantizationError(f"input '{x}' of {n.op_type} node '{n.name}' is not a quantized activation")

@@ -10,6 +10,8 @@ equal:
   a fused Relu/ReLU6 is the requantize clamp.
 - add: TFLite's rescale (inputs shifted left 20 bits, each scaled by its own multiplier, the sum
   scaled to the output), :func:`fixed_point.add_params`.
+- mul (two int8 tensors, broadcasting): TFLite's MUL, ``(a - zp_a) * (b - zp_b)`` requantized
+  with the multiplier of ``s_a * s_b / s_out`` (:func:`fixed_point.mul_multiplier`).
 - average pool: the raw int8 values summed over the in-bounds window and divided with
   :func:`fixed_point.rounding_average`; max pool: the max; both keep the input's quantization.
 - mean: the int32 sum less ``zp_in * count``, requantized with the multiplier of
@@ -18,7 +20,14 @@ equal:
 - reshape / flatten: the int8 values unchanged (same quantization), requantized otherwise.
 - relu (a Relu/Clip on its own): ``zp_out + MBQM(x - zp_in)`` with the multiplier of
   ``in_scale / out_scale``, clamped to the activation range (TFLite Micro's ``ReluQuantized``).
-- float islands (ops with no integer form, such as Softmax, Sigmoid or HardSwish): dequantized,
+- softmax (over the last axis, output scale 1/256, zero point -128): TFLite Micro's int8 SOFTMAX
+  (gemmlowp exp of the Q5.26 difference from the row maximum, a Q12.19 sum, GetReciprocal),
+  passes/activation_tables.py.
+- pad: a constant Pad keeping its input's quantization, padded with the quantized value (TFLite's PAD).
+- lut (Sigmoid, Tanh, HardSwish): TFLite Micro's int8 LOGISTIC / TANH / HARD_SWISH, evaluated
+  for all 256 inputs by passes/activation_tables.py and looked up.
+- float islands (ops with no integer form, such as a Softmax over another axis, or a Sigmoid whose output is not
+  quantized as TFLite's LOGISTIC requires): dequantized,
   run in float32 by onnx's reference evaluator, quantized as ONNX QuantizeLinear does (ties to
   even). These are not TFLite semantics: TFLite has int8 kernels for them.
 - concat: inputs with the output's quantization are copied, others requantized with a Q31
@@ -33,10 +42,12 @@ import numpy as np
 import onnx
 
 from tvmnas.errors import QuantizationError
+from tvmnas.passes.activation_tables import softmax_rows
 from tvmnas.passes.fixed_point import (
     add_params,
     conv_multipliers,
     mean_multiplier,
+    mul_multiplier,
     multiply_by_quantized_multiplier,
     requantize,
     rescale_multiplier,
@@ -72,6 +83,8 @@ def _windows(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int], d
 
 def _conv(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
     a = op.attrs
+    if x.ndim == 3:  # a 1-D conv, read as a 2-D one over a single row
+        x = x[:, :, None, :]
     xs = x.astype(np.int64) - tin.zero_point
     xs = _pad(xs, a["pads"], 0)
     w = op.weight.astype(np.int64)
@@ -107,6 +120,13 @@ def _add(op: QOp, a: np.ndarray, b: np.ndarray, ta: QTensor, tb: QTensor, tout: 
     return requantize(ra + rb, p["output_multiplier"], p["output_shift"], tout.zero_point, *op.act)
 
 
+def _mul(op: QOp, a: np.ndarray, b: np.ndarray, ta: QTensor, tb: QTensor, tout: QTensor) -> np.ndarray:
+    """TFLite's int8 MUL: (a - zp_a) * (b - zp_b) requantized by in1_scale * in2_scale / out_scale."""
+    m, s = mul_multiplier(ta.scale, tb.scale, tout.scale)
+    product = (a.astype(np.int64) - ta.zero_point) * (b.astype(np.int64) - tb.zero_point)
+    return requantize(product, m, s, tout.zero_point, *op.act)
+
+
 def _same_quant(op: QOp, tin: QTensor, tout: QTensor, what: str) -> None:
     if (tin.scale, tin.zero_point) != (tout.scale, tout.zero_point):
         raise QuantizationError(
@@ -116,6 +136,8 @@ def _same_quant(op: QOp, tin: QTensor, tout: QTensor, what: str) -> None:
 
 def _pool(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
     a = op.attrs
+    if x.ndim == 3:  # a 1-D pool, read as a 2-D one over a single row
+        x = x[:, :, None, :]
     _same_quant(op, tin, tout, "average pool" if op.kind == "avgpool" else "max pool")
     if op.kind == "maxpool":
         xp = _pad(x.astype(np.int64), a["pads"], -(1 << 40))
@@ -196,6 +218,8 @@ def run_op(graph: QGraph, op: QOp, xs: list[np.ndarray]) -> np.ndarray:
         y = _dense(op, xs[0], tin, tout)
     elif op.kind == "add":
         y = _add(op, xs[0], xs[1], tin, t[op.inputs[1]], tout)
+    elif op.kind == "mul":
+        y = _mul(op, xs[0], xs[1], tin, t[op.inputs[1]], tout)
     elif op.kind in ("avgpool", "maxpool"):
         y = _pool(op, xs[0], tin, tout)
     elif op.kind == "mean":
@@ -204,6 +228,12 @@ def run_op(graph: QGraph, op: QOp, xs: list[np.ndarray]) -> np.ndarray:
         y = _requant_copy(xs[0], tin, tout, op.act)
     elif op.kind == "relu":
         y = _requant_copy(xs[0], tin, tout, op.act, always=True)
+    elif op.kind == "softmax":
+        y = softmax_rows(xs[0], op.attrs["exp_table"])
+    elif op.kind == "pad":
+        y = np.pad(xs[0], op.attrs["pads"], constant_values=op.attrs["value"])
+    elif op.kind == "lut":
+        y = op.attrs["table"][xs[0].astype(np.int64) + 128]
     elif op.kind == "float":
         y = _float_island(op, xs, [t[n] for n in op.inputs], tout)
     elif op.kind == "concat":

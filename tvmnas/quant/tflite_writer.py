@@ -34,8 +34,12 @@ def _nhwc(shape: tuple[int, ...]) -> list[int]:
 
 
 class _Builder:
-    def __init__(self) -> None:
+    """Tensors, buffers and operators of one subgraph. With float32, every quantized tensor is
+    written dequantized as float32 (a float model with the same operators and real values)."""
+
+    def __init__(self, float32: bool = False) -> None:
         self.fb = _schema()
+        self.float32 = float32
         self.tensors: list = []
         self.buffers: list = [self.fb.BufferT()]  # buffer 0 is the empty sentinel
         self.opcodes: list[int] = []
@@ -44,6 +48,14 @@ class _Builder:
 
     def tensor(self, name: str, shape: list[int], ttype: int, data: np.ndarray | None = None,
                scale=None, zero_point=None, qdim: int = 0) -> int:
+        if self.float32 and scale is not None:
+            if data is not None:
+                real_shape = [1] * data.ndim
+                if np.size(scale) > 1:
+                    real_shape[qdim] = -1
+                zp = np.asarray(zero_point if zero_point is not None else 0, np.float32).reshape(real_shape if np.size(zero_point) > 1 else ())
+                data = ((data.astype(np.float32) - zp) * np.asarray(scale, np.float32).reshape(real_shape if np.size(scale) > 1 else ())).astype(np.float32)
+            ttype, scale = self.fb.TensorType.FLOAT32, None
         t = self.fb.TensorT()
         t.name = name
         t.shape = [int(d) for d in shape]
@@ -94,7 +106,7 @@ class _Builder:
         m.operatorCodes = codes
         m.subgraphs = [sg]
         m.buffers = self.buffers
-        m.description = "tvmnas int8"
+        m.description = "tvmnas float32" if self.float32 else "tvmnas int8"
         b = flatbuffers.Builder(1024)
         b.Finish(m.Pack(b), file_identifier=b"TFL3")
         return bytes(b.Output())
@@ -119,14 +131,15 @@ def _padding(op: QOp, in_hw: tuple[int, int], out_hw: tuple[int, int], kernel: t
 _ACT = {"NONE": 0, "RELU": 1, "RELU6": 3}
 
 
-def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
-    """The .tflite bytes of an int8 QDQ ONNX model (or of its read :class:`QGraph`).
+def write_tflite(model: str | Path | onnx.ModelProto | QGraph, float32: bool = False) -> bytes:
+    """The .tflite bytes of an int8 QDQ ONNX model (or of its read :class:`QGraph`); with
+    float32, the same network with every tensor dequantized (a float .tflite).
 
     Raises QuantizationError naming the node where TFLite has no equal (a clamp that is not
     NONE/RELU/RELU6, pooling with padding TFLite cannot express, grouped convolution).
     """
     g = model if isinstance(model, QGraph) else read_qdq(model)
-    bld = _Builder()
+    bld = _Builder(float32)
     fb = bld.fb
     BO, OPT, I8 = fb.BuiltinOperator, fb.BuiltinOptions, fb.TensorType.INT8
     t = g.tensors
@@ -163,6 +176,8 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
         x = act_tensor(op.inputs[0])
         if op.kind == "conv":
             a = op.attrs
+            if len(tin.shape) != 4:
+                raise QuantizationError(f"node '{op.name}': a {len(tin.shape) - 2}-D convolution is not written to .tflite")
             o, cig, kh, kw = op.weight.shape
             depthwise = a["group"] == tin.shape[1] and cig == 1 and a["group"] > 1
             if a["group"] != 1 and not depthwise:
@@ -207,12 +222,18 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
             opts = fb.FullyConnectedOptionsT()
             opts.fusedActivationFunction = fused(op)
             bld.op(BO.FULLY_CONNECTED, [x, wt, bt], [act_tensor(op.output)], OPT.FullyConnectedOptions, opts)
+        elif op.kind == "mul":
+            opts = fb.MulOptionsT()
+            opts.fusedActivationFunction = fused(op)
+            bld.op(BO.MUL, [x, act_tensor(op.inputs[1])], [act_tensor(op.output)], OPT.MulOptions, opts)
         elif op.kind == "add":
             opts = fb.AddOptionsT()
             opts.fusedActivationFunction = fused(op)
             bld.op(BO.ADD, [x, act_tensor(op.inputs[1])], [act_tensor(op.output)], OPT.AddOptions, opts)
         elif op.kind in ("avgpool", "maxpool"):
             a = op.attrs
+            if len(tin.shape) != 4:
+                raise QuantizationError(f"node '{op.name}': a 1-D pool is not written to .tflite")
             pad = _padding(op, tin.shape[2:], tout.shape[2:], a["kernel"], a["strides"])
             if pad == "EXPLICIT":
                 raise QuantizationError(f"node '{op.name}': pooling pads {a['pads']} are neither TFLite SAME nor VALID")
@@ -254,6 +275,23 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph) -> bytes:
             if op.activation == "RELU6" and (tin.scale, tin.zero_point) != (tout.scale, tout.zero_point):
                 raise QuantizationError(f"node '{op.name}': ReLU6 changes the quantization; TFLite Micro's int8 RELU6 keeps the input's")
             code = BO.RELU if op.activation == "RELU" else BO.RELU6
+            bld.op(code, [x], [act_tensor(op.output)])
+        elif op.kind == "softmax":
+            if len(tin.shape) == 4:
+                raise QuantizationError(f"node '{op.name}': softmax over NCHW channels is not written to .tflite")
+            opts = fb.SoftmaxOptionsT()
+            opts.beta = 1.0
+            bld.op(BO.SOFTMAX, [x], [act_tensor(op.output)], OPT.SoftmaxOptions, opts)
+        elif op.kind == "pad":
+            if op.attrs["value"] != tout.zero_point:
+                raise QuantizationError(f"node '{op.name}': pads with {op.attrs['value']}, not the zero point; not written")
+            pads = op.attrs["pads"]
+            if len(tin.shape) == 4:
+                pads = [pads[0], pads[2], pads[3], pads[1]]
+            bld.op(BO.PAD, [x, bld.const_i32(f"{op.name}/paddings", [list(p) for p in pads])], [act_tensor(op.output)],
+                   OPT.PadOptions, fb.PadOptionsT())
+        elif op.kind == "lut":
+            code = {"sigmoid": BO.LOGISTIC, "tanh": BO.TANH, "hard_swish": BO.HARD_SWISH}[op.attrs["function"]]
             bld.op(code, [x], [act_tensor(op.output)])
         elif op.kind == "float":
             raise QuantizationError(f"node '{op.name}': {op.attrs['node'].op_type} runs in float between quantized ops; no int8 TFLite op is written for it")

@@ -52,27 +52,25 @@ class LayerCount:
 
 
 def count_module(module: nn.Module, input_shape: tuple[int, ...]) -> LayerCount:
-    """Count MACs (conv, linear; pool window reads count as MACs), parameters after BN folding,
-    and the working set (input + largest leaf output) of `module` on one input of `input_shape`.
+    """Count MACs, parameters after BN folding, and the working set (input + largest leaf output)
+    of `module` on one input of `input_shape` (no batch dimension).
+
+    MACs follow the project's one convention (passes.kernel_macs counts lowered kernels the same
+    way): Conv2d Cout*Hout*Wout*Cin/groups*k*k, Linear in*out per row; pooling counts zero.
     """
     macs = 0
     params = 0
     largest = 0
 
-    def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+    def hook(mod: nn.Module, _inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal macs, params, largest
         if isinstance(mod, nn.Conv2d):
             k = mod.kernel_size[0] * mod.kernel_size[1]
             macs += out.numel() * (mod.in_channels // mod.groups) * k
             params += mod.weight.numel() + mod.out_channels  # bias after folding BN
         elif isinstance(mod, nn.Linear):
-            macs += mod.in_features * mod.out_features
+            macs += out.numel() // mod.out_features * mod.in_features * mod.out_features
             params += mod.weight.numel() + mod.out_features
-        elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
-            ks = mod.kernel_size
-            macs += out.numel() * (ks * ks if isinstance(ks, int) else ks[0] * ks[1])
-        elif isinstance(mod, nn.AdaptiveAvgPool2d):
-            macs += inputs[0].numel()
         if isinstance(out, torch.Tensor) and not list(mod.children()):
             largest = max(largest, out.numel())
 

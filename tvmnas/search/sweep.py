@@ -4,6 +4,7 @@ target's emulator, then the accuracy-vs-cycles Pareto front as JSON and a plot."
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from tvmnas.data.arrays import ArrayDataset
+from tvmnas.executor import Executor, FolderFiles, InlineExecutor, as_finished, pack_folder, unpack_folder
 from tvmnas.search.cost import CostModel, MacCostModel
 from tvmnas.search.search import SearchConfig, search
 from tvmnas.train import TrainConfig, train
@@ -84,8 +86,8 @@ def measure_on_target(model_path: Path, target_name: str, input_shape: tuple[int
                       work_dir: Path) -> dict[str, Any]:
     """Compile the ONNX model to C, build it for the target, profile one call on its emulator."""
     from tvmnas.compiler import compile_model
-    from tvmnas.profiling.profile import profile_elf
-    from tvmnas.runner import build
+    from tvmnas.measure.profile import profile_elf
+    from tvmnas.measure.runner import build
     from tvmnas.targets import load_target
 
     target = load_target(target_name)
@@ -95,6 +97,42 @@ def measure_on_target(model_path: Path, target_name: str, input_shape: tuple[int
     profile = profile_elf(elf, target, [x])
     return {"instructions": profile.instructions, "cycles": profile.cycles,
             "flash_bytes": bundle.manifest["flash_bytes"], "arena_bytes": bundle.manifest["arena_bytes"]}
+
+
+def run_arm(dataset: ArrayDataset, run_dir: Path, lam: float, search_config: SearchConfig,
+            train_config: TrainConfig, cost_model: CostModel, measure: bool, progress: bool) -> SweepPoint:
+    """One lambda: search (run_dir/search), retrain (…/train), measure (…/target) when `measure`;
+    each step resumes from its own checkpoint in run_dir."""
+    config = replace(search_config, cost_weight=float(lam))
+    found = search(dataset, run_dir / "search", config, cost_model=cost_model, progress=progress)
+    trained = train(found.genotype, dataset, run_dir / "train", train_config, progress=progress)
+    m = trained.metrics
+    measured = (measure_on_target(run_dir / "train" / "model.onnx", search_config.target, dataset.input_shape,
+                                  run_dir / "target") if measure else None)
+    return SweepPoint(
+        cost_weight=float(lam),
+        test_accuracy=float(m["test_accuracy"]),
+        cycles=float(measured["cycles"]) if measured else found.cost.cycles,
+        cycles_source=("estimate, emulated on " + search_config.target) if measured else found.cost_unit,
+        instructions=measured["instructions"] if measured else None,
+        macs=int(m["macs"]),
+        param_bytes=int(m["param_bytes"]),
+        flash_bytes=measured["flash_bytes"] if measured else None,
+        arena_bytes=measured["arena_bytes"] if measured else None,
+        budget_ok=found.within_budget,
+        run_dir=str(run_dir),
+    )
+
+
+def _arm_elsewhere(dataset: ArrayDataset, run_files: FolderFiles, lam: float, search_config: SearchConfig,
+                   train_config: TrainConfig, cost_model: CostModel, measure: bool,
+                   progress: bool) -> tuple[SweepPoint, FolderFiles]:
+    """run_arm on a machine that does not see the driver's files: the arm's folder travels both ways."""
+    with tempfile.TemporaryDirectory(prefix="tvmnas-sweep-arm-") as tmp:
+        run_dir = Path(tmp) / "run"
+        unpack_folder(run_dir, run_files)
+        point = run_arm(dataset, run_dir, lam, search_config, train_config, cost_model, measure, progress)
+        return point, pack_folder(run_dir)
 
 
 def sweep(
@@ -107,33 +145,33 @@ def sweep(
     cost_model: CostModel | None = None,
     measure: bool = True,
     progress: bool = False,
+    executor: Executor | None = None,
 ) -> list[SweepPoint]:
-    """For each lambda: search (out_dir/lambda_L/search), retrain (…/train), measure (…/target) when
-    `measure`; write pareto.json and pareto.png. Each step resumes from its own checkpoint."""
+    """For each lambda, run_arm in out_dir/lambda_L; write pareto.json and pareto.png.
+
+    Arms run on `executor` (default: one after another in this process), any number at a time; the
+    points and files come out in the order of `cost_weights` whatever finishes first. On an executor
+    whose workers do not see this machine's files, each arm's folder is sent with it (to resume from
+    its checkpoints) and written back here when the arm finishes.
+    """
     cost_model = cost_model or MacCostModel()
     out_dir = Path(out_dir)
-    points = []
-    for lam in cost_weights:
-        run_dir = out_dir / f"lambda_{lam:g}"
-        config = replace(search_config, cost_weight=float(lam))
-        found = search(dataset, run_dir / "search", config, cost_model=cost_model, progress=progress)
-        trained = train(found.genotype, dataset, run_dir / "train", train_config, progress=progress)
-        m = trained.metrics
-        measured = (measure_on_target(run_dir / "train" / "model.onnx", search_config.target, dataset.input_shape,
-                                      run_dir / "target") if measure else None)
-        points.append(SweepPoint(
-            cost_weight=float(lam),
-            test_accuracy=float(m["test_accuracy"]),
-            cycles=float(measured["cycles"]) if measured else found.cost.cycles,
-            cycles_source=("estimate, emulated on " + search_config.target) if measured else found.cost_unit,
-            instructions=measured["instructions"] if measured else None,
-            macs=int(m["macs"]),
-            param_bytes=int(m["param_bytes"]),
-            flash_bytes=measured["flash_bytes"] if measured else None,
-            arena_bytes=measured["arena_bytes"] if measured else None,
-            budget_ok=found.within_budget,
-            run_dir=str(run_dir),
-        ))
+    run_dirs = [out_dir / f"lambda_{lam:g}" for lam in cost_weights]
+    by_index: dict[int, SweepPoint] = {}
+    with executor if executor is not None else InlineExecutor() as pool:
+        if pool.shares_files:
+            calls = [(dataset, d, lam, search_config, train_config, cost_model, measure, progress)
+                     for d, lam in zip(run_dirs, cost_weights)]
+            for i, fut in as_finished(pool, run_arm, calls):
+                by_index[i] = fut.result()
+        else:
+            calls = [(dataset, pack_folder(d), lam, search_config, train_config, cost_model, measure, progress)
+                     for d, lam in zip(run_dirs, cost_weights)]
+            for i, fut in as_finished(pool, _arm_elsewhere, calls):
+                point, files = fut.result()
+                unpack_folder(run_dirs[i], files)
+                by_index[i] = replace(point, run_dir=str(run_dirs[i]))
+    points = [by_index[i] for i in range(len(run_dirs))]
     front = pareto_front(points)
     (out_dir / "pareto.json").write_text(json.dumps({
         "target": search_config.target, "space": search_config.space, "dataset": dataset.name,

@@ -24,7 +24,7 @@ import numpy as np
 
 from tvmnas.errors import BuildError, EmulatorError
 from tvmnas.targets import BOARD_DIR, Target
-from tvmnas.toolchain import (
+from tvmnas.measure.toolchain import (
     ARM_GCC, ARM_NM, ARM_SIZE, HOST_GCC, QEMU, require_host_compiler, require_tools, run_tool, tool_path,
 )
 
@@ -239,7 +239,7 @@ def write_job(path: Path, inputs: Sequence[np.ndarray], configs: Sequence[int] |
             job.write(x.tobytes())
 
 
-def _read_result(path: Path, what: str) -> tuple[list[int], list[int], list[np.ndarray], list[int]]:
+def read_result(path: Path, what: str) -> tuple[list[int], list[int], list[np.ndarray], list[int]]:
     """Parse a result file into (configs, return codes, instruction counts, outputs)."""
     try:
         data = path.read_bytes()
@@ -277,12 +277,12 @@ def check_exit(code: int, what: str, stderr: str, rcs: Sequence[int]) -> None:
     raise EmulatorError(f"{what}: {reason} (exit status {code})")
 
 
-def qemu_command(elf: Path, target: Target, qemu_extra_args: Sequence[str] = ()) -> list[str]:
-    """The QEMU command line that runs `elf` deterministically (-icount) with semihosting."""
+def qemu_command(elf: Path, machine: str, qemu_extra_args: Sequence[str] = ()) -> list[str]:
+    """The QEMU command line that runs `elf` on `machine` deterministically (-icount) with semihosting."""
     return [
         str(tool_path(QEMU)),
         "-M",
-        target.emulator_machine,
+        machine,
         "-nographic",
         "-monitor",
         "none",
@@ -319,13 +319,13 @@ def run(
     with tempfile.TemporaryDirectory(prefix="tvmnas-run-") as tmp:
         work = Path(tmp)
         write_job(work / JOB_FILE, inputs, configs)
-        cmd = qemu_command(elf, target, qemu_extra_args)
+        cmd = qemu_command(elf, target.emulator_machine, qemu_extra_args)
         try:
             proc = run_tool(cmd, cwd=work, timeout_s=timeout_s)
         except subprocess.TimeoutExpired as err:
             raise EmulatorError(f"{what}: guest hung (no exit within {timeout_s:g} s)") from err
         got_configs, rcs, counts, outputs = (
-            _read_result(work / RESULT_FILE, what) if (work / RESULT_FILE).exists() else ([], [], [], [])
+            read_result(work / RESULT_FILE, what) if (work / RESULT_FILE).exists() else ([], [], [], [])
         )
         check_exit(proc.returncode, what, proc.stderr, rcs)
         if len(outputs) != len(inputs):
@@ -353,7 +353,7 @@ def run_host(
         except subprocess.TimeoutExpired as err:
             raise EmulatorError(f"{what}: hung (no exit within {timeout_s:g} s)") from err
         _, rcs, _, outputs = (
-            _read_result(work / RESULT_FILE, what) if (work / RESULT_FILE).exists() else ([], [], [], [])
+            read_result(work / RESULT_FILE, what) if (work / RESULT_FILE).exists() else ([], [], [], [])
         )
         if proc.returncode < 0:
             raise EmulatorError(f"{what}: killed by signal {-proc.returncode}")

@@ -1,11 +1,12 @@
 """The profile database: measured kernels and candidates in SQLite, keyed so that nothing is measured twice.
 
-A kernel row is keyed by (target, kernel_hash, codegen_version, flags): kernel_hash is the structural
-hash of the lowered kernel (its C text with the function name normalised), codegen_version also
-covers what turns that text into machine code (shared C prelude, compiler version, flags), so a
-change in code generation re-measures exactly the kernels whose code changed. A candidate row (one
-sampled operator, possibly several kernels, e.g. an inverted-residual block) is keyed by
-(target, candidate_key, codegen_version, flags) and holds the block total.
+A kernel row is keyed by (target, precision, kernel_hash, codegen_version, flags): kernel_hash is the
+kernel's identity (passes.kernel_hash: structural hash of its scheduled TIR), precision its number
+format ("float32", "int8"), codegen_version covers what turns it into machine code (its C text, the
+shared C prelude, compiler version, flags), so a change in code generation re-measures exactly the
+kernels whose code changed, and int8 and float32 kernels of one layer never share a row. A candidate
+row (one sampled operator, possibly several kernels, e.g. an inverted-residual block) is keyed by
+(target, precision, candidate_key, codegen_version, flags) and holds the block total.
 
 Writes are atomic per candidate (its new kernels and its row in one transaction), the journal is
 WAL, so a process killed at any moment leaves every finished candidate in place and nothing half
@@ -22,7 +23,7 @@ from typing import Iterable
 
 from tvmnas.errors import ProfileDatabaseError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: precision in the keys, kernel_hash the TIR structural hash
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -31,6 +32,7 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 CREATE TABLE IF NOT EXISTS kernels (
     target TEXT NOT NULL,
+    precision TEXT NOT NULL,
     kernel_hash TEXT NOT NULL,
     codegen_version TEXT NOT NULL,
     flags TEXT NOT NULL,
@@ -41,10 +43,11 @@ CREATE TABLE IF NOT EXISTS kernels (
     instructions INTEGER NOT NULL,
     cycles INTEGER NOT NULL,
     c_text TEXT NOT NULL,
-    PRIMARY KEY (target, kernel_hash, codegen_version, flags)
+    PRIMARY KEY (target, precision, kernel_hash, codegen_version, flags)
 );
 CREATE TABLE IF NOT EXISTS candidates (
     target TEXT NOT NULL,
+    precision TEXT NOT NULL,
     candidate_key TEXT NOT NULL,
     codegen_version TEXT NOT NULL,
     flags TEXT NOT NULL,
@@ -54,7 +57,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     macs INTEGER NOT NULL,
     instructions INTEGER NOT NULL,
     cycles INTEGER NOT NULL,
-    PRIMARY KEY (target, candidate_key, codegen_version, flags)
+    PRIMARY KEY (target, precision, candidate_key, codegen_version, flags)
 );
 """
 
@@ -64,6 +67,7 @@ class KernelKey:
     """What identifies one measurement of one kernel."""
 
     target: str
+    precision: str
     kernel_hash: str
     codegen_version: str
     flags: str
@@ -74,6 +78,7 @@ class KernelRow:
     """One measured kernel: exact instructions and estimated cycles, with the candidate that first needed it."""
 
     target: str
+    precision: str
     kernel_hash: str
     codegen_version: str
     flags: str
@@ -87,7 +92,7 @@ class KernelRow:
 
     @property
     def key(self) -> KernelKey:
-        return KernelKey(self.target, self.kernel_hash, self.codegen_version, self.flags)
+        return KernelKey(self.target, self.precision, self.kernel_hash, self.codegen_version, self.flags)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class CandidateRow:
     """One sampled operator: its kernels ([index, name, kernel_hash] in call order) and their totals."""
 
     target: str
+    precision: str
     candidate_key: str
     codegen_version: str
     flags: str
@@ -156,7 +162,8 @@ class ProfileDB:
         if str(row[0]) != str(SCHEMA_VERSION):
             self._conn.close()
             raise ProfileDatabaseError(
-                f"profile database {self.path} has schema version {row[0]}, this tvmnas reads {SCHEMA_VERSION}"
+                f"profile database {self.path} has schema version {row[0]}, this tvmnas reads {SCHEMA_VERSION}: "
+                f"profile into a new file"
             )
 
     def close(self) -> None:
@@ -173,16 +180,18 @@ class ProfileDB:
         """The stored row for `key`, or None when that kernel was never measured with that code."""
         row = self._conn.execute(
             f"SELECT {', '.join(_KERNEL_COLUMNS)} FROM kernels "
-            "WHERE target = ? AND kernel_hash = ? AND codegen_version = ? AND flags = ?",
-            (key.target, key.kernel_hash, key.codegen_version, key.flags),
+            "WHERE target = ? AND precision = ? AND kernel_hash = ? AND codegen_version = ? AND flags = ?",
+            (key.target, key.precision, key.kernel_hash, key.codegen_version, key.flags),
         ).fetchone()
         return KernelRow(*row) if row else None
 
-    def has_candidate(self, target: str, candidate_key: str, codegen_version: str, flags: str) -> bool:
-        """Whether this candidate was recorded with exactly this code and these flags."""
+    def has_candidate(self, target: str, precision: str, candidate_key: str, codegen_version: str,
+                      flags: str) -> bool:
+        """Whether this candidate was recorded in this precision with exactly this code and these flags."""
         row = self._conn.execute(
-            "SELECT 1 FROM candidates WHERE target = ? AND candidate_key = ? AND codegen_version = ? AND flags = ?",
-            (target, candidate_key, codegen_version, flags),
+            "SELECT 1 FROM candidates WHERE target = ? AND precision = ? AND candidate_key = ? "
+            "AND codegen_version = ? AND flags = ?",
+            (target, precision, candidate_key, codegen_version, flags),
         ).fetchone()
         return row is not None
 
@@ -220,7 +229,7 @@ class ProfileDB:
         where, args = ("WHERE target = ?", (target,)) if target else ("", ())
         rows = self._conn.execute(
             f"SELECT {', '.join(_KERNEL_COLUMNS)} FROM kernels {where} "
-            "ORDER BY target, kernel_hash, codegen_version, flags",
+            "ORDER BY target, precision, kernel_hash, codegen_version, flags",
             args,
         ).fetchall()
         return [KernelRow(*r) for r in rows]
@@ -230,7 +239,7 @@ class ProfileDB:
         where, args = ("WHERE target = ?", (target,)) if target else ("", ())
         rows = self._conn.execute(
             f"SELECT {', '.join(_CANDIDATE_COLUMNS)} FROM candidates {where} "
-            "ORDER BY target, candidate_key, codegen_version, flags",
+            "ORDER BY target, precision, candidate_key, codegen_version, flags",
             args,
         ).fetchall()
         return [CandidateRow(*r) for r in rows]

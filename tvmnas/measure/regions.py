@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tvmnas.errors import BuildError
-from tvmnas.toolchain import run_tool, tool_path
+from tvmnas.measure.toolchain import run_tool, tool_path
 
 ARM_OBJDUMP = "arm-none-eabi-objdump"
 FLASH_SECTIONS = (".vectors", ".text", ".rodata", ".ARM.extab", ".ARM.exidx")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import tvmnas.targets
 from tvmnas.errors import UnknownTargetError
-from tvmnas.profiling.blocks import PREAMBLE, Block, BlockProfile, Insn
+from tvmnas.measure.blocks import PREAMBLE, Block, BlockProfile, Insn
 
 TIMING_DIR = Path(tvmnas.targets.__file__).resolve().parent / "timing"
 

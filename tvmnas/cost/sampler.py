@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from tvmnas.search.cost import count_module
 from tvmnas.search.ops import OPS, InvertedResidual
 
 RESOLUTIONS: tuple[int, ...] = (4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64)
@@ -175,26 +176,9 @@ OP_BUILDERS: dict[str, Callable[[OpSpec], nn.Module]] = {
 
 
 def spec_macs(spec: OpSpec) -> int:
-    """Multiply-accumulates of the op from its shapes (conv: Cout*Hout*Wout*Cin/groups*k*k; linear: in*out)."""
-    ro2 = spec.out_resolution ** 2
-    k2 = spec.kernel * spec.kernel
-    if spec.op == "conv":
-        return spec.c_out * ro2 * spec.c_in * k2
-    if spec.op == "depthwise":
-        return spec.c_in * ro2 * k2
-    if spec.op == "pointwise":
-        return spec.c_out * ro2 * spec.c_in
-    if spec.op == "linear":
-        return spec.c_in * spec.c_out
-    if spec.op == "inverted_residual":
-        mid = spec.c_in * spec.expand
-        expand = mid * spec.resolution ** 2 * spec.c_in if spec.expand != 1 else 0
-        return expand + mid * ro2 * k2 + spec.c_out * ro2 * mid
-    if spec.op == "dil_conv":
-        return spec.c_in * ro2 * k2 + spec.c_in * ro2 * spec.c_in
-    if spec.op == "sep_conv":
-        return 2 * (spec.c_in * ro2 * k2 + spec.c_in * ro2 * spec.c_in)
-    return 0
+    """Multiply-accumulates of the op: search.cost.count_module on the op built (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        return count_module(OP_BUILDERS[spec.op](spec), spec.input_shape[1:]).macs
 
 
 def _draw(op: str, rng: random.Random) -> OpSpec:
@@ -242,9 +226,9 @@ def sample_ops(
         attempts += 1
         if attempts > 1000 * max(count, 1):
             raise ValueError(f"cannot draw {count} distinct candidates under the caps (got {len(specs)})")
-        if spec.key in seen or spec_macs(spec) > max_macs or spec.activation_bytes() > max_activation_bytes:
+        if spec.key in seen or spec.activation_bytes() > max_activation_bytes or weight_count(spec) > max_weight_count:
             continue
-        if weight_count(spec) > max_weight_count:
+        if spec_macs(spec) > max_macs:  # last: the only check that builds the op
             continue
         seen.add(spec.key)
         specs.append(spec)
