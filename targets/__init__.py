@@ -54,6 +54,7 @@ class Target:
     timing_table: str
     opt_flags: tuple[str, ...] = field(default=("-O3",))
     dsp: bool = False  # the DSP extension (SMLAD, SXTB16): int8 conv/dense use SIMD micro-kernels
+    calibrated_from: str = ""  # "N kernels measured on BOARD" for a target calibrated from a board
 
     @property
     def linker_script(self) -> Path:
@@ -90,10 +91,11 @@ _TYPES: dict[str, type] = {
     "sram_bytes": int,
     "timing_table": str,
     "dsp": bool,
+    "calibrated_from": str,
 }
 
 
-def parse_descriptor(path: Path) -> Target:
+def parse_descriptor(path: Path, expected_name: str | None = None) -> Target:
     """Validate one descriptor file strictly and build its Target."""
     try:
         raw = json.loads(path.read_text())
@@ -105,7 +107,7 @@ def parse_descriptor(path: Path) -> Target:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise TargetDescriptorError(f"target descriptor {path}: unknown keys {unknown}")
-    missing = sorted(k for k in known - set(raw) if k not in ("opt_flags", "dsp"))
+    missing = sorted(k for k in known - set(raw) if k not in ("opt_flags", "dsp", "calibrated_from"))
     if missing:
         raise TargetDescriptorError(f"target descriptor {path}: missing keys {missing}")
     for key, value in raw.items():
@@ -121,7 +123,7 @@ def parse_descriptor(path: Path) -> Target:
         raise TargetDescriptorError(
             f"target descriptor {path}: counter '{raw['counter']}' is not one of {list(COUNTERS)}"
         )
-    if raw["name"] != path.stem:
+    if raw["name"] != (expected_name or path.stem):
         raise TargetDescriptorError(f"target descriptor {path}: name '{raw['name']}' differs from the file name")
     values = dict(raw)
     values["cflags"] = tuple(raw["cflags"])
@@ -141,9 +143,17 @@ def list_targets() -> list[Target]:
 
 
 def load_target(name: str) -> Target:
-    """The target called `name`; UnknownTargetError lists the known names otherwise."""
+    """The target called `name`: a shipped one, else a user target (tvmnas.board.user_targets,
+    e.g. one calibrated from a board); UnknownTargetError lists the known names otherwise."""
     targets = _all_targets()
     if name not in targets:
+        from tvmnas.board.user_targets import DESCRIPTOR, user_file, user_target_names
+
+        path = user_file(name, DESCRIPTOR)
+        if path is not None:
+            target = parse_descriptor(path, expected_name=name)
+            return target
+        targets = {**targets, **{n: None for n in user_target_names()}}
         raise UnknownTargetError(f"unknown target '{name}' (known: {', '.join(targets)})")
     return targets[name]
 

@@ -277,7 +277,8 @@ def _learned_cost_model(target: Target) -> tuple[CostModel, str] | None:
     # not trained here, so its parameters are frozen and the table holds plain values.
     model.mlp.requires_grad_(False)
     return model, (f"learned cost model '{model.name}' (file digest {model.digest}; {model.unit}: an MLP distilled "
-                   f"from an XGBoost surrogate of kernels profiled on the emulated {target.core})")
+                   f"from an XGBoost surrogate of kernels profiled on the emulated {target.core}"
+                   + (f", cycles calibrated from {target.calibrated_from}" if target.calibrated_from else "") + ")")
 
 
 # ---------------------------------------------------------------------------------------------- stages

@@ -263,6 +263,13 @@ def plot_architecture(genotype: Genotype, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- report
 
 
+def cycles_basis(target: dict[str, Any]) -> str:
+    """How a report's cycle figures were obtained: 'estimate', or 'calibrated from N kernels
+    measured on BOARD' for a target calibrated from a board (tvmnas cost calibrate)."""
+    note = target.get("calibrated_from") or ""
+    return f"calibrated from {note}" if note else "estimate"
+
+
 def _kib(n: int) -> str:
     return f"{n:,} B ({n / KIB:,.1f} KiB)"
 
@@ -294,9 +301,9 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[Block]:
             _agreement_row(verify, int8),
             ("instructions per inference", f"{prof['instructions']:,}",
              f"exact, counted on QEMU {tgt['emulator_machine']} (-icount)"),
-            ("cycles per inference", f"~{prof['cycles']:,} (estimate)",
+            ("cycles per inference", f"~{prof['cycles']:,} ({cycles_basis(tgt)})",
              f"{prof['core']} timing table applied to the executed instructions; not a board measurement"),
-            ("latency at the board's clock", f"~{latency_ms:.2f} ms (estimate)",
+            ("latency at the board's clock", f"~{latency_ms:.2f} ms ({cycles_basis(tgt)})",
              f"estimated cycles / {clock_mhz:g} MHz"),
             ("multiply-accumulates", f"{macs:,}",
              f"exact count; ~{prof['cycles'] / max(macs, 1):.1f} estimated cycles per MAC"),
@@ -338,9 +345,12 @@ def _blocks(summary: dict[str, Any], plots: dict[str, str]) -> list[Block]:
             "Instruction counts are exact: the generated C is built with arm-none-eabi-gcc "
             f"({' '.join(tgt['cflags'] + tgt['opt_flags'])}) and run on QEMU {tgt['emulator_machine']} with "
             "-icount; the counts cover `model_run` alone.",
-            f"Cycles are an **estimate**: a per-core timing table ({prof['core']}) applied to the executed "
-            "instruction stream. Flash wait states, caches, bus contention and FP result latencies are not "
-            "modelled: expect tens of percent of error against a real board; use the figures to rank.",
+            (f"Cycles: a timing table {cycles_basis(tgt)} (fitted per instruction class, flash reads "
+             "included) applied to the executed instruction stream; kernels unlike the calibration set "
+             "can still be off." if tgt.get("calibrated_from") else
+             f"Cycles are an **estimate**: a per-core timing table ({prof['core']}) applied to the executed "
+             "instruction stream. Flash wait states, caches, bus contention and FP result latencies are not "
+             "modelled: expect tens of percent of error against a real board; use the figures to rank."),
             "Latency = estimated cycles / board clock, so it is an estimate too.",
             "Flash and SRAM are read from the linked ELF's sections and symbols (test firmware: model, harness, "
             "C library); the emulator itself does not enforce the board's budget.",

@@ -74,4 +74,18 @@ char *qemu_plugin_insn_disas(const struct qemu_plugin_insn *insn);
 
 void qemu_plugin_outs(const char *string);
 
+/* Memory access callbacks (per guest load/store access of an instrumented instruction). */
+typedef uint32_t qemu_plugin_meminfo_t;
+enum qemu_plugin_mem_rw {
+    QEMU_PLUGIN_MEM_R = 1,
+    QEMU_PLUGIN_MEM_W,
+    QEMU_PLUGIN_MEM_RW,
+};
+typedef void (*qemu_plugin_vcpu_mem_cb_t)(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
+                                          uint64_t vaddr, void *userdata);
+void qemu_plugin_register_vcpu_mem_cb(struct qemu_plugin_insn *insn, qemu_plugin_vcpu_mem_cb_t cb,
+                                      enum qemu_plugin_cb_flags flags, enum qemu_plugin_mem_rw rw,
+                                      void *userdata);
+bool qemu_plugin_mem_is_store(qemu_plugin_meminfo_t info);
+
 #endif /* TVMNAS_QEMU_PLUGIN_API_H */

@@ -16,6 +16,10 @@
  * is ignored. Blocks starting in a skip range [LO, HI) - interrupt handlers
  * whose work the measurement leaves out - are neither counted nor change the
  * taken/not-taken state of the interrupted block (up to 16 ranges).
+ * With region=LO:HI, every data read from [LO, HI) (the firmware's flash:
+ * code, literal pools and .rodata weights) is counted per block and segment,
+ * one per memory access (an LDM of four registers is four reads); the profile
+ * then adds "reads" records. Without it no memory callback is installed.
  * The profile is written to FILE when the window closes (cumulative over all
  * windows) and again at QEMU exit. Format, one record per line:
  *   tvmnas-profile 1
@@ -24,6 +28,7 @@
  *   block ID PC END N          (END = address after its last instruction)
  *   insn VADDR SIZE DISASSEMBLY
  *   count ID KEY EXECUTIONS TAKEN
+ *   reads ID KEY REGION_READS  (only with region=, only where non-zero)
  *
  * Limit: a block counts as executed when it starts; a block abandoned midway
  * (a fault, or an I/O access that makes -icount retranslate it) is counted
@@ -61,6 +66,7 @@ typedef struct {
     int32_t seg;
     uint64_t exec;
     uint64_t taken;
+    uint64_t region_reads;
 } Slot;
 
 typedef struct {
@@ -73,6 +79,7 @@ static char *out_path;
 #define MAX_SKIP 16
 static uint64_t skip_lo[MAX_SKIP], skip_hi[MAX_SKIP];
 static int n_skip;
+static uint64_t region_lo, region_hi; /* region_hi == 0: no region counting */
 
 #define BLOCK_HASH 65536u
 static Block *block_hash[BLOCK_HASH];
@@ -211,7 +218,7 @@ static uint32_t slot_for(Block *b, int seg)
             slots = xrealloc(slots, cap_slots * sizeof(*slots));
         }
         idx = n_slots++;
-        slots[idx] = (Slot){.block = b->id, .seg = seg, .exec = 0, .taken = 0};
+        slots[idx] = (Slot){.block = b->id, .seg = seg, .exec = 0, .taken = 0, .region_reads = 0};
         if (2 * n_slots > slot_hash_cap) {
             free(slot_hash);
             slot_hash_cap = slot_hash_cap ? 2 * slot_hash_cap : 8192;
@@ -268,6 +275,11 @@ static void write_profile(void)
     for (uint32_t i = 0; i < n_slots; i++) {
         fprintf(f, "count %u %d %" PRIu64 " %" PRIu64 "\n", slots[i].block, slots[i].seg,
                 slots[i].exec, slots[i].taken);
+    }
+    for (uint32_t i = 0; i < n_slots; i++) {
+        if (slots[i].region_reads) {
+            fprintf(f, "reads %u %d %" PRIu64 "\n", slots[i].block, slots[i].seg, slots[i].region_reads);
+        }
     }
     free(used);
     fclose(f);
@@ -328,6 +340,17 @@ static void vcpu_tb_exec(unsigned int vcpu_index, void *udata)
     }
 }
 
+/* A data access by an instruction of block `udata`: a read in the region is counted. (QEMU 7.2
+ * delivers no loads to a callback registered for reads alone, so it registers for both.) */
+static void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vaddr, void *udata)
+{
+    (void)vcpu_index;
+    Block *b = udata;
+    if (active && !qemu_plugin_mem_is_store(info) && vaddr >= region_lo && vaddr < region_hi) {
+        slots[slot_for(b, cur_seg)].region_reads++;
+    }
+}
+
 static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
     (void)id;
@@ -344,7 +367,14 @@ static void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     size_t lo = 0;
     for (size_t i = 1; i <= n; i++) {
         if (i == n || marker_at(qemu_plugin_insn_vaddr(qemu_plugin_tb_get_insn(tb, i)))) {
-            rec->blocks[rec->n++] = block_for(tb, lo, i);
+            Block *b = block_for(tb, lo, i);
+            rec->blocks[rec->n++] = b;
+            if (region_hi && !b->skip) {
+                for (size_t j = lo; j < i; j++) {
+                    qemu_plugin_register_vcpu_mem_cb(qemu_plugin_tb_get_insn(tb, j), vcpu_mem,
+                                                     QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_MEM_RW, b);
+                }
+            }
             lo = i;
         }
     }
@@ -410,6 +440,8 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
         } else if (k == 4 && !strncmp(a, "skip", 4)) {
             bad = n_skip == MAX_SKIP || parse_range(v, &skip_lo[n_skip], &skip_hi[n_skip]);
             n_skip += !bad;
+        } else if (k == 6 && !strncmp(a, "region", 6)) {
+            bad = parse_range(v, &region_lo, &region_hi);
         } else if (k == 3 && !strncmp(a, "out", 3)) {
             out_path = strdup(v);
         } else {

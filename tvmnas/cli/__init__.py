@@ -13,3 +13,4 @@ from tvmnas.cli import pipeline  # noqa: F401,E402
 from tvmnas.cli import profile  # noqa: F401,E402
 from tvmnas.cli import dynamic  # noqa: F401,E402
 from tvmnas.cli import cost  # noqa: F401,E402
+from tvmnas.cli import board  # noqa: F401,E402

@@ -59,4 +59,7 @@ def predict_command(
 
     model_surrogate = CostSurrogate.load(surrogate, tgt.name) if surrogate else load_surrogate(tgt.name)
     print(f"predicting {model} on {tgt.name} with the surrogate ...", file=sys.stderr)
-    print(json.dumps(predict_model_json(model, model_surrogate, optimize=optimize)))
+    prediction = predict_model_json(model, model_surrogate, optimize=optimize)
+    if tgt.calibrated_from and not surrogate:
+        prediction["cycles_are"] = f"calibrated from {tgt.calibrated_from}"
+    print(json.dumps(prediction))

@@ -30,6 +30,15 @@ def profile_command(
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before the guest counts as hung."),
     optimize: str = typer.Option("speed", "--optimize",
                                  help="Kernels as `tvmnas compile --optimize` builds them: speed or size."),
+    board_firmware: Optional[Path] = typer.Option(
+        None, "--board-firmware", help="Write a firmware project timing each kernel on a real board (new folder) "
+        "instead of profiling on the emulator."),
+    weights_in: str = typer.Option("flash", "--weights-in", help="Board firmware: weights in 'flash' or 'ram'."),
+    arena_section: str = typer.Option(".bss.tvmnas_arena", "--arena-section", help="Board firmware: the arena's section."),
+    arena_memory: Optional[str] = typer.Option(None, "--arena-memory",
+                                               help="Board firmware: ORIGIN:LENGTH of a memory of its own for the arena."),
+    flash: Optional[str] = typer.Option(None, "--flash", help="Board firmware: ORIGIN:LENGTH of the board's flash."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="Board firmware: ORIGIN:LENGTH of the board's RAM."),
 ) -> None:
     """Time every fused kernel of a network in one emulator run: instructions (exact) and cycles (estimated)."""
     from tvmnas.model_file import check_model_file
@@ -37,10 +46,19 @@ def profile_command(
 
     tgt = load_target(target)
     check_model_file(model)
+    if board_firmware is not None:
+        from tvmnas.cli.board import placement_from, write_profile_firmware
+
+        placement = placement_from(weights_in, arena_section, arena_memory, flash, ram)
+        print(f"writing the timing firmware of {model} for {tgt.name} boards to {board_firmware} ...", file=sys.stderr)
+        print(json.dumps(write_profile_firmware(model, tgt.name, board_firmware, placement, optimize)))
+        return
     from tvmnas.measure.profiler import profile_network_json
 
     print(f"profiling {model} on {tgt.name} ({tgt.emulator_machine}) ...", file=sys.stderr)
     report = profile_network_json(model, tgt, timeout_s=timeout_s, optimize=optimize)
+    if tgt.calibrated_from:
+        report["cycles_note"] = f"timing table calibrated from {tgt.calibrated_from}"
     print(json.dumps(report))
 
 

@@ -17,8 +17,12 @@ from tvmnas.targets import list_targets
 def targets_command(
     as_json: bool = typer.Option(False, "--json", help="Print the descriptors as JSON instead of a table."),
 ) -> None:
-    """List targets: core, emulator machine, real board, clock, flash and SRAM budgets."""
-    targets = list_targets()
+    """List targets: core, emulator machine, real board, clock, flash and SRAM budgets (calibrated
+    user targets from ~/.tvmnas/targets or $TVMNAS_TARGETS_DIR last)."""
+    from tvmnas.board.user_targets import user_target_names
+    from tvmnas.targets import load_target
+
+    targets = list_targets() + [load_target(n) for n in user_target_names()]
     if as_json:
         print(json.dumps([dataclasses.asdict(t) for t in targets], indent=2))
         return

@@ -190,6 +190,10 @@ class DistilledCostModel:
         """The pre-distilled model for `target` from the package data (with its surrogate)."""
         path = DATA_DIR / f"distilled-{target}.pt"
         if not path.is_file():
+            from tvmnas.board.user_targets import DISTILLED, user_file
+
+            path = user_file(target, DISTILLED) or path
+        if not path.is_file():
             raise CostModelError(f"no distilled cost model shipped for target {target}; run scripts/fit_cost_models.py")
         return cls.load(path, surrogate=load_surrogate(target), exact=exact)
 

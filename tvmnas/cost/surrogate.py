@@ -160,8 +160,12 @@ def shipped_targets() -> list[str]:
 
 
 def load_surrogate(target: str) -> CostSurrogate:
-    """The pre-fitted surrogate shipped for `target`."""
+    """The pre-fitted surrogate shipped for `target` (or refitted for a calibrated user target)."""
     path = DATA_DIR / f"surrogate-{target}.json.gz"
+    if not path.is_file():
+        from tvmnas.board.user_targets import SURROGATE, user_file
+
+        path = user_file(target, SURROGATE) or path
     if not path.is_file():
         have = ", ".join(shipped_targets()) or "none"
         raise CostModelError(f"no pre-fitted cost surrogate for target {target} (shipped: {have}); "

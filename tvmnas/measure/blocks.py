@@ -59,6 +59,7 @@ class BlockCount:
     segment: int
     executions: int
     taken: int
+    region_reads: int = 0  # data reads from the plugin's region= range (flash), when it was given
 
 
 @dataclass
@@ -103,6 +104,10 @@ class BlockProfile:
         """Exact instructions executed in a segment (None: all) of a window (None: all windows)."""
         return sum(c.executions * self.blocks[c.block].n_insns for c in self._select(segment, window))
 
+    def region_reads(self, segment: int | None = None, window: int | None = None) -> int:
+        """Data reads from the plugin's region (the firmware's flash); 0 when it was not counted."""
+        return sum(c.region_reads for c in self._select(segment, window))
+
     def taken_branches(self, segment: int | None = None, window: int | None = None) -> int:
         """Number of block exits through a taken branch (calls and returns included)."""
         return sum(c.taken for c in self._select(segment, window))
@@ -118,6 +123,7 @@ def parse_block_profile(path: Path) -> BlockProfile:
         raise EmulatorError(f"{path} is not a tvmnas block profile (first line {lines[:1]!r})")
     profile: BlockProfile | None = None
     keys: dict[int, tuple[int, int]] = {}
+    count_at: dict[tuple[int, int], int] = {}
     current: list[Insn] = []
     pending: tuple[int, int, int, int] | None = None
 
@@ -157,6 +163,12 @@ def parse_block_profile(path: Path) -> BlockProfile:
                 assert profile is not None
                 win, idx = keys[key]
                 profile.counts.append(BlockCount(bid, win, idx, execs, taken))
+                count_at[(bid, key)] = len(profile.counts) - 1
+            elif kind == "reads":
+                bid, key, reads = (int(x) for x in rest.split())
+                assert profile is not None
+                at = count_at[(bid, key)]
+                profile.counts[at] = replace(profile.counts[at], region_reads=reads)
             elif line.strip():
                 raise ValueError(f"unknown record {kind!r}")
         except (ValueError, IndexError, KeyError) as exc:

@@ -244,6 +244,7 @@ class TimingTable:
     unknown_cycles: float = 1.0
     loop_end_penalty: float | None = None
     references: dict[str, str] = field(default_factory=dict)
+    flash_read_cycles: float = 0.0  # per data read from flash (a table calibrated on a board)
 
     def cost(self, insn: Insn, cls: str) -> float:
         base = self.classes.get(cls, self.unknown_cycles)
@@ -271,6 +272,7 @@ def timing_table_from_dict(data: dict) -> TimingTable:
         unknown_cycles=float(data.get("unknown_cycles", 1.0)),
         loop_end_penalty=float(data["loop_end_taken_penalty"]["cycles"]) if "loop_end_taken_penalty" in data else None,
         references=refs,
+        flash_read_cycles=float(((data.get("memory_regions") or {}).get("flash_read") or {}).get("cycles", 0.0)),
     )
 
 
@@ -281,8 +283,13 @@ def available_cores() -> list[str]:
 
 @lru_cache(maxsize=None)
 def load_timing_table(core: str) -> TimingTable:
-    """The timing table of a core such as 'cortex-m4'; UnknownTargetError if there is none."""
+    """The timing table of a core such as 'cortex-m4' (or of a user target calibrated from a
+    board, tvmnas.board.user_targets); UnknownTargetError if there is none."""
     path = TIMING_DIR / f"{core}.json"
+    if not path.is_file():
+        from tvmnas.board.user_targets import TIMING, user_file
+
+        path = user_file(core, TIMING) or path
     if not path.is_file():
         raise UnknownTargetError(f"no timing table for core '{core}' (have: {', '.join(available_cores())})")
     return timing_table_from_dict(json.loads(path.read_text()))
@@ -339,7 +346,8 @@ def _segment_cycles(profile: BlockProfile, table: TimingTable) -> dict[int, floa
     out: dict[int, float] = {seg: 0.0 for seg in profile.segments()}
     penalty = {bid: taken_penalty(b, table) for bid, b in profile.blocks.items()}
     for c in profile.counts:
-        out[c.segment] = out.get(c.segment, 0.0) + c.executions * per_block[c.block] + c.taken * penalty[c.block]
+        out[c.segment] = (out.get(c.segment, 0.0) + c.executions * per_block[c.block] + c.taken * penalty[c.block]
+                          + c.region_reads * table.flash_read_cycles)
     return out
 
 

@@ -107,12 +107,14 @@ def _qemu_opt_value(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def qemu_plugin_args(plugin_so: Path, elf: Path, out_file: Path) -> list[str]:
+def qemu_plugin_args(plugin_so: Path, elf: Path, out_file: Path,
+                     region: tuple[int, int] | None = None) -> list[str]:
     """QEMU arguments that load the plugin for this ELF's window and kernel-mark functions.
 
     The ELF must define tvmnas_window_begin and tvmnas_window_end; tvmnas_kernel_mark is optional
     (without it the whole window is one preamble segment and no kernels are reported). Exception
     handlers (*_Handler symbols) are skipped, so an interrupt inside the window adds nothing.
+    region=(lo, hi) also counts data reads from [lo, hi) (tvmnas.board.regions.flash_region).
     """
     symbols = elf_symbols(elf)
     missing = [name for name in (WINDOW_BEGIN, WINDOW_END) if name not in symbols]
@@ -126,5 +128,7 @@ def qemu_plugin_args(plugin_so: Path, elf: Path, out_file: Path) -> list[str]:
     if KERNEL_MARK in symbols:
         opts.append(f"mark={symbols[KERNEL_MARK]:#x}")
     opts += [f"skip={lo:#x}:{hi:#x}" for lo, hi in handler_ranges(elf)[:MAX_SKIP_RANGES]]
+    if region is not None:
+        opts.append(f"region={region[0]:#x}:{region[1]:#x}")
     opts.append("out=" + _qemu_opt_value(str(Path(out_file).resolve())))
     return ["-plugin", ",".join(opts)]

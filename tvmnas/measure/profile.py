@@ -126,6 +126,15 @@ def timing_table_for(target: Target) -> TimingTable:
     return load_timing_table(Path(target.timing_table).stem)
 
 
+def flash_region_for(elf: Path, target: Target) -> tuple[int, int] | None:
+    """The ELF's flash region where the target's table prices flash reads (a calibrated table), else None."""
+    if not timing_table_for(target).flash_read_cycles:
+        return None
+    from tvmnas.measure.regions import flash_region
+
+    return flash_region(elf)
+
+
 def _open_segment(profile_path: Path) -> int | None:
     """Kernel index running when QEMU stopped (last segment of the open window), None if unknown."""
     if not profile_path.is_file():
@@ -180,7 +189,8 @@ def profile_elf(
         work = Path(tmp)
         out = work / "profile.txt"
         write_job(work / JOB_FILE, inputs, configs)
-        with tool_process(qemu_command(elf, target.emulator_machine, qemu_plugin_args(plugin_so, elf, out)),
+        plugin_args = qemu_plugin_args(plugin_so, elf, out, region=flash_region_for(elf, target))
+        with tool_process(qemu_command(elf, target.emulator_machine, plugin_args),
                           cwd=work) as proc:
             try:
                 _, stderr = proc.communicate(timeout=timeout_s)
