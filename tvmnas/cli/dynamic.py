@@ -60,6 +60,10 @@ def select_command(
     cost_model: str = typer.Option("auto", "--cost-model", help="auto (surrogate if shipped for the target), surrogate, mac."),
     finetune_epochs: int = typer.Option(0, "--finetune-epochs", min=0,
                                         help="Then train the shared weights this many epochs on the K chosen only."),
+    jobs: Optional[int] = options.jobs(help="Sub-networks evaluated at a time (default: 1 with --executor local; "
+                                       "every CPU of the cluster with --executor ray)."),
+    executor: str = options.executor(),
+    ray_address: Optional[str] = options.ray_address(),
 ) -> None:
     """Pick K sub-networks along the held-out accuracy / cost Pareto front; prints them as JSON."""
     from tvmnas.output_dir import check_out_path
@@ -77,10 +81,11 @@ def select_command(
     data = load_dataset(source["name"], root=root, limit_train=source.get("limit_train"),
                         limit_test=source.get("limit_test"))
     tgt = load_target(target)
+    pool = options.make_fanout_executor(executor, jobs, ray_address)
     print(f"evaluating {candidates} sub-networks for {tgt.name} ...", file=sys.stderr)
     sel = select_subnets(net, data, tgt, out, k=k, candidates=candidates, holdout=settings.get("holdout", 300),
                          seed=settings.get("seed", 0), cost_model=cost_model, finetune_epochs=finetune_epochs,
-                         train_config=SupernetTrainConfig(**settings) if settings else None)
+                         train_config=SupernetTrainConfig(**settings) if settings else None, executor=pool)
     print(json.dumps({"out": str(out), "cost_model": sel["cost_model"], "cost_unit": sel["cost_unit"],
                       "configs": [{"index": c["index"], "holdout_acc": c["holdout_acc"], "cycles": c["cycles"]}
                                   for c in sel["configs"]]}))

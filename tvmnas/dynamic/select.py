@@ -31,12 +31,14 @@ from tvmnas.dynamic.train import (
     split,
 )
 from tvmnas.errors import CostModelError, ModelLoadError, TvmnasError
+from tvmnas.executor import Executor, InlineExecutor, as_finished
 from tvmnas.output_dir import staged_output
 from tvmnas.search.cost import count_module
 from tvmnas.targets import Target
 
 SELECTION_FILE = "selection.json"
 COST_MODELS = ("auto", "surrogate", "mac")
+RECALIBRATION_BATCH = 64  # examples per BatchNorm recalibration batch
 
 
 @dataclass(frozen=True)
@@ -129,22 +131,44 @@ def choose_nested(cands: list[Candidate], k: int, anchor: SubnetConfig) -> list[
 def held_out_accuracy(net: DynamicSupernet, config: SubnetConfig, calib_x: np.ndarray, holdout_x: np.ndarray,
                       holdout_y: np.ndarray, calibration_batches: int) -> float:
     """Accuracy of `config` on held-out examples, after recalibrating its BatchNorm statistics."""
-    recalibrate(net, config, calib_x, max_batches=calibration_batches)
+    recalibrate(net, config, calib_x, batch_size=RECALIBRATION_BATCH, max_batches=calibration_batches)
     return accuracy(net, config, holdout_x, holdout_y)
+
+
+def evaluate_candidate(spec: SupernetSpec, state: dict[str, torch.Tensor], config: SubnetConfig,
+                       calib_x: np.ndarray, holdout_x: np.ndarray, holdout_y: np.ndarray, estimator: CostEstimator,
+                       calibration_batches: int) -> Candidate:
+    """One config's held-out accuracy (after recalibrating its BatchNorm statistics), cost and counts.
+
+    A task: it rebuilds the super-network from `spec` and `state`, so it runs anywhere and never
+    touches the driver's network. Recalibration resets every BatchNorm statistic first, so a
+    config's result does not depend on which configs were evaluated before it.
+    """
+    net = DynamicSupernet(spec)
+    net.load_state_dict(state)
+    acc = held_out_accuracy(net, config, calib_x, holdout_x, holdout_y, calibration_batches)
+    sub = extract_subnet(net, config)
+    counts = count_module(sub, spec.input_shape)
+    return Candidate(config, acc, estimator.cycles(sub, spec.input_shape), counts.params, 4 * counts.act_elems)
 
 
 def evaluate_candidates(net: DynamicSupernet, configs: list[SubnetConfig], calib_x: np.ndarray,
                         holdout_x: np.ndarray, holdout_y: np.ndarray, estimator: CostEstimator,
-                        *, calibration_batches: int = 8) -> list[Candidate]:
-    """Held-out accuracy and cost of each config."""
-    shape = net.spec.input_shape
-    out = []
-    for config in configs:
-        acc = held_out_accuracy(net, config, calib_x, holdout_x, holdout_y, calibration_batches)
-        sub = extract_subnet(net, config)
-        counts = count_module(sub, shape)
-        out.append(Candidate(config, acc, estimator.cycles(sub, shape), counts.params, 4 * counts.act_elems))
-    return out
+                        *, calibration_batches: int = 8, executor: Executor | None = None) -> list[Candidate]:
+    """Held-out accuracy and cost of each config, in the order of `configs`.
+
+    The configs are evaluated on `executor` (default: one after another in this process), any
+    number at a time, each on its own copy of `net`, which is left as it is. Only the examples
+    that recalibration reads travel with a task.
+    """
+    state = {name: t.detach().cpu() for name, t in net.state_dict().items()}
+    calib = calib_x[:RECALIBRATION_BATCH * calibration_batches]
+    calls = [(net.spec, state, c, calib, holdout_x, holdout_y, estimator, calibration_batches) for c in configs]
+    by_index: dict[int, Candidate] = {}
+    with executor if executor is not None else InlineExecutor() as pool:
+        for i, fut in as_finished(pool, evaluate_candidate, calls):
+            by_index[i] = fut.result()
+    return [by_index[i] for i in range(len(configs))]
 
 
 def candidate_configs(spec: SupernetSpec, count: int, seed: int) -> list[SubnetConfig]:
@@ -175,6 +199,7 @@ def select_subnets(
     keep_largest: bool = True,
     finetune_epochs: int = 0,
     train_config: SupernetTrainConfig | None = None,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Evaluate candidates, pick k, and write the selection folder (atomically).
 
@@ -187,6 +212,8 @@ def select_subnets(
     finetune_epochs: after choosing, train the shared weights this many more epochs on the chosen
     configurations only (finetune_selected, with `train_config`'s optimizer settings); their
     held-out accuracies are then measured again. `net` is updated in place.
+    executor: where the candidates are evaluated (default: one after another in this process);
+    the selection comes out the same whatever runs them.
     """
     if k < 1:
         raise TvmnasError(f"k must be at least 1, got {k}", settings=("k",))
@@ -194,7 +221,10 @@ def select_subnets(
     estimator = CostEstimator(target, cost_model)
     configs = candidate_configs(net.spec, max(candidates, k), seed + 1)
     cands = evaluate_candidates(net, configs, parts.train_x, parts.holdout_x, parts.holdout_y, estimator,
-                                calibration_batches=calibration_batches)
+                                calibration_batches=calibration_batches, executor=executor)
+    # The candidates were evaluated on copies; `net` takes the BatchNorm statistics of the last one, as a
+    # sequential evaluation leaves them: supernet.pt carries them (fine-tuning starts from them).
+    recalibrate(net, configs[-1], parts.train_x, batch_size=RECALIBRATION_BATCH, max_batches=calibration_batches)
     fits = [c for c in cands if 4 * c.params <= target.flash_bytes and c.act_bytes <= target.sram_bytes]
     if not fits:
         smallest_c = min(cands, key=lambda c: c.params)
@@ -234,7 +264,7 @@ def select_subnets(
     with staged_output(out_dir, "selection") as staging:
         torch.save(net.state_dict(), staging / SUPERNET_FILE)
         for i, c in enumerate(picked):
-            recalibrate(net, c.config, parts.train_x, max_batches=calibration_batches)
+            recalibrate(net, c.config, parts.train_x, batch_size=RECALIBRATION_BATCH, max_batches=calibration_batches)
             torch.save(extract_subnet(net, c.config).state_dict(), staging / f"subnet_{i}.pt")
         (staging / SELECTION_FILE).write_text(json.dumps(selection, indent=2, sort_keys=True) + "\n")
     return selection
