@@ -43,6 +43,18 @@ def test_wrong_folder_gives_one_error_line_and_no_output(command, expected, tmp_
     assert not (tmp_path / "o").exists()
 
 
+def test_select_with_an_unknown_executor_is_one_line_and_no_output(tmp_path: Path):
+    from tvmnas.dynamic.supernet import DynamicSupernet, StageSpec, SupernetSpec
+    from tvmnas.dynamic.train import save_supernet
+
+    spec = SupernetSpec((1, 8, 8), 10, 8, (StageSpec(8, 1, 1),), width_fractions=(1.0,), kernels=(3,), expands=(2,))
+    save_supernet(DynamicSupernet(spec), tmp_path / "sup", {"data_source": {"name": "digits", "limit_train": 100}}, [])
+    line = one_error_line(tvmnas("dynamic", "select", str(tmp_path / "sup"), "--out", str(tmp_path / "o"),
+                                 "--executor", "nope", "--jobs", "2"))
+    assert "unknown --executor 'nope'" in line
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_train_select_compile_export_run(tmp_path: Path):
     sup, sel, cdir, mdir = (tmp_path / n for n in ("sup", "sel", "cdir", "mdir"))
@@ -51,7 +63,8 @@ def test_train_select_compile_export_run(tmp_path: Path):
     assert 0.0 <= trained["largest_test_acc"] <= 1.0 and (sup / "supernet.pt").is_file()
 
     picked = last_json(tvmnas("dynamic", "select", str(sup), "--k", "2", "--target", "cortex-m4", "--out", str(sel),
-                              "--candidates", "4", "--cost-model", "mac", "--finetune-epochs", "1"))
+                              "--candidates", "4", "--cost-model", "mac", "--finetune-epochs", "1",
+                              "--executor", "local", "--jobs", "2"))
     assert [c["index"] for c in picked["configs"]] == [0, 1]
     assert picked["configs"][0]["cycles"] < picked["configs"][1]["cycles"]
     assert picked["cost_model"] == "mac"

@@ -161,7 +161,7 @@ def evaluate_candidates(net: DynamicSupernet, configs: list[SubnetConfig], calib
     number at a time, each on its own copy of `net`, which is left as it is. Only the examples
     that recalibration reads travel with a task.
     """
-    state = {name: t.detach().cpu() for name, t in net.state_dict().items()}
+    state = net.state_dict()
     calib = calib_x[:RECALIBRATION_BATCH * calibration_batches]
     calls = [(net.spec, state, c, calib, holdout_x, holdout_y, estimator, calibration_batches) for c in configs]
     by_index: dict[int, Candidate] = {}
@@ -222,8 +222,8 @@ def select_subnets(
     configs = candidate_configs(net.spec, max(candidates, k), seed + 1)
     cands = evaluate_candidates(net, configs, parts.train_x, parts.holdout_x, parts.holdout_y, estimator,
                                 calibration_batches=calibration_batches, executor=executor)
-    # The candidates were evaluated on copies; `net` takes the BatchNorm statistics of the last one, as a
-    # sequential evaluation leaves them: supernet.pt carries them (fine-tuning starts from them).
+    # The candidates were evaluated on copies of `net`; it takes the BatchNorm statistics of the last one, as
+    # an evaluation on `net` itself left them, because supernet.pt carries them.
     recalibrate(net, configs[-1], parts.train_x, batch_size=RECALIBRATION_BATCH, max_batches=calibration_batches)
     fits = [c for c in cands if 4 * c.params <= target.flash_bytes and c.act_bytes <= target.sram_bytes]
     if not fits:
