@@ -183,20 +183,21 @@ typedef struct {
   int32_t left_shift, m1, s1, zp1, m2, s2, zp2, mo, so, zpo, lo, hi;
 } tvmnas_s8_add_t;
 
-static inline int8_t tvmnas_s8_add(int8_t a, int8_t b, const tvmnas_s8_add_t *p) {
-  const int32_t x1 = tvmnas_requantize(((int32_t)a - p->zp1) * (1 << p->left_shift), p->m1, p->s1);
-  const int32_t x2 = tvmnas_requantize(((int32_t)b - p->zp2) * (1 << p->left_shift), p->m2, p->s2);
-  int32_t v = tvmnas_requantize(x1 + x2, p->mo, p->so) + p->zpo;
-  v = v < p->lo ? p->lo : v;
-  return (int8_t)(v > p->hi ? p->hi : v);
+/* out of line, its constants as arguments: gcc clones it once per layer with the layer's
+ * constants folded in (inlined at the tile's four stores it would cost about 250 B of flash
+ * each) */
+static __attribute__((noinline, unused)) int8_t tvmnas_s8_add(int32_t a, int32_t b, int32_t left_shift, int32_t m1,
+                                                      int32_t s1, int32_t zp1, int32_t m2, int32_t s2, int32_t zp2,
+                                                      int32_t mo, int32_t so, int32_t zpo, int32_t lo, int32_t hi) {
+  const int32_t x1 = tvmnas_requantize((a - zp1) * (1 << left_shift), m1, s1);
+  const int32_t x2 = tvmnas_requantize((b - zp2) * (1 << left_shift), m2, s2);
+  int32_t v = tvmnas_requantize(x1 + x2, mo, so) + zpo;
+  v = v < lo ? lo : v;
+  return (int8_t)(v > hi ? hi : v);
 }
-
-/* out[i] = v, or with a residual (add != 0) ADD(v, res[i]): res[i] is read only here, just before
- * out[i] is written, so out may be the residual's own buffer (in place) */
-static inline __attribute__((always_inline)) void tvmnas_s8_put(int8_t *out, const int8_t *res, int32_t i, int8_t v,
-                                                                const tvmnas_s8_add_t *add) {
-  out[i] = add ? tvmnas_s8_add(v, res[i], add) : v;
-}
+#define TVMNAS_S8_ADD(a, b, p)                                                                             \
+  tvmnas_s8_add((a), (b), (p)->left_shift, (p)->m1, (p)->s1, (p)->zp1, (p)->m2, (p)->s2, (p)->zp2, (p)->mo, \
+                (p)->so, (p)->zpo, (p)->lo, (p)->hi)
 
 /* scratch: 2 * K int16 (the two columns) followed by K int8 (the gather buffer) */
 static inline __attribute__((always_inline)) void tvmnas_s8_conv_impl(
@@ -264,19 +265,35 @@ static inline __attribute__((always_inline)) void tvmnas_s8_conv_impl(
         const int32_t wa = w0[k], wb = w1[k], xa = x0[k], xb = x1[k];
         a00 += wa * xa; a01 += wa * xb; a10 += wb * xa; a11 += wb * xb;
       }
-      const int32_t y = o * out_ostride + p * out_pstride;
-      tvmnas_s8_put(out, res, y, tvmnas_s8_output(a00, bias[o], mult[o], shift[o], out_zp, act_min, act_max), add);
+      int8_t *y = out + o * out_ostride + p * out_pstride;
+      if (!add) {
+        y[0] = tvmnas_s8_output(a00, bias[o], mult[o], shift[o], out_zp, act_min, act_max);
+        if (two) y[out_pstride] = tvmnas_s8_output(a01, bias[o], mult[o], shift[o], out_zp, act_min, act_max);
+        if (o2) {
+          y[out_ostride] = tvmnas_s8_output(a10, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max);
+          if (two) {
+            y[out_ostride + out_pstride] =
+                tvmnas_s8_output(a11, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max);
+          }
+        }
+        continue;
+      }
+      /* with the residual: each res[i] is read just before out[i] is written, and no index is
+       * written twice, so out may be the residual's own buffer */
+      const int8_t *r = res + (y - out);
+      y[0] = TVMNAS_S8_ADD(tvmnas_s8_output(a00, bias[o], mult[o], shift[o], out_zp, act_min, act_max), r[0], add);
       if (two) {
-        tvmnas_s8_put(out, res, y + out_pstride,
-                      tvmnas_s8_output(a01, bias[o], mult[o], shift[o], out_zp, act_min, act_max), add);
+        y[out_pstride] = TVMNAS_S8_ADD(tvmnas_s8_output(a01, bias[o], mult[o], shift[o], out_zp, act_min, act_max),
+                                       r[out_pstride], add);
       }
       if (o2) {
-        tvmnas_s8_put(out, res, y + out_ostride,
-                      tvmnas_s8_output(a10, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max), add);
+        y[out_ostride] = TVMNAS_S8_ADD(
+            tvmnas_s8_output(a10, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max), r[out_ostride],
+            add);
         if (two) {
-          tvmnas_s8_put(out, res, y + out_ostride + out_pstride,
-                        tvmnas_s8_output(a11, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max),
-                        add);
+          y[out_ostride + out_pstride] = TVMNAS_S8_ADD(
+              tvmnas_s8_output(a11, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max),
+              r[out_ostride + out_pstride], add);
         }
       }
     }
