@@ -195,7 +195,7 @@ static __attribute__((noinline, unused)) int8_t tvmnas_s8_add(int32_t a, int32_t
   v = v < lo ? lo : v;
   return (int8_t)(v > hi ? hi : v);
 }
-#define TVMNAS_S8_ADD(a, b, p)                                                                             \
+#define TVMNAS_S8_ADD(a, b, p) \
   tvmnas_s8_add((a), (b), (p)->left_shift, (p)->m1, (p)->s1, (p)->zp1, (p)->m2, (p)->s2, (p)->zp2, (p)->mo, \
                 (p)->so, (p)->zpo, (p)->lo, (p)->hi)
 
@@ -487,7 +487,7 @@ def _simd_func(func: tirx.PrimFunc, key: str, layer: dict, add: dict | None = No
     new = new.with_attr(MACS_ATTR, tirx.const(cout * layer["oh"] * layer["ow"] * k, "int64"))
     if add is not None:
         # tvmnas_s8_conv_add reads residual[i] only to compute out[i], just before writing it
-        # (tvmnas_s8_put), and writes every out[i] once: out may take the residual's bytes
+        # (tvmnas_s8_conv_impl), and writes every out[i] once: out may take the residual's bytes
         new = new.with_attr(DECLARED_ATTR, [[5, 6]])
     return new.with_attr("op_pattern", OPAQUE)
 
@@ -562,7 +562,7 @@ class _FuseResidualAdd(relax.PyExprMutator):
                         continue
                     if any(residual.same_as(a) for a in conv[2]):
                         continue
-                    src, keyed = found[1], {}
+                    src = found[1]
                     one, two = ("1", "2") if side == 0 else ("2", "1")  # 1: the conv's output
                     keyed = dict(left_shift=src["left_shift"], m1=src["m" + one], s1=src["s" + one],
                                  zp1=src["zp" + one], m2=src["m" + two], s2=src["s" + two], zp2=src["zp" + two],
