@@ -11,7 +11,8 @@ and an output `o` of the same dtype and element count, by three checks:
    (`o[e] = f(..., p[e], ...)`, the indices equal once let-bound names are substituted), so `p[i]`
    is only read by a store that writes `o[i]`, and C evaluates the value before it stores;
 2. `o` is never loaded, and neither `p` nor `o` is used as a raw pointer (an extern call such as
-   the SIMD micro-kernel, which the analysis cannot see into);
+   the SIMD micro-kernel, which the analysis cannot see into: a pass that writes such a call may
+   declare the pairs its C kernel guarantees in DECLARED_ATTR, which are taken as stated);
 3. no element of `o` is written twice: the flat indices of every store to `o`, evaluated over
    every iteration of the loops around it (all of them, conditions taken as true), are distinct.
 
@@ -30,6 +31,10 @@ import tvm
 from tvm import tirx
 
 INPLACE_ATTR = "tvmnas.in_place"  # PrimFunc attribute: [[input param, output param], ...]
+# PrimFunc attribute set by the pass that writes a call of a C kernel: [[input, output], ...] pairs
+# that kernel's C guarantees (each input element read only to compute the output element at the
+# same index, each output element written once); the TIR cannot show it through raw pointers
+DECLARED_ATTR = "tvmnas.in_place_declared"
 MAX_ENUMERATED = 1 << 22  # store executions enumerated for check 3; more is refused
 
 
@@ -234,6 +239,11 @@ def in_place_pairs(func: tirx.PrimFunc) -> list[tuple[int, int]]:
     names = [p.name for p in func.params]
     if len(set(names)) != len(names):  # one tensor passed twice: the C names its parameters apart by order
         return []
+    if func.attrs is not None and DECLARED_ATTR in func.attrs:
+        params = list(func.params)
+        return [(int(p), int(o)) for p, o in func.attrs[DECLARED_ATTR]
+                if str(params[int(p)].ty.dtype) == str(params[int(o)].ty.dtype)
+                and _elems(params[int(p)]) == _elems(params[int(o)])]
     try:
         acc = _Accesses(func)
     except _NotProven:

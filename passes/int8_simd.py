@@ -13,7 +13,11 @@ zero points and clamp as constants. The micro-kernel:
 - computes a 2 output channels x 2 pixels register tile: per 4 reduction steps one word of each
   weight row is unpacked by SXTB16 (bytes 0, 2) and SXTB16 of the word rotated by 8 (bytes 1, 3),
   which pair up with the column's halves in 8 SMLADs;
-- adds the bias and requantizes with the same `tvmnas_requantize` as the scalar kernel.
+- adds the bias and requantizes with the same `tvmnas_requantize` as the scalar kernel;
+- optionally (`tvmnas_s8_conv_add`, a residual add that followed the conv) combines each int8
+  output with the residual element at the same index by TFLite's ADD arithmetic, as add_int8 does,
+  reading that residual element just before writing the output element: the output may be the
+  residual's own buffer.
 
 Bit-exact with the scalar kernel: both sum the same int32 products, and integer addition does not
 depend on the order. SMLAD does not saturate on accumulation (it only sets the Q flag), and no
@@ -27,14 +31,16 @@ results.
 from __future__ import annotations
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import relax, s_tir, tirx
 
+from .in_place import DECLARED_ATTR
 from .kernel_features import MACS_ATTR
-from .integer_kernels import DEPTHWISE_ANNOTATION
+from .integer_kernels import ADD_ANNOTATION, DEPTHWISE_ANNOTATION
 from .integer_kernels import GEMM_ANNOTATION as SIMD_ANNOTATION
 from .module_update import replace_functions
 
 SIMD_FUNCTION = "tvmnas_s8_conv"
+SIMD_ADD_FUNCTION = "tvmnas_s8_conv_add"  # the conv, then TFLite's ADD with a residual, in place
 DEPTHWISE_FUNCTION = "tvmnas_s8_depthwise"
 OPAQUE = 8  # relax op_pattern kOpaque: FuseOps fuses nothing into the call
 MAX_REDUCTION = 1 << 17  # products of at most 2^14 each: the int32 sum cannot overflow
@@ -42,6 +48,8 @@ MAX_REDUCTION = 1 << 17  # products of at most 2^14 each: the int32 sum cannot o
 # the layer constants the micro-kernel takes, in its argument order (the annotation's keys)
 LAYER_FIELDS = ("cin", "h", "w", "in_cstride", "in_pstride", "kh", "kw", "sh", "sw", "pt", "pl", "dh", "dw",
                 "cout", "oh", "ow", "out_ostride", "out_pstride", "in_zp", "out_zp", "act_min", "act_max")
+# the ADD constants tvmnas_s8_conv_add takes after them: 1 = the conv's output, 2 = the residual
+ADD_FIELDS = ("left_shift", "m1", "s1", "zp1", "m2", "s2", "zp2", "mo", "so", "zpo", "lo", "hi")
 # the same for the depthwise micro-kernel
 DEPTHWISE_FIELDS = ("c_in", "h", "w", "multiplier", "kh", "kw", "sh", "sw", "pt", "pl", "pb", "pr", "oh", "ow",
                     "in_zp", "out_zp", "act_min", "act_max")
@@ -169,13 +177,35 @@ static inline int8_t tvmnas_s8_output(int32_t acc, int32_t bias, int32_t mult, i
   return (int8_t)(v > act_max ? act_max : v);
 }
 
+/* TFLite's int8 ADD of a = the conv's int8 output and b = the residual (passes/integer_kernels.py
+ * add_int8, whose operand order the pass maps to 1 = conv, 2 = residual; the sum is symmetric) */
+typedef struct {
+  int32_t left_shift, m1, s1, zp1, m2, s2, zp2, mo, so, zpo, lo, hi;
+} tvmnas_s8_add_t;
+
+/* out of line, its constants as arguments: gcc clones it once per layer with the layer's
+ * constants folded in (inlined at the tile's four stores it would cost about 250 B of flash
+ * each) */
+static __attribute__((noinline, unused)) int8_t tvmnas_s8_add(int32_t a, int32_t b, int32_t left_shift, int32_t m1,
+                                                      int32_t s1, int32_t zp1, int32_t m2, int32_t s2, int32_t zp2,
+                                                      int32_t mo, int32_t so, int32_t zpo, int32_t lo, int32_t hi) {
+  const int32_t x1 = tvmnas_requantize((a - zp1) * (1 << left_shift), m1, s1);
+  const int32_t x2 = tvmnas_requantize((b - zp2) * (1 << left_shift), m2, s2);
+  int32_t v = tvmnas_requantize(x1 + x2, mo, so) + zpo;
+  v = v < lo ? lo : v;
+  return (int8_t)(v > hi ? hi : v);
+}
+#define TVMNAS_S8_ADD(a, b, p) \
+  tvmnas_s8_add((a), (b), (p)->left_shift, (p)->m1, (p)->s1, (p)->zp1, (p)->m2, (p)->s2, (p)->zp2, (p)->mo, \
+                (p)->so, (p)->zpo, (p)->lo, (p)->hi)
+
 /* scratch: 2 * K int16 (the two columns) followed by K int8 (the gather buffer) */
-static inline __attribute__((always_inline)) void tvmnas_s8_conv(
+static inline __attribute__((always_inline)) void tvmnas_s8_conv_impl(
     const int8_t *in, const int8_t *weight, const int32_t *bias, const int32_t *mult, const int32_t *shift,
-    int8_t *out, int16_t *scratch, int32_t cin, int32_t h, int32_t w, int32_t in_cstride, int32_t in_pstride,
-    int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw,
-    int32_t cout, int32_t oh, int32_t ow, int32_t out_ostride, int32_t out_pstride, int32_t in_zp,
-    int32_t out_zp, int32_t act_min, int32_t act_max) {
+    const int8_t *res, int8_t *out, int16_t *scratch, int32_t cin, int32_t h, int32_t w, int32_t in_cstride,
+    int32_t in_pstride, int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh,
+    int32_t dw, int32_t cout, int32_t oh, int32_t ow, int32_t out_ostride, int32_t out_pstride, int32_t in_zp,
+    int32_t out_zp, int32_t act_min, int32_t act_max, const tvmnas_s8_add_t *add) {
   const int32_t K = cin * kh * kw;
   const int32_t K4 = K & ~3;
   const int32_t K16 = K & ~15;
@@ -236,18 +266,66 @@ static inline __attribute__((always_inline)) void tvmnas_s8_conv(
         a00 += wa * xa; a01 += wa * xb; a10 += wb * xa; a11 += wb * xb;
       }
       int8_t *y = out + o * out_ostride + p * out_pstride;
-      y[0] = tvmnas_s8_output(a00, bias[o], mult[o], shift[o], out_zp, act_min, act_max);
-      if (two) y[out_pstride] = tvmnas_s8_output(a01, bias[o], mult[o], shift[o], out_zp, act_min, act_max);
+      if (!add) {
+        y[0] = tvmnas_s8_output(a00, bias[o], mult[o], shift[o], out_zp, act_min, act_max);
+        if (two) y[out_pstride] = tvmnas_s8_output(a01, bias[o], mult[o], shift[o], out_zp, act_min, act_max);
+        if (o2) {
+          y[out_ostride] = tvmnas_s8_output(a10, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max);
+          if (two) {
+            y[out_ostride + out_pstride] =
+                tvmnas_s8_output(a11, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max);
+          }
+        }
+        continue;
+      }
+      /* with the residual: each res[i] is read just before out[i] is written, and no index is
+       * written twice, so out may be the residual's own buffer */
+      const int8_t *r = res + (y - out);
+      y[0] = TVMNAS_S8_ADD(tvmnas_s8_output(a00, bias[o], mult[o], shift[o], out_zp, act_min, act_max), r[0], add);
+      if (two) {
+        y[out_pstride] = TVMNAS_S8_ADD(tvmnas_s8_output(a01, bias[o], mult[o], shift[o], out_zp, act_min, act_max),
+                                       r[out_pstride], add);
+      }
       if (o2) {
-        y[out_ostride] = tvmnas_s8_output(a10, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max);
+        y[out_ostride] = TVMNAS_S8_ADD(
+            tvmnas_s8_output(a10, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max), r[out_ostride],
+            add);
         if (two) {
-          y[out_ostride + out_pstride] =
-              tvmnas_s8_output(a11, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max);
+          y[out_ostride + out_pstride] = TVMNAS_S8_ADD(
+              tvmnas_s8_output(a11, bias[o + 1], mult[o + 1], shift[o + 1], out_zp, act_min, act_max),
+              r[out_ostride + out_pstride], add);
         }
       }
     }
   }
 }
+
+#define TVMNAS_S8_CONV_LAYER                                                                                      \
+  int32_t cin, int32_t h, int32_t w, int32_t in_cstride, int32_t in_pstride, int32_t kh, int32_t kw, int32_t sh,  \
+      int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t cout, int32_t oh, int32_t ow,            \
+      int32_t out_ostride, int32_t out_pstride, int32_t in_zp, int32_t out_zp, int32_t act_min, int32_t act_max
+#define TVMNAS_S8_CONV_ARGS                                                                                  \
+  cin, h, w, in_cstride, in_pstride, kh, kw, sh, sw, pt, pl, dh, dw, cout, oh, ow, out_ostride, out_pstride, \
+      in_zp, out_zp, act_min, act_max
+
+static inline __attribute__((always_inline)) void tvmnas_s8_conv(
+    const int8_t *in, const int8_t *weight, const int32_t *bias, const int32_t *mult, const int32_t *shift,
+    int8_t *out, int16_t *scratch, TVMNAS_S8_CONV_LAYER) {
+  tvmnas_s8_conv_impl(in, weight, bias, mult, shift, 0, out, scratch, TVMNAS_S8_CONV_ARGS, 0);
+}
+
+/* the conv, then TFLite's ADD of its int8 output and the residual `res` (same layout as out),
+ * element by element; out may be res itself */
+static inline __attribute__((always_inline)) void tvmnas_s8_conv_add(
+    const int8_t *in, const int8_t *weight, const int32_t *bias, const int32_t *mult, const int32_t *shift,
+    const int8_t *res, int8_t *out, int16_t *scratch, TVMNAS_S8_CONV_LAYER, int32_t left_shift, int32_t m1,
+    int32_t s1, int32_t zp1, int32_t m2, int32_t s2, int32_t zp2, int32_t mo, int32_t so, int32_t zpo, int32_t lo,
+    int32_t hi) {
+  const tvmnas_s8_add_t add = {left_shift, m1, s1, zp1, m2, s2, zp2, mo, so, zpo, lo, hi};
+  tvmnas_s8_conv_impl(in, weight, bias, mult, shift, res, out, scratch, TVMNAS_S8_CONV_ARGS, &add);
+}
+#undef TVMNAS_S8_CONV_LAYER
+#undef TVMNAS_S8_CONV_ARGS
 
 /* int8 depthwise micro-kernel (passes/int8_simd.py), NCHW, dilation 1, any depth multiplier: each
  * input channel is widened once to an int16 plane with its padding (the input zero point); then per
@@ -334,15 +412,15 @@ static inline __attribute__((always_inline)) void tvmnas_s8_depthwise(
 
 def uses_simd(kernel_text: str) -> bool:
     """Whether printed C calls a SIMD micro-kernel (SIMD_C must then precede it)."""
-    return SIMD_FUNCTION + "(" in kernel_text or DEPTHWISE_FUNCTION + "(" in kernel_text
+    return any(f + "(" in kernel_text for f in (SIMD_FUNCTION, SIMD_ADD_FUNCTION, DEPTHWISE_FUNCTION))
 
 
-def _annotation(func: tirx.PrimFunc) -> tuple[str, dict] | None:
+def _annotation(func: tirx.PrimFunc, keys: tuple[str, ...] = (SIMD_ANNOTATION, DEPTHWISE_ANNOTATION)
+                ) -> tuple[str, dict] | None:
     """(annotation key, layer constants) QuantizeToInteger left on the kernel's output block, if any."""
     sch = s_tir.Schedule(func)
     blocks = [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
-    found = [(key, b.annotations[key]) for b in blocks for key in (SIMD_ANNOTATION, DEPTHWISE_ANNOTATION)
-             if key in b.annotations]
+    found = [(key, b.annotations[key]) for b in blocks for key in keys if key in b.annotations]
     if len(found) != 1:
         return None
     key, layer = found[0]
@@ -352,18 +430,26 @@ def _annotation(func: tirx.PrimFunc) -> tuple[str, dict] | None:
 _ROLES = ("int8", "int8", "int32", "int32", "int32", "int8")  # data, weight, bias, multiplier, shift, out
 
 
-def _simd_func(func: tirx.PrimFunc, key: str, layer: dict) -> tirx.PrimFunc | None:
+def _size(param) -> int:
+    n = 1
+    for dim in param.ty.shape:
+        n *= int(dim)
+    return n
+
+
+def _simd_func(func: tirx.PrimFunc, key: str, layer: dict, add: dict | None = None) -> tirx.PrimFunc | None:
     """The kernel as one call of its micro-kernel (conv / dense, or depthwise); None where the
-    parameters are not the six expected."""
+    parameters are not the six expected. With `add` (ADD_FIELDS; conv / dense only) the function
+    takes a residual before its output, (data, weight, bias, multiplier, shift, residual, out), and
+    calls tvmnas_s8_conv_add, declaring the output writable over the residual (DECLARED_ATTR)."""
     params = list(func.params)
     if len(params) != len(_ROLES) or any(str(p.ty.dtype) != d for p, d in zip(params, _ROLES)):
         return None
-    sizes = []
-    for p in params:
-        n = 1
-        for dim in p.ty.shape:
-            n *= int(dim)
-        sizes.append(n)
+    if add is not None:
+        if key != SIMD_ANNOTATION:
+            return None
+        params = params[:5] + [params[5]] + params[5:]  # the residual: the output's type and shape
+    sizes = [_size(p) for p in params]
     if key == DEPTHWISE_ANNOTATION:
         cout = layer["c_in"] * layer["multiplier"]
         k = layer["kh"] * layer["kw"]
@@ -374,18 +460,22 @@ def _simd_func(func: tirx.PrimFunc, key: str, layer: dict) -> tirx.PrimFunc | No
         k = layer["cin"] * layer["kh"] * layer["kw"]
         scratch = 2 * k + (k + 1) // 2  # int16: two columns, then the int8 gather buffer
         function, fields = SIMD_FUNCTION, LAYER_FIELDS
-    if sizes[1] != cout * k or sizes[5] != cout * layer["oh"] * layer["ow"] or k > MAX_REDUCTION:
+    if sizes[1] != cout * k or sizes[-1] != cout * layer["oh"] * layer["ow"] or k > MAX_REDUCTION:
         return None
+    out = len(params) - 1
     names = [f"p{i}" for i in range(len(params))]
     decls = ", ".join(
         f"{n}: T.Buffer(({', '.join(str(int(d)) for d in p.ty.shape)},), \"{p.ty.dtype}\")" for n, p in zip(names, params)
     )
     ptrs = [
-        f"T.tvm_access_ptr(T.type_annotation(\"{p.ty.dtype}\"), {n}.data, 0, {size}, {2 if i == 5 else 1})"
+        f"T.tvm_access_ptr(T.type_annotation(\"{p.ty.dtype}\"), {n}.data, 0, {size}, {2 if i == out else 1})"
         for i, (n, p, size) in enumerate(zip(names, params, sizes))
     ]
     ptrs.append(f"T.tvm_access_ptr(T.type_annotation(\"int16\"), col.data, 0, {scratch}, 3)")
     constants = [str(layer[f]) for f in fields]
+    if add is not None:
+        function = SIMD_ADD_FUNCTION
+        constants += [str(add[f]) for f in ADD_FIELDS]
     source = (
         "@T.prim_func(s_tir=True)\n"
         f"def main({decls}):\n"
@@ -395,7 +485,108 @@ def _simd_func(func: tirx.PrimFunc, key: str, layer: dict) -> tirx.PrimFunc | No
     )
     new = tvm.script.from_source(source)
     new = new.with_attr(MACS_ATTR, tirx.const(cout * layer["oh"] * layer["ow"] * k, "int64"))
+    if add is not None:
+        # tvmnas_s8_conv_add reads residual[i] only to compute out[i], just before writing it
+        # (tvmnas_s8_conv_impl), and writes every out[i] once: out may take the residual's bytes
+        new = new.with_attr(DECLARED_ATTR, [[5, 6]])
     return new.with_attr("op_pattern", OPAQUE)
+
+
+def _opaque(func) -> bool:
+    """Whether `func` is not TE-built TIR (a call of a C kernel, or not a PrimFunc at all)."""
+    return not isinstance(func, tirx.PrimFunc) or func.attrs is not None and "op_pattern" in func.attrs \
+        and int(func.attrs["op_pattern"]) == OPAQUE
+
+
+def _call_tir(value) -> tuple[tvm.ir.GlobalVar, list] | None:
+    """(kernel, args) of a `relax.call_tir` binding value."""
+    if not isinstance(value, relax.Call) or getattr(value.op, "name", "") != "relax.call_tir":
+        return None
+    kernel, args = value.args[0], value.args[1]
+    if not isinstance(kernel, tvm.ir.GlobalVar) or not isinstance(args, relax.Tuple):
+        return None
+    return kernel, list(args.fields)
+
+
+def _use_counts(func: relax.Function) -> dict:
+    counts: dict = {}
+
+    def visit(e) -> None:
+        if isinstance(e, relax.Var):
+            counts[e.__chandle__()] = counts.get(e.__chandle__(), 0) + 1
+        elif isinstance(e, relax.Call):
+            for a in e.args:
+                visit(a)
+        elif isinstance(e, relax.Tuple):
+            for f in e.fields:
+                visit(f)
+        elif isinstance(e, relax.TupleGetItem):
+            visit(e.tuple_value)
+
+    for block in func.body.blocks:
+        for b in block.bindings:
+            visit(b.value)
+    visit(func.body.body)
+    return counts
+
+
+@relax.expr_functor.mutator
+class _FuseResidualAdd(relax.PyExprMutator):
+    """Replaces `y = add_int8(conv(x, ...), r)` (or `add_int8(r, conv(...))`) by one call of a
+    tvmnas_s8_conv_add kernel where the conv's output is read by the add alone and r is none of
+    the conv's operands (the conv reads those around each output; r only at it)."""
+
+    def __init__(self, mod: tvm.IRModule, func: relax.Function, convs: dict[str, tuple]) -> None:
+        super().__init__(mod)
+        self.fused: dict = {}  # add binding var -> (kernel, args)
+        producers = {}
+        counts = _use_counts(func)
+        for block in func.body.blocks:
+            for b in block.bindings:
+                call = _call_tir(b.value)
+                if call is None:
+                    continue
+                kernel, args = call
+                if kernel.name_hint in convs:
+                    producers[b.var.__chandle__()] = (b, kernel, args)
+                    continue
+                if len(args) != 2 or _opaque(mod[kernel]):
+                    continue
+                found = _annotation(mod[kernel], (ADD_ANNOTATION,))
+                if found is None:
+                    continue
+                for side in (0, 1):
+                    conv = producers.get(args[side].__chandle__()) if isinstance(args[side], relax.Var) else None
+                    residual = args[1 - side]
+                    if conv is None or counts.get(args[side].__chandle__()) != 1:
+                        continue
+                    if any(residual.same_as(a) for a in conv[2]):
+                        continue
+                    src = found[1]
+                    one, two = ("1", "2") if side == 0 else ("2", "1")  # 1: the conv's output
+                    keyed = dict(left_shift=src["left_shift"], m1=src["m" + one], s1=src["s" + one],
+                                 zp1=src["zp" + one], m2=src["m" + two], s2=src["s" + two], zp2=src["zp" + two],
+                                 mo=src["mo"], so=src["so"], zpo=src["zpo"], lo=src["lo"], hi=src["hi"])
+                    func_, layer = convs[conv[1].name_hint]
+                    new = _simd_func(func_, SIMD_ANNOTATION, layer, keyed)
+                    if new is None:
+                        continue
+                    gv = self.builder_.add_func(new, conv[1].name_hint + "_add")
+                    self.fused[b.var.__chandle__()] = (gv, conv[2] + [residual], list(b.value.ty_args))
+                    break
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        fused = self.fused.get(binding.var.__chandle__())
+        if fused is None:
+            super().visit_var_binding_(binding)
+            return
+        gv, args, sinfo = fused
+        call = relax.call_tir(gv, relax.Tuple([self.visit_expr(a) for a in args]), sinfo)
+        if isinstance(binding.var, relax.DataflowVar):
+            new = self.builder_.emit(call, name_hint=binding.var.name)
+        else:
+            new = self.builder_.emit_output(call, name_hint=binding.var.name)
+        self.set_var_remap(binding.var, new)
 
 
 @tvm.transform.module_pass(opt_level=0, name="UseSIMDKernels")
@@ -405,8 +596,12 @@ class UseSIMDKernels:
 
     Expects: PrimFuncs as QuantizeToInteger's `conv2d_int8` (groups 1, batch 1) and `dense_int8`
     define them, parameters (data, weight, bias, multiplier, shift, out); run it before
-    MCULowering: the replaced kernels are marked opaque, so FuseOps fuses no epilogue (a residual
-    add) into them, and ScheduleForMCU leaves the call alone. Only for cores with the DSP extension
+    MCULowering: the replaced kernels are marked opaque, so FuseOps fuses no epilogue into them,
+    and ScheduleForMCU leaves the call alone. An int8 add (ADD_ANNOTATION) whose one addend is a
+    SIMD conv / dense read by nothing else, and whose other addend (the residual) is none of that
+    conv's operands, becomes one call of tvmnas_s8_conv_add: the conv, then TFLite's ADD per output
+    element, with the output declared writable over the residual (in_place.DECLARED_ATTR), so the
+    arena planner can run the block's add in place as it does the scalar build's fused epilogue. Only for cores with the DSP extension
     (__ARM_FEATURE_SIMD32): the bundle's C defines the micro-kernel where a kernel calls it.
     Guarantees: the same int8 outputs as the scalar kernel, bit for bit (see the module docstring);
     the column buffer (2 x C_in x KH x KW int8) becomes kernel scratch in the arena plan; kernels
@@ -414,16 +609,27 @@ class UseSIMDKernels:
     """
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updates = {}
+        updates, convs = {}, {}
         for gv, func in mod.functions.items():
-            if not isinstance(func, tirx.PrimFunc) or func.attrs is not None and "op_pattern" in func.attrs \
-                    and int(func.attrs["op_pattern"]) == OPAQUE:  # already a call of a C kernel
+            if _opaque(func):  # already a call of a C kernel
                 continue
             found = _annotation(func)
             new = None if found is None else _simd_func(func, *found)
             if new is not None:
                 updates[gv] = new
-        return replace_functions(mod, updates)
+                if found[0] == SIMD_ANNOTATION:
+                    convs[gv.name_hint] = (func, found[1])
+        out = replace_functions(mod, updates)
+        if not convs or "main" not in [gv.name_hint for gv in out.get_global_vars()]:
+            return out
+        fuser = _FuseResidualAdd(out, out["main"], convs)
+        if not fuser.fused:
+            return out
+        main = fuser.visit_expr(out["main"])
+        fused = fuser.builder_.get()
+        fused["main"] = main
+        return relax.transform.DeadCodeElimination()(fused)
 
 
-__all__ = ["DEPTHWISE_FUNCTION", "SIMD_ANNOTATION", "SIMD_C", "SIMD_FUNCTION", "UseSIMDKernels", "uses_simd"]
+__all__ = ["DEPTHWISE_FUNCTION", "SIMD_ADD_FUNCTION", "SIMD_ANNOTATION", "SIMD_C", "SIMD_FUNCTION", "UseSIMDKernels",
+           "uses_simd"]

@@ -22,6 +22,9 @@ INT8_MIN, INT8_MAX = -128, 127
 GEMM_ANNOTATION = "tvmnas_int8_gemm"
 # the same for a depthwise conv (groups = input channels, dilation 1) and its SIMD depthwise kernel
 DEPTHWISE_ANNOTATION = "tvmnas_int8_depthwise"
+# block annotation naming the constants of an int8 ADD, so passes/int8_simd.py can fold the add into
+# the SIMD conv micro-kernel that produces one of its addends
+ADD_ANNOTATION = "tvmnas_int8_add"
 DEPTHWISE_MAX_PAIRS = 32  # kh * ceil(kw / 2) weight words the depthwise micro-kernel keeps per channel
 
 
@@ -187,6 +190,10 @@ def add_int8(a: te.Tensor, b: te.Tensor, *, params: dict, zero_points: Sequence[
         x = (v.astype("int32") - _i32(zp)) * left
         return requantize(x, _i32(params[f"{which}_multiplier"]), _i32(params[f"{which}_shift"]))
 
+    attrs = {ADD_ANNOTATION: dict(
+        left_shift=params["left_shift"], m1=params["input1_multiplier"], s1=params["input1_shift"], zp1=zero_points[0],
+        m2=params["input2_multiplier"], s2=params["input2_shift"], zp2=zero_points[1],
+        mo=params["output_multiplier"], so=params["output_shift"], zpo=output_zero_point, lo=act_min, hi=act_max)}
     return te.compute(
         a.shape,
         lambda *i: saturate(
@@ -195,6 +202,7 @@ def add_int8(a: te.Tensor, b: te.Tensor, *, params: dict, zero_points: Sequence[
             output_zero_point, act_min, act_max,
         ),
         name="add_int8",
+        attrs=attrs,
     )
 
 

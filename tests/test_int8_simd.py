@@ -216,3 +216,76 @@ def test_simd_depthwise_runs_fewer_instructions_than_scalar_on_m4(dw_net: Path, 
     simd = _bit_exact_on_qemu(dw_net, ref, xs, "cortex-m4", tmp_path / "s")
     scalar = _bit_exact_on_qemu(dw_net, ref, xs, "cortex-m4", tmp_path / "n", simd=False)
     assert sum(simd) < sum(scalar)
+
+
+# ---- the residual add folded into the SIMD conv (tvmnas_s8_conv_add, written in place) -------------------
+
+def _residual_net(tmp_path: Path) -> tuple[Path, ReferenceModel, list[np.ndarray]]:
+    from tvmnas.quant.int8_nets import calibration_data
+
+    model = write_int8_net("residual", tmp_path / "net").qdq_onnx
+    ref = ReferenceModel(model)
+    info = ref.graph.tensors[ref.graph.inputs[0]]
+    return model, ref, [quantize_input(c[None], info) for c in calibration_data("residual", samples=2, seed=7)]
+
+
+def test_residual_add_runs_in_the_simd_conv_in_place(tmp_path: Path) -> None:
+    """The add after a SIMD conv is folded into its micro-kernel, which writes over the residual:
+    the arena drops below the bound without in-place kernels, as the scalar build's does (the
+    micro-kernel's column scratch aside, which the scalar build does not have)."""
+    model, _, _ = _residual_net(tmp_path)
+    target = load_target("cortex-m4")
+    simd = compile_model(model, target, tmp_path / "s").manifest
+    scalar = compile_model(model, target, tmp_path / "n", simd=False).manifest
+    source = "".join(p.read_text() for p in (tmp_path / "s").glob("*.c"))
+    assert source.count("tvmnas_s8_conv_add((") >= 1
+    assert scalar["arena_bytes"] < scalar["arena_lower_bound_without_in_place_bytes"]
+    assert simd["arena_bytes"] < simd["arena_lower_bound_without_in_place_bytes"]
+
+
+def test_residual_add_in_the_simd_conv_is_bit_exact_on_host(tmp_path: Path) -> None:
+    model, ref, xs = _residual_net(tmp_path)
+    bundle = compile_model(model, load_target("cortex-m4"), tmp_path / "c")
+    outs = run_host(build_host(bundle.out_dir, tmp_path / "h"), [x.astype(np.float32) for x in xs])
+    for x, y in zip(xs, outs):
+        np.testing.assert_array_equal(y.astype(np.int8), ref.run_int8(x)[0].reshape(-1))
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_residual_add_in_the_simd_conv_is_bit_exact_on_qemu_m4(tmp_path: Path) -> None:
+    model, ref, xs = _residual_net(tmp_path)
+    _bit_exact_on_qemu(model, ref, xs, "cortex-m4", tmp_path)
+
+
+class ConvPlusInput(torch.nn.Module):
+    """conv(x) + x: the residual is the conv's own input, which the conv still reads around each
+    output, so the add must not be written over it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x) + x)
+
+
+def test_add_of_the_conv_input_is_not_folded(tmp_path: Path) -> None:
+    from tvmnas.quant.quantize import quantize_model
+    from tvmnas.zoo import export_onnx
+
+    torch.manual_seed(0)
+    shape = (1, 4, 6, 6)
+    export_onnx(ConvPlusInput().eval(), shape, tmp_path / "m.onnx")
+    calib = np.random.RandomState(0).randn(8, *shape[1:]).astype(np.float32)
+    onnx.save(quantize_model(tmp_path / "m.onnx", calib), str(tmp_path / "m.qdq.onnx"))
+    model = tmp_path / "m.qdq.onnx"
+    bundle = compile_model(model, load_target("cortex-m4"), tmp_path / "c")
+    source = "".join(p.read_text() for p in (tmp_path / "c").glob("*.c"))
+    assert "tvmnas_s8_conv((" in source and "tvmnas_s8_conv_add((" not in source
+    ref = ReferenceModel(model)
+    info = ref.graph.tensors[ref.graph.inputs[0]]
+    xs = [quantize_input(np.random.RandomState(i).randn(*shape).astype(np.float32), info) for i in range(2)]
+    outs = run_host(build_host(bundle.out_dir, tmp_path / "h"), [x.astype(np.float32) for x in xs])
+    for x, y in zip(xs, outs):
+        np.testing.assert_array_equal(y.astype(np.int8), ref.run_int8(x)[0].reshape(-1))
