@@ -38,6 +38,7 @@ from .kernel_features import MACS_ATTR
 from .integer_kernels import ADD_ANNOTATION, DEPTHWISE_ANNOTATION
 from .integer_kernels import GEMM_ANNOTATION as SIMD_ANNOTATION
 from .module_update import replace_functions
+from .quantize_to_integer import use_counts
 
 SIMD_FUNCTION = "tvmnas_s8_conv"
 SIMD_ADD_FUNCTION = "tvmnas_s8_conv_add"  # the conv, then TFLite's ADD with a residual, in place
@@ -508,28 +509,6 @@ def _call_tir(value) -> tuple[tvm.ir.GlobalVar, list] | None:
     return kernel, list(args.fields)
 
 
-def _use_counts(func: relax.Function) -> dict:
-    counts: dict = {}
-
-    def visit(e) -> None:
-        if isinstance(e, relax.Var):
-            counts[e.__chandle__()] = counts.get(e.__chandle__(), 0) + 1
-        elif isinstance(e, relax.Call):
-            for a in e.args:
-                visit(a)
-        elif isinstance(e, relax.Tuple):
-            for f in e.fields:
-                visit(f)
-        elif isinstance(e, relax.TupleGetItem):
-            visit(e.tuple_value)
-
-    for block in func.body.blocks:
-        for b in block.bindings:
-            visit(b.value)
-    visit(func.body.body)
-    return counts
-
-
 @relax.expr_functor.mutator
 class _FuseResidualAdd(relax.PyExprMutator):
     """Replaces `y = add_int8(conv(x, ...), r)` (or `add_int8(r, conv(...))`) by one call of a
@@ -540,7 +519,7 @@ class _FuseResidualAdd(relax.PyExprMutator):
         super().__init__(mod)
         self.fused: dict = {}  # add binding var -> (kernel, args)
         producers = {}
-        counts = _use_counts(func)
+        counts = use_counts(func)
         for block in func.body.blocks:
             for b in block.bindings:
                 call = _call_tir(b.value)

@@ -62,7 +62,7 @@ def io_quantization(mod: tvm.IRModule, func_name: str = "main") -> dict[str, Qua
     func = mod[func_name]
     found: dict[str, QuantParams] = {}
     bindings = [b for block in func.body.blocks for b in block.bindings]
-    uses = _use_counts(func)
+    uses = use_counts(func)
     if len(func.params) == 1:
         param = func.params[0]
         for b in bindings:
@@ -106,7 +106,8 @@ def _quantize_bound(value: float, out: QuantParams) -> int:
     return out.zero_point + int(np.sign(x) * np.floor(abs(x) + 0.5))
 
 
-def _use_counts(func: relax.Function) -> dict[int, int]:
+def use_counts(func: relax.Function) -> dict[int, int]:
+    """How many times each Relax variable (by handle) is read in `func`'s bindings and result."""
     counts: dict[int, int] = {}
 
     def visit(e) -> None:
