@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tvmnas.cli import app
+from tvmnas.cli.options import error_line
 from tvmnas.errors import TvmnasError, UnknownTargetError
 from tvmnas.search.cost import count_module
 from tvmnas.measure.store import ProfileDB
@@ -127,3 +128,33 @@ def test_profile_ops_killed_and_resumed_equals_an_uninterrupted_run(tmp_path: Pa
     assert _snapshot(killed_db) == _snapshot(clean_db)
     kernels, candidates = _snapshot(clean_db)
     assert len(candidates) == count and len({k.key for k in kernels}) == len(kernels)
+
+
+def test_profile_precision_int8_prices_a_float_model_as_its_int8_build(tmp_path: Path) -> None:
+    entry = get_entry("m0_cnn")
+    onnx_path = export_onnx(entry.build(), entry.input_shape, tmp_path / "m0_cnn.onnx")
+    reports = {}
+    for precision in ("float32", "int8"):
+        result = CliRunner().invoke(app, ["profile", str(onnx_path), "--target", "cortex-m4", "--precision", precision])
+        assert result.exit_code == 0, result.output
+        reports[precision] = last_json(result.stdout)
+    f32, i8 = reports["float32"], reports["int8"]
+    assert (f32["precision"], i8["precision"]) == ("float32", "int8")
+    assert all("int8" in k["name"] for k in i8["kernels"] if k["macs"] > 0)
+    assert sum(k["macs"] for k in i8["kernels"]) == sum(k["macs"] for k in f32["kernels"])
+    assert i8["cycles"] != f32["cycles"]
+    # the quantized model itself is int8 as it is, and refused as float32
+    from tvmnas.quant.quantize import quantize_model
+    import numpy as np
+    import onnx
+
+    qdq = tmp_path / "m0_cnn-int8.onnx"
+    onnx.save(quantize_model(onnx_path, np.zeros((1, *entry.input_shape[1:]), np.float32)), str(qdq))
+    again = CliRunner().invoke(app, ["profile", str(qdq), "--target", "cortex-m4", "--precision", "int8"])
+    assert again.exit_code == 0, again.output
+    assert [k["kernel_hash"] for k in last_json(again.stdout)["kernels"]] != []
+    refused = CliRunner().invoke(app, ["profile", str(qdq), "--target", "cortex-m4", "--precision", "float32"])
+    assert isinstance(refused.exception, TvmnasError)
+    assert "quantized (int8)" in error_line(refused.exception)
+    bad = CliRunner().invoke(app, ["profile", str(onnx_path), "--target", "cortex-m4", "--precision", "int4"])
+    assert isinstance(bad.exception, TvmnasError) and "--precision 'int4'" in error_line(bad.exception)

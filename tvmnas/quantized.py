@@ -56,6 +56,41 @@ def quantize_for_compile(model, quantize: str | None, calibration) -> "onnx.Mode
     return quantize_model(model, calibration)
 
 
+COST_CALIBRATION_SEED = 0
+COST_CALIBRATION_SAMPLES = 8
+
+
+def as_int8_source(model, input_shape: tuple[int, ...] | None, work_dir) -> "str | Path":  # noqa: F821
+    """The int8 build of `model` for pricing it (profile, cost data, cost prediction): a float model
+    quantized on seeded standard-normal calibration samples (cycles do not depend on the scales),
+    written as QDQ ONNX into `work_dir`; a model that is already quantized (QDQ ONNX, int8 .tflite,
+    a PT2E .pt2) is returned as it is."""
+    from pathlib import Path
+
+    import onnx
+    import torch
+
+    from tvmnas.frontend import import_model
+    from tvmnas.quant.quantize import quantize_model
+
+    work_dir = Path(work_dir)
+    if isinstance(model, torch.nn.Module):
+        if input_shape is None:
+            raise TvmnasError("pricing a torch module as int8 needs its input shape", settings=("input_shape",))
+        from tvmnas.zoo import export_onnx
+
+        model = export_onnx(model.eval(), input_shape, work_dir / "float.onnx")
+    mod = import_model(model, input_shape)
+    if has_quantize(mod):
+        return model
+    shape = [int(d) for d in mod["main"].params[0].ty.shape.values]
+    calibration = np.random.default_rng(COST_CALIBRATION_SEED).standard_normal(
+        (COST_CALIBRATION_SAMPLES, *shape[1:])).astype(np.float32)
+    out = work_dir / "int8.onnx"
+    onnx.save(quantize_model(model, calibration), str(out))
+    return out
+
+
 def quantize_array(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """float32 -> int8 as ONNX QuantizeLinear: round half to even, add the zero point, saturate."""
     q = np.rint(np.asarray(x, np.float32) / np.float32(scale)) + zero_point

@@ -36,7 +36,8 @@ FLASH_HELP = "Board firmware: ORIGIN:LENGTH of the board's flash (default from t
 RAM_HELP = "Board firmware: ORIGIN:LENGTH of the board's RAM (default from the target's board)."
 
 
-def write_profile_firmware(model: Path, target_name: str, out_dir: Path, placement, optimize: str) -> dict:
+def write_profile_firmware(model: Path, target_name: str, out_dir: Path, placement, optimize: str,
+                           precision: str | None = None) -> dict:
     """`tvmnas profile MODEL --board-firmware DIR`: the model's timing firmware with each kernel's
     emulated instruction mix in kernels.json (so its board lines can calibrate a target too)."""
     import tempfile
@@ -47,7 +48,7 @@ def write_profile_firmware(model: Path, target_name: str, out_dir: Path, placeme
     from tvmnas.targets import load_target
 
     tgt = load_target(target_name)
-    network = lower_network(model, optimize=optimize, simd=tgt.dsp)
+    network = lower_network(model, optimize=optimize, simd=tgt.dsp, precision=precision)
     with tempfile.TemporaryDirectory(prefix="tvmnas-fw-") as tmp:
         features = model_features(network, tgt, Path(tmp))
     manifest_path = write_firmware([FirmwareModel(Path(model).stem, network)], tgt, out_dir, placement=placement)

@@ -39,6 +39,11 @@ epochs = partial(typer.Option, 10, "--epochs", "-e", help="Training epochs.")
 batch_size = partial(typer.Option, 64, "--batch-size")
 resume = partial(typer.Option, True, "--resume/--restart", help="Continue from a checkpoint in --out.")
 progress = partial(typer.Option, True, "--progress/--no-progress", help="Progress bar on stderr.")
+# Pricing a model (profile, cost predict, profile-ops): as it is, or a float model as its int8 build.
+price_precision = partial(typer.Option, None, "--precision",
+                          help="int8: price a float model as its int8 build (quantized on random calibration "
+                               "data: cycles do not depend on it); float32: refuse a quantized model. "
+                               "Default: the model as it is.")
 
 # Commands that fan out (profiling, sweeps): where the work runs and how many tasks at once.
 EXECUTORS_HELP = ("local (worker processes on this machine) or ray (a Ray cluster, see --ray-address; "
@@ -73,6 +78,7 @@ SETTING_FLAGS = {
     "quantize": ("quantize=", "--quantize "),
     "calibration": ("the calibration input", "--calibration"),
     "raw": ("raw input", "--raw"),
+    "precision": ("precision", "--precision"),
 }
 
 

@@ -30,6 +30,7 @@ def profile_command(
     timeout_s: float = typer.Option(60.0, "--timeout", help="Seconds before the guest counts as hung."),
     optimize: str = typer.Option("speed", "--optimize",
                                  help="Kernels as `tvmnas compile --optimize` builds them: speed or size."),
+    precision: Optional[str] = options.price_precision(),
     board_firmware: Optional[Path] = typer.Option(
         None, "--board-firmware", help="Write a firmware project timing each kernel on a real board (new folder) "
         "instead of profiling on the emulator."),
@@ -51,12 +52,12 @@ def profile_command(
 
         placement = placement_from(weights_in, arena_section, arena_memory, flash, ram)
         print(f"writing the timing firmware of {model} for {tgt.name} boards to {board_firmware} ...", file=sys.stderr)
-        print(json.dumps(write_profile_firmware(model, tgt.name, board_firmware, placement, optimize)))
+        print(json.dumps(write_profile_firmware(model, tgt.name, board_firmware, placement, optimize, precision)))
         return
     from tvmnas.measure.profiler import profile_network_json
 
     print(f"profiling {model} on {tgt.name} ({tgt.emulator_machine}) ...", file=sys.stderr)
-    report = profile_network_json(model, tgt, timeout_s=timeout_s, optimize=optimize)
+    report = profile_network_json(model, tgt, timeout_s=timeout_s, optimize=optimize, precision=precision)
     if tgt.calibrated_from:
         report["cycles_note"] = f"timing table calibrated from {tgt.calibrated_from}"
     print(json.dumps(report))

@@ -30,7 +30,7 @@ import tvm
 
 from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, write_bundle, write_manifest
 from tvmnas.compiler import arena_buffers, check_single_input_output, emit_kernels, lower_model
-from tvmnas.errors import EmulatorError
+from tvmnas.errors import EmulatorError, TvmnasError
 from tvmnas.executor import FolderFiles
 from tvmnas.frontend import ModelSource, import_model
 from tvmnas.passes import CallGraph, KernelCall, plan_arena
@@ -40,7 +40,7 @@ from tvmnas.measure.profile import Profile
 from tvmnas.passes.int8_simd import SIMD_C, uses_simd
 from tvmnas.passes.int8_softmax import SOFTMAX_C, uses_softmax
 from tvmnas.passes.kernel_features import kernel_hash, kernel_macs
-from tvmnas.quantized import integer_model
+from tvmnas.quantized import as_int8_source, integer_model
 from tvmnas.measure.runner import COMMON_CFLAGS
 from tvmnas.targets import Target
 from tvmnas.measure.toolchain import ARM_GCC, tool_path
@@ -141,11 +141,19 @@ class LoweredNetwork:
 
 
 def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = None,
-                  optimize: str = "speed", simd: bool = False) -> LoweredNetwork:
+                  optimize: str = "speed", simd: bool = False, precision: str | None = None) -> LoweredNetwork:
     """Import and lower `model` (built for `optimize`, as `compile_model`) and print its kernels;
     the same for every target, except that simd=True (cores with the DSP extension) makes int8
-    conv / dense kernels call the SIMD micro-kernel."""
-    mod, quantization = integer_model(import_model(model, input_shape))  # QDQ: integer kernels, as compile_model
+    conv / dense kernels call the SIMD micro-kernel. precision="int8" prices a float model as its
+    int8 build (quantized.as_int8_source); None takes the model as it is (QDQ models are int8)."""
+    if precision not in (None, "float32", "int8"):
+        raise TvmnasError(f"precision {precision!r} is not one of float32, int8", settings=("precision",))
+    with tempfile.TemporaryDirectory(prefix="tvmnas-int8-") as work:
+        if precision == "int8":
+            model = as_int8_source(model, input_shape, work)
+        mod, quantization = integer_model(import_model(model, input_shape))  # QDQ: integer kernels, as compile_model
+    if precision == "float32" and quantization is not None:
+        raise TvmnasError("the model is quantized (int8); it cannot be priced as float32", settings=("precision",))
     lowered, graph = lower_model(mod, optimize=optimize, simd=simd)
     check_single_input_output(graph)
     hashes = {name: kernel_hash(lowered[name]) for name in sorted({c.kernel for c in graph.calls})}
@@ -204,9 +212,11 @@ def write_network(network: LoweredNetwork, target: Target, bundle_dir: Path) -> 
 def prepare_network(
     model: ModelSource, target: Target, bundle_dir: Path, *, input_shape: tuple[int, ...] | None = None,
     optimize: str = "speed",
+    precision: str | None = None,
 ) -> PreparedNetwork:
-    """Lower `model` and write its C bundle to `bundle_dir`, replacing it (no flash measurement, no budget check)."""
-    network = lower_network(model, input_shape=input_shape, optimize=optimize, simd=target.dsp)
+    """Lower `model` (as its int8 build with precision="int8", see lower_network) and write its C
+    bundle to `bundle_dir`, replacing it (no flash measurement, no budget check)."""
+    network = lower_network(model, input_shape=input_shape, optimize=optimize, simd=target.dsp, precision=precision)
     return write_network(network, target, bundle_dir)
 
 
@@ -251,13 +261,15 @@ def profile_network_json(
     timeout_s: float = 60.0,
     optimize: str = "speed",
     simd: bool | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Per-kernel profile of a whole network in one emulator run, as the `tvmnas profile` JSON;
     the kernels built for `optimize` ("speed" or "size"), as `tvmnas compile --optimize` builds them;
-    simd as `compile_model` (None: where the target has the DSP extension)."""
+    simd as `compile_model` (None: where the target has the DSP extension); precision as lower_network."""
     use_simd = target.dsp if simd is None else simd and target.dsp
     with tempfile.TemporaryDirectory(prefix="tvmnas-netprof-") as tmp:
-        network = lower_network(model, input_shape=input_shape, optimize=optimize, simd=use_simd)
+        network = lower_network(model, input_shape=input_shape, optimize=optimize, simd=use_simd,
+                                precision=precision)
         prepared = write_network(network, target, Path(tmp) / "bundle")
         profile = measure_network(prepared, target, Path(tmp) / "build", timeout_s=timeout_s)
     return {
