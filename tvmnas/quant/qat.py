@@ -82,7 +82,39 @@ def _apply_act(x: torch.Tensor, act: str | None) -> torch.Tensor:
     return x
 
 
-class QConv(QuantOp):
+class _WeightedOp(QuantOp):
+    """A conv or dense layer: per-channel int8 weights, int32 bias and a fused ReLU / ReLU6."""
+
+    act: str | None
+
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 (weight, bias) as deployed."""
+        raise NotImplementedError
+
+    def apply(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The layer's float op on given weight and bias."""
+        raise NotImplementedError
+
+    def attrs(self) -> dict:
+        """The integer reference's attributes of the op."""
+        return {}
+
+    def float_forward(self, xs: list[torch.Tensor], in_scales: list[float]) -> torch.Tensor:
+        w, b = self.folded()
+        return _apply_act(self.apply(xs[0], fake_quant_weight(w), fake_quant_bias(b, in_scales[0], weight_scale(w))),
+                          self.act)
+
+    def clamp(self, out: QTensor) -> tuple[int, int]:
+        return _act_clamp(self.act, out)
+
+    def integer_op(self, name: str, ins: list[QTensor], out: QTensor) -> QOp:
+        w, b = (t.detach().numpy() for t in self.folded())
+        q, ws = weight_qparams(w, 0)
+        bq, _ = bias_qparams(b, ins[0].scale, ws)
+        return QOp(self.kind, name, [ins[0].name], out.name, q, ws, bq, self.clamp(out), None, self.attrs())
+
+
+class QConv(_WeightedOp):
     """Conv2d with the BatchNorm after it folded in (running statistics) and a fused ReLU / ReLU6."""
 
     kind = "conv"
@@ -104,30 +136,17 @@ class QConv(QuantOp):
             b = (b - self.bn.running_mean) * k + self.bn.bias
         return w, b
 
-    def conv2d(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         c = self.conv
         return F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
 
-    def float_forward(self, xs: list[torch.Tensor], in_scales: list[float]) -> torch.Tensor:
-        w, b = self.folded()
-        return _apply_act(self.conv2d(xs[0], fake_quant_weight(w), fake_quant_bias(b, in_scales[0], weight_scale(w))),
-                          self.act)
-
-    def clamp(self, out: QTensor) -> tuple[int, int]:
-        return _act_clamp(self.act, out)
-
-    def integer_op(self, name: str, ins: list[QTensor], out: QTensor) -> QOp:
-        w, b = (t.detach().numpy() for t in self.folded())
-        q, ws = weight_qparams(w, 0)
-        bq, _ = bias_qparams(b, ins[0].scale, ws)
+    def attrs(self) -> dict:
         c = self.conv
         ph, pw = c.padding
-        attrs = {"strides": tuple(c.stride), "pads": (ph, pw, ph, pw), "dilations": tuple(c.dilation),
-                 "group": c.groups}
-        return QOp("conv", name, [ins[0].name], out.name, q, ws, bq, self.clamp(out), None, attrs)
+        return {"strides": tuple(c.stride), "pads": (ph, pw, ph, pw), "dilations": tuple(c.dilation), "group": c.groups}
 
 
-class QLinear(QuantOp):
+class QLinear(_WeightedOp):
     """Linear with a fused ReLU."""
 
     kind = "dense"
@@ -141,19 +160,8 @@ class QLinear(QuantOp):
         w = self.linear.weight
         return w, self.linear.bias if self.linear.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
 
-    def float_forward(self, xs: list[torch.Tensor], in_scales: list[float]) -> torch.Tensor:
-        w, b = self.folded()
-        return _apply_act(F.linear(xs[0], fake_quant_weight(w), fake_quant_bias(b, in_scales[0], weight_scale(w))),
-                          self.act)
-
-    def clamp(self, out: QTensor) -> tuple[int, int]:
-        return _act_clamp(self.act, out)
-
-    def integer_op(self, name: str, ins: list[QTensor], out: QTensor) -> QOp:
-        w, b = (t.detach().numpy() for t in self.folded())
-        q, ws = weight_qparams(w, 0)
-        bq, _ = bias_qparams(b, ins[0].scale, ws)
-        return QOp("dense", name, [ins[0].name], out.name, q, ws, bq, self.clamp(out), None, {})
+    def apply(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w, b)
 
 
 class QAdd(QuantOp):
