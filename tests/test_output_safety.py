@@ -449,3 +449,33 @@ def test_cost_fit_refuses_a_database_that_is_not_ours_and_leaves_it_untouched(tm
     assert proc.returncode == 1
     assert "is not a tvmnas profile database" in one_error_line(proc)
     assert other.read_bytes() == before and not (tmp_path / "s.json").exists()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a process that is neither gone nor a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_a_tool_dies_with_tvmnas_on_sigkill() -> None:
+    # a stand-in for a hung emulator, started the way every build and emulator run is started
+    script = ("from tvmnas.measure.toolchain import tool_process\n"
+              "with tool_process(['sleep', '600']) as proc:\n"
+              "    print(proc.pid, flush=True)\n"
+              "    proc.wait()\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    tool_pid = int(parent.stdout.readline())
+    assert _alive(tool_pid)
+    parent.kill()
+    parent.wait()
+    for _ in range(200):  # the kernel delivers the parent-death signal at once; reaping may lag
+        if not _alive(tool_pid):
+            break
+        time.sleep(0.05)
+    alive = _alive(tool_pid)
+    if alive:
+        os.kill(tool_pid, signal.SIGKILL)
+    assert not alive, "the tool outlived tvmnas"

@@ -9,6 +9,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from tvmnas.errors import ToolchainMissingError
@@ -59,15 +60,25 @@ def require_host_compiler() -> None:
     tool_path(HOST_GCC)
 
 
+@lru_cache(maxsize=1)
+def _die_with_parent() -> tuple[str, ...]:
+    """The prefix that makes a tool receive SIGKILL when the thread that started it dies (util-linux
+    setpriv: PR_SET_PDEATHSIG, kept across exec), so that `kill -9` of tvmnas leaves no emulator
+    running; empty where setpriv is missing."""
+    setpriv = shutil.which("setpriv")
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
+
+
 @contextmanager
 def tool_process(cmd: Sequence[str], *, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
     """Start `cmd` (stdout and stderr piped, text) in a process group of its own, killed whole (gcc's
     cc1, as and ld included) if the block raises: a timeout, an error, or SIGTERM of tvmnas (see
-    tvmnas.cli.app), which is held back while the tool starts so that no started tool escapes."""
+    tvmnas.cli.app), which is held back while the tool starts so that no started tool escapes. The
+    tool itself also dies with tvmnas on SIGKILL (see _die_with_parent)."""
     pending: list[int] = []
     previous = _hold_sigterm(pending)
     try:
-        proc = subprocess.Popen(list(cmd), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        proc = subprocess.Popen([*_die_with_parent(), *cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
     except BaseException:
         _release_sigterm(previous, pending)
@@ -85,7 +96,7 @@ def run_tool(cmd: Sequence[str], *, timeout_s: float | None = None, cwd: Path | 
     keeps running after tvmnas stops. Raises subprocess.TimeoutExpired like subprocess.run."""
     with tool_process(cmd, cwd=cwd) as proc:
         stdout, stderr = proc.communicate(timeout=timeout_s)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, stdout, stderr)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
