@@ -120,11 +120,24 @@ def test_a_changed_int8_model_reruns_quantize_and_what_follows(run8: tuple[Path,
                                   np.load(out / "work" / "verify_reference_logits.npy"))
 
 
+@pytest.mark.slow
+def test_darts_space_runs_int8_end_to_end(tmp_path: Path) -> None:
+    """The darts space at int8: FactorizedReduce (ceil_mode pool), pools with padding, separable and
+    dilated convolutions, cell adds and concats, QAT, then the bundle on QEMU equal to the int8
+    PyTorch network and the integer reference for every verified image."""
+    _require_tools()
+    torch.set_num_threads(1)
+    settings = replace(REDUCED_INT8, space="darts", channels=4, cells=2)
+    summary = run_pipeline(tmp_path / "darts", settings).summary
+    verify = summary["verify"]
+    assert summary["precision"] == "int8" and verify["passed"]
+    assert verify["max_lsb_diff_pytorch"] <= 1 and verify["max_lsb_diff_reference"] == 0
+    assert verify["classes_agree"] == verify["images"]
+
+
 def test_unknown_precision_is_one_line() -> None:
     with pytest.raises(TvmnasError, match="unknown precision 'int4' \\(expected one of float32, int8\\)"):
         PipelineSettings(precision="int4")
-    with pytest.raises(TvmnasError, match="precision int8 is not available for the darts space"):
-        PipelineSettings(precision="int8", space="darts")
 
 
 def test_cli_takes_the_precision(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from tvmnas.errors import QuantizationError, TvmnasError
 from tvmnas.quant.qat import export_qdq, prepare_qat
 from tvmnas.quant.quantize import weight_qparams
 from tvmnas.quant.reference import ReferenceModel
-from tvmnas.search.genotype import ChainLayer, Genotype
+from tvmnas.search.genotype import CellEdge, CellGenotype, ChainLayer, Genotype
 from tvmnas.models import build_model
 from tvmnas.training.qat import QATConfig, calibrate, load_qat, quantization_aware_train
 
@@ -68,6 +68,18 @@ def _chain_genotype() -> Genotype:
                     layers=(ChainLayer("mb_k3_e3", 8, 1), ChainLayer("mb_k3_e1", 16, 2)))
 
 
+def _darts_genotype() -> Genotype:
+    """Two cells, the first a reduction: skip_connect at stride 2 and the next cell's preprocessing
+    are FactorizedReduce (ceil_mode average pool, BatchNorm per path), pools with padding, dilated and
+    separable convolutions, adds and concats."""
+    normal = CellGenotype((CellEdge("sep_conv_3x3", 0), CellEdge("skip_connect", 1), CellEdge("dil_conv_3x3", 1),
+                           CellEdge("avg_pool_3x3", 2)), (2, 3))
+    reduce = CellGenotype((CellEdge("skip_connect", 0), CellEdge("max_pool_3x3", 1), CellEdge("avg_pool_3x3", 0),
+                           CellEdge("sep_conv_3x3", 2)), (2, 3))
+    return Genotype(space="darts", input_shape=(1, 8, 8), num_classes=10, channels=4, cells=2, stem_multiplier=3,
+                    reduction_cells=(0,), normal=normal, reduce=reduce)
+
+
 def _images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.RandomState(seed).randn(n, 1, 8, 8).astype(np.float32)
 
@@ -78,12 +90,13 @@ def _calibrated(model: nn.Module, seed: int = 0):
     return net.eval()
 
 
-@pytest.mark.parametrize("which", ["every_op", "chain"])
+@pytest.mark.parametrize("which", ["every_op", "chain", "darts"])
 def test_evaluated_network_is_its_qdq_export_bit_for_bit(which: str) -> None:
     """The PyTorch int8 network (evaluation mode) and the integer reference of its exported QDQ model
     give the same int8 output for every input: one network, two forms."""
     torch.manual_seed(1)
-    model = EveryOp() if which == "every_op" else build_model(_chain_genotype())
+    genotypes = {"chain": _chain_genotype, "darts": _darts_genotype}
+    model = EveryOp() if which == "every_op" else build_model(genotypes[which]())
     net = _calibrated(_randomize_batch_norm(model, 2))
     ref = ReferenceModel(export_qdq(net))
     x = _images(6, seed=3)
@@ -155,9 +168,9 @@ def test_a_layer_with_no_int8_form_is_named() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sigmoid(), nn.Flatten(), nn.Linear(72, 3))
     with pytest.raises(QuantizationError, match=r"layer '1' \(Sigmoid\) has no int8 form"):
         prepare_qat(model, (1, 8, 8))
-    ceil = nn.Sequential(nn.Conv2d(1, 2, 1), nn.AvgPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(32, 3))
-    with pytest.raises(QuantizationError, match=r"layer '1': AvgPool2d.* uses ceil_mode"):
-        prepare_qat(ceil, (1, 8, 8))
+    dilated = nn.Sequential(nn.Conv2d(1, 2, 1), nn.MaxPool2d(2, dilation=2), nn.Flatten(), nn.Linear(18, 3))
+    with pytest.raises(QuantizationError, match=r"layer '1': MaxPool2d.* uses dilation"):
+        prepare_qat(dilated, (1, 8, 8))
 
 
 def test_fine_tuning_writes_its_model_and_accuracies(tmp_path: Path) -> None:

@@ -107,9 +107,6 @@ class PipelineSettings:
             raise TvmnasError("cost weights (lambda) must be >= 0")
         if self.precision not in PRECISIONS:
             raise TvmnasError(f"unknown precision '{self.precision}' (expected one of {', '.join(PRECISIONS)})")
-        if self.precision == "int8" and self.space == "darts":
-            raise TvmnasError("precision int8 is not available for the darts space: its FactorizedReduce "
-                              "average-pools with ceil_mode, which has no int8 form; use the chain space")
         if self.qat_epochs < 0 or self.int8_tolerance < 0:
             raise TvmnasError(f"qat_epochs ({self.qat_epochs}) and int8_tolerance ({self.int8_tolerance}) must be >= 0")
 

@@ -40,7 +40,7 @@ from torch import fx, nn
 
 from tvmnas.errors import QuantizationError
 from tvmnas.quant.fake_quant import ActivationQuant, fake_quant_activation, fake_quant_bias, fake_quant_weight, weight_scale
-from tvmnas.quant.qgraph import QGraph, QOp, QTensor, activation_range
+from tvmnas.quant.qgraph import QGraph, QOp, QTensor, activation_range, ceil_mode_pads
 from tvmnas.quant.quantize import bias_qparams, insert_qdq, prepare_float_graph, weight_qparams
 from tvmnas.quant.reference import dequantize, quantize_input, run_op
 
@@ -188,20 +188,23 @@ class QPool(QuantOp):
         self.kind = "maxpool" if isinstance(pool, nn.MaxPool2d) else "avgpool"
         pair = nn.modules.utils._pair
         self.kernel, self.stride, self.padding = pair(pool.kernel_size), pair(pool.stride), pair(pool.padding)
-        if pool.ceil_mode or (self.kind == "maxpool" and pair(pool.dilation) != (1, 1)):
-            raise QuantizationError(f"{pool} uses ceil_mode or dilation; not supported in int8")
+        self.ceil_mode = bool(pool.ceil_mode)
+        if self.kind == "maxpool" and pair(pool.dilation) != (1, 1):
+            raise QuantizationError(f"{pool} uses dilation; not supported in int8")
         if self.kind == "avgpool" and pool.count_include_pad and any(self.padding):
             raise QuantizationError(f"{pool} counts padding (count_include_pad=True); TFLite's int8 average "
                                     "pool does not")
 
     def float_forward(self, xs: list[torch.Tensor], in_scales: list[float]) -> torch.Tensor:
         if self.kind == "maxpool":
-            return F.max_pool2d(xs[0], self.kernel, self.stride, self.padding)
-        return F.avg_pool2d(xs[0], self.kernel, self.stride, self.padding, count_include_pad=False)
+            return F.max_pool2d(xs[0], self.kernel, self.stride, self.padding, ceil_mode=self.ceil_mode)
+        return F.avg_pool2d(xs[0], self.kernel, self.stride, self.padding, ceil_mode=self.ceil_mode,
+                            count_include_pad=False)
 
     def integer_op(self, name: str, ins: list[QTensor], out: QTensor) -> QOp:
         ph, pw = self.padding
-        attrs = {"kernel": self.kernel, "strides": self.stride, "pads": (ph, pw, ph, pw)}
+        pads = ceil_mode_pads(ins[0].shape, out.shape, self.kernel, self.stride, (ph, pw, ph, pw))
+        attrs = {"kernel": self.kernel, "strides": self.stride, "pads": pads}
         return QOp(self.kind, name, [ins[0].name], out.name, act=(-128, 127), activation="NONE", attrs=attrs)
 
 
@@ -409,6 +412,7 @@ def prepare_qat(model: nn.Module, input_shape: tuple[int, ...]) -> QATNetwork:
     model = model.eval()
     traced = fx.symbolic_trace(model)
     modules = dict(traced.named_modules())
+    _merge_repeated_activations(traced, modules)
     nodes = list(traced.graph.nodes)
     value: dict[fx.Node, str] = {}
     consumed: set[fx.Node] = set()
@@ -494,6 +498,25 @@ def prepare_qat(model: nn.Module, input_shape: tuple[int, ...]) -> QATNetwork:
     shapes = _output_shapes(traced, input_shape, {last: name for name, _, _, last in raw_steps})
     steps = [Step(name, inputs, name, own, shapes[name]) for name, inputs, own, _ in raw_steps]
     return QATNetwork(ops, steps, input_shape)
+
+
+def _merge_repeated_activations(traced: fx.GraphModule, modules: dict[str, nn.Module]) -> None:
+    """One ReLU (ReLU6) node per input: the ONNX exporter merges repeated ones (a DARTS cell's edges
+    each begin with a ReLU of the same state), after which the layer before it fuses the ReLU; the
+    QAT network must group its steps the same way, or it rounds twice where the export rounds once."""
+    order = {n: i for i, n in enumerate(traced.graph.nodes)}
+    for node in list(traced.graph.nodes):
+        first: dict[str, fx.Node] = {}
+        for user in sorted(node.users, key=order.__getitem__):
+            kind = _kind(user, modules)
+            if kind not in ("relu", "relu6") or user.args[:1] != (node,) or len(user.args) != 1 or user.kwargs:
+                continue
+            if kind in first:
+                user.replace_all_uses_with(first[kind])
+                traced.graph.erase_node(user)
+            else:
+                first[kind] = user
+    traced.recompile()
 
 
 def _flatten_dim(node: fx.Node) -> int:

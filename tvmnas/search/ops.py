@@ -73,7 +73,10 @@ class PoolBN(nn.Module):
 class FactorizedReduce(nn.Module):
     """Halve H and W, c_in -> c_out, with two 1x1 paths: strided conv, and 2x2 average then conv.
 
-    Unlike DARTS' version (which shifts the input by slicing) it uses only conv, pool and cat.
+    Unlike DARTS' version (which shifts the input by slicing) it uses only conv, pool and cat. Each
+    path has its own BatchNorm before the cat: the same per-channel normalisation as one BatchNorm
+    after it (in training and in eval), but foldable into its conv, so the deployed network (float32
+    and int8) has no BatchNorm kernel of its own.
     """
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
@@ -81,17 +84,16 @@ class FactorizedReduce(nn.Module):
         assert c_out % 2 == 0, "FactorizedReduce needs an even channel count"
         self.relu = nn.ReLU(inplace=False)
         self.conv_even = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.bn_even = nn.BatchNorm2d(c_out // 2, affine=affine)
         self.pool = nn.AvgPool2d(2, stride=2, ceil_mode=True, count_include_pad=False)
         self.conv_pooled = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+        self.bn_pooled = nn.BatchNorm2d(c_out // 2, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
-        even = self.conv_even(x)
-        pooled = self.conv_pooled(self.pool(x))
-        x = torch.cat([even, pooled], dim=1)
-        x = self.bn(x)
-        return x
+        even = self.bn_even(self.conv_even(x))
+        pooled = self.bn_pooled(self.conv_pooled(self.pool(x)))
+        return torch.cat([even, pooled], dim=1)
 
 
 class Zero(nn.Module):
