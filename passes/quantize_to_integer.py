@@ -11,6 +11,7 @@ from tvm import relax
 from . import integer_kernels as K
 from .activation_tables import SOFTMAX_OUTPUT, activation_table, gelu_table, softmax_exp_table
 from .fixed_point import add_params, batch_matmul_multiplier, conv_multipliers, mean_multiplier, mul_multiplier, rescale_multiplier
+from .int8_layer_norm import layer_norm_params, layer_norm_primfunc
 from .int8_softmax import MAX_DEPTH, softmax_primfunc
 
 
@@ -526,6 +527,30 @@ class _IntegerRewriter(relax.PyExprMutator):
             return None
         return self.builder_.call_te(K.lut_int8, self._int8(data), relax.const(table), primfunc_name_hint="lut_int8")
 
+    def _layer_norm(self, expr, out: QuantParams) -> relax.Expr | None:
+        """layer_norm over the last axis of an int8 tensor with constant scale and bias: one call of
+        the integer kernel of passes/int8_layer_norm.py (TFLite has no int8 LayerNorm); left alone
+        (a float island) outside its limits."""
+        value = self._def(expr)
+        if _op_name(value) != "relax.nn.layer_norm":
+            return None
+        data = self._dequantized(value.args[0])
+        shape = _int_shape(value)
+        axes = [int(a) % len(shape) for a in value.attrs.axes]
+        gamma, beta = self._const_float(value.args[1]), self._const_float(value.args[2])
+        if (data is None or data.reshape is not None or axes != [len(shape) - 1] or gamma is None or beta is None
+                or gamma.size != shape[-1] or beta.size != shape[-1]):
+            return None
+        params = layer_norm_params(data.params.scale, out.scale, gamma if bool(value.attrs.scale) else np.ones(shape[-1]),
+                                   beta if bool(value.attrs.center) else np.zeros(shape[-1]), float(value.attrs.epsilon))
+        if params is None:
+            return None
+        callee = self.builder_.add_func(layer_norm_primfunc(
+            shape, input_zero_point=data.params.zero_point, output_zero_point=out.zero_point, eps=params["eps"],
+            fg=params["fg"]), "layer_norm_int8")
+        return relax.call_tir(callee, [self._int8(data), relax.const(params["g"]), relax.const(params["b"])],
+                              relax.TensorType(shape, "int8"))
+
     def _softmax(self, expr, out: QuantParams) -> relax.Expr | None:
         """softmax over the last axis of an int8 tensor, quantized as TFLite's int8 SOFTMAX requires
         (scale 1/256, zero point -128): one call of the C kernel of passes/int8_softmax.py with the
@@ -599,7 +624,7 @@ class _IntegerRewriter(relax.PyExprMutator):
         if out is None or str(call.attrs.out_dtype) != "int8":
             return None
         for rule in (self._conv_or_dense, self._batch_matmul, self._add, self._pool, self._mean, self._layout,
-                     self._relu, self._lut, self._softmax, self._mul):
+                     self._relu, self._lut, self._softmax, self._layer_norm, self._mul):
             replaced = rule(call.args[0], out)
             if replaced is not None:
                 return replaced
@@ -660,7 +685,13 @@ class QuantizeToInteger:
       256-entry int8 table holding TFLite's int8 LOGISTIC / TANH / HARD_SWISH for every input
       (passes/activation_tables.py), where TFLite has an int8 kernel for the quantizations;
     - softmax over the last axis (at most 256 values) with TFLite's int8 output quantization: one
-      call of the C kernel of passes/int8_softmax.py with a compile-time exp table.
+      call of the C kernel of passes/int8_softmax.py with a compile-time exp table;
+    - matmul of two int8 activations (TFLite's BATCH_MATMUL), and a matmul with int8 weights over
+      the tokens of a [.., T, C] input (the dense kernel over T rows);
+    - GELU as exported (x * (erf(x / sqrt 2) + 1) * 0.5): one table lookup, TFLite Micro's int8 GELU;
+    - layer_norm over the last axis with constant scale and bias: the integer kernel of
+      passes/int8_layer_norm.py;
+    - quantize of a constant (a position embedding, a class token): an int8 constant.
     Weight and bias constants are evaluated through the importer's dequantize / reshape /
     permute_dims; an int32 bias (QDQ's scale input_scale * weight_scale) is used as stored.
     With int8_io (default True), a single input that is quantized first thing becomes an int8

@@ -52,7 +52,8 @@ class QOp:
     follows no conv, dense or add: TFLite's RELU/RELU6 op, which may requantize), lut (Sigmoid,
     Tanh, HardSwish or GELU as TFLite's int8 LOGISTIC / TANH / HARD_SWISH / GELU: attrs["function"] and the
     256-entry attrs["table"] indexed by q + 128), softmax (over the last axis, TFLite's int8 SOFTMAX:
-    attrs["exp_table"] the exp of each difference from the row maximum), pad (a constant Pad keeping its input's
+    attrs["exp_table"] the exp of each difference from the row maximum), layer_norm (over the last
+    axis, passes/int8_layer_norm.py: attrs its integer constants eps, fg, g, b), pad (a constant Pad keeping its input's
     quantization: attrs["pads"] as (before, after) per axis, attrs["value"] the int8 pad value) or
     float (a
     float island: an op with no integer form, e.g. Softmax or Sigmoid, run in float32 between
@@ -418,6 +419,11 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             continue
         if op in ("QuantizeLinear", "DequantizeLinear", "Constant"):
             continue
+        if op == "LayerNormalization":
+            norm = _layer_norm_op(r, node)
+            if norm is not None:
+                ops.append(norm)
+                continue
         if op == "Softmax":
             soft = _softmax_op(r, node)
             if soft is not None:
@@ -618,6 +624,30 @@ def _pad_op(r: _Reader, node: onnx.NodeProto, a: dict) -> QOp:
     q = int(np.clip(np.rint(np.float32(np.asarray(value).reshape(())) / tout.scale) + tout.zero_point, -128, 127))
     return QOp("pad", node.name or node.output[0], [x], out, activation="NONE",
                attrs={"pads": [(pads[i], pads[i + rank]) for i in range(rank)], "value": q})
+
+
+def _layer_norm_op(r: _Reader, node: onnx.NodeProto) -> QOp | None:
+    """A LayerNormalization over the last axis of an int8 tensor with constant scale and bias as
+    tvmnas's integer LayerNorm (passes/int8_layer_norm.py); None (a float island) otherwise."""
+    from tvmnas.passes.int8_layer_norm import layer_norm_params
+
+    try:
+        x = r.activation_in(node.input[0], node)
+        out, _act, _bounds = r._own_output(node, "NONE", (None, None))
+    except QuantizationError:
+        return None
+    a = _attrs(node)
+    tin, tout = r.tensors[x], r.tensors[out]
+    n = tin.shape[-1]
+    gamma = r.init.get(node.input[1]) if len(node.input) > 1 else None
+    beta = r.init.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(n, np.float32)
+    if (int(a.get("axis", -1)) % len(tin.shape) != len(tin.shape) - 1 or len(node.output) != 1 or gamma is None
+            or beta is None or np.size(gamma) != n or np.size(beta) != n):
+        return None
+    params = layer_norm_params(tin.scale, tout.scale, gamma, beta, float(a.get("epsilon", 1e-5)))
+    if params is None:
+        return None
+    return QOp("layer_norm", node.name or node.output[0], [x], out, activation="NONE", attrs=params)
 
 
 def _softmax_op(r: _Reader, node: onnx.NodeProto) -> QOp | None:

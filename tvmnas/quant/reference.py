@@ -26,6 +26,9 @@ equal:
 - softmax (over the last axis, output scale 1/256, zero point -128): TFLite Micro's int8 SOFTMAX
   (gemmlowp exp of the Q5.26 difference from the row maximum, a Q12.19 sum, GetReciprocal),
   passes/activation_tables.py.
+- layer_norm (over the last axis, constant scale and bias): TFLite has no int8 LayerNorm; tvmnas's
+  integer kernel (int64 sums, a normalised integer square root, per-channel fixed-point affine),
+  passes/int8_layer_norm.py, the same integers as the C.
 - pad: a constant Pad keeping its input's quantization, padded with the quantized value (TFLite's PAD).
 - lut (Sigmoid, Tanh, HardSwish, GELU): TFLite Micro's int8 LOGISTIC / TANH / HARD_SWISH / GELU, evaluated
   for all 256 inputs by passes/activation_tables.py and looked up.
@@ -46,6 +49,7 @@ import onnx
 
 from tvmnas.errors import QuantizationError
 from tvmnas.passes.activation_tables import softmax_rows
+from tvmnas.passes.int8_layer_norm import layer_norm_rows
 from tvmnas.passes.fixed_point import (
     add_params,
     batch_matmul_multiplier,
@@ -246,6 +250,8 @@ def run_op(graph: QGraph, op: QOp, xs: list[np.ndarray]) -> np.ndarray:
         y = _requant_copy(xs[0], tin, tout, op.act)
     elif op.kind == "relu":
         y = _requant_copy(xs[0], tin, tout, op.act, always=True)
+    elif op.kind == "layer_norm":
+        y = layer_norm_rows(xs[0], tin.zero_point, tout.zero_point, op.attrs, *op.act)
     elif op.kind == "softmax":
         y = softmax_rows(xs[0], op.attrs["exp_table"])
     elif op.kind == "pad":
