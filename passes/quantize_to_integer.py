@@ -10,7 +10,8 @@ from tvm import relax
 
 from . import integer_kernels as K
 from .activation_tables import SOFTMAX_OUTPUT, activation_table, gelu_table, softmax_exp_table
-from .fixed_point import add_params, batch_matmul_multiplier, conv_multipliers, mean_multiplier, mul_multiplier, rescale_multiplier
+from .fixed_point import (add_params, batch_matmul_multiplier, conv_multipliers, mean_multiplier, mul_multiplier,
+                          requantize, rescale_multiplier)
 from .int8_layer_norm import layer_norm_params, layer_norm_primfunc
 from .int8_softmax import MAX_DEPTH, softmax_primfunc
 
@@ -449,8 +450,24 @@ class _IntegerRewriter(relax.PyExprMutator):
         data = self._dequantized(value.args[0])
         shape = _int_shape(value.args[0])
         axes = None if value.attrs.axis is None else sorted(int(a) % len(shape) for a in value.attrs.axis)
-        if data is None or data.reshape is not None or axes != list(range(2, len(shape))) or len(shape) not in (3, 4):
+        if data is None or data.reshape is not None or not axes:
             return None
+        if axes != list(range(2, len(shape))) or len(shape) not in (3, 4):
+            # other axes (e.g. the tokens of [N, T, C]): the reduced axes moved last, as one row each
+            kept = [i for i in range(len(shape)) if i not in axes]
+            x = self._int8(data)
+            if axes != list(range(len(shape) - len(axes), len(shape))):
+                x = self.builder_.emit(relax.op.permute_dims(x, kept + axes))
+            count = int(np.prod([shape[i] for i in axes]))
+            rows = int(np.prod([shape[i] for i in kept]))
+            x = self.builder_.emit(relax.op.reshape(x, (1, rows, 1, count)))
+            mult, shift = mean_multiplier(data.params.scale, out.scale, count)
+            mean = self.builder_.emit(self.builder_.call_te(
+                K.mean_hw_int8, x, primfunc_name_hint="mean_int8", keepdims=False,
+                input_zero_point=data.params.zero_point, output_zero_point=out.zero_point, multiplier=mult, shift=shift,
+                act_min=act_min, act_max=act_max,
+            ))
+            return relax.op.reshape(mean, _int_shape(value))
         x = self._int8(data)
         if len(shape) == 3:  # the mean over W of NCW: as over H and W of one row
             x = self.builder_.emit(relax.op.reshape(x, (shape[0], shape[1], 1, shape[2])))
@@ -575,6 +592,11 @@ class _IntegerRewriter(relax.PyExprMutator):
         if operand.params == out and (act_min, act_max) == (K.INT8_MIN, K.INT8_MAX):
             return x
         mult, shift = rescale_multiplier(operand.params.scale, out.scale)
+        bound = self.builder_.lookup_binding(x) if isinstance(x, relax.Var) else x
+        value = None if bound is None else _constant(bound)
+        if value is not None:  # an int8 constant: requantized now (no kernel on constants)
+            q = requantize(value.astype(np.int64) - operand.params.zero_point, mult, shift, out.zero_point, act_min, act_max)
+            return relax.const(np.asarray(q, np.int8))
         return self.builder_.emit(self.builder_.call_te(
             K.requantize_int8, x, primfunc_name_hint="requantize_int8", input_zero_point=operand.params.zero_point,
             output_zero_point=out.zero_point, multiplier=mult, shift=shift, act_min=act_min, act_max=act_max,

@@ -447,7 +447,10 @@ def insert_qdq(model: onnx.ModelProto, input_name: str,
             for name in n.input:
                 if (name in init and name not in qp and init[name].dtype == np.float32
                         and any(i not in init for i in n.input)):
-                    qp[name] = activation_qparams(float(init[name].min()), float(init[name].max()))
+                    if n.op_type == "Concat":  # TFLite's CONCATENATION: inputs quantized as the output
+                        qp[name] = qp[n.output[0]]
+                    else:
+                        qp[name] = activation_qparams(float(init[name].min()), float(init[name].max()))
                     const_acts.append(name)
     for name in const_acts:
         new_nodes.extend(qdq(name))
