@@ -399,7 +399,8 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
     fused: set[str] = set()  # outputs of nodes read as part of another op (GELU's inside, a dense layer's bias Add)
     for node in g.node:
         gelu = match_gelu(node, r.producer, r.init.get)
-        if gelu is not None:
+        inside = {m.output[0] for m in gelu[1]} | {node.output[0]} if gelu is not None else set()
+        if gelu is not None and all(u.output[0] in inside for m in gelu[1] for u in r.consumers.get(m.output[0], [])):
             gelu_ends[node.output[0]] = gelu[0]
             fused.update(m.output[0] for m in gelu[1])
     for node in g.node:

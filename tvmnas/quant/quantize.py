@@ -447,7 +447,7 @@ def insert_qdq(model: onnx.ModelProto, input_name: str,
             for name in n.input:
                 if (name in init and name not in qp and init[name].dtype == np.float32
                         and any(i not in init for i in n.input)):
-                    if n.op_type == "Concat":  # TFLite's CONCATENATION: inputs quantized as the output
+                    if n.op_type == "Concat" and n.output[0] in qp:  # TFLite's CONCATENATION: as the output
                         qp[name] = qp[n.output[0]]
                     else:
                         qp[name] = activation_qparams(float(init[name].min()), float(init[name].max()))
