@@ -6,7 +6,7 @@ inside the integer LSTM, `PortableApplyLayerNorm`, which is exact only for power
 tvmnas defines one integer kernel, with the same structure as that LSTM kernel (int64 sums, a
 normalised integer square root, per-channel fixed-point weights), and the integer reference and the
 C compute it with the same integers: bit-exact by construction, and within one step of the float
-LayerNorm (while gamma / s_out < 2^8 the fixed-point error stays below 2^-16 of an output step:
+LayerNorm (while gamma / s_out and beta / s_out stay below 2^8 the fixed-point error stays below 2^-16 of an output step:
 the Q24 rounding of y times gamma / s_out, the 31-bit root and reciprocal, the int32 weights).
 
 Per row of n int8 values x with input zero point zp_in (d = x - zp_in):
