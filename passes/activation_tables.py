@@ -16,6 +16,9 @@ Sources (TFLite Micro / gemmlowp, followed line by line):
   scale 1/128, zero point 0.
 - hard-swish: `HardSwishPrepare` (float32 scale ratios, `QuantizeMultiplier`,
   `DownScaleInt32ToInt16Multiplier`), `reference_ops::HardSwish<int8_t>`; any output quantization.
+- gelu: TFLite Micro's `GeluPrepare` fills its int8 table with `LUTPopulate<int8_t>`, in float32:
+  `GeluTransform(in_scale * (q - zp_in))` (`0.5f * x * (1.f + erff(x * (float)M_SQRT1_2))`), times
+  `1 / out_scale`, `TfLiteRound`, plus `zp_out`, clamped; any output quantization.
 
 Pure Python and numpy, no TVM.
 """
@@ -28,7 +31,7 @@ import numpy as np
 
 from .fixed_point import multiply_by_quantized_multiplier, quantize_multiplier
 
-__all__ = ["FIXED_OUTPUT", "SOFTMAX_OUTPUT", "activation_table", "hard_swish_table", "logistic_table", "softmax_exp_table",
+__all__ = ["FIXED_OUTPUT", "SOFTMAX_OUTPUT", "activation_table", "gelu_table", "hard_swish_table", "logistic_table", "softmax_exp_table",
            "softmax_rows", "table_index", "tanh_table"]
 
 # TFLite's int8 LOGISTIC and TANH kernels assume this output quantization (scale, zero point)
@@ -285,6 +288,22 @@ def hard_swish_table(input_scale: float, input_zero_point: int, output_scale: fl
         preshift = _saturating_doubling_high_mul16(reluish, preshift_output)
         out = _wrap16(_rdivpot(preshift, -out_e) + int(output_zero_point))
         table[i] = min(max(out, -128), 127)
+    return table
+
+
+def gelu_table(input_scale: float, input_zero_point: int, output_scale: float, output_zero_point: int) -> np.ndarray:
+    """TFLite Micro's int8 GELU table (`GeluPrepare`, `LUTPopulate<int8_t>`, exact erf form), every
+    step in float32 as the C++ computes it; erff as the double erf rounded to float32."""
+    f32 = np.float32
+    inverse_scale = f32(1.0) / f32(output_scale)
+    table = np.empty(256, np.int8)
+    for i, q in enumerate(range(-128, 128)):
+        x = f32(input_scale) * f32(q - int(input_zero_point))
+        erf = f32(math.erf(float(x * f32(0.70710678118654752440))))
+        y = f32(f32(0.5) * x) * f32(f32(1.0) + erf)
+        scaled = float(f32(y * inverse_scale))
+        rounded = math.copysign(math.floor(abs(scaled) + 0.5), scaled)  # TfLiteRound: halves away from zero
+        table[i] = min(max(int(rounded + int(output_zero_point)), -128), 127)
     return table
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "multiply_by_quantized_multiplier",
     "requantize",
     "conv_multipliers",
+    "batch_matmul_multiplier",
     "ADD_LEFT_SHIFT",
     "add_params",
     "rescale_multiplier",
@@ -254,6 +255,15 @@ def mul_multiplier(input1_scale: float, input2_scale: float, output_scale: float
     double and multiplied in that order (TFLite Micro's CalculateOpDataMul)."""
     return quantize_multiplier(float(np.float32(input1_scale)) * float(np.float32(input2_scale))
                                / float(np.float32(output_scale)))
+
+
+def batch_matmul_multiplier(lhs_scale: float, rhs_scale: float, output_scale: float) -> tuple[int, int]:
+    """(multiplier, shift) of TFLite's int8 BATCH_MATMUL (two int8 activations): TFLite Micro's
+    ``BatchMatMulPrepare`` calls the 4-argument ``GetQuantizedConvolutionMultipler``, which takes the
+    product of the two scales in float32 and only then widens it to double:
+    ``double(float32(s_lhs * s_rhs)) / double(s_out)``."""
+    product = float(np.float32(lhs_scale) * np.float32(rhs_scale))
+    return quantize_multiplier(product / float(np.float32(output_scale)))
 
 
 def mean_multiplier(input_scale: float, output_scale: float, count: int) -> tuple[int, int]:

@@ -322,3 +322,32 @@ def mul_int8(a: te.Tensor, b: te.Tensor, *, zero_points: Sequence[int], multipli
                                        _i32(multiplier), _i32(shift)), output_zero_point, act_min, act_max),
         name="mul_int8",
     )
+
+
+def batch_matmul_int8(a: te.Tensor, b: te.Tensor, *, zero_points: Sequence[int], multiplier: int, shift: int,
+                      output_zero_point: int, act_min: int, act_max: int) -> te.Tensor:
+    """TFLite's int8 BATCH_MATMUL of two activations [.., M, K] x [.., K, N] (batch axes broadcast,
+    size 1 or missing): sum((a - zp_a) * (b - zp_b)) in int32, requantized by (multiplier, shift)
+    (`fixed_point.batch_matmul_multiplier`)."""
+    ra, rb = len(a.shape), len(b.shape)
+    rank = max(ra, rb)
+    batch_a = [1] * (rank - ra) + [int(d) for d in a.shape[:-2]]
+    batch_b = [1] * (rank - rb) + [int(d) for d in b.shape[:-2]]
+    batch = [max(x, y) for x, y in zip(batch_a, batch_b)]
+    m, k, n = int(a.shape[-2]), int(a.shape[-1]), int(b.shape[-1])
+    rk = te.reduce_axis((0, k), name="rk")
+
+    def read_a(i, kk):
+        lead = [0 if d == 1 and full != 1 else x for x, d, full in zip(i[:rank - 2], batch_a, batch)][rank - ra:]
+        return a(*lead, i[rank - 2], kk).astype("int32") - _i32(zero_points[0])
+
+    def read_b(i, kk):
+        lead = [0 if d == 1 and full != 1 else x for x, d, full in zip(i[:rank - 2], batch_b, batch)][rank - rb:]
+        return b(*lead, kk, i[rank - 1]).astype("int32") - _i32(zero_points[1])
+
+    acc = te.compute(batch + [m, n], lambda *i: te.sum(read_a(i, rk) * read_b(i, rk), axis=rk), name="batch_matmul_int32")
+    return te.compute(
+        acc.shape,
+        lambda *i: saturate(requantize(acc(*i), _i32(multiplier), _i32(shift)), output_zero_point, act_min, act_max),
+        name="requantize",
+    )

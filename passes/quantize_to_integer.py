@@ -9,8 +9,10 @@ import tvm
 from tvm import relax
 
 from . import integer_kernels as K
-from .activation_tables import SOFTMAX_OUTPUT, activation_table, softmax_exp_table
-from .fixed_point import add_params, conv_multipliers, mean_multiplier, mul_multiplier, rescale_multiplier
+from .activation_tables import SOFTMAX_OUTPUT, activation_table, gelu_table, softmax_exp_table
+from .fixed_point import (add_params, batch_matmul_multiplier, conv_multipliers, mean_multiplier, mul_multiplier,
+                          requantize, rescale_multiplier)
+from .int8_layer_norm import layer_norm_params, layer_norm_primfunc
 from .int8_softmax import MAX_DEPTH, softmax_primfunc
 
 
@@ -300,7 +302,7 @@ class _IntegerRewriter(relax.PyExprMutator):
                 return None
             out_axis = 0
         elif name == "relax.matmul":
-            if len(_int_shape(value.args[0])) != 2:
+            if len(_int_shape(value.args[0])) < 2 or len(_int_shape(value.args[1])) != 2:
                 return None
             out_axis = 1
         else:
@@ -347,7 +349,32 @@ class _IntegerRewriter(relax.PyExprMutator):
                 dilation=[int(d) for d in attrs.dilation], groups=int(attrs.groups),
                 input_zero_point=data.params.zero_point, **common,
             )
-        return self.builder_.call_te(K.dense_int8, x, *args, primfunc_name_hint="matmul_int8", **common)
+        in_shape = _int_shape(value.args[0])
+        if len(in_shape) == 2:
+            return self.builder_.call_te(K.dense_int8, x, *args, primfunc_name_hint="matmul_int8", **common)
+        # a dense layer over tokens ([.., T, C] x [C, D]): the same kernel over the rows
+        rows = int(np.prod(in_shape[:-1]))
+        x = self.builder_.emit(relax.op.reshape(x, (rows, in_shape[-1])))
+        dense = self.builder_.emit(self.builder_.call_te(K.dense_int8, x, *args, primfunc_name_hint="matmul_int8", **common))
+        return relax.op.reshape(dense, in_shape[:-1] + (channels,))
+
+    def _batch_matmul(self, expr, out: QuantParams) -> relax.Expr | None:
+        """matmul of two int8 activations (attention's Q.K^T, scores.V): TFLite's int8 BATCH_MATMUL,
+        both zero points subtracted, int32 accumulation, the multiplier of float32(s_a * s_b) / s_out."""
+        producer, act_min, act_max = self._activation(expr, out)
+        value = self._def(producer)
+        if _op_name(value) != "relax.matmul":
+            return None
+        a, b = (self._dequantized(arg) for arg in value.args)
+        shapes = [_int_shape(arg) for arg in value.args]
+        if a is None or b is None or len(shapes[0]) < 2 or len(shapes[1]) < 2:
+            return None
+        mult, shift = batch_matmul_multiplier(a.params.scale, b.params.scale, out.scale)
+        return self.builder_.call_te(
+            K.batch_matmul_int8, self._int8(a), self._int8(b), primfunc_name_hint="batch_matmul_int8",
+            zero_points=[a.params.zero_point, b.params.zero_point], multiplier=mult, shift=shift,
+            output_zero_point=out.zero_point, act_min=act_min, act_max=act_max,
+        )
 
     def _add(self, expr, out: QuantParams) -> relax.Expr | None:
         producer, act_min, act_max = self._activation(expr, out)
@@ -423,8 +450,24 @@ class _IntegerRewriter(relax.PyExprMutator):
         data = self._dequantized(value.args[0])
         shape = _int_shape(value.args[0])
         axes = None if value.attrs.axis is None else sorted(int(a) % len(shape) for a in value.attrs.axis)
-        if data is None or data.reshape is not None or axes != list(range(2, len(shape))) or len(shape) not in (3, 4):
+        if data is None or data.reshape is not None or not axes:
             return None
+        if axes != list(range(2, len(shape))) or len(shape) not in (3, 4):
+            # other axes (e.g. the tokens of [N, T, C]): the reduced axes moved last, as one row each
+            kept = [i for i in range(len(shape)) if i not in axes]
+            x = self._int8(data)
+            if axes != list(range(len(shape) - len(axes), len(shape))):
+                x = self.builder_.emit(relax.op.permute_dims(x, kept + axes))
+            count = int(np.prod([shape[i] for i in axes]))
+            rows = int(np.prod([shape[i] for i in kept]))
+            x = self.builder_.emit(relax.op.reshape(x, (1, rows, 1, count)))
+            mult, shift = mean_multiplier(data.params.scale, out.scale, count)
+            mean = self.builder_.emit(self.builder_.call_te(
+                K.mean_hw_int8, x, primfunc_name_hint="mean_int8", keepdims=False,
+                input_zero_point=data.params.zero_point, output_zero_point=out.zero_point, multiplier=mult, shift=shift,
+                act_min=act_min, act_max=act_max,
+            ))
+            return relax.op.reshape(mean, _int_shape(value))
         x = self._int8(data)
         if len(shape) == 3:  # the mean over W of NCW: as over H and W of one row
             x = self.builder_.emit(relax.op.reshape(x, (shape[0], shape[1], 1, shape[2])))
@@ -452,6 +495,29 @@ class _IntegerRewriter(relax.PyExprMutator):
                 return x
         return None
 
+    def _gelu_operand(self, value) -> relax.Expr | None:
+        """x of `x * (erf(x / sqrt 2) + 1) * 0.5` (the ONNX importer's exported GELU, operands of the
+        multiplies and the add in either order)."""
+        def is_const(expr, v: float) -> bool:
+            c = self._const_float(expr)
+            return c is not None and c.size == 1 and bool(np.isclose(float(c.reshape(())), v, rtol=1e-6))
+
+        for inner_expr, half in ((value.args[0], value.args[1]), (value.args[1], value.args[0])):
+            inner = self._def(inner_expr)
+            if _op_name(inner) != "relax.multiply" or not is_const(half, 0.5):
+                continue
+            for x, gate in ((inner.args[0], inner.args[1]), (inner.args[1], inner.args[0])):
+                add = self._def(gate)
+                if _op_name(add) != "relax.add":
+                    continue
+                for erf_expr, one in ((add.args[0], add.args[1]), (add.args[1], add.args[0])):
+                    erf = self._def(erf_expr)
+                    div = self._def(erf.args[0]) if _op_name(erf) == "relax.erf" else None
+                    if (_op_name(div) == "relax.divide" and div.args[0].same_as(x) and is_const(one, 1.0)
+                            and is_const(div.args[1], float(np.sqrt(np.float32(2.0))))):
+                        return x
+        return None
+
     def _lut(self, expr, out: QuantParams) -> relax.Expr | None:
         """sigmoid / tanh / hard-swish of an int8 tensor as one table lookup with TFLite's int8
         kernel's values (passes/activation_tables.py); left alone where TFLite has no int8 kernel
@@ -461,16 +527,46 @@ class _IntegerRewriter(relax.PyExprMutator):
         if name in ("relax.sigmoid", "relax.tanh"):
             function, source = name.split(".")[1], value.args[0]
         elif name == "relax.multiply":
-            function, source = "hard_swish", self._hard_swish_operand(value)
+            source = self._gelu_operand(value)
+            function = "gelu" if source is not None else "hard_swish"
+            if source is None:
+                source = self._hard_swish_operand(value)
         else:
             return None
         data = None if source is None else self._dequantized(source)
         if data is None or data.reshape is not None:
             return None
-        table = activation_table(function, data.params.scale, data.params.zero_point, out.scale, out.zero_point)
+        if function == "gelu":
+            table = gelu_table(data.params.scale, data.params.zero_point, out.scale, out.zero_point)
+        else:
+            table = activation_table(function, data.params.scale, data.params.zero_point, out.scale, out.zero_point)
         if table is None:
             return None
         return self.builder_.call_te(K.lut_int8, self._int8(data), relax.const(table), primfunc_name_hint="lut_int8")
+
+    def _layer_norm(self, expr, out: QuantParams) -> relax.Expr | None:
+        """layer_norm over the last axis of an int8 tensor with constant scale and bias: one call of
+        the integer kernel of passes/int8_layer_norm.py (TFLite has no int8 LayerNorm); left alone
+        (a float island) outside its limits."""
+        value = self._def(expr)
+        if _op_name(value) != "relax.nn.layer_norm":
+            return None
+        data = self._dequantized(value.args[0])
+        shape = _int_shape(value)
+        axes = [int(a) % len(shape) for a in value.attrs.axes]
+        gamma, beta = self._const_float(value.args[1]), self._const_float(value.args[2])
+        if (data is None or data.reshape is not None or axes != [len(shape) - 1] or gamma is None or beta is None
+                or gamma.size != shape[-1] or beta.size != shape[-1]):
+            return None
+        params = layer_norm_params(data.params.scale, out.scale, gamma if bool(value.attrs.scale) else np.ones(shape[-1]),
+                                   beta if bool(value.attrs.center) else np.zeros(shape[-1]), float(value.attrs.epsilon))
+        if params is None:
+            return None
+        callee = self.builder_.add_func(layer_norm_primfunc(
+            shape, input_zero_point=data.params.zero_point, output_zero_point=out.zero_point, eps=params["eps"],
+            fg=params["fg"]), "layer_norm_int8")
+        return relax.call_tir(callee, [self._int8(data), relax.const(params["g"]), relax.const(params["b"])],
+                              relax.TensorType(shape, "int8"))
 
     def _softmax(self, expr, out: QuantParams) -> relax.Expr | None:
         """softmax over the last axis of an int8 tensor, quantized as TFLite's int8 SOFTMAX requires
@@ -496,6 +592,11 @@ class _IntegerRewriter(relax.PyExprMutator):
         if operand.params == out and (act_min, act_max) == (K.INT8_MIN, K.INT8_MAX):
             return x
         mult, shift = rescale_multiplier(operand.params.scale, out.scale)
+        bound = self.builder_.lookup_binding(x) if isinstance(x, relax.Var) else x
+        value = None if bound is None else _constant(bound)
+        if value is not None:  # an int8 constant: requantized now (no kernel on constants)
+            q = requantize(value.astype(np.int64) - operand.params.zero_point, mult, shift, out.zero_point, act_min, act_max)
+            return relax.const(np.asarray(q, np.int8))
         return self.builder_.emit(self.builder_.call_te(
             K.requantize_int8, x, primfunc_name_hint="requantize_int8", input_zero_point=operand.params.zero_point,
             output_zero_point=out.zero_point, multiplier=mult, shift=shift, act_min=act_min, act_max=act_max,
@@ -544,8 +645,8 @@ class _IntegerRewriter(relax.PyExprMutator):
         out = _per_tensor(call)
         if out is None or str(call.attrs.out_dtype) != "int8":
             return None
-        for rule in (self._conv_or_dense, self._add, self._pool, self._mean, self._layout, self._relu,
-                     self._lut, self._softmax, self._mul):
+        for rule in (self._conv_or_dense, self._batch_matmul, self._add, self._pool, self._mean, self._layout,
+                     self._relu, self._lut, self._softmax, self._layer_norm, self._mul):
             replaced = rule(call.args[0], out)
             if replaced is not None:
                 return replaced
@@ -562,6 +663,13 @@ class _IntegerRewriter(relax.PyExprMutator):
             source = self.visit_expr(value.args[0])
             self.set_var_remap(binding.var, self.builder_.emit_output(source, name_hint=binding.var.name))
             return
+        if name == "relax.quantize" and str(value.attrs.out_dtype) == "int8":
+            constant = self._const_float(value.args[0])
+            params = _per_tensor(value)
+            if constant is not None and params is not None:  # an int8 constant (ONNX QuantizeLinear's rounding)
+                q = np.clip(np.rint(constant.astype(np.float32) / np.float32(params.scale)) + params.zero_point, -128, 127)
+                self.set_var_remap(binding.var, self.builder_.emit(relax.const(q.astype(np.int8)), name_hint=binding.var.name))
+                return
         if name == "relax.quantize":
             replaced = self._integer(value)
             if replaced is not None:
@@ -599,7 +707,13 @@ class QuantizeToInteger:
       256-entry int8 table holding TFLite's int8 LOGISTIC / TANH / HARD_SWISH for every input
       (passes/activation_tables.py), where TFLite has an int8 kernel for the quantizations;
     - softmax over the last axis (at most 256 values) with TFLite's int8 output quantization: one
-      call of the C kernel of passes/int8_softmax.py with a compile-time exp table.
+      call of the C kernel of passes/int8_softmax.py with a compile-time exp table;
+    - matmul of two int8 activations (TFLite's BATCH_MATMUL), and a matmul with int8 weights over
+      the tokens of a [.., T, C] input (the dense kernel over T rows);
+    - GELU as exported (x * (erf(x / sqrt 2) + 1) * 0.5): one table lookup, TFLite Micro's int8 GELU;
+    - layer_norm over the last axis with constant scale and bias: the integer kernel of
+      passes/int8_layer_norm.py;
+    - quantize of a constant (a position embedding, a class token): an int8 constant.
     Weight and bias constants are evaluated through the importer's dequantize / reshape /
     permute_dims; an int32 bias (QDQ's scale input_scale * weight_scale) is used as stored.
     With int8_io (default True), a single input that is quantized first thing becomes an int8

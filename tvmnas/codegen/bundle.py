@@ -15,6 +15,7 @@ import numpy as np
 from tvmnas.codegen.c_printer import KernelSignature, c_identifier, c_type, float_literal
 from tvmnas.passes import ArenaPlan, CallGraph, TensorInfo
 from tvmnas.passes.int8_simd import SIMD_C, uses_simd
+from tvmnas.passes.int8_layer_norm import LAYER_NORM_C, uses_layer_norm
 from tvmnas.passes.int8_softmax import SOFTMAX_C, uses_softmax
 from tvmnas.passes.integer_kernels import REQUANTIZE_C
 
@@ -220,6 +221,8 @@ def model_source(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
         parts.append(SIMD_C)
     if any(uses_softmax(k.text) for k in kernels.values()):
         parts.append(SOFTMAX_C)
+    if any(uses_layer_norm(k.text) for k in kernels.values()):
+        parts.append(LAYER_NORM_C)
     parts += [kernels[name].text for name in sorted(kernels)]
     parts.append(run_function(graph, kernels, plan, sources))
     return "\n".join(parts)

@@ -38,6 +38,7 @@ from tvmnas.measure.store import KernelKey
 from tvmnas.measure.emulator import Emulator
 from tvmnas.measure.profile import Profile
 from tvmnas.passes.int8_simd import SIMD_C, uses_simd
+from tvmnas.passes.int8_layer_norm import LAYER_NORM_C, uses_layer_norm
 from tvmnas.passes.int8_softmax import SOFTMAX_C, uses_softmax
 from tvmnas.passes.kernel_features import kernel_hash, kernel_macs
 from tvmnas.quantized import as_int8_source, integer_model
@@ -74,6 +75,8 @@ def codegen_version(c_text: str, name: str, flags: str) -> str:
         normalised += SIMD_C
     if uses_softmax(c_text):
         normalised += SOFTMAX_C
+    if uses_layer_norm(c_text):
+        normalised += LAYER_NORM_C
     text = "\0".join([normalised, PRELUDE, compiler_version(), flags])
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 

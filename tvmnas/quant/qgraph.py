@@ -47,11 +47,13 @@ class QTensor:
 class QOp:
     """One integer operator.
 
-    kind: conv, dense, add, mul (two int8 tensors of one rank, broadcasting), avgpool, maxpool, mean, reshape, concat, relu (a Relu/Clip that
+    kind: conv, dense (over the last axis: a [.., T, C] input is T rows), batch_matmul (two int8
+    activations, TFLite's BATCH_MATMUL), add, mul (two int8 tensors of one rank, broadcasting), avgpool, maxpool, mean, reshape, concat, relu (a Relu/Clip that
     follows no conv, dense or add: TFLite's RELU/RELU6 op, which may requantize), lut (Sigmoid,
-    Tanh or HardSwish as TFLite's int8 LOGISTIC / TANH / HARD_SWISH: attrs["function"] and the
+    Tanh, HardSwish or GELU as TFLite's int8 LOGISTIC / TANH / HARD_SWISH / GELU: attrs["function"] and the
     256-entry attrs["table"] indexed by q + 128), softmax (over the last axis, TFLite's int8 SOFTMAX:
-    attrs["exp_table"] the exp of each difference from the row maximum), pad (a constant Pad keeping its input's
+    attrs["exp_table"] the exp of each difference from the row maximum), layer_norm (over the last
+    axis, passes/int8_layer_norm.py: attrs its integer constants eps, fg, g, b), pad (a constant Pad keeping its input's
     quantization: attrs["pads"] as (before, after) per axis, attrs["value"] the int8 pad value) or
     float (a
     float island: an op with no integer form, e.g. Softmax or Sigmoid, run in float32 between
@@ -86,6 +88,9 @@ class QGraph:
     outputs: list[str]
     input_names: list[str]  # the ONNX (float) graph input names, in order
     output_names: list[str]
+    # int8 tensors that are constants of the model (QuantizeLinear of an initializer, e.g. a
+    # position embedding added to the tokens), their values quantized as ONNX QuantizeLinear does
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def tflite_round(x: np.ndarray | float) -> np.ndarray:
@@ -195,6 +200,7 @@ class _Reader:
                 self.consumers.setdefault(i, []).append(n)
         self.tensors: dict[str, QTensor] = {}
         self.alias: dict[str, str] = {}  # a second QuantizeLinear of one output -> the first
+        self.constants: dict[str, np.ndarray] = {}
 
     # -- quantization parameters ------------------------------------------------------------
     def _qparams(self, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +238,14 @@ class _Reader:
         s_dq, z_dq = self._qparams(dq)
         if not (np.array_equal(s_q, s_dq) and np.array_equal(z_q, z_dq)):
             raise QuantizationError(f"DequantizeLinear '{dq.name}' reads '{dq.input[0]}' with other parameters than it was quantized with")
-        return self.alias.get(q.output[0]) or self._add_tensor(q)
+        name = self.alias.get(q.output[0]) or self._add_tensor(q)
+        if q.input[0] in self.init and name not in self.constants:  # an int8 constant tensor
+            t = self.tensors[name]
+            value = np.asarray(self.init[q.input[0]], np.float32)
+            if value.shape != t.shape:
+                value = np.broadcast_to(value, t.shape)
+            self.constants[name] = np.clip(np.rint(value / np.float32(t.scale)) + t.zero_point, -128, 127).astype(np.int8)
+        return name
 
     def constant_in(self, float_name: str, node: onnx.NodeProto, dtype: type) -> tuple[np.ndarray, np.ndarray, int]:
         """(integer values, scales, axis) of a DequantizeLinear'd initializer."""
@@ -292,6 +305,54 @@ class _Reader:
         return out, act, bounds
 
 
+def match_gelu(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
+               constant) -> tuple[str, list[onnx.NodeProto]] | None:
+    """(x, the pattern's other nodes) where `node` ends GELU as torch exports it before opset 20,
+    ``Mul(Mul(x, Add(Erf(Div(x, sqrt(2))), 1)), 0.5)`` (operands of Mul and Add in either order);
+    None otherwise. `constant(name)` gives a constant input's value or None."""
+    def const_is(name: str, value: float) -> bool:
+        c = constant(name)
+        return c is not None and np.size(c) == 1 and bool(np.isclose(float(np.asarray(c).reshape(())), value, rtol=1e-6))
+
+    def made_by(name: str, op: str) -> onnx.NodeProto | None:
+        n = producer.get(name)
+        return n if n is not None and n.op_type == op else None
+
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return None
+    for inner_name, half in (node.input, node.input[::-1]):
+        inner = made_by(inner_name, "Mul")
+        if inner is None or not const_is(half, 0.5):
+            continue
+        for x, gate in (inner.input, inner.input[::-1]):
+            add = made_by(gate, "Add")
+            if add is None:
+                continue
+            for erf_out, one in (add.input, add.input[::-1]):
+                erf = made_by(erf_out, "Erf")
+                div = None if erf is None else made_by(erf.input[0], "Div")
+                if (erf is not None and div is not None and const_is(one, 1.0) and div.input[0] == x
+                        and const_is(div.input[1], float(np.sqrt(np.float32(2.0))))):
+                    return x, [div, erf, add, inner]
+    return None
+
+
+def dense_bias_add(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]],
+                   is_bias) -> tuple[onnx.NodeProto, int] | None:
+    """(the Add, its bias input index) where a MatMul's only reader adds a bias to it (a Linear
+    over tokens, [.., T, C] x [C, D] + b, as torch exports it: MatMul then Add); None otherwise.
+    `is_bias(name)` says whether an input is a constant bias for it."""
+    users = consumers.get(node.output[0], [])
+    if node.op_type != "MatMul" or len(users) != 1 or users[0].op_type != "Add":
+        return None
+    add = users[0]
+    for idx, name in enumerate(add.input):
+        other = add.input[1 - idx] if len(add.input) == 2 else None
+        if other == node.output[0] and name != node.output[0] and is_bias(name):
+            return add, idx
+    return None
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -334,8 +395,21 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             raise QuantizationError(f"graph input '{vi.name}' is not quantized (no QuantizeLinear reads it)")
         input_names.append(vi.name)
         inputs.append(r._add_tensor(qs[0]))
+    gelu_ends: dict[str, str] = {}  # output of a GELU pattern's last Mul -> its input x
+    fused: set[str] = set()  # outputs of nodes read as part of another op (GELU's inside, a dense layer's bias Add)
+    for node in g.node:
+        gelu = match_gelu(node, r.producer, r.init.get)
+        inside = {m.output[0] for m in gelu[1]} | {node.output[0]} if gelu is not None else set()
+        if gelu is not None and all(u.output[0] in inside for m in gelu[1] for u in r.consumers.get(m.output[0], [])):
+            gelu_ends[node.output[0]] = gelu[0]
+            fused.update(m.output[0] for m in gelu[1])
     for node in g.node:
         op = node.op_type
+        if node.output and node.output[0] in fused:
+            continue
+        if node.output and node.output[0] in gelu_ends:
+            ops.append(_gelu_op(r, node, gelu_ends[node.output[0]]))
+            continue
         if op in ("Relu", "Clip"):
             src = r.producer.get(node.input[0])
             if src is None or src.op_type != "DequantizeLinear":
@@ -346,6 +420,11 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             continue
         if op in ("QuantizeLinear", "DequantizeLinear", "Constant"):
             continue
+        if op == "LayerNormalization":
+            norm = _layer_norm_op(r, node)
+            if norm is not None:
+                ops.append(norm)
+                continue
         if op == "Softmax":
             soft = _softmax_op(r, node)
             if soft is not None:
@@ -381,9 +460,24 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             if node.input[1] in r.init:  # a float constant operand: no int8 weights, a float island
                 ops.append(_float_island(r, node))
                 continue
+            weight_dq = r.producer.get(node.input[1])
+            if op == "MatMul" and (weight_dq is None or weight_dq.op_type != "DequantizeLinear"
+                                   or weight_dq.input[0] not in r.init):
+                xs = [r.activation_in(i, node) for i in node.input]  # two activations: BATCH_MATMUL
+                out, act, bounds = r.output_of(node)
+                ops.append(_make(r, "batch_matmul", node, xs, out, act, bounds, None, None, None, {}))
+                continue
             x = r.activation_in(node.input[0], node)
             w, ws, axis = r.constant_in(node.input[1], node, np.int8)
-            out, act, bounds = r.output_of(node)
+            bias_add = None
+            if op == "MatMul":
+                bias_add = dense_bias_add(node, r.consumers, lambda name: _is_int32_constant(r, name))
+            if bias_add is not None:  # a dense layer over tokens: the Add after it holds the bias
+                add, idx = bias_add
+                fused.add(add.output[0])
+                out, act, bounds = r.output_of(add)
+            else:
+                out, act, bounds = r.output_of(node)
             transposed = op == "Gemm" and a.get("transB", 0) == 1
             if op == "Gemm" and (a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0):
                 raise QuantizationError(f"Gemm '{node.name}' uses transA/alpha/beta; only y = x W^T + b is read")
@@ -392,6 +486,10 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             bias = np.zeros(w_oi.shape[0], np.int32)
             if op == "Gemm" and len(node.input) > 2 and node.input[2]:
                 bias = r.constant_in(node.input[2], node, np.int32)[0].astype(np.int32)
+            if bias_add is not None:
+                bias = r.constant_in(add.input[idx], add, np.int32)[0].astype(np.int32).reshape(-1)
+                if bias.shape != (w_oi.shape[0],):
+                    raise QuantizationError(f"bias of node '{add.name}' has {bias.size} values for {w_oi.shape[0]} channels")
             ops.append(_make(r, "dense", node, [x], out, act, bounds, np.ascontiguousarray(w_oi), ws, bias, {}))
         elif op == "Mul":
             if any(i in r.init or (r.producer.get(i) is not None and r.producer[i].op_type == "DequantizeLinear"
@@ -458,7 +556,26 @@ def read_qdq(model: str | Path | onnx.ModelProto) -> QGraph:
             raise QuantizationError(f"graph output '{vi.name}' is not a DequantizeLinear of an int8 activation")
         outputs.append(dq.input[0])
         output_names.append(vi.name)
-    return QGraph(ops, r.tensors, inputs, outputs, input_names, output_names)
+    return QGraph(ops, r.tensors, inputs, outputs, input_names, output_names, r.constants)
+
+
+def _is_int32_constant(r: _Reader, name: str) -> bool:
+    """Whether `name` is a DequantizeLinear of an int32 initializer (a quantized bias)."""
+    dq = r.producer.get(name)
+    return (dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in r.init
+            and r.init[dq.input[0]].dtype == np.int32)
+
+
+def _gelu_op(r: _Reader, node: onnx.NodeProto, x_float: str) -> QOp:
+    """The exported GELU pattern ending at `node` as TFLite's int8 GELU: a 256-entry table of the
+    float function between the input and output quantizations (passes/activation_tables.py)."""
+    from tvmnas.passes.activation_tables import gelu_table
+
+    x = r.activation_in(x_float, node)
+    out, _act, _bounds = r._own_output(node, "NONE", (None, None))
+    tin, tout = r.tensors[x], r.tensors[out]
+    return QOp("lut", node.name or node.output[0], [x], out, activation="NONE",
+               attrs={"function": "gelu", "table": gelu_table(tin.scale, tin.zero_point, tout.scale, tout.zero_point)})
 
 
 def _float_island(r: _Reader, node: onnx.NodeProto) -> QOp:
@@ -508,6 +625,30 @@ def _pad_op(r: _Reader, node: onnx.NodeProto, a: dict) -> QOp:
     q = int(np.clip(np.rint(np.float32(np.asarray(value).reshape(())) / tout.scale) + tout.zero_point, -128, 127))
     return QOp("pad", node.name or node.output[0], [x], out, activation="NONE",
                attrs={"pads": [(pads[i], pads[i + rank]) for i in range(rank)], "value": q})
+
+
+def _layer_norm_op(r: _Reader, node: onnx.NodeProto) -> QOp | None:
+    """A LayerNormalization over the last axis of an int8 tensor with constant scale and bias as
+    tvmnas's integer LayerNorm (passes/int8_layer_norm.py); None (a float island) otherwise."""
+    from tvmnas.passes.int8_layer_norm import layer_norm_params
+
+    try:
+        x = r.activation_in(node.input[0], node)
+        out, _act, _bounds = r._own_output(node, "NONE", (None, None))
+    except QuantizationError:
+        return None
+    a = _attrs(node)
+    tin, tout = r.tensors[x], r.tensors[out]
+    n = tin.shape[-1]
+    gamma = r.init.get(node.input[1]) if len(node.input) > 1 else None
+    beta = r.init.get(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(n, np.float32)
+    if (int(a.get("axis", -1)) % len(tin.shape) != len(tin.shape) - 1 or len(node.output) != 1 or gamma is None
+            or beta is None or np.size(gamma) != n or np.size(beta) != n):
+        return None
+    params = layer_norm_params(tin.scale, tout.scale, gamma, beta, float(a.get("epsilon", 1e-5)))
+    if params is None:
+        return None
+    return QOp("layer_norm", node.name or node.output[0], [x], out, activation="NONE", attrs=params)
 
 
 def _softmax_op(r: _Reader, node: onnx.NodeProto) -> QOp | None:

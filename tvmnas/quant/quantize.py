@@ -13,6 +13,12 @@ The scheme is TFLite's, so that the result runs bit-exactly on TFLite Micro's in
   ``DQ(x) -> Conv(DQ(w), DQ(b)) -> Relu -> Q``;
 - max pool, average pool, flatten, reshape, pad and a Clip that is not fused keep their input's
   quantization (TFLite's int8 kernels require it); a Relu that is not fused gets its own;
+- a MatMul over tokens with a constant 2-D weight and a bias Add after it (a Linear on [.., T, C],
+  as torch exports it) is one dense layer: int8 weights per output channel, an int32 bias, only the
+  Add's output quantized (TFLite's FULLY_CONNECTED with keep_num_dims); a MatMul of two activations
+  (attention's Q.K^T and scores.V) has both inputs and its output quantized (TFLite's BATCH_MATMUL);
+- GELU as torch exports it (``x * (erf(x / sqrt 2) + 1) * 0.5``) is one op: only its input and
+  output are quantized (TFLite's int8 GELU is a lookup table of the whole function);
 - Sigmoid and Softmax outputs get scale 1/256, zero point -128 and Tanh outputs 1/128, 0, the
   fixed output quantization of TFLite's int8 LOGISTIC, SOFTMAX and TANH (as TFLite's converter).
 
@@ -30,7 +36,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tvmnas.errors import CalibrationError, ModelLoadError, QuantizationError
-from tvmnas.quant.qgraph import fold_constants, load_onnx, reject_qoperator, tflite_round
+from tvmnas.quant.qgraph import dense_bias_add, fold_constants, load_onnx, match_gelu, reject_qoperator, tflite_round
 
 WEIGHTED_OPS = {"Conv", "Gemm", "MatMul"}
 FUSING_OPS = WEIGHTED_OPS | {"Add"}
@@ -179,6 +185,45 @@ def _fold_pad(model: onnx.ModelProto) -> None:
         g.node.remove(pad)
 
 
+def _split_to_slices(model: onnx.ModelProto) -> None:
+    """Write each Split with constant sizes as one Slice per output (the same values): every int8
+    op, float islands included, has one output."""
+    g = model.graph
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    shapes = {}
+    for vi in list(onnx.shape_inference.infer_shapes(model).graph.value_info) + list(g.input):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    new_nodes = []
+    for n in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type != "Split" or n.input[0] not in shapes:
+            new_nodes.append(n)
+            continue
+        rank = len(shapes[n.input[0]])
+        axis = int(attrs.get("axis", 0)) % rank
+        if len(n.input) > 1 and n.input[1]:
+            if n.input[1] not in init:
+                new_nodes.append(n)
+                continue
+            sizes = [int(v) for v in init[n.input[1]].reshape(-1)]
+        else:
+            total, parts = shapes[n.input[0]][axis], len(n.output)
+            sizes = [-(-total // parts)] * parts
+            sizes[-1] = total - sum(sizes[:-1])
+        start = 0
+        for i, (out, size) in enumerate(zip(n.output, sizes)):
+            prefix = f"{n.name or n.output[0]}_slice{i}"
+            for suffix, value in (("starts", start), ("ends", start + size), ("axes", axis)):
+                g.initializer.append(numpy_helper.from_array(np.array([value], np.int64), f"{prefix}_{suffix}"))
+            new_nodes.append(helper.make_node("Slice", [n.input[0], f"{prefix}_starts", f"{prefix}_ends", f"{prefix}_axes"],
+                                              [out], name=prefix))
+            start += size
+    del g.node[:]
+    g.node.extend(new_nodes)
+
+
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     g = model.graph
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
@@ -279,13 +324,14 @@ def quantize_model(model_path: str | Path, calibration: np.ndarray | str | Path)
 
 def prepare_float_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     """The float graph as the quantizer reads it: opset 13 or later, constants evaluated,
-    BatchNormalization folded into the Conv before it, unused initializers dropped."""
+    BatchNormalization folded into the Conv before it, each Split as Slices, unused initializers dropped."""
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < 13:
             model = onnx.version_converter.convert_version(model, 13)
     fold_constants(model)
     _fold_batch_norm(model)
     _fold_pad(model)
+    _split_to_slices(model)
     _drop_unused_initializers(model)
     return model
 
@@ -311,13 +357,34 @@ def insert_qdq(model: onnx.ModelProto, input_name: str,
         for i in n.input:
             consumers.setdefault(i, []).append(n)
 
+    outputs = {o.name for o in g.output}
+
+    def weight_2d(n: onnx.NodeProto) -> bool:
+        return len(n.input) > 1 and n.input[1] in init and init[n.input[1]].ndim == 2
+
+    # dense layers over tokens: MatMul -> Add(bias), the MatMul's output not quantized
+    bias_adds: dict[str, tuple[onnx.NodeProto, int]] = {}
+    for n in g.node:
+        if n.op_type == "MatMul" and weight_2d(n) and n.output[0] not in outputs:
+            channels = init[n.input[1]].shape[1]
+            found_bias = dense_bias_add(n, consumers, lambda name, c=channels: name in init
+                                        and init[name].ndim == 1 and init[name].shape[0] == c)
+            if found_bias is not None:
+                bias_adds[n.output[0]] = found_bias
+    # GELU patterns: the tensors inside are not quantized
+    inside_gelu: set[str] = set()
+    for n in g.node:
+        gelu = match_gelu(n, producer, lambda name: init.get(name))
+        if gelu is not None and not any(o in outputs for m in gelu[1] for o in m.output):
+            inside_gelu.update(m.output[0] for m in gelu[1])
+
     # Activation tensors to quantize, skipping those a fused Relu/Clip consumes.
     acts: list[str] = [input_name]
     for n in g.node:
         if n.op_type == "Constant":
             continue
         for o in n.output:
-            if o not in floats or o in init:
+            if o not in floats or o in init or o in bias_adds or o in inside_gelu:
                 continue
             users = consumers.get(o, [])
             fused = (n.op_type in FUSING_OPS and len(users) == 1 and users[0].op_type in ("Relu", "Clip")
@@ -338,7 +405,6 @@ def insert_qdq(model: onnx.ModelProto, input_name: str,
     new_init: list[onnx.TensorProto] = []
     new_nodes: list[onnx.NodeProto] = []
     rename: dict[str, str] = {}  # float tensor -> its dequantized copy, read by consumers
-    outputs = {o.name for o in g.output}
 
     def const(name: str, value: np.ndarray) -> str:
         new_init.append(numpy_helper.from_array(value, name))
@@ -372,7 +438,24 @@ def insert_qdq(model: onnx.ModelProto, input_name: str,
         new_nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [name + "_dq"], name=name + "_DequantizeLinear", axis=0))
         node.input[idx] = name + "_dq"
 
+    # constant operands of an add or concat (a position embedding, a class token): int8 constants,
+    # quantized over their own range (TFLite's converter makes them int8 constant tensors)
+    bias_of = {add.output[0] for add, _ in bias_adds.values()}
+    const_acts: list[str] = []
+    for n in g.node:
+        if n.op_type in ("Add", "Concat") and n.output[0] not in bias_of and n.output[0] not in inside_gelu:
+            for name in n.input:
+                if (name in init and name not in qp and init[name].dtype == np.float32
+                        and any(i not in init for i in n.input)):
+                    if n.op_type == "Concat" and n.output[0] in qp:  # TFLite's CONCATENATION: as the output
+                        qp[name] = qp[n.output[0]]
+                    else:
+                        qp[name] = activation_qparams(float(init[name].min()), float(init[name].max()))
+                    const_acts.append(name)
+    for name in const_acts:
+        new_nodes.extend(qdq(name))
     quantized = set(acts)
+    pending_bias: dict[str, tuple[int, np.float32, np.ndarray]] = {}  # Add node -> (bias index, scales)
     new_nodes.extend(qdq(input_name))
     for n in g.node:
         node = onnx.NodeProto()
@@ -396,6 +479,12 @@ def insert_qdq(model: onnx.ModelProto, input_name: str,
             bias_idx = 2 if n.op_type in ("Conv", "Gemm") else None
             if bias_idx is not None and len(n.input) > 2 and n.input[2] in init:
                 dq_bias(node, 2, qp[x][0], w_scale)
+            if n.output[0] in bias_adds:
+                add, idx = bias_adds[n.output[0]]
+                pending_bias[add.output[0]] = (idx, qp[x][0], w_scale)
+        if n.output and n.output[0] in pending_bias:
+            idx, in_scale, w_scale = pending_bias[n.output[0]]
+            dq_bias(node, idx, in_scale, w_scale)
         for i, o in enumerate(node.output):
             if o in outputs and o in quantized:
                 node.output[i] = o + "_float"

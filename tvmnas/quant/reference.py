@@ -4,10 +4,13 @@ Every operator runs as TFLite's int8 reference kernels do (checked bit for bit a
 tflite-micro interpreter in tests/test_quant_reference.py), so it is what the generated C must
 equal:
 
-- conv / depthwise conv / dense: ``sum(w * (x - x_zp))`` in int32 (padding contributes nothing,
+- conv / depthwise conv / dense (over the last axis, a [.., T, C] input being T rows): ``sum(w * (x - x_zp))`` in int32 (padding contributes nothing,
   as if padded with the input zero point), plus the int32 bias, requantized per output channel by
   :func:`fixed_point.requantize` with multipliers from :func:`fixed_point.conv_multipliers`;
   a fused Relu/ReLU6 is the requantize clamp.
+- batch_matmul (two int8 activations, e.g. attention's Q.K^T and scores.V): TFLite Micro's
+  BATCH_MATMUL, ``sum((a - zp_a) * (b - zp_b))`` in int32, requantized with the multiplier of
+  ``float32(s_a * s_b) / s_out`` (:func:`fixed_point.batch_matmul_multiplier`).
 - add: TFLite's rescale (inputs shifted left 20 bits, each scaled by its own multiplier, the sum
   scaled to the output), :func:`fixed_point.add_params`.
 - mul (two int8 tensors, broadcasting): TFLite's MUL, ``(a - zp_a) * (b - zp_b)`` requantized
@@ -23,8 +26,11 @@ equal:
 - softmax (over the last axis, output scale 1/256, zero point -128): TFLite Micro's int8 SOFTMAX
   (gemmlowp exp of the Q5.26 difference from the row maximum, a Q12.19 sum, GetReciprocal),
   passes/activation_tables.py.
+- layer_norm (over the last axis, constant scale and bias): TFLite has no int8 LayerNorm; tvmnas's
+  integer kernel (int64 sums, a normalised integer square root, per-channel fixed-point affine),
+  passes/int8_layer_norm.py, the same integers as the C.
 - pad: a constant Pad keeping its input's quantization, padded with the quantized value (TFLite's PAD).
-- lut (Sigmoid, Tanh, HardSwish): TFLite Micro's int8 LOGISTIC / TANH / HARD_SWISH, evaluated
+- lut (Sigmoid, Tanh, HardSwish, GELU): TFLite Micro's int8 LOGISTIC / TANH / HARD_SWISH / GELU, evaluated
   for all 256 inputs by passes/activation_tables.py and looked up.
 - float islands (ops with no integer form, such as a Softmax over another axis, or a Sigmoid whose output is not
   quantized as TFLite's LOGISTIC requires): dequantized,
@@ -43,8 +49,10 @@ import onnx
 
 from tvmnas.errors import QuantizationError
 from tvmnas.passes.activation_tables import softmax_rows
+from tvmnas.passes.int8_layer_norm import layer_norm_rows
 from tvmnas.passes.fixed_point import (
     add_params,
+    batch_matmul_multiplier,
     conv_multipliers,
     mean_multiplier,
     mul_multiplier,
@@ -104,11 +112,22 @@ def _conv(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
 
 
 def _dense(op: QOp, x: np.ndarray, tin: QTensor, tout: QTensor) -> np.ndarray:
-    xs = x.reshape(x.shape[0], -1).astype(np.int64) - tin.zero_point
+    """TFLite's FULLY_CONNECTED over the last axis (keep_num_dims: a [.., T, C] input is T rows)."""
+    xs = x.reshape(-1, op.weight.shape[1]).astype(np.int64) - tin.zero_point
     acc = xs @ op.weight.astype(np.int64).T + op.bias.astype(np.int64)
     _check_int32(acc, op)
     m, s = conv_multipliers(tin.scale, op.weight_scale, tout.scale)
     return requantize(acc, m, s, tout.zero_point, *op.act, axis=-1)
+
+
+def _batch_matmul(op: QOp, a: np.ndarray, b: np.ndarray, ta: QTensor, tb: QTensor, tout: QTensor) -> np.ndarray:
+    """TFLite Micro's int8 BATCH_MATMUL (kernels/batch_matmul.cc, reference_ops::BatchMatMul<int8_t,
+    int32_t>): ``sum((a - zp_a) * (b - zp_b))`` in int32 over the shared axis, batch axes
+    broadcast, requantized by ``float32(s_a * s_b) / s_out`` (no fused activation)."""
+    acc = np.matmul(a.astype(np.int64) - ta.zero_point, b.astype(np.int64) - tb.zero_point)
+    _check_int32(acc, op)
+    m, s = batch_matmul_multiplier(ta.scale, tb.scale, tout.scale)
+    return requantize(acc, m, s, tout.zero_point, *op.act)
 
 
 def _add(op: QOp, a: np.ndarray, b: np.ndarray, ta: QTensor, tb: QTensor, tout: QTensor) -> np.ndarray:
@@ -203,6 +222,7 @@ def run_ops(graph: QGraph, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
             raise QuantizationError(
                 f"input '{name}' must be int8 {graph.tensors[name].shape}, got {x.dtype} {x.shape}")
         env[name] = x
+    env.update(graph.constants)
     for op in graph.ops:
         env[op.output] = run_op(graph, op, [env[i] for i in op.inputs])
     return env
@@ -216,6 +236,8 @@ def run_op(graph: QGraph, op: QOp, xs: list[np.ndarray]) -> np.ndarray:
         y = _conv(op, xs[0], tin, tout)
     elif op.kind == "dense":
         y = _dense(op, xs[0], tin, tout)
+    elif op.kind == "batch_matmul":
+        y = _batch_matmul(op, xs[0], xs[1], tin, t[op.inputs[1]], tout)
     elif op.kind == "add":
         y = _add(op, xs[0], xs[1], tin, t[op.inputs[1]], tout)
     elif op.kind == "mul":
@@ -228,6 +250,8 @@ def run_op(graph: QGraph, op: QOp, xs: list[np.ndarray]) -> np.ndarray:
         y = _requant_copy(xs[0], tin, tout, op.act)
     elif op.kind == "relu":
         y = _requant_copy(xs[0], tin, tout, op.act, always=True)
+    elif op.kind == "layer_norm":
+        y = layer_norm_rows(xs[0], tin.zero_point, tout.zero_point, op.attrs, *op.act)
     elif op.kind == "softmax":
         y = softmax_rows(xs[0], op.attrs["exp_table"])
     elif op.kind == "pad":

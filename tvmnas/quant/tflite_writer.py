@@ -210,7 +210,7 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph, float32: bool = F
             bld.op(code, [x, wt, bt], [act_tensor(op.output)], otype, opts)
         elif op.kind == "dense":
             o, i = op.weight.shape
-            if len(tin.shape) != 2:
+            if len(tin.shape) not in (2, 3):
                 raise QuantizationError(f"node '{op.name}': dense on a {len(tin.shape)}-d input; flatten it first")
             w = op.weight
             if op.inputs[0] in nhwc_flat:
@@ -221,7 +221,14 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph, float32: bool = F
                             np.float32(tin.scale) * op.weight_scale, np.zeros(o, np.int64))
             opts = fb.FullyConnectedOptionsT()
             opts.fusedActivationFunction = fused(op)
+            opts.keepNumDims = len(tin.shape) == 3  # a dense layer over tokens: [N, T, C] -> [N, T, D]
             bld.op(BO.FULLY_CONNECTED, [x, wt, bt], [act_tensor(op.output)], OPT.FullyConnectedOptions, opts)
+        elif op.kind == "batch_matmul":
+            if len(tin.shape) == 4:
+                raise QuantizationError(f"node '{op.name}': a 4-d batch matmul is not written to .tflite")
+            opts = fb.BatchMatMulOptionsT()
+            opts.adjX, opts.adjY = False, False
+            bld.op(BO.BATCH_MATMUL, [x, act_tensor(op.inputs[1])], [act_tensor(op.output)], OPT.BatchMatMulOptions, opts)
         elif op.kind == "mul":
             opts = fb.MulOptionsT()
             opts.fusedActivationFunction = fused(op)
@@ -290,6 +297,10 @@ def write_tflite(model: str | Path | onnx.ModelProto | QGraph, float32: bool = F
                 pads = [pads[0], pads[2], pads[3], pads[1]]
             bld.op(BO.PAD, [x, bld.const_i32(f"{op.name}/paddings", [list(p) for p in pads])], [act_tensor(op.output)],
                    OPT.PadOptions, fb.PadOptionsT())
+        elif op.kind == "lut" and op.attrs["function"] == "gelu":
+            opts = fb.GeluOptionsT()
+            opts.approximate = False
+            bld.op(BO.GELU, [x], [act_tensor(op.output)], OPT.GeluOptions, opts)
         elif op.kind == "lut":
             code = {"sigmoid": BO.LOGISTIC, "tanh": BO.TANH, "hard_swish": BO.HARD_SWISH}[op.attrs["function"]]
             bld.op(code, [x], [act_tensor(op.output)])
