@@ -7,6 +7,7 @@ Every piece of text comes from one small function; same input gives the same byt
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,10 +184,23 @@ def call_argument(name: str, graph: CallGraph) -> str:
     return c_identifier(name)
 
 
-def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: ArenaPlan,
-                 sources: dict[int, str] | None = None) -> str:
-    """model_run(): arena pointers named by role and offset, then one commented call per kernel."""
-    lines = [run_signature(graph) + " {"]
+@dataclass(frozen=True)
+class KernelCall:
+    """What one call site of a run function calls: the C function, the printed kernel's signature
+    (for its scratch buffers) and any integer arguments appended after the tensors (merged kernels)."""
+
+    function: str
+    signature: KernelSignature
+    extra: tuple[int, ...] = ()
+
+
+def run_function(graph: CallGraph, plan: ArenaPlan, calls: list[KernelCall], *, head: str,
+                 argument: Callable[[str], str], sources: dict[int, str] | None = None) -> str:
+    """A run function (`head` opens it): arena pointers named by role and offset, then one call per
+    kernel of `graph`, each after a comment naming its source layer (`sources`, by call index), op
+    and shapes. `argument` spells a tensor name as a C argument. Static and dynamic bundles both
+    emit their call sequences through it."""
+    lines = [head + " {"]
     out_name = graph.outputs[0].name
     for call in graph.calls:
         for out in call.outputs:
@@ -194,17 +208,17 @@ def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
                 over = plan.aliases.get(out)
                 role = f"activation, in place over {c_identifier(over)}" if over else "activation"
                 lines.append(arena_pointer(out, graph.tensors[out], plan.offsets[out], role))
-    for call in graph.calls:
-        sig = kernels[call.kernel].signature
-        args = [call_argument(a, graph) for a in call.args] + [call_argument(o, graph) for o in call.outputs]
-        for scratch_name, dtype, _ in sig.scratch:
+    for call, target in zip(graph.calls, calls):
+        args = [argument(a) for a in call.args] + [argument(o) for o in call.outputs]
+        for scratch_name, dtype, _ in target.signature.scratch:
             key = f"{call.index}:{scratch_name}"
             args.append(f"({c_type(dtype)} *)(arena + {plan.offsets[key]}) /* scratch */")
+        args += [str(v) for v in target.extra]
         lines.append("")
         lines.append("  " + layer_comment(call.index, call.kernel, graph, call.args, call.outputs,
                                            (sources or {}).get(call.index)))
         lines.append(f"  TVMNAS_KERNEL_MARK({call.index});")
-        lines.append(f"  {call.kernel}({', '.join(args)});")
+        lines.append(f"  {target.function}({', '.join(args)});")
     if not any(graph.inputs[0].name in call.args for call in graph.calls):
         lines.append("  (void)input;")
     if not plan.offsets:
@@ -221,7 +235,9 @@ def model_source(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
     if any(uses_softmax(k.text) for k in kernels.values()):
         parts.append(SOFTMAX_C)
     parts += [kernels[name].text for name in sorted(kernels)]
-    parts.append(run_function(graph, kernels, plan, sources))
+    calls = [KernelCall(call.kernel, kernels[call.kernel].signature) for call in graph.calls]
+    parts.append(run_function(graph, plan, calls, head=run_signature(graph),
+                              argument=lambda name: call_argument(name, graph), sources=sources))
     return "\n".join(parts)
 
 
