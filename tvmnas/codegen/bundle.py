@@ -185,7 +185,7 @@ def call_argument(name: str, graph: CallGraph) -> str:
 
 
 @dataclass(frozen=True)
-class KernelCall:
+class CallTarget:
     """What one call site of a run function calls: the C function, the printed kernel's signature
     (for its scratch buffers) and any integer arguments appended after the tensors (merged kernels)."""
 
@@ -194,7 +194,7 @@ class KernelCall:
     extra: tuple[int, ...] = ()
 
 
-def run_function(graph: CallGraph, plan: ArenaPlan, calls: list[KernelCall], *, head: str,
+def run_function(graph: CallGraph, plan: ArenaPlan, calls: list[CallTarget], *, head: str,
                  argument: Callable[[str], str], sources: dict[int, str] | None = None) -> str:
     """A run function (`head` opens it): arena pointers named by role and offset, then one call per
     kernel of `graph`, each after a comment naming its source layer (`sources`, by call index), op
@@ -208,17 +208,17 @@ def run_function(graph: CallGraph, plan: ArenaPlan, calls: list[KernelCall], *, 
                 over = plan.aliases.get(out)
                 role = f"activation, in place over {c_identifier(over)}" if over else "activation"
                 lines.append(arena_pointer(out, graph.tensors[out], plan.offsets[out], role))
-    for call, target in zip(graph.calls, calls):
+    for call, callee in zip(graph.calls, calls):
         args = [argument(a) for a in call.args] + [argument(o) for o in call.outputs]
-        for scratch_name, dtype, _ in target.signature.scratch:
+        for scratch_name, dtype, _ in callee.signature.scratch:
             key = f"{call.index}:{scratch_name}"
             args.append(f"({c_type(dtype)} *)(arena + {plan.offsets[key]}) /* scratch */")
-        args += [str(v) for v in target.extra]
+        args += [str(v) for v in callee.extra]
         lines.append("")
         lines.append("  " + layer_comment(call.index, call.kernel, graph, call.args, call.outputs,
                                            (sources or {}).get(call.index)))
         lines.append(f"  TVMNAS_KERNEL_MARK({call.index});")
-        lines.append(f"  {target.function}({', '.join(args)});")
+        lines.append(f"  {callee.function}({', '.join(args)});")
     if not any(graph.inputs[0].name in call.args for call in graph.calls):
         lines.append("  (void)input;")
     if not plan.offsets:
@@ -235,7 +235,7 @@ def model_source(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
     if any(uses_softmax(k.text) for k in kernels.values()):
         parts.append(SOFTMAX_C)
     parts += [kernels[name].text for name in sorted(kernels)]
-    calls = [KernelCall(call.kernel, kernels[call.kernel].signature) for call in graph.calls]
+    calls = [CallTarget(call.kernel, kernels[call.kernel].signature) for call in graph.calls]
     parts.append(run_function(graph, plan, calls, head=run_signature(graph),
                               argument=lambda name: call_argument(name, graph), sources=sources))
     return "\n".join(parts)

@@ -20,9 +20,9 @@ import numpy as np
 import tvm
 from torch import nn
 
-from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, KernelCall, makefile, run_function, tensor_json
+from tvmnas.codegen.bundle import PRELUDE, CallTarget, EmittedKernel, makefile, run_function, tensor_json
 from tvmnas.codegen.bundle import weights_array, write_manifest
-from tvmnas.codegen.c_printer import c_identifier, c_type, print_kernel
+from tvmnas.codegen.c_printer import C99, CLanguage, c_identifier, c_type, language_for, print_kernel
 from tvmnas.compiler import (
     CompiledModel,
     arena_buffers,
@@ -89,8 +89,9 @@ def canonical_parameters(text: str, params: list[str]) -> str:
 class KernelTable:
     """Emitted kernels by text; `finalize` merges those that differ only in integer literals."""
 
-    def __init__(self, merge: bool = True) -> None:
+    def __init__(self, merge: bool = True, language: CLanguage = C99) -> None:
         self.merge = merge
+        self.language = language
         self.order: list[str] = []                 # unique texts (placeholder name), first-seen order
         self.first_name: dict[str, str] = {}
         self._cache: dict[tuple, EmittedKernel] = {}
@@ -105,7 +106,7 @@ class KernelTable:
             flat = LowerTIRForC()(tvm.IRModule({PLACEHOLDER: viewed}))
             # noclone: every configuration calls a shared kernel with other constant pointers, and
             # gcc's per-call-site copies would store the shared code once per configuration again
-            text, sig = print_kernel(flat[PLACEHOLDER], PLACEHOLDER, noclone=True)
+            text, sig = print_kernel(flat[PLACEHOLDER], PLACEHOLDER, noclone=True, language=self.language)
             self._cache[key] = EmittedKernel(canonical_parameters(text, sig.params), sig)
         emitted = self._cache[key]
         if emitted.text not in self.first_name:
@@ -168,7 +169,7 @@ def config_run_function(k: int, program: ConfigProgram, layout: SharedWeightLayo
     calls = []
     for call, text in zip(graph.calls, program.call_kernels):
         function, extra = table.calls[text]
-        calls.append(KernelCall(function, program.signatures[call.kernel].signature, extra))
+        calls.append(CallTarget(function, program.signatures[call.kernel].signature, extra))
     return run_function(graph, program.plan, calls,
                         head=f"static int model_run_c{k}(const float *input, float *output, uint8_t *arena)",
                         argument=lambda name: _argument(k, name, graph, layout), sources=program.sources)
@@ -331,7 +332,7 @@ def compile_dynamic(
     imported = [lower_subnetwork_with_sources(net, input_shape, optimize) for net in subnets]
     lowered = [(mod, graph) for mod, graph, _ in imported]
     layout = share_weights([g.constants for _, g in lowered], shared)
-    table = KernelTable(merge)
+    table = KernelTable(merge, language_for(target))
     programs = build_programs(lowered, layout, table, [names for _, _, names in imported])
     table.finalize()
     _check_same_io(programs)
