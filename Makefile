@@ -21,9 +21,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow or ci" -q
 
-# The tests that need neither a C compiler nor QEMU (tests/conftest.py marks the others `toolchain`).
+# The tests that need neither a C compiler nor QEMU nor worker processes (tests/conftest.py marks
+# the others `toolchain` and `workers`).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not toolchain" -q
+	$(PY) -m pytest -m "not slow and not toolchain and not workers" -q
 
 # Everything, including every slow end-to-end test.
 test-all: $(STAMP)

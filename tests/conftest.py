@@ -3,8 +3,9 @@
 Tests that may run an external tool (arm-none-eabi-gcc, host gcc, QEMU) are marked `toolchain`
 here, at collection: a test is marked when its function, its fixtures or the helpers of its own
 module they call name one of TOOLCHAIN_NAMES (the tvmnas entry points that build or run C, the CLI,
-subprocesses). The rule over-marks rather than misses; `make test-fast` runs the rest
-(`-m "not slow and not toolchain"`). In a run whose -m names `toolchain`, an unmarked test finds
+subprocesses). The rule over-marks rather than misses. Tests that start worker processes or a Ray
+cluster (each worker imports torch and TVM again) are marked `workers` the same way, from
+WORKER_NAMES. `make test-fast` runs the rest (`-m "not slow and not toolchain and not workers"`). In a run whose -m names `toolchain`, an unmarked test finds
 stand-ins for those tools first on its PATH that fail naming the tool, so a test the rule missed
 fails there instead of quietly needing the toolchain.
 """
@@ -34,6 +35,9 @@ TOOLCHAIN_NAMES = frozenset({
     "run_all", "Pipeline", "build_firmware", "main", "app", "CliRunner", "subprocess", "Popen", "check_call",
 })
 
+# Names through which a test starts worker processes (tvmnas.executor) or a Ray cluster.
+WORKER_NAMES = frozenset({"LocalExecutor", "make_executor", "RayExecutor", "ray_executor", "ProcessPoolExecutor"})
+
 TESTS = Path(__file__).resolve().parent
 TOOLS = ("arm-none-eabi-gcc", "arm-none-eabi-size", "arm-none-eabi-nm", "arm-none-eabi-objdump",
          "arm-none-eabi-ar", "qemu-system-arm", "gcc", "cc")
@@ -43,6 +47,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "toolchain: may run arm-none-eabi-gcc, gcc or QEMU (set by tests/conftest.py; "
         "deselect with -m 'not toolchain')")
+    config.addinivalue_line(
+        "markers", "workers: starts worker processes or a Ray cluster (set by tests/conftest.py; "
+        "deselect with -m 'not workers')")
 
 
 def _names(code: types.CodeType) -> set[str]:
@@ -53,31 +60,30 @@ def _names(code: types.CodeType) -> set[str]:
     return names
 
 
-def _reaches_toolchain(func: object, module: types.ModuleType | None, seen: set[int]) -> bool:
-    """Whether `func` (or a function or class of `module` that it names) names a toolchain entry point."""
+def _reaches(func: object, module: types.ModuleType | None, seen: set[int], entry: frozenset[str]) -> bool:
+    """Whether `func` (or a function or class of `module` that it names) names one of `entry`."""
     func = inspect.unwrap(func) if callable(func) else func
     code = getattr(func, "__code__", None)
     if code is None or id(code) in seen:
         return False
     seen.add(id(code))
     names = _names(code)
-    if names & TOOLCHAIN_NAMES:
+    if names & entry:
         return True
     for name in sorted(names):
         obj = getattr(module, name, None)
         if getattr(obj, "__module__", None) != getattr(module, "__name__", ""):
             continue
-        if inspect.isfunction(obj) and _reaches_toolchain(obj, module, seen):
+        if inspect.isfunction(obj) and _reaches(obj, module, seen, entry):
             return True
-        if inspect.isclass(obj) and any(_reaches_toolchain(m, module, seen)
+        if inspect.isclass(obj) and any(_reaches(m, module, seen, entry)
                                         for m in vars(obj).values() if inspect.isfunction(m)):
             return True
     return False
 
 
-def needs_toolchain(item: pytest.Item) -> bool:
-    """Whether a collected test may reach arm-none-eabi-gcc, gcc or QEMU (see the module docstring)."""
-    module = getattr(item, "module", None)
+def names_any(item: pytest.Item, entry: frozenset[str]) -> bool:
+    """Whether a collected test, its fixtures or its module's helpers name one of `entry`."""
     funcs = [getattr(item, "function", None)]
     info = getattr(item, "_fixtureinfo", None)
     for defs in (info.name2fixturedefs.values() if info is not None else ()):
@@ -87,15 +93,17 @@ def needs_toolchain(item: pytest.Item) -> bool:
         home = inspect.getmodule(func) if func is not None else None
         if home is None or not str(getattr(home, "__file__", "")).startswith(str(TESTS)):
             continue  # pytest's own fixtures (tmp_path, monkeypatch, ...)
-        if _reaches_toolchain(func, home, seen):
+        if _reaches(func, home, seen, entry):
             return True
     return False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if needs_toolchain(item):
+        if names_any(item, TOOLCHAIN_NAMES):
             item.add_marker(pytest.mark.toolchain)
+        if names_any(item, WORKER_NAMES):
+            item.add_marker(pytest.mark.workers)
 
 
 @pytest.fixture(scope="session")

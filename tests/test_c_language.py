@@ -21,15 +21,12 @@ class Gate(torch.nn.Module):
         return torch.sigmoid(x) * x
 
 
-def _kernel_text(language) -> str:
-    lowered, graph = lower_model(import_model(Gate().eval(), (1, 4, 4, 4)))
-    return "\n".join(k.text for k in emit_kernels(lowered, graph, language=language).values())
-
-
 def test_kernels_are_printed_with_the_tables_of_the_language_given() -> None:
     other = dataclasses.replace(C99, name="other", types={**C99.types, "float32": "float32_t"},
                                 math_calls={**C99.math_calls, "sigmoid": "other_sigmoidf"})
-    default, printed = _kernel_text(C99), _kernel_text(other)
+    lowered, graph = lower_model(import_model(Gate().eval(), (1, 4, 4, 4)))
+    default, printed = ("\n".join(k.text for k in emit_kernels(lowered, graph, language=lang).values())
+                        for lang in (C99, other))
     assert "tvmnas_sigmoidf(" in default and "const float *" in default
     assert "other_sigmoidf(" in printed and "const float32_t *" in printed
     assert "tvmnas_sigmoidf" not in printed and "const float *" not in printed
