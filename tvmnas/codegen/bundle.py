@@ -92,18 +92,12 @@ def weights_array(name: str, array: np.ndarray) -> str:
     )
 
 
-def weights_header(names: list[str], graph: CallGraph) -> str:
-    decls = [
-        f"extern const {c_type(str(graph.constants[n].dtype))} model_{n}[{max(graph.constants[n].size, 1)}];"
-        for n in names
-    ]
-    return "#ifndef MODEL_WEIGHTS_H\n#define MODEL_WEIGHTS_H\n#include <stdint.h>\n\n" + "\n".join(decls) + "\n\n#endif\n"
-
-
-def weights_source(names: list[str], graph: CallGraph) -> str:
-    parts = ['#include "model_weights.h"\n']
-    parts += [weights_array(f"model_{n}", graph.constants[n]) for n in names]
-    return "\n".join(parts)
+def weights_files(arrays: list[tuple[str, np.ndarray]]) -> tuple[str, str]:
+    """(model_weights.h, model_weights.c) declaring and defining each (C name, array) in order."""
+    decls = [f"extern const {c_type(str(a.dtype))} {name}[{max(a.size, 1)}];" for name, a in arrays]
+    header = "#ifndef MODEL_WEIGHTS_H\n#define MODEL_WEIGHTS_H\n#include <stdint.h>\n\n" + "\n".join(decls) + "\n\n#endif\n"
+    source = "\n".join(['#include "model_weights.h"\n'] + [weights_array(name, a) for name, a in arrays])
+    return header, source
 
 
 def io_macros(prefix: str, info: TensorInfo, quant) -> list[str]:
@@ -318,10 +312,10 @@ def write_bundle(
     """
     precision = "float32" if quantization is None else "int8"
     quantization = quantization or {}
-    names = sorted(graph.constants)
+    header, weights_c = weights_files([(f"model_{n}", graph.constants[n]) for n in sorted(graph.constants)])
     (out_dir / "model.h").write_text(model_header(graph, plan.arena_bytes, target_name, quantization, precision))
-    (out_dir / "model_weights.h").write_text(weights_header(names, graph))
-    (out_dir / "model_weights.c").write_text(weights_source(names, graph))
+    (out_dir / "model_weights.h").write_text(header)
+    (out_dir / "model_weights.c").write_text(weights_c)
     (out_dir / "model.c").write_text(model_source(graph, kernels, plan, sources))
     (out_dir / "Makefile").write_text(makefile(cflags))
     (out_dir / "examples").mkdir()

@@ -19,6 +19,7 @@ from tvmnas.errors import TargetDescriptorError, UnsupportedOperatorError
 # Scratch buffers up to this many elements live on the stack as local arrays.
 LOCAL_SCRATCH_MAX_ELEMS = 16
 
+
 @dataclass(frozen=True)
 class CLanguage:
     """The C a target's kernels are printed in: the spelling of each dtype, TIR binary operator and
@@ -43,15 +44,8 @@ class CLanguage:
 C99 = CLanguage(
     name="c99",
     types=MappingProxyType({
-        "float32": "float",
-        "float64": "double",
-        "int8": "int8_t",
-        "uint8": "uint8_t",
-        "int16": "int16_t",
-        "int32": "int32_t",
-        "int64": "int64_t",
-        "uint32": "uint32_t",
-        "bool": "int32_t",
+        "float32": "float", "float64": "double", "int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t",
+        "int32": "int32_t", "int64": "int64_t", "uint32": "uint32_t", "bool": "int32_t",
     }),
     binary_ops=MappingProxyType({
         "Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "Mod": "%",
@@ -61,20 +55,9 @@ C99 = CLanguage(
     }),
     # float32 variants from libm
     math_calls=MappingProxyType({
-        "exp": "expf",
-        "log": "logf",
-        "sqrt": "sqrtf",
-        "rsqrt": "1.0f / sqrtf",
-        "tanh": "tanhf",
-        "fabs": "fabsf",
-        "floor": "floorf",
-        "ceil": "ceilf",
-        "round": "nearbyintf",
-        "nearbyint": "nearbyintf",
-        "trunc": "truncf",
-        "pow": "powf",
-        "erf": "erff",
-        "sigmoid": "tvmnas_sigmoidf",
+        "exp": "expf", "log": "logf", "sqrt": "sqrtf", "rsqrt": "1.0f / sqrtf", "tanh": "tanhf", "fabs": "fabsf",
+        "floor": "floorf", "ceil": "ceilf", "round": "nearbyintf", "nearbyint": "nearbyintf", "trunc": "truncf",
+        "pow": "powf", "erf": "erff", "sigmoid": "tvmnas_sigmoidf",
     }),
     # the bundle PRELUDE's helpers: narrower integers widen to int32 exactly, int64 has its own
     # helper (through the int32 one it would be silently narrowed)

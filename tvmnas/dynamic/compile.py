@@ -21,8 +21,8 @@ import tvm
 from torch import nn
 
 from tvmnas.codegen.bundle import PRELUDE, CallTarget, EmittedKernel, makefile, run_function, tensor_json
-from tvmnas.codegen.bundle import weights_array, write_manifest
-from tvmnas.codegen.c_printer import C99, CLanguage, c_identifier, c_type, language_for, print_kernel
+from tvmnas.codegen.bundle import weights_files, write_manifest
+from tvmnas.codegen.c_printer import C99, CLanguage, c_identifier, language_for, print_kernel
 from tvmnas.compiler import (
     CompiledModel,
     arena_buffers,
@@ -248,14 +248,10 @@ size_t model_arena_size(int k);
 """
 
 
-def weights_files(layout: SharedWeightLayout) -> tuple[str, str]:
-    """(model_weights.h, model_weights.c): shared arrays once, then each configuration's own."""
-    entries = [(shared_name(n), a) for n, a in sorted(layout.arrays.items())]
-    entries += [(private_name(k, n), a) for (k, n), a in sorted(layout.private.items())]
-    decls = [f"extern const {c_type(str(a.dtype))} {name}[{max(a.size, 1)}];" for name, a in entries]
-    header = "#ifndef MODEL_WEIGHTS_H\n#define MODEL_WEIGHTS_H\n#include <stdint.h>\n\n" + "\n".join(decls) + "\n\n#endif\n"
-    source = "\n".join(['#include "model_weights.h"\n'] + [weights_array(name, a) for name, a in entries])
-    return header, source
+def dynamic_weights(layout: SharedWeightLayout) -> list[tuple[str, np.ndarray]]:
+    """The weight arrays of a dynamic bundle: shared arrays once, then each configuration's own."""
+    arrays = [(shared_name(n), a) for n, a in sorted(layout.arrays.items())]
+    return arrays + [(private_name(k, n), a) for (k, n), a in sorted(layout.private.items())]
 
 
 EXAMPLE = """\
@@ -342,7 +338,7 @@ def compile_dynamic(
     infos = [ConfigInfo(accuracies[k], int(cycles[k]), programs[k].plan.arena_bytes) for k in range(n)]
 
     with staged_output(out_dir, "bundle") as staging:
-        header, weights_c = weights_files(layout)
+        header, weights_c = weights_files(dynamic_weights(layout))
         (staging / "model.h").write_text(dynamic_header(programs, target.name))
         (staging / "model_weights.h").write_text(header)
         (staging / "model_weights.c").write_text(weights_c)
