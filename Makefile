@@ -7,7 +7,7 @@ OUT ?= out/demo
 # int8 (quantization-aware training) matches float32's accuracy on the demo's data: see README.
 PRECISION ?= int8
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-fast test-all clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ demo: $(STAMP)
 # Unit tests plus the representative end-to-end (QEMU) tests marked `ci`.
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow or ci" -q
+
+# The tests that need neither a C compiler nor QEMU nor worker processes (tests/conftest.py marks
+# the others `toolchain` and `workers`).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not toolchain and not workers" -q
 
 # Everything, including every slow end-to-end test.
 test-all: $(STAMP)

@@ -55,6 +55,7 @@ class Target:
     opt_flags: tuple[str, ...] = field(default=("-O3",))
     dsp: bool = False  # the DSP extension (SMLAD, SXTB16): int8 conv/dense use SIMD micro-kernels
     calibrated_from: str = ""  # "N kernels measured on BOARD" for a target calibrated from a board
+    c_language: str = "c99"  # the C tables kernels are printed with (codegen.c_printer.LANGUAGES)
 
     @property
     def linker_script(self) -> Path:
@@ -92,6 +93,7 @@ _TYPES: dict[str, type] = {
     "timing_table": str,
     "dsp": bool,
     "calibrated_from": str,
+    "c_language": str,
 }
 
 
@@ -107,7 +109,7 @@ def parse_descriptor(path: Path, expected_name: str | None = None) -> Target:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise TargetDescriptorError(f"target descriptor {path}: unknown keys {unknown}")
-    missing = sorted(k for k in known - set(raw) if k not in ("opt_flags", "dsp", "calibrated_from"))
+    missing = sorted(k for k in known - set(raw) if k not in ("opt_flags", "dsp", "calibrated_from", "c_language"))
     if missing:
         raise TargetDescriptorError(f"target descriptor {path}: missing keys {missing}")
     for key, value in raw.items():

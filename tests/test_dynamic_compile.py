@@ -73,6 +73,16 @@ def test_manifest_has_per_config_arenas_and_weights_once(bundle):
         tuple(str(a) for a in arenas)
 
 
+def test_each_configuration_names_the_source_layer_of_its_calls(bundle):
+    out, m = bundle
+    source = (out / "model.c").read_text()
+    for k in range(m["num_configs"]):
+        body = source.split(f"static int model_run_c{k}(")[1].split("\n}\n")[0]
+        assert "/* 0 stem.0: conv2d" in body
+        assert re.search(r"/\* \d+ blocks\.0\.depthwise\.0: conv2d", body)
+        assert re.search(r"/\* \d+ fc: matmul", body)
+
+
 @pytest.mark.slow
 def test_every_shared_weight_array_is_stored_once(bundle):
     out, m = bundle

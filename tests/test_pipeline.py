@@ -19,6 +19,7 @@ from tvmnas.errors import TvmnasError, VerificationError
 from tvmnas.pipeline import BUNDLE_DIR, STAGES, PipelineSettings, run_pipeline
 from tvmnas.report import Heading, Image, Items, Paragraph, Table, plot_architecture, render_html, render_markdown
 from tvmnas.search.genotype import CellEdge, CellGenotype, Genotype
+from tvmnas.stage_results import BuildResult, TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -65,6 +66,17 @@ def test_every_artifact_is_written(demo: tuple[Path, dict]) -> None:
     assert manifest["target"] == "cortex-m4" and manifest["kernels"]
     genotype = Genotype.load(out / "genotype.json")
     assert genotype.space == "chain" and len(genotype.layers) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"precision", "settings", "dataset", "input_shape", "target", "cost_model",
+                            "cost_model_note", "search", "train", "compile", "build", "verify", "profile",
+                            "test_accuracy"}
+    assert set(summary["search"]) == {"genotype_path", "genotype", "cost_unit", "cost", "violations",
+                                      "search_val_accuracy", "cost_weight"}
+    assert (set(summary["train"]), set(summary["compile"]), set(summary["build"])) == (
+        {"model_dir", "metrics"}, {"bundle", "manifest"}, {"elf", "profile_elf", "memory"})
+    assert set(summary["verify"]) == {"images", "source", "classes_agree", "max_abs_logit_diff", "mean_abs_logit_diff",
+                                      "logit_tolerance", "emulated_accuracy", "reference_accuracy", "instructions_min",
+                                      "instructions_max", "passed"}
 
 
 @pytest.mark.slow
@@ -189,8 +201,9 @@ def test_disagreement_with_pytorch_fails_with_one_line(demo: tuple[Path, dict], 
 
     monkeypatch.setattr(pipeline, "_reference_logits", shifted)
     with pytest.raises(VerificationError, match=r"disagrees with PyTorch on 1 of 48 images") as err:
-        pipeline._stage_verify(REDUCED, load_dataset("digits"), load_target("cortex-m4"), summary["train"],
-                               summary["build"], out / "work", pipeline.StageLog(False))
+        pipeline._stage_verify(REDUCED, load_dataset("digits"), load_target("cortex-m4"),
+                               TrainResult.from_json(summary["train"]), BuildResult.from_json(summary["build"]),
+                               out / "work", pipeline.StageLog(False))
     assert "\n" not in str(err.value)
 
 

@@ -17,6 +17,7 @@ import torch
 
 from tvmnas.errors import BudgetExceededError, TvmnasError
 from tvmnas.pipeline import BUNDLE_DIR, INT8_STAGES, PipelineSettings, StageLog, _stage_compile, run_pipeline
+from tvmnas.stage_results import QuantizeResult, TrainResult
 from tvmnas.targets import load_target
 
 REDUCED_INT8 = PipelineSettings(
@@ -88,11 +89,11 @@ def test_budgets_are_checked_against_the_int8_build(run8: tuple[Path, dict], tmp
     f32_arena = summary["float32"]["manifest"]["arena_bytes"]
     target = replace(load_target("cortex-m4"), sram_bytes=(int8_arena + f32_arena) // 2)
     log = StageLog(False)
-    compiled = _stage_compile(REDUCED_INT8, target, summary["train"], tmp_path, log, summary["quantize"],
-                              bundle=tmp_path / "int8")
-    assert compiled["manifest"]["arena_bytes"] == int8_arena
+    trained, quantized = TrainResult.from_json(summary["train"]), QuantizeResult.from_json(summary["quantize"])
+    compiled = _stage_compile(REDUCED_INT8, target, trained, tmp_path, log, quantized, bundle=tmp_path / "int8")
+    assert compiled.manifest["arena_bytes"] == int8_arena
     with pytest.raises(BudgetExceededError, match=f"activation arena needs {f32_arena:,} bytes"):
-        _stage_compile(REDUCED_INT8, target, summary["train"], tmp_path, log, bundle=tmp_path / "f32")
+        _stage_compile(REDUCED_INT8, target, trained, tmp_path, log, bundle=tmp_path / "f32")
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import tvm
 from tvm import tirx
 
 from tvmnas.codegen.bundle import EmittedKernel, write_bundle, write_manifest
-from tvmnas.codegen.c_printer import print_kernel
+from tvmnas.codegen.c_printer import C99, CLanguage, language_for, print_kernel
 from tvmnas.errors import BudgetExceededError, BuildError, TvmnasError, UnsupportedModelError
 from tvmnas.frontend import OUTPUT_NAMES_ATTR, ModelSource, SourceLayers, import_source
 from tvmnas.frontend_rnn import KERNEL_HEADS as RECURRENT_HEADS
@@ -114,11 +114,12 @@ def schedule_within_bound(lowered: tvm.IRModule, graph: CallGraph) -> tvm.IRModu
 
 
 def emit_kernels(lowered: tvm.IRModule, graph: CallGraph, in_place: bool = False,
-                 shared: dict[str, set[int]] | None = None) -> dict[str, EmittedKernel]:
+                 shared: dict[str, set[int]] | None = None, language: CLanguage = C99) -> dict[str, EmittedKernel]:
     """Lower every called PrimFunc to flat TIR and print it as C.
 
     in_place: also prove which kernels may write an output over an input (`in_place_pairs`).
     shared: kernel -> parameter positions printed without `restrict` (a call passes them one buffer).
+    language: the target's C tables (`c_printer.language_for`).
     """
     used = sorted({c.kernel for c in graph.calls})
     prims = tvm.IRModule({gv: f for gv, f in lowered.functions.items() if gv.name_hint in used})
@@ -126,7 +127,8 @@ def emit_kernels(lowered: tvm.IRModule, graph: CallGraph, in_place: bool = False
     kernels = {}
     for gv, func in flat.functions.items():
         if isinstance(func, tirx.PrimFunc):
-            text, sig = print_kernel(func, gv.name_hint, shared=frozenset((shared or {}).get(gv.name_hint, ())))
+            text, sig = print_kernel(func, gv.name_hint, shared=frozenset((shared or {}).get(gv.name_hint, ())),
+                                     language=language)
             pairs = tuple(in_place_pairs(func)) if in_place else ()
             kernels[gv.name_hint] = EmittedKernel(text, sig, pairs)
     return kernels
@@ -156,7 +158,7 @@ class PlannedArena:
 
 
 def plan_model_arena(lowered: tvm.IRModule, graph: CallGraph, kernels: dict[str, EmittedKernel],
-                     in_place: bool = True) -> tuple[PlannedArena, dict[str, EmittedKernel]]:
+                     in_place: bool = True, language: CLanguage = C99) -> tuple[PlannedArena, dict[str, EmittedKernel]]:
     """Plan the arena, letting kernels write over a dying input where `emit_kernels(in_place=True)`
     proved it safe (`in_place_aliases`); kernels that a call runs in place are printed again
     without `restrict` on the two parameters that then share memory."""
@@ -169,7 +171,7 @@ def plan_model_arena(lowered: tvm.IRModule, graph: CallGraph, kernels: dict[str,
             if out in aliases:
                 shared.setdefault(call.kernel, set()).update({call.args.index(aliases[out]), len(call.args) + o})
     if shared:
-        reprinted = emit_kernels(lowered, graph, in_place=True, shared=shared)
+        reprinted = emit_kernels(lowered, graph, in_place=True, shared=shared, language=language)
         kernels = {n: reprinted[n] if n in shared else k for n, k in kernels.items()}
     return PlannedArena(plan, without), kernels
 
@@ -283,8 +285,9 @@ def compile_model(
         check_single_input_output(graph)
         if mod.attrs is not None and OUTPUT_NAMES_ATTR in mod.attrs:
             graph = graph.with_output_names([str(n) for n in mod.attrs[OUTPUT_NAMES_ATTR]])
-        kernels = emit_kernels(lowered, graph, in_place=in_place)
-        planned, kernels = plan_model_arena(lowered, graph, kernels, in_place)
+        language = language_for(target)
+        kernels = emit_kernels(lowered, graph, in_place=in_place, language=language)
+        planned, kernels = plan_model_arena(lowered, graph, kernels, in_place, language)
         plan = planned.plan
         manifest = write_bundle(staging, graph, kernels, plan, target.name, [*target.cflags, *target.opt_flags],
                                 kernel_sources(graph, sources), quantization)

@@ -30,6 +30,15 @@ from tvmnas.output_dir import OutputFolderError, check_out_path, folder_lock, ou
 from tvmnas.search.cost import Budgets, CostModel, MacCostModel
 from tvmnas.search.genotype import SPACES, Genotype
 from tvmnas.search.search import SearchConfig
+from tvmnas.stage_results import (
+    BuildResult,
+    CompileResult,
+    QuantizeResult,
+    SearchResult,
+    StageResult,
+    TrainResult,
+    VerifyResult,
+)
 from tvmnas.targets import DEFAULT_TARGET, Target, load_target
 
 STAGES = ("search", "train", "compile", "build", "verify", "profile", "report")
@@ -196,16 +205,17 @@ class Stages:
         self.log = log
         self.names = names
 
-    def run(self, name: str, what: str, fn: Callable[[], dict[str, Any]], line: Callable[[dict], str],
-            outputs: Callable[[dict], list[Path]] = lambda result: []) -> dict:
+    def run(self, name: str, what: str, fn: Callable[[], Any], line: Callable[[Any], str],
+            outputs: Callable[[Any], list[Path]] = lambda result: [], kind: type[StageResult] | None = None) -> Any:
         """Return the stored result of `name`, or run `fn`, store its result, and return it.
 
         outputs(result): the files and folders the stage wrote, which later stages read. Running a
         stage drops the stored results of the stages after it, so they run again too.
+        kind: the StageResult class `fn` returns (its record holds `to_json()`); None for a plain dict.
         """
         record = self.dir / f"{name}.json"
         self.log.header(self.names.index(name) + 1, name, what, len(self.names))
-        stored = self._stored(name, record)
+        stored = self._stored(name, record, kind)
         if stored is not None:
             self.log.skipped(name)
             return stored
@@ -213,11 +223,12 @@ class Stages:
             (self.dir / f"{later}.json").unlink(missing_ok=True)
         start = time.monotonic()
         result = fn()
-        _write_json(record, {"result": result, "outputs": _file_digests(outputs(result), self.root)})
+        recorded = result.to_json() if isinstance(result, StageResult) else result
+        _write_json(record, {"result": recorded, "outputs": _file_digests(outputs(result), self.root)})
         self.log.done(name, time.monotonic() - start, line(result))
         return result
 
-    def _stored(self, name: str, record: Path) -> dict | None:
+    def _stored(self, name: str, record: Path, kind: type[StageResult] | None = None) -> Any:
         """The stored result, or None (stage to run) when the record is missing, unreadable, of an
         older layout, or a file it lists is missing or changed."""
         if not record.is_file():
@@ -225,6 +236,8 @@ class Stages:
         try:
             stored = json.loads(record.read_text())
             result, digests = stored["result"], dict(stored["outputs"])
+            if kind is not None:
+                result = kind.from_json(result)
         except (OSError, ValueError, TypeError, KeyError) as err:
             self.log.rerun(name, f"its record {record.name} is unreadable or of an older tvmnas ({type(err).__name__})")
             return None
@@ -304,20 +317,20 @@ def _train_config(settings: PipelineSettings):  # noqa: ANN202 (TrainConfig, imp
 
 
 def _stage_search(settings: PipelineSettings, data: ArrayDataset, target: Target, cost_model: CostModel,
-                  work: Path, progress: bool) -> dict[str, Any]:
+                  work: Path, progress: bool) -> SearchResult:
     from tvmnas.search.search import search
 
     config = _search_config(settings, target, settings.cost_weight)
     found = search(data, work / "search", config, cost_model=cost_model, progress=progress)
-    return {
-        "genotype_path": str(work / "search" / "genotype.json"), "genotype": str(found.genotype),
-        "cost_unit": found.cost_unit, "cost": asdict(found.cost), "violations": found.violations,
-        "search_val_accuracy": found.val_accuracy, "cost_weight": settings.cost_weight,
-    }
+    return SearchResult(
+        genotype_path=str(work / "search" / "genotype.json"), genotype=str(found.genotype),
+        cost_unit=found.cost_unit, cost=asdict(found.cost), violations=found.violations,
+        search_val_accuracy=found.val_accuracy, cost_weight=settings.cost_weight,
+    )
 
 
 def _stage_sweep(settings: PipelineSettings, data: ArrayDataset, target: Target, cost_model: CostModel,
-                 work: Path, progress: bool, executor: Any = None) -> dict[str, Any]:
+                 work: Path, progress: bool, executor: Any = None) -> SearchResult:
     from tvmnas.search.sweep import pareto_front, sweep
 
     config = _search_config(settings, target, settings.cost_weight)
@@ -331,27 +344,26 @@ def _stage_sweep(settings: PipelineSettings, data: ArrayDataset, target: Target,
     chosen = min(good, key=lambda i: points[i].cycles)
     run_dir = Path(points[chosen].run_dir)
     found = json.loads((run_dir / "search" / "search.json").read_text())
-    return {
-        "genotype_path": str(run_dir / "train" / "genotype.json"), "genotype": found["genotype"],
-        "cost_unit": found["cost_unit"], "cost": found["cost"], "violations": found["violations"],
-        "search_val_accuracy": found["search_val_accuracy"], "cost_weight": points[chosen].cost_weight,
-        "model_dir": str(run_dir / "train"), "points": [asdict(p) for p in points], "front": front,
-        "chosen": chosen,
-    }
+    return SearchResult(
+        genotype_path=str(run_dir / "train" / "genotype.json"), genotype=found["genotype"],
+        cost_unit=found["cost_unit"], cost=found["cost"], violations=found["violations"],
+        search_val_accuracy=found["search_val_accuracy"], cost_weight=points[chosen].cost_weight,
+        model_dir=str(run_dir / "train"), points=[asdict(p) for p in points], front=front, chosen=chosen,
+    )
 
 
-def _stage_train(settings: PipelineSettings, data: ArrayDataset, found: dict[str, Any], work: Path,
-                 progress: bool) -> dict[str, Any]:
-    if "model_dir" in found:  # the sweep trained every point already
-        model_dir = Path(found["model_dir"])
+def _stage_train(settings: PipelineSettings, data: ArrayDataset, found: SearchResult, work: Path,
+                 progress: bool) -> TrainResult:
+    if found.model_dir is not None:  # the sweep trained every point already
+        model_dir = Path(found.model_dir)
     else:
         from tvmnas.train import train
 
         model_dir = work / "train"
-        train(Genotype.load(Path(found["genotype_path"])), data, model_dir, _train_config(settings),
+        train(Genotype.load(Path(found.genotype_path)), data, model_dir, _train_config(settings),
               progress=progress)
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    return {"model_dir": str(model_dir), "metrics": metrics}
+    return TrainResult(str(model_dir), metrics)
 
 
 def _float_model(model_dir: Path) -> Any:
@@ -367,38 +379,38 @@ def _float_model(model_dir: Path) -> Any:
     return model.eval()
 
 
-def _stage_quantize(settings: PipelineSettings, data: ArrayDataset, trained: dict[str, Any], work: Path,
-                    progress: bool) -> dict[str, Any]:
+def _stage_quantize(settings: PipelineSettings, data: ArrayDataset, trained: TrainResult, work: Path,
+                    progress: bool) -> QuantizeResult:
     from tvmnas.training.qat import QATConfig, quantization_aware_train
 
     config = QATConfig(epochs=settings.qat_epochs, batch_size=settings.batch_size, seed=settings.seed)
-    result = quantization_aware_train(_float_model(Path(trained["model_dir"])), data, work / "qat", config,
-                                      float_accuracy=trained["metrics"]["test_accuracy"], progress=progress)
-    return {"model_dir": str(work / "qat"), "model": str(work / "qat" / "model_int8.onnx"), "metrics": result.metrics}
+    result = quantization_aware_train(_float_model(Path(trained.model_dir)), data, work / "qat", config,
+                                      float_accuracy=trained.metrics["test_accuracy"], progress=progress)
+    return QuantizeResult(str(work / "qat"), str(work / "qat" / "model_int8.onnx"), result.metrics)
 
 
-def _stage_compile(settings: PipelineSettings, target: Target, trained: dict[str, Any], out: Path,
-                   log: StageLog, quantized: dict[str, Any] | None = None, bundle: Path | None = None,
-                   ignore_budget: bool | None = None) -> dict[str, Any]:
+def _stage_compile(settings: PipelineSettings, target: Target, trained: TrainResult, out: Path,
+                   log: StageLog, quantized: QuantizeResult | None = None, bundle: Path | None = None,
+                   ignore_budget: bool | None = None) -> CompileResult:
     """Compile the float model, or with `quantized` the int8 QDQ model (integer-only C, budgets checked
     against the int8 build)."""
     from tvmnas.compiler import compile_model
 
-    model = Path(quantized["model"]) if quantized else Path(trained["model_dir"]) / "model.onnx"
+    model = Path(quantized.model) if quantized else Path(trained.model_dir) / "model.onnx"
     with log.status(f"compiling {model.name} to C for {target.name} (TVM)"):
         compiled = compile_model(model, target, bundle or out / BUNDLE_DIR,
                                  ignore_budget=settings.ignore_budget if ignore_budget is None else ignore_budget)
-    return {"bundle": str(compiled.out_dir), "manifest": compiled.manifest}
+    return CompileResult(str(compiled.out_dir), compiled.manifest)
 
 
-def _stage_build(target: Target, bundle: Path, work: Path, log: StageLog) -> dict[str, Any]:
+def _stage_build(target: Target, bundle: Path, work: Path, log: StageLog) -> BuildResult:
     from tvmnas.measure.runner import build, memory_usage
 
     with log.status(f"building the bundle for {target.emulator_machine} with arm-none-eabi-gcc"):
         elf = build(bundle, target, work / "build")
         profile_elf = build(bundle, target, work / "build_profile", profile=True)
     usage = memory_usage(elf, target)
-    return {"elf": str(elf), "profile_elf": str(profile_elf), "memory": asdict(usage)}
+    return BuildResult(str(elf), str(profile_elf), asdict(usage))
 
 
 def _reference_logits(model_dir: Path, images: np.ndarray) -> np.ndarray:
@@ -417,9 +429,9 @@ def _bundle_inputs(images: np.ndarray, manifest: dict[str, Any]) -> list[np.ndar
     return [bundle_input(x[None], manifest, raw=False) for x in images]
 
 
-def _stage_verify_int8(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: dict[str, Any],
-                       quantized: dict[str, Any], compiled: dict[str, Any], built: dict[str, Any], work: Path,
-                       log: StageLog) -> dict[str, Any]:
+def _stage_verify_int8(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: TrainResult,
+                       quantized: QuantizeResult, compiled: CompileResult, built: BuildResult, work: Path,
+                       log: StageLog) -> VerifyResult:
     """int8: the C output against the integer reference of the exported QDQ model and against the
     int8 PyTorch network (evaluation mode), in output steps (LSB), and the classes."""
     import torch
@@ -430,14 +442,14 @@ def _stage_verify_int8(settings: PipelineSettings, data: ArrayDataset, target: T
 
     n = min(settings.verify_images, len(data.test_x))
     images, labels = data.test_x[:n], data.test_y[:n]
-    manifest = compiled["manifest"]
+    manifest = compiled.manifest
     inputs = _bundle_inputs(images, manifest)
     with log.status(f"running {n} held-out test images on QEMU {target.emulator_machine}, in the integer "
                     "reference and in PyTorch"):
-        result = run(Path(built["elf"]), target, inputs, timeout_s=60 + 2 * n)
-        reference = ReferenceModel(quantized["model"])
+        result = run(Path(built.elf), target, inputs, timeout_s=60 + 2 * n)
+        reference = ReferenceModel(quantized.model)
         ref_q = np.stack([reference.run_int8(x.astype(np.int8))[0].reshape(-1) for x in inputs]).astype(np.int64)
-        net = load_qat(_float_model(Path(trained["model_dir"])), data.input_shape, Path(quantized["model_dir"]))
+        net = load_qat(_float_model(Path(trained.model_dir)), data.input_shape, Path(quantized.model_dir))
         with torch.no_grad():
             logits = net(torch.from_numpy(images)).numpy()
     out = net.output_qtensor()
@@ -449,81 +461,81 @@ def _stage_verify_int8(settings: PipelineSettings, data: ArrayDataset, target: T
     same_class = emulated_q.argmax(1) == torch_q.argmax(1)
     lsb_torch = int(np.abs(emulated_q - torch_q).max())
     lsb_ref = int(np.abs(emulated_q - ref_q).max())
-    verdict = {
-        "images": n, "source": f"first {n} images of the {data.name} test split (never used by search or training)",
-        "precision": "int8", "classes_agree": int(same_class.sum()),
-        "max_lsb_diff_pytorch": lsb_torch, "max_lsb_diff_reference": lsb_ref, "int8_tolerance": settings.int8_tolerance,
-        "output_scale": float(out.scale), "output_zero_point": out.zero_point,
-        "max_abs_logit_diff": float(np.abs(emulated - logits).max()),
-        "mean_abs_logit_diff": float(np.abs(emulated - logits).mean()),
-        "logit_tolerance": settings.int8_tolerance * float(out.scale),
-        "emulated_accuracy": float((emulated_q.argmax(1) == labels).mean()),
-        "reference_accuracy": float((torch_q.argmax(1) == labels).mean()),
-        "instructions_min": int(min(result.instructions)), "instructions_max": int(max(result.instructions)),
-        "passed": bool(same_class.all() and max(lsb_torch, lsb_ref) <= settings.int8_tolerance),
-    }
-    if not verdict["passed"]:
+    verdict = VerifyResult(
+        images=n, source=f"first {n} images of the {data.name} test split (never used by search or training)",
+        precision="int8", classes_agree=int(same_class.sum()),
+        max_lsb_diff_pytorch=lsb_torch, max_lsb_diff_reference=lsb_ref, int8_tolerance=settings.int8_tolerance,
+        output_scale=float(out.scale), output_zero_point=out.zero_point,
+        max_abs_logit_diff=float(np.abs(emulated - logits).max()),
+        mean_abs_logit_diff=float(np.abs(emulated - logits).mean()),
+        logit_tolerance=settings.int8_tolerance * float(out.scale),
+        emulated_accuracy=float((emulated_q.argmax(1) == labels).mean()),
+        reference_accuracy=float((torch_q.argmax(1) == labels).mean()),
+        instructions_min=int(min(result.instructions)), instructions_max=int(max(result.instructions)),
+        passed=bool(same_class.all() and max(lsb_torch, lsb_ref) <= settings.int8_tolerance),
+    )
+    if not verdict.passed:
         raise VerificationError(
-            f"int8 C on {target.emulator_machine} disagrees on {n - verdict['classes_agree']} of {n} images, "
+            f"int8 C on {target.emulator_machine} disagrees on {n - verdict.classes_agree} of {n} images, "
             f"max output diff {lsb_torch} steps vs the PyTorch int8 network and {lsb_ref} vs the integer reference; "
             f"tolerance {settings.int8_tolerance}")
     return verdict
 
 
-def _stage_verify(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: dict[str, Any],
-                  built: dict[str, Any], work: Path, log: StageLog) -> dict[str, Any]:
+def _stage_verify(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: TrainResult,
+                  built: BuildResult, work: Path, log: StageLog) -> VerifyResult:
     from tvmnas.measure.runner import run
 
     n = min(settings.verify_images, len(data.test_x))
     images, labels = data.test_x[:n], data.test_y[:n]
     with log.status(f"running {n} held-out test images on QEMU {target.emulator_machine} and in PyTorch"):
-        result = run(Path(built["elf"]), target, [x[None] for x in images], timeout_s=60 + 2 * n)
-        reference = _reference_logits(Path(trained["model_dir"]), images)
+        result = run(Path(built.elf), target, [x[None] for x in images], timeout_s=60 + 2 * n)
+        reference = _reference_logits(Path(trained.model_dir), images)
     emulated = np.stack(result.outputs).reshape(reference.shape)
     np.save(work / "verify_emulated_logits.npy", emulated)
     np.save(work / "verify_reference_logits.npy", reference)
     diff = np.abs(emulated - reference)
     same_class = emulated.argmax(1) == reference.argmax(1)
-    verdict = {
-        "images": n, "source": f"first {n} images of the {data.name} test split (never used by search or training)",
-        "classes_agree": int(same_class.sum()), "max_abs_logit_diff": float(diff.max()),
-        "mean_abs_logit_diff": float(diff.mean()), "logit_tolerance": settings.logit_tolerance,
-        "emulated_accuracy": float((emulated.argmax(1) == labels).mean()),
-        "reference_accuracy": float((reference.argmax(1) == labels).mean()),
-        "instructions_min": int(min(result.instructions)), "instructions_max": int(max(result.instructions)),
-        "passed": bool(same_class.all() and diff.max() <= settings.logit_tolerance),
-    }
-    if not verdict["passed"]:
+    verdict = VerifyResult(
+        images=n, source=f"first {n} images of the {data.name} test split (never used by search or training)",
+        classes_agree=int(same_class.sum()), max_abs_logit_diff=float(diff.max()),
+        mean_abs_logit_diff=float(diff.mean()), logit_tolerance=settings.logit_tolerance,
+        emulated_accuracy=float((emulated.argmax(1) == labels).mean()),
+        reference_accuracy=float((reference.argmax(1) == labels).mean()),
+        instructions_min=int(min(result.instructions)), instructions_max=int(max(result.instructions)),
+        passed=bool(same_class.all() and diff.max() <= settings.logit_tolerance),
+    )
+    if not verdict.passed:
         raise VerificationError(
-            f"C on {target.emulator_machine} disagrees with PyTorch on {n - verdict['classes_agree']} of {n} "
-            f"images, max |logit diff| {verdict['max_abs_logit_diff']:.3g} vs tolerance {settings.logit_tolerance:g}"
+            f"C on {target.emulator_machine} disagrees with PyTorch on {n - verdict.classes_agree} of {n} "
+            f"images, max |logit diff| {verdict.max_abs_logit_diff:.3g} vs tolerance {settings.logit_tolerance:g}"
         )
     return verdict
 
 
-def _stage_profile(data: ArrayDataset, target: Target, compiled: dict[str, Any], built: dict[str, Any],
+def _stage_profile(data: ArrayDataset, target: Target, compiled: CompileResult, built: BuildResult,
                    log: StageLog) -> dict[str, Any]:
     from tvmnas.measure.profile import profile_elf
 
     with log.status(f"profiling one inference per kernel on {target.emulator_machine}"):
-        profile = profile_elf(Path(built["profile_elf"]), target, _bundle_inputs(data.test_x[:1], compiled["manifest"]))
+        profile = profile_elf(Path(built.profile_elf), target, _bundle_inputs(data.test_x[:1], compiled.manifest))
     figures = profile.to_json()
     figures["preamble_cycles"] = profile.preamble_cycles
     figures["latency_s"] = profile.cycles / target.clock_hz
     return figures
 
 
-def _stage_float32(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: dict[str, Any],
+def _stage_float32(settings: PipelineSettings, data: ArrayDataset, target: Target, trained: TrainResult,
                    work: Path, log: StageLog) -> dict[str, Any]:
     """The float32 model compiled, built and profiled the same way, for the int8 run's side-by-side
     (not deployed: the board's budgets are not enforced on it)."""
     folder = work / FLOAT32_DIR
     compiled = _stage_compile(settings, target, trained, folder, log, bundle=folder / BUNDLE_DIR, ignore_budget=True)
-    built = _stage_build(target, Path(compiled["bundle"]), folder, log)
+    built = _stage_build(target, Path(compiled.bundle), folder, log)
     profile = _stage_profile(data, target, compiled, built, log)
-    return {"bundle": compiled["bundle"], "manifest": compiled["manifest"], "memory": built["memory"],
-            "elf": built["elf"], "profile_elf": built["profile_elf"], "instructions": profile["instructions"],
-            "cycles": profile["cycles"], "test_accuracy": trained["metrics"]["test_accuracy"]}
+    return {"bundle": compiled.bundle, "manifest": compiled.manifest, "memory": built.memory,
+            "elf": built.elf, "profile_elf": built.profile_elf, "instructions": profile["instructions"],
+            "cycles": profile["cycles"], "test_accuracy": trained.metrics["test_accuracy"]}
 
 
 # ---------------------------------------------------------------------------------------------- the job
@@ -634,51 +646,53 @@ def _run_stages(out: Path, settings: PipelineSettings, data: ArrayDataset, targe
     if settings.sweep:
         found = stages.run("search", f"lambda sweep {list(settings.sweep)} (search + retrain + emulate each)",
                            lambda: _stage_sweep(settings, data, target, cost_model, work, progress, executor),
-                           lambda r: f"chose lambda={r['cost_weight']:g}: {r['genotype']}",
-                           lambda r: [Path(r["genotype_path"]), *(Path(r["model_dir"]) / n for n in MODEL_FILES)])
+                           lambda r: f"chose lambda={r.cost_weight:g}: {r.genotype}",
+                           lambda r: [Path(r.genotype_path), *(Path(r.model_dir) / n for n in MODEL_FILES)],
+                           kind=SearchResult)
     else:
         found = stages.run("search", f"{settings.search_epochs} epochs, lambda={settings.cost_weight:g}",
                            lambda: _stage_search(settings, data, target, cost_model, work, progress),
-                           lambda r: r["genotype"], lambda r: [Path(r["genotype_path"])])
+                           lambda r: r.genotype, lambda r: [Path(r.genotype_path)], kind=SearchResult)
     trained = stages.run("train", ("the chosen point, retrained by the sweep" if settings.sweep else
                                    f"{settings.train_epochs} epochs from scratch, export .pt2 / .onnx"),
                          lambda: _stage_train(settings, data, found, work, progress),
-                         lambda r: f"test accuracy {r['metrics']['test_accuracy']:.4f}",
-                         lambda r: [Path(r["model_dir"]) / n for n in MODEL_FILES])
+                         lambda r: f"test accuracy {r.metrics['test_accuracy']:.4f}",
+                         lambda r: [Path(r.model_dir) / n for n in MODEL_FILES], kind=TrainResult)
     quantized = None
     if int8:
         quantized = stages.run("quantize", f"quantization-aware training, {settings.qat_epochs} epochs from the "
                                            "float model's calibrated ranges; export int8 QDQ ONNX",
                                lambda: _stage_quantize(settings, data, trained, work, progress),
-                               lambda r: (f"int8 test accuracy {r['metrics']['test_accuracy']:.4f} (PTQ "
-                                          f"{r['metrics']['ptq_test_accuracy']:.4f}, float32 "
-                                          f"{r['metrics']['float_test_accuracy']:.4f})"),
-                               lambda r: [Path(r["model_dir"]) / n for n in (*INT8_FILES, "model_int8.pt")])
+                               lambda r: (f"int8 test accuracy {r.metrics['test_accuracy']:.4f} (PTQ "
+                                          f"{r.metrics['ptq_test_accuracy']:.4f}, float32 "
+                                          f"{r.metrics['float_test_accuracy']:.4f})"),
+                               lambda r: [Path(r.model_dir) / n for n in (*INT8_FILES, "model_int8.pt")],
+                               kind=QuantizeResult)
     compiled = stages.run("compile", f"TVM -> standalone {settings.precision} C for {target.name}",
                           lambda: _stage_compile(settings, target, trained, out, log, quantized),
-                          lambda r: f"arena {r['manifest']['arena_bytes']:,} B, "
-                                    f"flash {r['manifest']['flash_bytes']:,} B",
-                          lambda r: [Path(r["bundle"])])
+                          lambda r: f"arena {r.manifest['arena_bytes']:,} B, "
+                                    f"flash {r.manifest['flash_bytes']:,} B",
+                          lambda r: [Path(r.bundle)], kind=CompileResult)
     built = stages.run("build", f"arm-none-eabi-gcc for {target.emulator_machine}",
-                       lambda: _stage_build(target, Path(compiled["bundle"]), work, log),
-                       lambda r: f"{Path(r['elf']).name}: flash {r['memory']['flash_bytes']:,} B, "
-                                 f"SRAM {r['memory']['sram_bytes']:,} B",
-                       lambda r: [Path(r["elf"]), Path(r["profile_elf"])])
+                       lambda: _stage_build(target, Path(compiled.bundle), work, log),
+                       lambda r: f"{Path(r.elf).name}: flash {r.memory['flash_bytes']:,} B, "
+                                 f"SRAM {r.memory['sram_bytes']:,} B",
+                       lambda r: [Path(r.elf), Path(r.profile_elf)], kind=BuildResult)
     verify_files = lambda r: [work / "verify_emulated_logits.npy", work / "verify_reference_logits.npy"]  # noqa: E731
     if int8:
         verified = stages.run("verify", "int8 C on QEMU vs the integer reference and the int8 PyTorch network",
                               lambda: _stage_verify_int8(settings, data, target, trained, quantized, compiled, built,
                                                          work, log),
-                              lambda r: (f"{r['classes_agree']}/{r['images']} classes agree, max output diff "
-                                         f"{r['max_lsb_diff_pytorch']} steps vs PyTorch, "
-                                         f"{r['max_lsb_diff_reference']} vs the integer reference"),
-                              verify_files)
+                              lambda r: (f"{r.classes_agree}/{r.images} classes agree, max output diff "
+                                         f"{r.max_lsb_diff_pytorch} steps vs PyTorch, "
+                                         f"{r.max_lsb_diff_reference} vs the integer reference"),
+                              verify_files, kind=VerifyResult)
     else:
         verified = stages.run("verify", "C on QEMU vs PyTorch on held-out images",
                               lambda: _stage_verify(settings, data, target, trained, built, work, log),
-                              lambda r: f"{r['classes_agree']}/{r['images']} classes agree, "
-                                        f"max |logit diff| {r['max_abs_logit_diff']:.2g}",
-                              verify_files)
+                              lambda r: f"{r.classes_agree}/{r.images} classes agree, "
+                                        f"max |logit diff| {r.max_abs_logit_diff:.2g}",
+                              verify_files, kind=VerifyResult)
     profiled = stages.run("profile", "exact instructions and estimated cycles per kernel",
                           lambda: _stage_profile(data, target, compiled, built, log),
                           lambda r: f"{r['instructions']:,} instructions, ~{r['cycles']:,} cycles (estimate)")
@@ -690,20 +704,20 @@ def _run_stages(out: Path, settings: PipelineSettings, data: ArrayDataset, targe
                                          f"{r['memory']['flash_bytes']:,} B, SRAM {r['memory']['sram_bytes']:,} B"),
                               lambda r: [Path(r["bundle"]), Path(r["elf"]), Path(r["profile_elf"])])
 
-    _copy_model_files(Path(trained["model_dir"]), out)
+    _copy_model_files(Path(trained.model_dir), out)
     if quantized is not None:
-        _copy_model_files(Path(quantized["model_dir"]), out, INT8_FILES)
+        _copy_model_files(Path(quantized.model_dir), out, INT8_FILES)
     summary = {
         "precision": settings.precision,
         "settings": settings.to_dict(), "dataset": data.name, "input_shape": list(data.input_shape),
         "target": asdict(target), "cost_model": cost_model.name, "cost_model_note": cost_note,
-        "search": found, "train": trained, "compile": compiled, "build": built, "verify": verified,
-        "profile": profiled,
+        "search": found.to_json(), "train": trained.to_json(), "compile": compiled.to_json(),
+        "build": built.to_json(), "verify": verified.to_json(), "profile": profiled,
     }
     if int8:
-        summary["quantize"] = quantized
+        summary["quantize"] = quantized.to_json()
         summary["float32"] = compared
-    summary["test_accuracy"] = quantized["metrics"]["test_accuracy"] if int8 else trained["metrics"]["test_accuracy"]
+    summary["test_accuracy"] = quantized.metrics["test_accuracy"] if int8 else trained.metrics["test_accuracy"]
     log.header(len(names), "report", "report.md, report.html and plots", len(names))
     start = time.monotonic()
     write_report(out, summary, Genotype.load(out / "genotype.json"))

@@ -7,6 +7,7 @@ Every piece of text comes from one small function; same input gives the same byt
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,18 +93,12 @@ def weights_array(name: str, array: np.ndarray) -> str:
     )
 
 
-def weights_header(names: list[str], graph: CallGraph) -> str:
-    decls = [
-        f"extern const {c_type(str(graph.constants[n].dtype))} model_{n}[{max(graph.constants[n].size, 1)}];"
-        for n in names
-    ]
-    return "#ifndef MODEL_WEIGHTS_H\n#define MODEL_WEIGHTS_H\n#include <stdint.h>\n\n" + "\n".join(decls) + "\n\n#endif\n"
-
-
-def weights_source(names: list[str], graph: CallGraph) -> str:
-    parts = ['#include "model_weights.h"\n']
-    parts += [weights_array(f"model_{n}", graph.constants[n]) for n in names]
-    return "\n".join(parts)
+def weights_files(arrays: list[tuple[str, np.ndarray]]) -> tuple[str, str]:
+    """(model_weights.h, model_weights.c) declaring and defining each (C name, array) in order."""
+    decls = [f"extern const {c_type(str(a.dtype))} {name}[{max(a.size, 1)}];" for name, a in arrays]
+    header = "#ifndef MODEL_WEIGHTS_H\n#define MODEL_WEIGHTS_H\n#include <stdint.h>\n\n" + "\n".join(decls) + "\n\n#endif\n"
+    source = "\n".join(['#include "model_weights.h"\n'] + [weights_array(name, a) for name, a in arrays])
+    return header, source
 
 
 def io_macros(prefix: str, info: TensorInfo, quant) -> list[str]:
@@ -184,10 +179,23 @@ def call_argument(name: str, graph: CallGraph) -> str:
     return c_identifier(name)
 
 
-def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: ArenaPlan,
-                 sources: dict[int, str] | None = None) -> str:
-    """model_run(): arena pointers named by role and offset, then one commented call per kernel."""
-    lines = [run_signature(graph) + " {"]
+@dataclass(frozen=True)
+class CallTarget:
+    """What one call site of a run function calls: the C function, the printed kernel's signature
+    (for its scratch buffers) and any integer arguments appended after the tensors (merged kernels)."""
+
+    function: str
+    signature: KernelSignature
+    extra: tuple[int, ...] = ()
+
+
+def run_function(graph: CallGraph, plan: ArenaPlan, calls: list[CallTarget], *, head: str,
+                 argument: Callable[[str], str], sources: dict[int, str] | None = None) -> str:
+    """A run function (`head` opens it): arena pointers named by role and offset, then one call per
+    kernel of `graph`, each after a comment naming its source layer (`sources`, by call index), op
+    and shapes. `argument` spells a tensor name as a C argument. Static and dynamic bundles both
+    emit their call sequences through it."""
+    lines = [head + " {"]
     out_name = graph.outputs[0].name
     for call in graph.calls:
         for out in call.outputs:
@@ -195,17 +203,17 @@ def run_function(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
                 over = plan.aliases.get(out)
                 role = f"activation, in place over {c_identifier(over)}" if over else "activation"
                 lines.append(arena_pointer(out, graph.tensors[out], plan.offsets[out], role))
-    for call in graph.calls:
-        sig = kernels[call.kernel].signature
-        args = [call_argument(a, graph) for a in call.args] + [call_argument(o, graph) for o in call.outputs]
-        for scratch_name, dtype, _ in sig.scratch:
+    for call, callee in zip(graph.calls, calls):
+        args = [argument(a) for a in call.args] + [argument(o) for o in call.outputs]
+        for scratch_name, dtype, _ in callee.signature.scratch:
             key = f"{call.index}:{scratch_name}"
             args.append(f"({c_type(dtype)} *)(arena + {plan.offsets[key]}) /* scratch */")
+        args += [str(v) for v in callee.extra]
         lines.append("")
         lines.append("  " + layer_comment(call.index, call.kernel, graph, call.args, call.outputs,
                                            (sources or {}).get(call.index)))
         lines.append(f"  TVMNAS_KERNEL_MARK({call.index});")
-        lines.append(f"  {call.kernel}({', '.join(args)});")
+        lines.append(f"  {callee.function}({', '.join(args)});")
     if not any(graph.inputs[0].name in call.args for call in graph.calls):
         lines.append("  (void)input;")
     if not plan.offsets:
@@ -224,7 +232,9 @@ def model_source(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: Aren
     if any(uses_layer_norm(k.text) for k in kernels.values()):
         parts.append(LAYER_NORM_C)
     parts += [kernels[name].text for name in sorted(kernels)]
-    parts.append(run_function(graph, kernels, plan, sources))
+    calls = [CallTarget(call.kernel, kernels[call.kernel].signature) for call in graph.calls]
+    parts.append(run_function(graph, plan, calls, head=run_signature(graph),
+                              argument=lambda name: call_argument(name, graph), sources=sources))
     return "\n".join(parts)
 
 
@@ -305,10 +315,10 @@ def write_bundle(
     """
     precision = "float32" if quantization is None else "int8"
     quantization = quantization or {}
-    names = sorted(graph.constants)
+    header, weights_c = weights_files([(f"model_{n}", graph.constants[n]) for n in sorted(graph.constants)])
     (out_dir / "model.h").write_text(model_header(graph, plan.arena_bytes, target_name, quantization, precision))
-    (out_dir / "model_weights.h").write_text(weights_header(names, graph))
-    (out_dir / "model_weights.c").write_text(weights_source(names, graph))
+    (out_dir / "model_weights.h").write_text(header)
+    (out_dir / "model_weights.c").write_text(weights_c)
     (out_dir / "model.c").write_text(model_source(graph, kernels, plan, sources))
     (out_dir / "Makefile").write_text(makefile(cflags))
     (out_dir / "examples").mkdir()

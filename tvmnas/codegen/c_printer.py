@@ -10,53 +10,72 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from tvmnas.errors import UnsupportedOperatorError
+from tvmnas.errors import TargetDescriptorError, UnsupportedOperatorError
 
 # Scratch buffers up to this many elements live on the stack as local arrays.
 LOCAL_SCRATCH_MAX_ELEMS = 16
 
-C_TYPES = {
-    "float32": "float",
-    "float64": "double",
-    "int8": "int8_t",
-    "uint8": "uint8_t",
-    "int16": "int16_t",
-    "int32": "int32_t",
-    "int64": "int64_t",
-    "uint32": "uint32_t",
-    "bool": "int32_t",
-}
 
-# TIR intrinsic -> C (float32 variants from libm).
-MATH_CALLS = {
-    "exp": "expf",
-    "log": "logf",
-    "sqrt": "sqrtf",
-    "rsqrt": "1.0f / sqrtf",
-    "tanh": "tanhf",
-    "fabs": "fabsf",
-    "floor": "floorf",
-    "ceil": "ceilf",
-    "round": "nearbyintf",
-    "nearbyint": "nearbyintf",
-    "trunc": "truncf",
-    "pow": "powf",
-    "erf": "erff",
-    "sigmoid": "tvmnas_sigmoidf",
-}
+@dataclass(frozen=True)
+class CLanguage:
+    """The C a target's kernels are printed in: the spelling of each dtype, TIR binary operator and
+    float32 math intrinsic, and the min/max helper suffix per dtype. A target selects one by name
+    (its descriptor's "c_language"), so a back end with other intrinsics is a new table, not an edit
+    of the printer (tinygrad's renderers: one language table per back end)."""
 
-# min/max helper per dtype (bundle PRELUDE): narrower integers widen to int32 exactly, int64 has
-# its own helper (through the int32 one it would be silently narrowed).
-MIN_MAX_SUFFIX = {"float32": "f", "int8": "i", "int16": "i", "int32": "i", "uint8": "i", "bool": "i", "int64": "l"}
+    name: str
+    types: Mapping[str, str]
+    binary_ops: Mapping[str, str]
+    math_calls: Mapping[str, str]       # TIR intrinsic -> C, for float32
+    min_max_suffix: Mapping[str, str]   # dtype -> suffix of the tvmnas_min*/tvmnas_max* helper
 
-BINARY_OPS = {
-    "Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "Mod": "%",
-    "EQ": "==", "NE": "!=", "LT": "<", "LE": "<=", "GT": ">", "GE": ">=",
-    "And": "&&", "Or": "||",
-    "BitwiseAnd": "&", "BitwiseOr": "|", "BitwiseXor": "^", "LShift": "<<", "RShift": ">>",
-}
+    def c_type(self, dtype: str) -> str:
+        """C spelling of a TVM scalar dtype."""
+        try:
+            return self.types[str(dtype)]
+        except KeyError:
+            raise NotImplementedError(f"dtype {dtype} has no C type in the tvmnas emitter") from None
+
+
+C99 = CLanguage(
+    name="c99",
+    types=MappingProxyType({
+        "float32": "float", "float64": "double", "int8": "int8_t", "uint8": "uint8_t", "int16": "int16_t",
+        "int32": "int32_t", "int64": "int64_t", "uint32": "uint32_t", "bool": "int32_t",
+    }),
+    binary_ops=MappingProxyType({
+        "Add": "+", "Sub": "-", "Mul": "*", "Div": "/", "Mod": "%",
+        "EQ": "==", "NE": "!=", "LT": "<", "LE": "<=", "GT": ">", "GE": ">=",
+        "And": "&&", "Or": "||",
+        "BitwiseAnd": "&", "BitwiseOr": "|", "BitwiseXor": "^", "LShift": "<<", "RShift": ">>",
+    }),
+    # float32 variants from libm
+    math_calls=MappingProxyType({
+        "exp": "expf", "log": "logf", "sqrt": "sqrtf", "rsqrt": "1.0f / sqrtf", "tanh": "tanhf", "fabs": "fabsf",
+        "floor": "floorf", "ceil": "ceilf", "round": "nearbyintf", "nearbyint": "nearbyintf", "trunc": "truncf",
+        "pow": "powf", "erf": "erff", "sigmoid": "tvmnas_sigmoidf",
+    }),
+    # the bundle PRELUDE's helpers: narrower integers widen to int32 exactly, int64 has its own
+    # helper (through the int32 one it would be silently narrowed)
+    min_max_suffix=MappingProxyType(
+        {"float32": "f", "int8": "i", "int16": "i", "int32": "i", "uint8": "i", "bool": "i", "int64": "l"}),
+)
+"""Plain C99 with <stdint.h> and <math.h>: every target's language today."""
+
+LANGUAGES: dict[str, CLanguage] = {C99.name: C99}
+
+
+def language_for(target) -> CLanguage:
+    """The C language a target's descriptor names ("c_language"); TargetDescriptorError if unknown."""
+    try:
+        return LANGUAGES[target.c_language]
+    except KeyError:
+        raise TargetDescriptorError(f"target {target.name}: c_language '{target.c_language}' is not one of "
+                                    f"{sorted(LANGUAGES)}") from None
 
 
 def c_identifier(name: str) -> str:
@@ -68,11 +87,9 @@ def c_identifier(name: str) -> str:
 
 
 def c_type(dtype: str) -> str:
-    """C spelling of a TVM scalar dtype."""
-    try:
-        return C_TYPES[str(dtype)]
-    except KeyError:
-        raise NotImplementedError(f"dtype {dtype} has no C type in the tvmnas emitter") from None
+    """C spelling of a TVM scalar dtype in C99 (the bundle's API, weights and call sequence; kernels
+    spell theirs through their target's CLanguage)."""
+    return C99.c_type(dtype)
 
 
 def dtype_of(node) -> str:
@@ -109,9 +126,10 @@ class CPrinter:
     """Prints one PrimFunc; create one instance per function."""
 
     def __init__(self, func, name: str, restrict: bool = True, noclone: bool = False,
-                 shared: frozenset[int] = frozenset()) -> None:
+                 shared: frozenset[int] = frozenset(), language: CLanguage = C99) -> None:
         self.func = func
         self.name = name
+        self.language = language
         self.restrict = " restrict" if restrict else ""
         self.shared = shared  # parameter positions that may share memory: printed without restrict
         self.noclone = noclone
@@ -181,8 +199,8 @@ class CPrinter:
             (index,) = e.indices
             source = e.buffer if kind == "BufferLoad" else e.source
             return f"{self._storage(source)}[{self.expr(index)}]"
-        if kind in BINARY_OPS:
-            return f"({self.expr(e.a)} {BINARY_OPS[kind]} {self.expr(e.b)})"
+        if kind in self.language.binary_ops:
+            return f"({self.expr(e.a)} {self.language.binary_ops[kind]} {self.expr(e.b)})"
         if kind in ("Min", "Max"):
             return self._min_max(kind, e)
         if kind == "FloorDiv":
@@ -192,7 +210,7 @@ class CPrinter:
         if kind == "Not":
             return f"(!{self.expr(e.a)})"
         if kind == "Cast":
-            return f"(({c_type(dtype_of(e))}){self.expr(e.value)})"
+            return f"(({self.language.c_type(dtype_of(e))}){self.expr(e.value)})"
         if kind == "Select":
             return f"({self.expr(e.condition)} ? {self.expr(e.true_value)} : {self.expr(e.false_value)})"
         if kind == "Let":
@@ -204,9 +222,9 @@ class CPrinter:
     def _min_max(self, kind: str, e) -> str:
         a, b = self.expr(e.a), self.expr(e.b)
         dtype = dtype_of(e)
-        if dtype not in MIN_MAX_SUFFIX:
+        if dtype not in self.language.min_max_suffix:
             raise NotImplementedError(f"{kind} on {dtype} is not supported by the tvmnas C emitter")
-        suffix = MIN_MAX_SUFFIX[dtype]
+        suffix = self.language.min_max_suffix[dtype]
         return f"tvmnas_{kind.lower()}{suffix}({a}, {b})"
 
     def _call(self, e) -> str:
@@ -223,10 +241,10 @@ class CPrinter:
         args = [self.expr(a) for a in e.args]
         if op == "if_then_else":
             return f"({args[0]} ? {args[1]} : {args[2]})"
-        if op in MATH_CALLS:
+        if op in self.language.math_calls:
             if dtype_of(e) != "float32":
                 raise NotImplementedError(f"{op} on {e.dtype} is not supported by the tvmnas C emitter")
-            return f"{MATH_CALLS[op]}({', '.join(args)})"
+            return f"{self.language.math_calls[op]}({', '.join(args)})"
         if op == "likely":
             return args[0]
         if op == "address_of":
@@ -254,7 +272,7 @@ class CPrinter:
             self.lines.append(f"{pad}{target}[{self.expr(index)}] = {self.expr(s.value)};")
         elif kind == "Bind":
             v = self._var(s.var)
-            self.lines.append(f"{pad}const {c_type(dtype_of(s.var))} {v} = {self.expr(s.value)};")
+            self.lines.append(f"{pad}const {self.language.c_type(dtype_of(s.var))} {v} = {self.expr(s.value)};")
         elif kind == "IfThenElse":
             self.lines.append(f"{pad}if ({self.expr(s.condition)}) {{")
             self.stmt(s.then_case, depth + 1)
@@ -280,7 +298,7 @@ class CPrinter:
         for dim in buffer.shape:
             elems *= int(dim)
         if elems <= LOCAL_SCRATCH_MAX_ELEMS:
-            self.locals_.append(f"  {c_type(buffer.dtype)} {name}[{elems}];")
+            self.locals_.append(f"  {self.language.c_type(buffer.dtype)} {name}[{elems}];")
         else:
             self.scratch.append((name, str(buffer.dtype), elems))
 
@@ -301,10 +319,10 @@ class CPrinter:
         self.stmt(self.func.body, 1)
         written = {p for p in params if p in self.written}
         decls = [
-            f"{'' if p in written else 'const '}{c_type(d)} *{'' if i in self.shared else self.restrict} {p}"
+            f"{'' if p in written else 'const '}{self.language.c_type(d)} *{'' if i in self.shared else self.restrict} {p}"
             for i, (p, d) in enumerate(zip(params, dtypes))
         ]
-        decls += [f"{c_type(d)} *{self.restrict} {n}" for n, d, _ in self.scratch]
+        decls += [f"{self.language.c_type(d)} *{self.restrict} {n}" for n, d, _ in self.scratch]
         # noinline: a kernel compiles to the same code wherever it is called, so its profiled cost
         # (and the cost model keyed on its C text) holds in any network; it also bounds stack use.
         # noclone also stops gcc -O3 from copying the kernel per call site with its constant pointers
@@ -317,14 +335,15 @@ class CPrinter:
 
 
 def print_kernel(func, name: str, restrict: bool = True, noclone: bool = False,
-                 shared: frozenset[int] = frozenset()) -> tuple[str, KernelSignature]:
+                 shared: frozenset[int] = frozenset(), language: CLanguage = C99) -> tuple[str, KernelSignature]:
     """Print `func` (a lowered PrimFunc) as a static C function named `name`.
 
     noclone: forbid gcc's per-call-site copies, for a kernel that several programs call (dynamic bundles).
     shared: parameter positions printed without `restrict`, because a call passes them the same
     memory (an output written in place over an input, passes/in_place.py).
+    language: the C tables to print with (`language_for(target)`; C99 by default).
     """
     try:
-        return CPrinter(func, name, restrict, noclone, frozenset(shared)).print()
+        return CPrinter(func, name, restrict, noclone, frozenset(shared), language).print()
     except NotImplementedError as err:
         raise UnsupportedOperatorError(name, name, str(err)) from None

@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tvm
 from torch import nn
 
-from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, arena_pointer, layer_comment, makefile, tensor_json
-from tvmnas.codegen.bundle import weights_array, write_manifest
-from tvmnas.codegen.c_printer import c_identifier, c_type, print_kernel
+from tvmnas.codegen.bundle import PRELUDE, CallTarget, EmittedKernel, makefile, run_function, tensor_json
+from tvmnas.codegen.bundle import weights_files, write_manifest
+from tvmnas.codegen.c_printer import C99, CLanguage, c_identifier, language_for, print_kernel
 from tvmnas.compiler import (
     CompiledModel,
     arena_buffers,
     check_budgets,
     check_optimize,
+    kernel_sources,
     lower_model,
     object_flash_bytes,
 )
@@ -35,7 +36,7 @@ from tvmnas.dynamic.kernel_merge import MergedKernel, merge_kernels
 from tvmnas.dynamic.policy import POLICY_DECLARATIONS, ConfigInfo, policy_source
 from tvmnas.dynamic.subnet import bn_as_affine
 from tvmnas.errors import TvmnasError
-from tvmnas.frontend import import_model
+from tvmnas.frontend import import_model_with_sources
 from tvmnas.output_dir import staged_output
 from tvmnas.passes import ArenaPlan, CallGraph, LowerTIRForC, plan_arena
 from tvmnas.passes.share_weights import SharedWeightLayout, StridedWeightView, WeightView, share_weights
@@ -52,13 +53,22 @@ class ConfigProgram:
     call_kernels: list[str]                 # kernel text key of each call (KernelTable.calls), in order
     signatures: dict[str, EmittedKernel]    # by the graph's kernel name (for arena planning)
     plan: ArenaPlan
+    sources: dict[int, str] = field(default_factory=dict)  # source layer name by call index
 
 
 def lower_subnetwork(net: nn.Module, input_shape: tuple[int, int, int],
                      optimize: str = "size") -> tuple[tvm.IRModule, CallGraph]:
     """Import a sub-network with its BatchNorms as scale/shift (not folded) and lower it."""
+    return lower_subnetwork_with_sources(net, input_shape, optimize)[:2]
+
+
+def lower_subnetwork_with_sources(net: nn.Module, input_shape: tuple[int, int, int], optimize: str = "size"
+                                  ) -> tuple[tvm.IRModule, CallGraph, dict[int, str]]:
+    """`lower_subnetwork`, plus each kernel call's source layer (torch module path) by call index."""
     unfolded = bn_as_affine(copy.deepcopy(net))
-    return lower_model(import_model(unfolded, (1, *input_shape)), optimize=optimize)
+    mod, sources = import_model_with_sources(unfolded, (1, *input_shape))
+    lowered, graph = lower_model(mod, optimize=optimize)
+    return lowered, graph, kernel_sources(graph, sources)
 
 
 def shared_name(name: str) -> str:
@@ -79,8 +89,9 @@ def canonical_parameters(text: str, params: list[str]) -> str:
 class KernelTable:
     """Emitted kernels by text; `finalize` merges those that differ only in integer literals."""
 
-    def __init__(self, merge: bool = True) -> None:
+    def __init__(self, merge: bool = True, language: CLanguage = C99) -> None:
         self.merge = merge
+        self.language = language
         self.order: list[str] = []                 # unique texts (placeholder name), first-seen order
         self.first_name: dict[str, str] = {}
         self._cache: dict[tuple, EmittedKernel] = {}
@@ -95,7 +106,7 @@ class KernelTable:
             flat = LowerTIRForC()(tvm.IRModule({PLACEHOLDER: viewed}))
             # noclone: every configuration calls a shared kernel with other constant pointers, and
             # gcc's per-call-site copies would store the shared code once per configuration again
-            text, sig = print_kernel(flat[PLACEHOLDER], PLACEHOLDER, noclone=True)
+            text, sig = print_kernel(flat[PLACEHOLDER], PLACEHOLDER, noclone=True, language=self.language)
             self._cache[key] = EmittedKernel(canonical_parameters(text, sig.params), sig)
         emitted = self._cache[key]
         if emitted.text not in self.first_name:
@@ -121,10 +132,13 @@ class KernelTable:
 
 
 def build_programs(
-    lowered: list[tuple[tvm.IRModule, CallGraph]], layout: SharedWeightLayout, table: KernelTable
+    lowered: list[tuple[tvm.IRModule, CallGraph]], layout: SharedWeightLayout, table: KernelTable,
+    sources: list[dict[int, str]] | None = None,
 ) -> list[ConfigProgram]:
-    """Emit every configuration's kernels (reading shared weights through views) and plan its arena."""
+    """Emit every configuration's kernels (reading shared weights through views) and plan its arena.
+    sources: per configuration, the source layer name of each call (for the C comments)."""
     programs = []
+    layers = sources or [{} for _ in lowered]
     for k, (mod, graph) in enumerate(lowered):
         names, signatures = [], {}
         for call in graph.calls:
@@ -133,7 +147,7 @@ def build_programs(
             names.append(name)
             signatures.setdefault(call.kernel, emitted)
         plan = plan_arena(arena_buffers(graph, signatures))
-        programs.append(ConfigProgram(graph, names, signatures, plan))
+        programs.append(ConfigProgram(graph, names, signatures, plan, layers[k]))
     return programs
 
 
@@ -151,30 +165,14 @@ def _argument(k: int, name: str, graph: CallGraph, layout: SharedWeightLayout) -
 
 def config_run_function(k: int, program: ConfigProgram, layout: SharedWeightLayout, table: KernelTable) -> str:
     """`model_run_c<k>`: configuration k's arena pointers and commented kernel calls."""
-    graph, plan = program.graph, program.plan
-    lines = [f"static int model_run_c{k}(const float *input, float *output, uint8_t *arena) {{"]
-    out_name = graph.outputs[0].name
-    for call in graph.calls:
-        for out in call.outputs:
-            if out != out_name:
-                lines.append(arena_pointer(out, graph.tensors[out], plan.offsets[out], "activation"))
+    graph = program.graph
+    calls = []
     for call, text in zip(graph.calls, program.call_kernels):
-        sig = program.signatures[call.kernel].signature
-        kernel, extra = table.calls[text]
-        args = [_argument(k, a, graph, layout) for a in call.args] + [_argument(k, o, graph, layout) for o in call.outputs]
-        for scratch_name, dtype, _ in sig.scratch:
-            args.append(f"({c_type(dtype)} *)(arena + {plan.offsets[f'{call.index}:{scratch_name}']}) /* scratch */")
-        args += [str(v) for v in extra]
-        lines.append("")
-        lines.append("  " + layer_comment(call.index, call.kernel, graph, call.args, call.outputs))
-        lines.append(f"  TVMNAS_KERNEL_MARK({call.index});")
-        lines.append(f"  {kernel}({', '.join(args)});")
-    if not any(graph.inputs[0].name in call.args for call in graph.calls):
-        lines.append("  (void)input;")
-    if not plan.offsets:
-        lines.append("  (void)arena;")
-    lines.append("  return 0;\n}\n")
-    return "\n".join(lines)
+        function, extra = table.calls[text]
+        calls.append(CallTarget(function, program.signatures[call.kernel].signature, extra))
+    return run_function(graph, program.plan, calls,
+                        head=f"static int model_run_c{k}(const float *input, float *output, uint8_t *arena)",
+                        argument=lambda name: _argument(k, name, graph, layout), sources=program.sources)
 
 
 def switch_source(programs: list[ConfigProgram]) -> str:
@@ -250,14 +248,10 @@ size_t model_arena_size(int k);
 """
 
 
-def weights_files(layout: SharedWeightLayout) -> tuple[str, str]:
-    """(model_weights.h, model_weights.c): shared arrays once, then each configuration's own."""
-    entries = [(shared_name(n), a) for n, a in sorted(layout.arrays.items())]
-    entries += [(private_name(k, n), a) for (k, n), a in sorted(layout.private.items())]
-    decls = [f"extern const {c_type(str(a.dtype))} {name}[{max(a.size, 1)}];" for name, a in entries]
-    header = "#ifndef MODEL_WEIGHTS_H\n#define MODEL_WEIGHTS_H\n#include <stdint.h>\n\n" + "\n".join(decls) + "\n\n#endif\n"
-    source = "\n".join(['#include "model_weights.h"\n'] + [weights_array(name, a) for name, a in entries])
-    return header, source
+def dynamic_weights(layout: SharedWeightLayout) -> list[tuple[str, np.ndarray]]:
+    """The weight arrays of a dynamic bundle: shared arrays once, then each configuration's own."""
+    arrays = [(shared_name(n), a) for n, a in sorted(layout.arrays.items())]
+    return arrays + [(private_name(k, n), a) for (k, n), a in sorted(layout.private.items())]
 
 
 EXAMPLE = """\
@@ -331,10 +325,11 @@ def compile_dynamic(
         raise TvmnasError("a dynamic bundle needs at least one sub-network")
     check_optimize(optimize)
     out_dir = Path(out_dir)
-    lowered = [lower_subnetwork(net, input_shape, optimize) for net in subnets]
+    imported = [lower_subnetwork_with_sources(net, input_shape, optimize) for net in subnets]
+    lowered = [(mod, graph) for mod, graph, _ in imported]
     layout = share_weights([g.constants for _, g in lowered], shared)
-    table = KernelTable(merge)
-    programs = build_programs(lowered, layout, table)
+    table = KernelTable(merge, language_for(target))
+    programs = build_programs(lowered, layout, table, [names for _, _, names in imported])
     table.finalize()
     _check_same_io(programs)
     n = len(programs)
@@ -343,7 +338,7 @@ def compile_dynamic(
     infos = [ConfigInfo(accuracies[k], int(cycles[k]), programs[k].plan.arena_bytes) for k in range(n)]
 
     with staged_output(out_dir, "bundle") as staging:
-        header, weights_c = weights_files(layout)
+        header, weights_c = weights_files(dynamic_weights(layout))
         (staging / "model.h").write_text(dynamic_header(programs, target.name))
         (staging / "model_weights.h").write_text(header)
         (staging / "model_weights.c").write_text(weights_c)

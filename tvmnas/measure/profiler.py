@@ -29,6 +29,7 @@ import numpy as np
 import tvm
 
 from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, write_bundle, write_manifest
+from tvmnas.codegen.c_printer import C99, CLanguage, language_for
 from tvmnas.compiler import arena_buffers, check_single_input_output, emit_kernels, lower_model
 from tvmnas.errors import EmulatorError, TvmnasError
 from tvmnas.executor import FolderFiles
@@ -144,11 +145,13 @@ class LoweredNetwork:
 
 
 def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = None,
-                  optimize: str = "speed", simd: bool = False, precision: str | None = None) -> LoweredNetwork:
+                  optimize: str = "speed", simd: bool = False, precision: str | None = None,
+                  language: CLanguage = C99) -> LoweredNetwork:
     """Import and lower `model` (built for `optimize`, as `compile_model`) and print its kernels;
     the same for every target, except that simd=True (cores with the DSP extension) makes int8
     conv / dense kernels call the SIMD micro-kernel. precision="int8" prices a float model as its
-    int8 build (quantized.as_int8_source); None takes the model as it is (QDQ models are int8)."""
+    int8 build (quantized.as_int8_source); None takes the model as it is (QDQ models are int8).
+    language: the C tables kernels are printed with (a target's `c_printer.language_for`)."""
     if precision not in (None, "float32", "int8"):
         raise TvmnasError(f"precision {precision!r} is not one of float32, int8", settings=("precision",))
     with tempfile.TemporaryDirectory(prefix="tvmnas-int8-") as work:
@@ -160,7 +163,7 @@ def lower_network(model: ModelSource, *, input_shape: tuple[int, ...] | None = N
     lowered, graph = lower_model(mod, optimize=optimize, simd=simd)
     check_single_input_output(graph)
     hashes = {name: kernel_hash(lowered[name]) for name in sorted({c.kernel for c in graph.calls})}
-    return LoweredNetwork(graph, emit_kernels(lowered, graph), hashes, tuple(count_macs(lowered, graph)),
+    return LoweredNetwork(graph, emit_kernels(lowered, graph, language=language), hashes, tuple(count_macs(lowered, graph)),
                           "float32" if quantization is None else "int8", lowered)
 
 
@@ -219,7 +222,8 @@ def prepare_network(
 ) -> PreparedNetwork:
     """Lower `model` (as its int8 build with precision="int8", see lower_network) and write its C
     bundle to `bundle_dir`, replacing it (no flash measurement, no budget check)."""
-    network = lower_network(model, input_shape=input_shape, optimize=optimize, simd=target.dsp, precision=precision)
+    network = lower_network(model, input_shape=input_shape, optimize=optimize, simd=target.dsp, precision=precision,
+                            language=language_for(target))
     return write_network(network, target, bundle_dir)
 
 
@@ -272,7 +276,7 @@ def profile_network_json(
     use_simd = target.dsp if simd is None else simd and target.dsp
     with tempfile.TemporaryDirectory(prefix="tvmnas-netprof-") as tmp:
         network = lower_network(model, input_shape=input_shape, optimize=optimize, simd=use_simd,
-                                precision=precision)
+                                precision=precision, language=language_for(target))
         prepared = write_network(network, target, Path(tmp) / "bundle")
         profile = measure_network(prepared, target, Path(tmp) / "build", timeout_s=timeout_s)
     return {

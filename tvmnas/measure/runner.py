@@ -361,28 +361,21 @@ def run_host(
     return outputs
 
 
-def _section_sizes(elf: Path) -> dict[str, int]:
-    proc = subprocess.run([str(tool_path(ARM_SIZE)), "-A", str(elf)], capture_output=True, text=True, check=False)
+def _tool_rows(tool: str, flag: str, elf: Path, what: str) -> list[list[str]]:
+    """The whitespace-split output lines of `tool flag elf` (arm-none-eabi-size / -nm)."""
+    proc = subprocess.run([str(tool_path(tool)), flag, str(elf)], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise BuildError(f"cannot read sections of {elf}: {_first_error(proc.stderr)}")
-    sizes: dict[str, int] = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
-            sizes[parts[0]] = int(parts[1])
-    return sizes
+        raise BuildError(f"cannot read {what} of {elf}: {_first_error(proc.stderr)}")
+    return [line.split() for line in proc.stdout.splitlines()]
+
+
+def _section_sizes(elf: Path) -> dict[str, int]:
+    rows = _tool_rows(ARM_SIZE, "-A", elf, "sections")
+    return {r[0]: int(r[1]) for r in rows if len(r) == 3 and r[0].startswith(".") and r[1].isdigit()}
 
 
 def _symbol_sizes(elf: Path) -> dict[str, int]:
-    proc = subprocess.run([str(tool_path(ARM_NM)), "-S", str(elf)], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BuildError(f"cannot read symbols of {elf}: {_first_error(proc.stderr)}")
-    sizes: dict[str, int] = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 4:
-            sizes[parts[3]] = int(parts[1], 16)
-    return sizes
+    return {r[3]: int(r[1], 16) for r in _tool_rows(ARM_NM, "-S", elf, "symbols") if len(r) == 4}
 
 
 def memory_usage(elf: Path, target: Target) -> MemoryUsage:
