@@ -255,6 +255,26 @@ def test_bad_settings_fail_with_one_line() -> None:
         PipelineSettings(sweep=(0.5, -1.0))
 
 
+def test_a_sweep_runs_its_arms_on_the_given_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_pipeline hands its executor to the sweep stage (the arms fan out on it)."""
+    import tvmnas.pipeline as pipeline
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_sweep(settings, data, target, cost_model, work, progress, executor):
+        seen.append(executor)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "_stage_sweep", fake_sweep)
+    marker = object()
+    with pytest.raises(Stop):
+        run_pipeline(tmp_path / "sweep", replace(REDUCED, sweep=(0.0, 1.0)), executor=marker)
+    assert seen == [marker]
+
+
 def test_auto_cost_model_is_learned_where_shipped_else_macs() -> None:
     """'auto' takes the target's learned cost when one is shipped (frozen: plain values for the
     search's table), the MAC count otherwise, and says which in the report's sentence."""

@@ -627,11 +627,11 @@ def run_pipeline(
     except OSError as err:
         raise OutputFolderError(f"output folder {out_dir}: cannot write it: {err.strerror or err}") from err
     with folder_lock(out, "run-all"):
-        return _run_stages(out, settings, data, target, cost_model, cost_note, restart, progress)
+        return _run_stages(out, settings, data, target, cost_model, cost_note, restart, progress, executor)
 
 
 def _run_stages(out: Path, settings: PipelineSettings, data: ArrayDataset, target: Target, cost_model: CostModel,
-                cost_note: str, restart: bool, progress: bool) -> PipelineResult:
+                cost_note: str, restart: bool, progress: bool, executor: Any = None) -> PipelineResult:
     from tvmnas.report import write_report
 
     work = out / WORK_DIR
