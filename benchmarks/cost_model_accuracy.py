@@ -102,7 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", choices=("float32", "int8"), default="float32",
                         help="which shipped profile data and surrogates to judge")
-    parser.add_argument("--data", type=Path, default=None, help="profile data (default: the shipped one of --precision)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="profile data (default: the shipped one of --precision)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--subsets", type=int, nargs="*", default=[24, 90, 130, 230],
                         help="also fit on only the first N fit networks: cross-validated, and scored on the same "

@@ -314,22 +314,17 @@ def micro_kernel_features(func: tirx.PrimFunc, function: str, layer: dict[str, i
     depthwise = function == DEPTHWISE_FUNCTION
     kh, kw, sh = layer["kh"], layer["kw"], layer["sh"]
     dil = 1 if depthwise else layer["dh"]
-    if depthwise:
-        cin, cout = 1, layer["c_in"] * layer["multiplier"]
-        h, w, pt, pb = layer["h"], layer["w"], layer["pt"], layer["pb"]
-    else:
-        cin, cout = layer["cin"], layer["cout"]
-        h, w, pt, pb = layer["h"], layer["w"], layer["pt"], layer["pt"]
-    oh, ow = layer["oh"], layer["ow"]
+    # one input channel per output channel in a depthwise window, as the float32 features count it
+    cin, cout = (1, layer["c_in"] * layer["multiplier"]) if depthwise else (layer["cin"], layer["cout"])
+    h, w, oh, ow = layer["h"], layer["w"], layer["oh"], layer["ow"]
     dense = not depthwise and (h, w, kh, kw, oh, ow) == (1, 1, 1, 1, 1, 1)
     cls = "depthwise" if depthwise else "matmul" if dense else "conv"
     reduce = cin * kh * kw
     out_elems = cout * oh * ow
-    valid = (_taps_inside(oh, kh, sh, dil, h, pt) * _taps_inside(ow, kw, layer["sw"], dil, w, layer["pl"])
+    valid = (_taps_inside(oh, kh, sh, dil, h, layer["pt"]) * _taps_inside(ow, kw, layer["sw"], dil, w, layer["pl"])
              if kh > 1 or kw > 1 else 1.0)
-    del pb
-    params = [_param_buffer(func, q) for q in func.params]
-    sizes = [int(np.prod(_shape(b), dtype=np.int64)) * DTYPE_BYTES.get(str(b.dtype), 4) for b in params if b is not None]
+    params = [b for b in (_param_buffer(func, q) for q in func.params) if b is not None]
+    sizes = [int(np.prod(_shape(b), dtype=np.int64)) * DTYPE_BYTES.get(str(b.dtype), 4) for b in params]
     residual = function == SIMD_ADD_FUNCTION
     clip = layer["act_min"] > -128 or layer["act_max"] < 127
     f: dict[str, float] = {
@@ -338,8 +333,8 @@ def micro_kernel_features(func: tirx.PrimFunc, function: str, layer: dict[str, i
         "log_iters_spatial": _log(residual * out_elems), "log_iters_pad": 0.0,
         "log_loads": _log(2 * macs + 2 * residual * out_elems), "log_flops": _log(2 * macs + residual * out_elems),
         "log_macs": _log(macs), "log_compares": 0.0,
-        "log_bytes_in": _log(sum(sizes[:-1])), "log_bytes_out": _log(sizes[-1] if sizes else 0),
-        "log_bytes_temp": 0.0, "n_params": len(params),
+        "log_bytes_in": _log(sum(sizes[:-1])), "log_bytes_out": _log(sizes[-1] if sizes else 0),  # out: the last
+        "log_bytes_temp": 0.0, "n_params": len(func.params),
         "log_loop_entries": _log(macs // max(1, kw)), "log_main_out_elems": _log(out_elems),
         "log_loads_reduce": _log(2 * macs), "log_loads_elementwise": _log(2 * residual * out_elems),
         **{f"class_{c}": float(c == cls) for c in OP_CLASSES},

@@ -294,8 +294,8 @@ def load_kernel_rows(source: Path, target: str, precision: str = "float32") -> l
     if source.name.endswith(".json.gz"):
         data = ProfileData.load(source)
         if data.precision != precision:
-            raise CostModelError(f"profile data file '{source}' holds {data.precision} profiles, not {precision}",
-                                 settings=("precision",))
+            raise CostModelError(f"profile data file '{source}' holds {data.precision} profiles, not {precision} "
+                                 f"(the precision asked for)", settings=("precision",))
         return data.kernel_rows(target, split="fit")
     if precision != "float32":
         raise CostModelError(f"profile database '{source}': only float32 rows are read from a database; "

@@ -26,7 +26,8 @@ def predict_model_json(model: ModelSource, surrogate: CostSurrogate, *,
                             simd=simd, precision=precision)
     if network.precision != surrogate.precision:
         raise CostModelError(f"the model's build is {network.precision} but the {surrogate.target} surrogate prices "
-                             f"{surrogate.precision} kernels", settings=("precision",))
+                             f"{surrogate.precision} kernels (the precision and the surrogate must match)",
+                             settings=("precision",))
     graph, lowered = network.graph, network.lowered
     features = {name: kernel_features(lowered[name]) for name in sorted({c.kernel for c in graph.calls})}
     names = sorted(features)
