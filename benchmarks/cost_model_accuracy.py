@@ -31,7 +31,8 @@ from common import git_commit, replace_section  # noqa: E402
 import numpy as np
 
 from tvmnas.cost.collect import ProfileData
-from tvmnas.cost.evaluate import MacLinear, PerOpLUT, accuracy, cross_validate, held_out_kernels, network_totals
+from tvmnas.cost.evaluate import (MacLinear, PerOpLUT, accuracy, accuracy_by_kind, cross_val_predictions, cross_validate,
+                                  held_out_kernels, network_totals)
 from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate, load_surrogate, profile_data_name
 
 HERE = Path(__file__).resolve().parent
@@ -48,7 +49,10 @@ def fewer_fit_networks(data: ProfileData, count: int) -> ProfileData:
 def evaluate_target(data: ProfileData, target: str, folds: int, subsets: list[int]) -> dict:
     """All figures of one target (see the module docstring)."""
     fit_rows = data.kernel_rows(target, split="fit")
-    out: dict = {"fit_kernels": len(fit_rows), "cv": cross_validate(fit_rows, target, folds=folds)}
+    meas_fit = np.array([float(r["cycles"]) for r in fit_rows])
+    cv = cross_val_predictions(fit_rows, target, folds=folds)
+    out: dict = {"fit_kernels": len(fit_rows), "cv": {name: accuracy(p, meas_fit).row() for name, p in cv.items()},
+                 "cv_by_kind": accuracy_by_kind(fit_rows, cv["surrogate"])}
     models = {"surrogate": load_surrogate(target, data.precision), "MACs-linear": MacLinear.fit(fit_rows),
               "per-op LUT": PerOpLUT.fit(fit_rows)}
     held = held_out_kernels(data, target)
@@ -146,6 +150,15 @@ def main() -> None:
         lines += [f"### {target}", ""]
         lines += table(f"Per kernel, {args.folds}-fold cross-validation over the {r['fit_kernels']} distinct kernels "
                        "of the fit networks (held out by kernel):", r["cv"])
+        lines += ["The surrogate's cross-validated predictions by kind of kernel (micro-kernel: a conv, depthwise or "
+                  "dense kernel that calls a C micro-kernel; cycle share: of the fit kernels' cycles):", "",
+                  "| kind | n | cycle share | within +/-10% | within +/-20% | Spearman | mean abs. error |",
+                  "|---|---|---|---|---|---|---|"]
+        for kind, k in r["cv_by_kind"].items():
+            rho = "-" if k["n"] < 3 else f"{k['spearman']:.3f}"
+            lines.append(f"| {kind} | {k['n']} | {pct(k['cycle_share'])} | {pct(k['within_10pct'])} "
+                         f"| {pct(k['within_20pct'])} | {rho} | {pct(k['mape'])} |")
+        lines.append("")
         if "held_out_kernels" in r:
             lines += table("Per kernel, kernels of the eval networks that occur in no fit network:",
                            r["held_out_kernels"])

@@ -204,6 +204,7 @@ def load_surrogate(target: str, precision: str = "float32") -> CostSurrogate:
         path = user_file(target, SURROGATE) or path
     if not path.is_file():
         have = ", ".join(shipped_targets(precision)) or "none"
-        raise CostModelError(f"no pre-fitted {precision} cost surrogate for target {target} (shipped for "
-                             f"{precision}: {have}); fit one with 'tvmnas cost fit'")
+        kind, shipped = ("", "shipped") if precision == "float32" else (f"{precision} ", f"shipped for {precision}")
+        raise CostModelError(f"no pre-fitted {kind}cost surrogate for target {target} ({shipped}: {have}); "
+                             "fit one with 'tvmnas cost fit'")
     return CostSurrogate.load(path, target, precision)
