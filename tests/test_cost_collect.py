@@ -184,7 +184,7 @@ def test_int8_collection_profiles_the_int8_build_with_simd_kernels(tmp_path: Pat
     resumable into its own file."""
     import math
 
-    from tvmnas.cost.collect import collect
+    from tvmnas.cost.collect import collect, refresh_features
     from tvmnas.passes.kernel_features import OP_CLASSES
     from tvmnas.search.genotype import ChainLayer, Genotype
     from tvmnas.targets import load_target
@@ -208,3 +208,9 @@ def test_int8_collection_profiles_the_int8_build_with_simd_kernels(tmp_path: Pat
     seen: list[str] = []
     collect(nets, target, save_to=path, precision="int8", progress=seen.append)
     assert seen == []  # resumed: nothing left to profile
+    # features recomputed from the genotype (its seed: its place in the list) are the collected ones
+    stale = ProfileData.load(path)
+    for kernel in stale.kernels.values():
+        kernel["features"] = dict.fromkeys(kernel["features"], -1.0)
+    assert refresh_features(stale, {"fit00": 0}, progress=lambda m: None) == len(data.kernels)
+    assert stale.kernels == data.kernels
