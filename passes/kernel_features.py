@@ -5,6 +5,12 @@ iteration domains, before any schedule or LowerTIRForC), so they describe what a
 (loop extents, MACs, bytes moved, operator kind, kernel size, stride, channels) and stay stable
 when loop structure changes underneath. A PrimFunc without SBlocks (already flat) is also
 accepted: its BufferStores are then counted under their enclosing loops.
+
+An int8 kernel that calls a C micro-kernel (passes/int8_simd: tvmnas_s8_conv, tvmnas_s8_conv_add,
+tvmnas_s8_depthwise) has no loop nest to read: its features come from the call's layer constants
+instead (micro_kernel_features), in the same slots a float32 kernel of that shape fills (MACs,
+output elements, channels, window, stride, padding), so the one feature layout serves both
+precisions and float32 kernels' features are unchanged.
 """
 
 from __future__ import annotations
@@ -263,14 +269,101 @@ def _log(x: float) -> float:
     return math.log1p(max(float(x), 0.0))
 
 
+def micro_kernel_call(func: tirx.PrimFunc) -> tuple[str, dict[str, int]] | None:
+    """(function, layer constants by name) of the int8 micro-kernel `func` calls, or None when it
+    calls none (passes/int8_simd: its LAYER_FIELDS / DEPTHWISE_FIELDS, ADD_FIELDS follow the
+    pointers)."""
+    from .int8_simd import (ADD_FIELDS, DEPTHWISE_FIELDS, DEPTHWISE_FUNCTION, LAYER_FIELDS, SIMD_ADD_FUNCTION,
+                            SIMD_FUNCTION)
+
+    fields = {SIMD_FUNCTION: LAYER_FIELDS, SIMD_ADD_FUNCTION: LAYER_FIELDS + ADD_FIELDS,
+              DEPTHWISE_FUNCTION: DEPTHWISE_FIELDS}
+    found: list = []
+
+    def visit(stmt) -> None:
+        kind = type(stmt).__name__
+        if kind == "SeqStmt":
+            for child in stmt.seq:
+                visit(child)
+        elif kind == "Evaluate" and type(stmt.value).__name__ == "Call":
+            call = stmt.value
+            op = call.op.name.rsplit(".", 1)[-1] if hasattr(call.op, "name") else ""
+            if op == "call_extern" and getattr(call.args[0], "value", None) in fields:
+                found.append(call)
+        elif hasattr(stmt, "body"):
+            visit(stmt.body)
+
+    visit(func.body)
+    if len(found) != 1:
+        return None
+    name = str(found[0].args[0].value)
+    constants = [_int(a) for a in found[0].args[1:] if type(a).__name__ == "IntImm"]
+    if len(constants) != len(fields[name]):
+        return None
+    return name, dict(zip(fields[name], constants))
+
+
+def micro_kernel_features(func: tirx.PrimFunc, function: str, layer: dict[str, int]) -> dict[str, float]:
+    """Feature dict of a kernel that is one call of an int8 micro-kernel, from its layer constants:
+    the call's MACs, reduction and output sizes, window, stride, dilation, padding (window_valid_frac)
+    and channels fill the slots a loop nest would, and the executed counts are those of the
+    call as printed (one call, its pointer arguments)."""
+    from .int8_simd import DEPTHWISE_FUNCTION, SIMD_ADD_FUNCTION
+
+    macs = _int(func.attrs[MACS_ATTR]) if func.attrs is not None and MACS_ATTR in func.attrs else 0
+    depthwise = function == DEPTHWISE_FUNCTION
+    kh, kw, sh = layer["kh"], layer["kw"], layer["sh"]
+    dil = 1 if depthwise else layer["dh"]
+    # one input channel per output channel in a depthwise window, as the float32 features count it
+    cin, cout = (1, layer["c_in"] * layer["multiplier"]) if depthwise else (layer["cin"], layer["cout"])
+    h, w, oh, ow = layer["h"], layer["w"], layer["oh"], layer["ow"]
+    dense = not depthwise and (h, w, kh, kw, oh, ow) == (1, 1, 1, 1, 1, 1)
+    cls = "depthwise" if depthwise else "matmul" if dense else "conv"
+    reduce = cin * kh * kw
+    out_elems = cout * oh * ow
+    valid = (_taps_inside(oh, kh, sh, dil, h, layer["pt"]) * _taps_inside(ow, kw, layer["sw"], dil, w, layer["pl"])
+             if kh > 1 or kw > 1 else 1.0)
+    params = [b for b in (_param_buffer(func, q) for q in func.params) if b is not None]
+    sizes = [int(np.prod(_shape(b), dtype=np.int64)) * DTYPE_BYTES.get(str(b.dtype), 4) for b in params]
+    residual = function == SIMD_ADD_FUNCTION
+    clip = layer["act_min"] > -128 or layer["act_max"] < 127
+    f: dict[str, float] = {
+        "n_blocks": 1 + residual, "n_reduce_blocks": 1, "n_pad_blocks": 0, "n_elementwise_blocks": int(residual),
+        "log_iters_total": _log(macs + residual * out_elems), "log_iters_reduce": _log(macs),
+        "log_iters_spatial": _log(residual * out_elems), "log_iters_pad": 0.0,
+        "log_loads": _log(2 * macs + 2 * residual * out_elems), "log_flops": _log(2 * macs + residual * out_elems),
+        "log_macs": _log(macs), "log_compares": 0.0,
+        "log_bytes_in": _log(sum(sizes[:-1])), "log_bytes_out": _log(sizes[-1] if sizes else 0),  # out: the last
+        "log_bytes_temp": 0.0, "n_params": len(func.params),
+        "log_loop_entries": _log(macs // max(1, kw)), "log_main_out_elems": _log(out_elems),
+        "log_loads_reduce": _log(2 * macs), "log_loads_elementwise": _log(2 * residual * out_elems),
+        **{f"class_{c}": float(c == cls) for c in OP_CLASSES},
+        "main_log_domain": _log(macs), "main_log_reduce": _log(reduce),
+        "main_depth": 3 if dense else 7,
+        "main_inner0": cin if dense else kw, "main_inner1": cout if dense else kh, "main_inner2": 1 if dense else cin,
+        "kernel_h": kh, "kernel_w": kw, "stride": sh, "dilation": dil,
+        "channels_in": cin, "channels_out": cout, "out_h": oh, "out_w": ow,
+        "groups_depthwise": float(depthwise), "has_clip": float(clip), "has_residual_add": float(residual),
+        "spatial_ops_per_elem": 4.0 * residual,
+        "window_valid_frac": valid, "log_valid_macs": _log(macs * valid), "log_padded_macs": _log(macs * (1.0 - valid)),
+    }
+    f.update({f"log_exec_{k}": _log(v) for k, v in flat_counts(func).items()})
+    f.update(ratio_features(f))
+    return {name: float(f[name]) for name in FEATURE_NAMES}
+
+
 def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
     """Feature dict (keys = FEATURE_NAMES) of one fused PrimFunc.
 
     Counts: iterations per block (product of enclosing loop extents), loads and arithmetic per
     iteration, MACs (iterations of reduction blocks that multiply, or pool windows), bytes of the
     parameters read / written and of internal buffers. Shape features come from the main block
-    (the reduction block with the largest domain, else the largest block).
+    (the reduction block with the largest domain, else the largest block). A call of an int8
+    micro-kernel is read from its layer constants (micro_kernel_features).
     """
+    call = micro_kernel_call(func)
+    if call is not None:
+        return micro_kernel_features(func, *call)
     blocks = collect_blocks(func)
     params = list(func.params)
     written = {b.store_buffer for b in blocks}

@@ -5,6 +5,10 @@
   python scripts/fit_cost_models.py --profile --executor ray --ray-address HEAD:6379  # on a Ray cluster
   python scripts/fit_cost_models.py --refresh-features  # kernel features changed: recompute them, keep
                                                         # the measurements, refit and distill
+  python scripts/fit_cost_models.py --precision int8    # the int8 builds of the same networks on the
+                                                        # int8 targets -> profiles-int8.json.gz and
+                                                        # surrogate-<target>-int8.json.gz (no distillation yet)
+  python scripts/fit_cost_models.py --precision int8 --collect-only  # profile only (resumable), fit later
 
 The shipped files came from profiling on the kernels of the commit that added them (`--profile`:
 about 40 s a network on one core, so some four hours for all 380, or that divided by --jobs); a
@@ -23,6 +27,9 @@ Stages, all seeded and single-threaded so that the same toolchain gives the same
    distill-specs.json.gz), priced by each surrogate; the MLP fitted to 80 % of them ->
    distilled-<target>.pt, fidelity on the other 20 % -> distill-report.json.
 The 'eval' split is never used for fitting: benchmarks/cost_model_accuracy.py reports on it.
+--precision int8 runs stages 1 and 2 on each network's int8 build (the SIMD micro-kernels on these
+cores, which all have the DSP extension), keyed by precision in the file names; the shipped int8
+data took about 34 s a network for the three targets, one process on a shared two-core machine.
 """
 
 from __future__ import annotations
@@ -38,24 +45,34 @@ import torch
 from tvmnas.cli import options
 from tvmnas.cost.collect import ProfileData, collect, refresh_features
 from tvmnas.cost.networks import interleave, random_genotypes
-from tvmnas.cost.surrogate import CostSurrogate
+from tvmnas.cost.surrogate import CostSurrogate, profile_data_name, surrogate_name
 from tvmnas.errors import TvmnasError
 from tvmnas.targets import load_target
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "tvmnas" / "cost" / "data"
-TARGETS = ("cortex-m4", "cortex-m7")
+TARGETS = {"float32": ("cortex-m4", "cortex-m7"), "int8": ("cortex-m4", "cortex-m7", "cortex-m33")}
 FIT_NETWORKS, FIT_SEED = 330, 1
 EVAL_NETWORKS, EVAL_SEED = 50, 2
+# the shipped int8 data: the first networks of the same two seeded lists (a network's seed is its
+# place in the interleaved list, so any larger count keeps these and profiles only the rest)
+INT8_FIT_NETWORKS = 71
+NETWORKS = {"float32": (FIT_NETWORKS, EVAL_NETWORKS), "int8": (INT8_FIT_NETWORKS, EVAL_NETWORKS)}
 DISTILL_SPECS, DISTILL_SEED = 100, 0
 
 
+def jobs_of(fit_networks: int, eval_networks: int) -> list:
+    """(name, split, genotype) of every network, in collection order (a network's seed is its place)."""
+    return interleave(random_genotypes(fit_networks, FIT_SEED), random_genotypes(eval_networks, EVAL_SEED))
+
+
 def profile(path: Path, fit_networks: int, eval_networks: int, jobs: int | None = None, executor: str = "local",
-            ray_address: str | None = None) -> ProfileData:
+            ray_address: str | None = None, precision: str = "float32") -> ProfileData:
     """Stage 1: compile and profile the fit and eval networks (resuming from `path` if present), one
     network per task on the executor (the file is the same for any executor and number of workers)."""
-    networks = interleave(random_genotypes(fit_networks, FIT_SEED), random_genotypes(eval_networks, EVAL_SEED))
+    networks = jobs_of(fit_networks, eval_networks)
     pool = options.make_fanout_executor(executor, jobs, ray_address)
-    return collect(networks, [load_target(t) for t in TARGETS], save_to=path, executor=pool)
+    return collect(networks, [load_target(t) for t in TARGETS[precision]], save_to=path, executor=pool,
+                   precision=precision)
 
 
 def main() -> None:
@@ -66,7 +83,11 @@ def main() -> None:
                         help="recompute kernel features of the profile data (after a feature change), "
                              "keep the measurements")
     parser.add_argument("--skip-distill", action="store_true", help="fit the surrogates only")
-    parser.add_argument("--fit-networks", type=int, default=FIT_NETWORKS, help="networks to fit on")
+    parser.add_argument("--precision", choices=tuple(TARGETS), default="float32",
+                        help="profile and fit the networks as they are (float32) or their int8 builds")
+    parser.add_argument("--collect-only", action="store_true", help="profile (resuming), do not fit")
+    parser.add_argument("--fit-networks", type=int, default=None,
+                        help=f"networks to fit on (default: {FIT_NETWORKS}; int8: {INT8_FIT_NETWORKS})")
     parser.add_argument("--eval-networks", type=int, default=EVAL_NETWORKS, help="held-out networks")
     parser.add_argument("--jobs", "-j", type=int, default=None,
                         help="networks profiled at a time (the data file is the same for any number; default: 1 "
@@ -74,9 +95,11 @@ def main() -> None:
     parser.add_argument("--executor", choices=("local", "ray"), default="local", help=options.EXECUTOR_HELP)
     parser.add_argument("--ray-address", default=None, help=options.RAY_ADDRESS_HELP)
     args = parser.parse_args()
+    if args.fit_networks is None:
+        args.fit_networks = NETWORKS[args.precision][0]
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    data_path = args.out / "profiles.json.gz"
+    data_path = args.out / profile_data_name(args.precision)
     start = time.time()
     if args.profile:
         data_path.unlink(missing_ok=True)
@@ -84,20 +107,25 @@ def main() -> None:
     wanted = {"fit": args.fit_networks, "eval": args.eval_networks}
     if any(sum(n["split"] == s for n in data.networks) < k for s, k in wanted.items()):
         try:
-            data = profile(data_path, args.fit_networks, args.eval_networks, args.jobs, args.executor, args.ray_address)
+            data = profile(data_path, args.fit_networks, args.eval_networks, args.jobs, args.executor, args.ray_address,
+                           args.precision)
         except TvmnasError as err:
             sys.exit(f"error: {options.error_line(err)}")
         print(f"profiled {len(data.networks)} networks in {time.time() - start:.0f} s -> {data_path}", file=sys.stderr)
     if args.refresh_features:
-        refresh_features(data)
+        seeds = {name: i for i, (name, _, _) in enumerate(jobs_of(args.fit_networks, args.eval_networks))}
+        refresh_features(data, seeds)
         data.save(data_path)
+    if args.collect_only:
+        return
     reports = {}
-    for target in TARGETS:
+    for target in TARGETS[args.precision]:
         rows = data.kernel_rows(target, split="fit")
-        surrogate = CostSurrogate.fit(rows, target)
-        surrogate.save(args.out / f"surrogate-{target}.json.gz")
-        print(f"{target}: surrogate fitted on {len(rows)} kernels -> surrogate-{target}.json.gz", file=sys.stderr)
-        if not args.skip_distill:
+        surrogate = CostSurrogate.fit(rows, target, precision=args.precision)
+        name = surrogate_name(target, args.precision)
+        surrogate.save(args.out / name)
+        print(f"{target}: {args.precision} surrogate fitted on {len(rows)} kernels -> {name}", file=sys.stderr)
+        if not args.skip_distill and args.precision == "float32":
             from tvmnas.cost.distill import distill, featurise_specs, head_specs, random_specs
 
             specs = random_specs(DISTILL_SPECS, DISTILL_SEED) + head_specs()

@@ -87,3 +87,57 @@ def test_fit_from_a_missing_source_is_one_line(tmp_path: Path) -> None:
     proc = tvmnas("cost", "fit", "--db", str(tmp_path / "none.db"), "--target", "cortex-m4", "--out", str(tmp_path / "x.json"))
     assert proc.returncode == 1
     assert "does not exist" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_predict_int8_prices_the_int8_build(onnx_model: Path) -> None:
+    """--precision int8 prices the float model's int8 build with the shipped int8 surrogate: the
+    same JSON as float32 plus the precision, other kernels, other cycles, the same MACs."""
+    reports = {}
+    for precision in ("float32", "int8"):
+        proc = tvmnas("cost", "predict", str(onnx_model), "--target", "cortex-m4", "--precision", precision)
+        assert proc.returncode == 0, proc.stderr
+        reports[precision] = json.loads(proc.stdout.strip().splitlines()[-1])
+    f32, i8 = reports["float32"], reports["int8"]
+    assert set(i8) == set(f32) and (f32["precision"], i8["precision"]) == ("float32", "int8")
+    assert i8["target"] == "cortex-m4" and i8["instructions"] is None
+    assert i8["cycles"] == sum(k["cycles"] for k in i8["kernels"]) and all(k["cycles"] > 0 for k in i8["kernels"])
+    assert {k["name"] for k in i8["kernels"]} != {k["name"] for k in f32["kernels"]}
+    assert i8["cycles"] != f32["cycles"]
+    assert max(k["macs"] for k in i8["kernels"]) == max(k["macs"] for k in f32["kernels"])
+
+
+def test_a_target_without_an_int8_surrogate_is_one_line(onnx_model: Path) -> None:
+    proc = tvmnas("cost", "predict", str(onnx_model), "--target", "cortex-m0", "--precision", "int8")
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: no pre-fitted int8 cost surrogate for target cortex-m0")
+    assert "Traceback" not in proc.stderr
+
+
+def test_fit_int8_profile_data_and_refuse_the_other_precision(tmp_path: Path, onnx_model: Path) -> None:
+    data = ProfileData(precision="int8")
+    calls = []
+    for i in range(20):
+        f = {n: 0.0 for n in FEATURE_NAMES}
+        f.update({"log_macs": math.log1p(500.0 * (i + 1)), "class_conv": 1.0})
+        data.kernels[f"h{i}"] = {"name": f"k{i}", "features": f, "macs": 500 * (i + 1)}
+        calls.append({"kernel": f"k{i}", "hash": f"h{i}", "instructions": 1000 * (i + 1), "cycles": 1500 * (i + 1)})
+    m7 = {"instructions": 0, "cycles": 0, "preamble_cycles": 0, "calls": calls}
+    data.networks.append({"name": "fit00", "split": "fit", "genotype": {}, "targets": {"cortex-m7": m7}})
+    db = tmp_path / "profiles-int8.json.gz"
+    data.save(db)
+    out = tmp_path / "m7-int8.json"
+    proc = tvmnas("cost", "fit", "--db", str(db), "--target", "cortex-m7", "--out", str(out))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: profile data file") and "--precision" in proc.stderr
+    proc = tvmnas("cost", "fit", "--db", str(db), "--target", "cortex-m7", "--out", str(out), "--precision", "int8")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["precision"] == "int8"
+    proc = tvmnas("cost", "predict", str(onnx_model), "--target", "cortex-m7", "--surrogate", str(out),
+                  "--precision", "int8")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["precision"] == "int8"
+    proc = tvmnas("cost", "predict", str(onnx_model), "--target", "cortex-m7", "--surrogate", str(out))
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "build is float32 but the cortex-m7 surrogate prices int8 kernels" in line and "Traceback" not in proc.stderr

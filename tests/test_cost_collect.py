@@ -149,3 +149,68 @@ def test_a_shipped_network_profiles_today_as_the_shipped_data_recorded_it() -> N
                             name=net["name"], split=net["split"], seed=1)
     assert json.dumps(entry, sort_keys=True) == json.dumps(net, sort_keys=True)
     assert {h: shipped.kernels[h] for h in fresh.kernels} == fresh.kernels
+
+
+def test_precision_is_part_of_the_data_and_float32_files_are_unchanged(tmp_path: Path) -> None:
+    import gzip
+    import json
+
+    from tvmnas.cost.collect import collect
+
+    f32 = tiny_data()
+    f32.save(tmp_path / "f32.json.gz")
+    assert "precision" not in json.loads(gzip.decompress((tmp_path / "f32.json.gz").read_bytes()))
+    assert ProfileData.load(tmp_path / "f32.json.gz").precision == "float32"
+    i8 = tiny_data()
+    i8.precision = "int8"
+    i8.save(tmp_path / "i8.json.gz")
+    assert json.loads(gzip.decompress((tmp_path / "i8.json.gz").read_bytes()))["precision"] == "int8"
+    assert ProfileData.load(tmp_path / "i8.json.gz").precision == "int8"
+    # one precision a file: fitting or resuming the other precision from it is refused in one line
+    assert len(load_kernel_rows(tmp_path / "i8.json.gz", "cortex-m4", "int8")) == 2
+    with pytest.raises(CostModelError, match="holds int8 profiles, not float32"):
+        load_kernel_rows(tmp_path / "i8.json.gz", "cortex-m4")
+    with pytest.raises(CostModelError, match="holds float32 profiles, not int8"):
+        collect([], [], save_to=tmp_path / "f32.json.gz", precision="int8", progress=lambda m: None)
+    with pytest.raises(CostModelError, match="precision 'int4' is not one of float32, int8"):
+        collect([], [], precision="int4")
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_int8_collection_profiles_the_int8_build_with_simd_kernels(tmp_path: Path) -> None:
+    """The same genotype collected as int8 on a DSP core: the int8 build's kernels (the conv a call
+    of the SIMD micro-kernel, with its MACs in the features), other kernels than float32's, and
+    resumable into its own file."""
+    import math
+
+    from tvmnas.cost.collect import collect, refresh_features
+    from tvmnas.passes.kernel_features import OP_CLASSES
+    from tvmnas.search.genotype import ChainLayer, Genotype
+    from tvmnas.targets import load_target
+
+    genotype = Genotype(space="chain", input_shape=(1, 8, 8), num_classes=4, channels=8,
+                        layers=(ChainLayer("mb_k3_e1", 8, 1),), head_channels=0)
+    nets = [("fit00", "fit", genotype)]
+    target = [load_target("cortex-m4")]
+    path = tmp_path / "profiles-int8.json.gz"
+    data = collect(nets, target, save_to=path, precision="int8", progress=lambda m: None)
+    assert ProfileData.load(path).precision == "int8"
+    rows = data.kernel_rows("cortex-m4")
+    assert rows and all(r["cycles"] > 0 for r in rows)
+    convs = [r for r in rows if r["features"]["class_conv"] == 1.0 or r["features"]["class_depthwise"] == 1.0]
+    assert len(convs) >= 2  # the block's 1x1 convs and the depthwise
+    for r in convs:
+        assert r["macs"] > 0 and math.isclose(r["features"]["log_macs"], math.log1p(r["macs"]), rel_tol=1e-9)
+    assert {OP_CLASSES[0]} <= {c for c in OP_CLASSES for r in convs if r["features"][f"class_{c}"] == 1.0}
+    float32 = collect(nets, target, progress=lambda m: None)
+    assert not set(data.kernels) & set(float32.kernels)
+    seen: list[str] = []
+    collect(nets, target, save_to=path, precision="int8", progress=seen.append)
+    assert seen == []  # resumed: nothing left to profile
+    # features recomputed from the genotype (its seed: its place in the list) are the collected ones
+    stale = ProfileData.load(path)
+    for kernel in stale.kernels.values():
+        kernel["features"] = dict.fromkeys(kernel["features"], -1.0)
+    assert refresh_features(stale, {"fit00": 0}, progress=lambda m: None) == len(data.kernels)
+    assert stale.kernels == data.kernels

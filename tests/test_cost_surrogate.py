@@ -124,3 +124,29 @@ def test_shipped_surrogates_rank_the_kernels_they_were_fitted_on(target: str) ->
 def test_missing_shipped_surrogate_names_the_target() -> None:
     with pytest.raises(CostModelError, match="no pre-fitted cost surrogate for target cortex-m0"):
         load_surrogate("cortex-m0")
+
+
+def test_int8_surrogates_are_their_own_files_and_named_in_errors() -> None:
+    from tvmnas.cost.surrogate import shipped_targets
+
+    assert shipped_targets() == ["cortex-m4", "cortex-m7"]  # the int8 files are not float32 targets
+    assert set(shipped_targets("int8")) >= {"cortex-m4", "cortex-m7", "cortex-m33"}
+    surrogate = load_surrogate("cortex-m33", "int8")
+    assert (surrogate.target, surrogate.precision) == ("cortex-m33", "int8")
+    assert load_surrogate("cortex-m4").precision == "float32"
+    with pytest.raises(CostModelError, match="no pre-fitted int8 cost surrogate for target cortex-m0 "
+                                             r"\(shipped for int8: cortex-m33, cortex-m4, cortex-m7"):
+        load_surrogate("cortex-m0", "int8")
+    with pytest.raises(CostModelError, match="no pre-fitted cost surrogate for target cortex-m33 "):
+        load_surrogate("cortex-m33")
+
+
+def test_a_surrogate_file_keeps_its_precision(tmp_path: Path) -> None:
+    from tvmnas.passes import FEATURE_NAMES
+
+    rows = [{"features": {**dict.fromkeys(FEATURE_NAMES, 0.0), "log_macs": float(i)}, "cycles": 100.0 * (i + 1)}
+            for i in range(12)]
+    CostSurrogate.fit(rows, "cortex-m4", rounds=5, precision="int8").save(tmp_path / "s.json")
+    assert CostSurrogate.load(tmp_path / "s.json").precision == "int8"
+    with pytest.raises(CostModelError, match="prices int8 kernels, not float32"):
+        CostSurrogate.load(tmp_path / "s.json", "cortex-m4", "float32")

@@ -184,3 +184,49 @@ def test_ratio_features_name_the_schedule_family_not_the_size() -> None:
                         sum(math.expm1(wide[f"log_exec_{c}"]) for c in ("fmul", "fadd", "mem_loads"))
                         / (1.0 + sum(math.expm1(wide[n]) for n in FEATURE_NAMES if n.startswith("log_exec_"))),
                         rel_tol=1e-6)
+
+
+def int8_simd_kernel(module: nn.Module, shape: tuple[int, ...]):
+    """The kernel with the most MACs of the int8 build of `module` for a core with the DSP extension."""
+    from tvmnas.measure.profiler import lower_network
+
+    torch.manual_seed(0)
+    network = lower_network(module.eval(), input_shape=shape, simd=True, precision="int8")
+    return max((network.lowered[c.kernel] for c in network.graph.calls), key=kernel_macs)
+
+
+@pytest.mark.parametrize(
+    "c_in, c_out, k, stride, groups, hw",
+    [(8, 16, 3, 1, 1, 16), (8, 16, 1, 2, 1, 16), (12, 12, 5, 2, 12, 16), (3, 8, 3, 2, 1, 9)],
+)
+def test_simd_micro_kernel_features_carry_the_call_shape(c_in: int, c_out: int, k: int, stride: int, groups: int,
+                                                         hw: int) -> None:
+    """An int8 conv / depthwise that calls a SIMD micro-kernel has no loop nest: its features come
+    from the call's layer constants, in the slots a float32 kernel of that shape fills."""
+    from tvmnas.passes.kernel_features import micro_kernel_call
+
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups)
+    func = int8_simd_kernel(nn.Sequential(conv, nn.ReLU()), (1, c_in, hw, hw))
+    assert micro_kernel_call(func) is not None
+    f = kernel_features(func)
+    out_hw = -(-hw // stride)
+    assert (f["kernel_h"], f["kernel_w"], f["stride"], f["dilation"]) == (k, k, stride, 1)
+    assert (f["channels_out"], f["out_h"], f["out_w"]) == (c_out, out_hw, out_hw)
+    assert f["class_depthwise" if groups > 1 else "class_conv"] == 1.0
+    macs = out_hw * out_hw * c_out * (c_in // groups) * k * k
+    assert math.isclose(f["log_macs"], math.log1p(macs), rel_tol=1e-9)
+    assert math.isclose(f["log_main_out_elems"], math.log1p(c_out * out_hw * out_hw), rel_tol=1e-9)
+    pad = k // 2
+    inside = sum(0 <= o * stride + t - pad < hw for o in range(out_hw) for t in range(k)) / (out_hw * k)
+    assert math.isclose(f["window_valid_frac"], inside**2, rel_tol=1e-9)
+
+
+def test_simd_micro_kernel_features_tell_two_conv_shapes_apart() -> None:
+    """Two int8 convs whose kernels are both one call of tvmnas_s8_conv: different shapes, different
+    features (the call hides the loop nest the float32 features are read from)."""
+    a = kernel_features(int8_simd_kernel(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()), (1, 8, 12, 12)))
+    b = kernel_features(int8_simd_kernel(nn.Sequential(nn.Conv2d(16, 8, 1), nn.ReLU()), (1, 16, 12, 12)))
+    assert a["class_conv"] == b["class_conv"] == 1.0
+    assert a["log_macs"] > b["log_macs"] > 0
+    assert (a["kernel_h"], a["channels_out"]) == (3, 16) and (b["kernel_h"], b["channels_out"]) == (1, 8)
+    assert feature_vector(a).tolist() != feature_vector(b).tolist()

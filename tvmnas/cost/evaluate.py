@@ -159,16 +159,15 @@ def compare(data: ProfileData, target: str, predictors: dict[str, KernelPredicto
     return out
 
 
-def cross_validate(rows: Sequence[dict[str, Any]], target: str, *, folds: int = 5, seed: int = 0,
-                   rounds: int | None = None) -> dict[str, dict[str, Any]]:
+def cross_val_predictions(rows: Sequence[dict[str, Any]], target: str, *, folds: int = 5, seed: int = 0,
+                          rounds: int | None = None) -> dict[str, np.ndarray]:
     """Held out by kernel within the fit data: k folds over distinct kernels (each row is one kernel);
-    every model is refitted on the other folds. Accuracy per predictor over all held-out predictions."""
+    every model is refitted on the other folds. Each predictor's held-out prediction of every row."""
     from tvmnas.cost.surrogate import XGB_ROUNDS, CostSurrogate
 
     order = np.random.default_rng(seed).permutation(len(rows))
     fold_of = np.empty(len(rows), dtype=int)
     fold_of[order] = np.arange(len(rows)) % folds
-    meas = np.array([float(r["cycles"]) for r in rows])
     preds = {"surrogate": np.zeros(len(rows)), "MACs-linear": np.zeros(len(rows)), "per-op LUT": np.zeros(len(rows))}
     for k in range(folds):
         train = [rows[i] for i in range(len(rows)) if fold_of[i] != k]
@@ -178,4 +177,34 @@ def cross_validate(rows: Sequence[dict[str, Any]], target: str, *, folds: int = 
                   "MACs-linear": MacLinear.fit(train), "per-op LUT": PerOpLUT.fit(train)}
         for name, model in models.items():
             preds[name][test_idx] = model.predict(feats)
+    return preds
+
+
+def cross_validate(rows: Sequence[dict[str, Any]], target: str, *, folds: int = 5, seed: int = 0,
+                   rounds: int | None = None) -> dict[str, dict[str, Any]]:
+    """Accuracy per predictor over all held-out predictions of cross_val_predictions."""
+    meas = np.array([float(r["cycles"]) for r in rows])
+    preds = cross_val_predictions(rows, target, folds=folds, seed=seed, rounds=rounds)
     return {name: accuracy(p, meas).row() for name, p in preds.items()}
+
+
+def kernel_kind(f: dict[str, float]) -> str:
+    """The operator class of a kernel's features, with ' (micro-kernel)' for a conv, depthwise or dense
+    kernel that calls a C micro-kernel (no loop runs in its own code: passes.kernel_features reads
+    it from the call)."""
+    op = _op(f)
+    loops = f["log_exec_loop_iters"] + f["log_exec_unrolled_iters"]
+    return f"{op} (micro-kernel)" if op in ("conv", "depthwise", "matmul") and loops == 0 else op
+
+
+def accuracy_by_kind(rows: Sequence[dict[str, Any]], predicted: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Accuracy of `predicted` (one per row) per kernel kind (kernel_kind), with each kind's share of
+    the rows' cycles."""
+    kinds = [kernel_kind(r["features"]) for r in rows]
+    meas = np.array([float(r["cycles"]) for r in rows])
+    out = {}
+    for kind in sorted(set(kinds)):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        out[kind] = {**accuracy(np.asarray(predicted)[idx], meas[idx]).row(),
+                     "cycle_share": float(meas[idx].sum() / meas.sum())}
+    return out

@@ -9,6 +9,10 @@ round grows several trees on different row and column samples and averages them
 (num_parallel_tree in XGB_PARAMS), which lowers the variance of the correction on the thousand
 or so kernels it is fitted on. Cycles are the profiler's timing-table estimate. Surrogate files
 are JSON, gzipped when the name ends in .gz.
+
+A surrogate prices one precision on one target: float32 kernels, or the kernels of int8 builds
+(surrogate-<target>-int8.json.gz next to surrogate-<target>.json.gz; float32 files carry no
+precision field, so they stay as they were written).
 """
 
 from __future__ import annotations
@@ -49,6 +53,17 @@ XGB_PARAMS: dict[str, Any] = {
     "num_parallel_tree": 5,
 }
 XGB_ROUNDS = 600
+PRECISIONS = ("float32", "int8")
+
+
+def surrogate_name(target: str, precision: str = "float32") -> str:
+    """File name of the surrogate of `target` for `precision` in the package data."""
+    return f"surrogate-{target}.json.gz" if precision == "float32" else f"surrogate-{target}-{precision}.json.gz"
+
+
+def profile_data_name(precision: str = "float32") -> str:
+    """File name of the network profile data of `precision` in the package data."""
+    return "profiles.json.gz" if precision == "float32" else f"profiles-{precision}.json.gz"
 
 
 def feature_matrix(features: Sequence[dict[str, float]]) -> np.ndarray:
@@ -67,8 +82,10 @@ def _prior_design(features: Sequence[dict[str, float]]) -> np.ndarray:
 class CostSurrogate:
     """Predicts estimated cycles of fused kernels on one target (see the module docstring)."""
 
-    def __init__(self, target: str, prior_coef: np.ndarray, booster, meta: dict[str, Any] | None = None):
+    def __init__(self, target: str, prior_coef: np.ndarray, booster, meta: dict[str, Any] | None = None,
+                 precision: str = "float32"):
         self.target = target
+        self.precision = precision
         self.prior_coef = np.asarray(prior_coef, dtype=np.float64)
         self.booster = booster
         self.meta = dict(meta or {})
@@ -76,8 +93,10 @@ class CostSurrogate:
     # ------------------------------------------------------------------ fit / predict
 
     @classmethod
-    def fit(cls, rows: Sequence[dict[str, Any]], target: str, *, rounds: int = XGB_ROUNDS) -> "CostSurrogate":
-        """Fit on kernel rows ({'features', 'cycles', ...}, as ProfileData.kernel_rows gives them)."""
+    def fit(cls, rows: Sequence[dict[str, Any]], target: str, *, rounds: int = XGB_ROUNDS,
+            precision: str = "float32") -> "CostSurrogate":
+        """Fit on kernel rows ({'features', 'cycles', ...}, as ProfileData.kernel_rows gives them) of
+        kernels of `precision`."""
         import xgboost as xgb
         from scipy.optimize import nnls
 
@@ -94,7 +113,7 @@ class CostSurrogate:
         digest = hashlib.sha1(json.dumps(sorted(r["hash"] for r in rows if "hash" in r)).encode()).hexdigest()[:16]
         meta = {"kernels": len(rows), "kernel_set": digest, "rounds": rounds,
                 "cycles_are": "estimate from the core's timing table over exact emulated instructions"}
-        return cls(target, coef, booster, meta)
+        return cls(target, coef, booster, meta, precision)
 
     def prior(self, features: Sequence[dict[str, float]]) -> np.ndarray:
         """The linear prior alone (cycles)."""
@@ -121,9 +140,12 @@ class CostSurrogate:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form: target, feature layout, prior, the XGBoost model as JSON."""
         raw = bytes(self.booster.save_raw("json")).decode()
-        return {"format": FORMAT, "version": FORMAT_VERSION, "target": self.target,
-                "feature_names": list(FEATURE_NAMES), "prior_features": list(PRIOR_FEATURES),
-                "prior_coef": [float(c) for c in self.prior_coef], "meta": self.meta, "xgboost": json.loads(raw)}
+        doc = {"format": FORMAT, "version": FORMAT_VERSION, "target": self.target,
+               "feature_names": list(FEATURE_NAMES), "prior_features": list(PRIOR_FEATURES),
+               "prior_coef": [float(c) for c in self.prior_coef], "meta": self.meta, "xgboost": json.loads(raw)}
+        if self.precision != "float32":
+            doc["precision"] = self.precision
+        return doc
 
     def save(self, path: Path) -> None:
         """Write the surrogate as one JSON file (gzipped, reproducibly, when `path` ends in .gz)."""
@@ -131,8 +153,9 @@ class CostSurrogate:
         replace_bytes(path, gzip_bytes(text) if Path(path).name.endswith(".gz") else text.encode())
 
     @classmethod
-    def load(cls, path: Path, target: str | None = None) -> "CostSurrogate":
-        """Read a file written by save(); checks format, feature layout and (if given) the target."""
+    def load(cls, path: Path, target: str | None = None, precision: str | None = None) -> "CostSurrogate":
+        """Read a file written by save(); checks format, feature layout and (if given) the target and
+        the precision."""
         import xgboost as xgb
 
         path = Path(path)
@@ -148,26 +171,40 @@ class CostSurrogate:
             raise CostModelError(f"cost surrogate '{path}' was fitted on another kernel feature layout: refit it")
         if target is not None and doc["target"] != target:
             raise CostModelError(f"cost surrogate '{path}' is for target {doc['target']}, not {target}")
+        have = doc.get("precision", "float32")
+        if precision is not None and have != precision:
+            raise CostModelError(f"cost surrogate '{path}' prices {have} kernels, not {precision}")
         booster = xgb.Booster(params={"nthread": 1})
         booster.load_model(bytearray(json.dumps(doc["xgboost"]).encode()))
-        return cls(doc["target"], np.array(doc["prior_coef"]), booster, doc.get("meta"))
+        return cls(doc["target"], np.array(doc["prior_coef"]), booster, doc.get("meta"), have)
 
 
-def shipped_targets() -> list[str]:
-    """Targets with a pre-fitted surrogate in the package data."""
-    files = DATA_DIR.glob("surrogate-*.json.gz")
-    return sorted(p.name.removeprefix("surrogate-").removesuffix(".json.gz") for p in files)
+def shipped_targets(precision: str = "float32") -> list[str]:
+    """Targets with a pre-fitted surrogate for `precision` in the package data."""
+    names = [p.name.removeprefix("surrogate-").removesuffix(".json.gz") for p in DATA_DIR.glob("surrogate-*.json.gz")]
+    if precision == "float32":
+        return sorted(n for n in names if not any(n.endswith(f"-{q}") for q in PRECISIONS[1:]))
+    return sorted(n.removesuffix(f"-{precision}") for n in names if n.endswith(f"-{precision}"))
 
 
-def load_surrogate(target: str) -> CostSurrogate:
-    """The pre-fitted surrogate shipped for `target` (or refitted for a calibrated user target)."""
-    path = DATA_DIR / f"surrogate-{target}.json.gz"
-    if not path.is_file():
+def check_precision(precision: str) -> None:
+    """Refuse a precision no surrogate prices (one line naming it)."""
+    if precision not in PRECISIONS:
+        raise CostModelError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def load_surrogate(target: str, precision: str = "float32") -> CostSurrogate:
+    """The pre-fitted surrogate shipped for `target` and `precision` (or, float32, refitted for a
+    calibrated user target)."""
+    check_precision(precision)
+    path = DATA_DIR / surrogate_name(target, precision)
+    if not path.is_file() and precision == "float32":
         from tvmnas.board.user_targets import SURROGATE, user_file
 
         path = user_file(target, SURROGATE) or path
     if not path.is_file():
-        have = ", ".join(shipped_targets()) or "none"
-        raise CostModelError(f"no pre-fitted cost surrogate for target {target} (shipped: {have}); "
-                             f"fit one with 'tvmnas cost fit'")
-    return CostSurrogate.load(path, target)
+        have = ", ".join(shipped_targets(precision)) or "none"
+        kind, shipped = ("", "shipped") if precision == "float32" else (f"{precision} ", f"shipped for {precision}")
+        raise CostModelError(f"no pre-fitted {kind}cost surrogate for target {target} ({shipped}: {have}); "
+                             "fit one with 'tvmnas cost fit'")
+    return CostSurrogate.load(path, target, precision)
