@@ -38,6 +38,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -160,13 +161,18 @@ def measure(model_dir: Path, image: np.ndarray, args: argparse.Namespace) -> dic
     }
 
 
-def measured_model(args: argparse.Namespace, work: Path):  # noqa: ANN201 (CostModel, imported lazily)
-    """The measured per-layer cost in --precision (its measurements kept in work/profiles.sqlite)."""
+@lru_cache(maxsize=None)
+def _measured_model(target: str, precision: str, db_path: Path):  # noqa: ANN202
     from tvmnas.pipeline import search_cost_model
     from tvmnas.targets import load_target
 
-    return search_cost_model("measured", load_target(args.target), precision=args.precision,
-                             db_path=work / "profiles.sqlite")
+    return search_cost_model("measured", load_target(target), precision=precision, db_path=db_path)
+
+
+def measured_model(args: argparse.Namespace, work: Path):  # noqa: ANN201 (CostModel, imported lazily)
+    """The measured per-layer cost in --precision (its measurements kept in work/profiles.sqlite); one
+    per process, so the candidate layers are compiled to look their rows up once."""
+    return _measured_model(args.target, args.precision, work / "profiles.sqlite")
 
 
 def table_cycles(genotype: Genotype, args: argparse.Namespace, data: ArrayDataset, work: Path) -> float:

@@ -43,9 +43,12 @@ def test_second_model_on_the_same_database_measures_nothing(tmp_path, monkeypatc
     calls = []
     _fake_emulator(monkeypatch, calls)
     target = load_target("cortex-m4")
-    first = MeasuredCostModel(target, tmp_path / "p.sqlite", progress=None)
+    lines = []
+    first = MeasuredCostModel(target, tmp_path / "p.sqlite", progress=lines.append)
     priced = first.price([BLOCK, DENSE])
     assert first.stats == {"measured": 2, "cached": 0} and len(calls) == 2
+    assert lines[0].startswith("1/2 layer mb_k3_e1 ") and lines[1].startswith("2/2 layer conv_bn_relu6 ")
+    assert "measured" in lines[0]
     with ProfileDB(tmp_path / "p.sqlite") as db:
         assert db.counts()[1] == 2 and all(r.precision == "int8" for r in db.kernels())
     second = MeasuredCostModel(target, tmp_path / "p.sqlite", progress=None)
@@ -67,17 +70,21 @@ def test_int8_bytes_and_skip_cost_nothing(tmp_path, monkeypatch):
     assert float(skip.cycles) == 0.0 and len(calls) == 1
 
 
-def test_cost_term_prices_every_candidate_in_one_batch(tmp_path, monkeypatch):
-    calls = []
-    _fake_emulator(monkeypatch, calls)
-    lines = []
+def test_cost_term_prices_every_candidate_in_one_batch():
+    class Batched(MacCostModel):
+        batches: list = []
+
+        def price(self, specs):
+            self.batches.append(list(specs))
+
+        def layer_cost(self, spec):
+            assert self.batches, "priced one by one before the batch"
+            return super().layer_cost(spec)
+
     net = ChainSupernet((1, 8, 8), 10, layers=((8, 1), (16, 2)))
-    model = MeasuredCostModel(load_target("cortex-m4"), tmp_path / "p.sqlite", progress=lines.append)
+    model = Batched()
     CostTerm(net.cost_slots(), model)
-    specs = {s for slot in net.cost_slots() for s in slot.candidates if s.op != "skip"}
-    assert len(calls) == len(specs)
-    n = len({s for slot in net.cost_slots() for s in slot.candidates})
-    assert lines[0].startswith(f"1/{n} ") and lines[-1].startswith(f"{n}/{n} ")
+    assert model.batches == [[s for slot in net.cost_slots() for s in slot.candidates]]
 
 
 def test_search_cost_model_selects_measured(tmp_path):
@@ -142,3 +149,14 @@ def test_emulated_measurements_are_reused(emulated, monkeypatch):
     monkeypatch.setattr(measured, "measure_network", refuse)
     assert again.price([BLOCK, DENSE]) == model.price([BLOCK, DENSE])
     assert again.stats == {"measured": 0, "cached": 2}
+
+
+def test_cli_search_names_an_unknown_cost_model_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tvmnas", "search", "--cost-model", "bogus", "--epochs", "1",
+                           "--limit-train", "64", "--out", str(tmp_path / "s"), "--no-progress"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "unknown cost model 'bogus' (expected one of auto, mac, measured)" in proc.stderr.strip().splitlines()[-1]
