@@ -449,7 +449,8 @@ def markdown(result: dict[str, Any], body: str) -> str:
         f"epochs (arch lr {s['arch_lr']}), retrain {s['train_epochs']} epochs for every arm, batch "
         f"{s['batch_size']}, seed {s['seed']}, {s['threads']} torch threads; all arms together "
         f"{result['arms_s'] / 60:.0f} min of search, retraining and QEMU on a shared 2-core host (arms run "
-        f"one after another; a rerun skips finished arms). Instructions are exact (QEMU -icount); cycles are "
+        f"one after another, or split over processes sharing the work folder with --only; a rerun skips "
+        f"finished arms). Instructions are exact (QEMU -icount); cycles are "
         f"estimates from the cortex-m4 timing table (absolute error tens of percent, ranking dependable). "
         f"One thread: on this loaded host 2 torch threads made one supernet step ~40x slower (60 s vs 1.4 s). "
         f"The test subset "
@@ -494,6 +495,17 @@ def int8_note(result: dict[str, Any]) -> str:
     for r in layers:
         by_op.setdefault(r["op"], []).append(r["cycles"] / r["macs"])
     spread = "; ".join(f"{op} {min(v):.2f}-{max(v):.2f}" for op, v in sorted(by_op.items()))
+    slots: dict[tuple, list[dict[str, Any]]] = {}
+    for r in layers:
+        slots.setdefault((r["c_in"], r["c_out"], r["hw"], r["stride"]), []).append(r)
+    rho = [_spearman([r["macs"] for r in v], [r["cycles"] for r in v]) for v in slots.values()]
+    spans = [(max(r["macs"] for r in v) / min(r["macs"] for r in v), max(r["cycles"] for r in v) /
+              min(r["cycles"] for r in v)) for v in slots.values()]
+    ranking = (f" Within each of the {len(slots)} searched positions the MAC count and the measured int8 cycles "
+               f"rank the {len(layers) // max(len(slots), 1)} candidate blocks with Spearman "
+               f"{min(rho):.3f}-{max(rho):.3f}; largest / smallest candidate: {min(a for a, _ in spans):.1f}-"
+               f"{max(a for a, _ in spans):.1f}x in MACs but {min(b for _, b in spans):.1f}-"
+               f"{max(b for _, b in spans):.1f}x in measured cycles." if slots else "")
     ratios = [a["table_over_measured"] for a in result["arms"] if "table_over_measured" in a]
     fidelity = (f"sum of the measured table over the whole network's int8 profile: {min(ratios):.3f}-"
                 f"{max(ratios):.3f} across the {len(ratios)} networks (per arm in the table)" if ratios else "")
@@ -503,7 +515,13 @@ def int8_note(result: dict[str, Any]) -> str:
             "float32 test accuracy is shown beside), cycles of the int8 C on QEMU. The measured cost "
             "prices each candidate layer alone at its exact shape as int8 C on the emulator "
             f"(tvmnas.cost.measured); {fidelity}. Estimated cycles per MAC of the candidate layers, min-max over "
-            f"the chain's positions: {spread}.")
+            f"the chain's positions: {spread}.{ranking}")
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (no ties expected: distinct candidate blocks)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def _flags(s: dict[str, Any]) -> list[str]:
