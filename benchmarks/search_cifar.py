@@ -442,8 +442,9 @@ def markdown(result: dict[str, Any], body: str) -> str:
         if int8 else "## Search on CIFAR-10: cycle-aware vs lambda = 0, MAC cost and random sampling",
         "",
         f"Commit {result['commit']}, target {result['target']}. Scale: chain space "
-        f"{s['chain_layers']} (stem {s['stem_channels']}), CIFAR-10 images average-pooled to "
-        f"{s['image_size']}x{s['image_size']}, first {s['limit_train']} training images (search splits them "
+        f"{s['chain_layers']} (stem {s['stem_channels']}), CIFAR-10 images "
+        + ("at full 32x32 resolution" if s["image_size"] >= 32 else
+           f"average-pooled to {s['image_size']}x{s['image_size']}") + f", first {s['limit_train']} training images (search splits them "
         f"in halves for weights / alphas), {s['val_examples']} further training images as validation "
         f"(selection only), first {s['limit_test']} test images (reporting only). Search {s['search_epochs']} "
         f"epochs (arch lr {s['arch_lr']}), retrain {s['train_epochs']} epochs for every arm, batch "
