@@ -7,6 +7,9 @@ Arms:
 - lambda0: search with the cycle cost switched off (cost_weight 0);
 - cycle-<lambda>: search with the learned cortex-m4 cost (pipeline.search_cost_model('auto'));
   the run stops if no learned cost model is available rather than fall back to MACs;
+- measured-<lambda>: search with the cost measured per candidate layer on the emulator in
+  --precision at the search's exact shapes (pipeline.search_cost_model('measured'), kept in
+  <work>/profiles.sqlite);
 - mac-<lambda>: search with the MAC count as the cost;
 - random-<i>: K genotypes drawn uniformly from the same space (argmax of random alphas).
 Every genotype is retrained with --train-seeds seeds; accuracies are their means. Selection uses
@@ -17,8 +20,15 @@ validation accuracy is within --match-points of that arm. Each arm writes <work>
 a rerun skips finished arms, and search / training resume from their checkpoints, so a kill loses
 at most one epoch.
 
-Writes benchmarks/results/search_cifar.json and its section of benchmarks/RESULTS.md. Never fails
-on a figure. The recorded run's command is in RESULTS.md.
+With --precision int8 every retrained network is post-training quantized (calibrated on 256
+training images; tvmnas.training.qat with no fine-tuning epochs) and deployed as int8: selection and
+matched accuracy use the int8 validation accuracy (the integer arithmetic the C runs), the float
+accuracy is reported beside it, and the int8 C is profiled on QEMU. Every arm's network is also
+priced by the measured per-layer table (sum of its layers' cycles), and that sum is compared with
+the whole network's profile. Each retraining seed is cached in its folder (seed.json).
+
+Writes benchmarks/results/search_cifar[_int8].json and its section of benchmarks/RESULTS.md. Never
+fails on a figure. The recorded run's command is in RESULTS.md.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -108,23 +119,37 @@ def val_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def measure(model_dir: Path, image: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
-    """Compile model.onnx for the target, run one inference on QEMU: exact instructions, estimated cycles."""
-    import onnxruntime as ort
-
+    """Compile the deployed model (model.onnx, or with --precision int8 the PTQ model in int8/) for
+    the target, run one inference on QEMU: exact instructions, estimated cycles, and the output
+    against onnxruntime (float32) or the integer reference (int8, in output steps)."""
     from tvmnas.compiler import compile_model
     from tvmnas.measure.profile import profile_elf
     from tvmnas.measure.runner import build, memory_usage, run
+    from tvmnas.quantized import bundle_input
     from tvmnas.targets import load_target
 
     target = load_target(args.target)
-    compiled = compile_model(model_dir / "model.onnx", target, model_dir / "bundle", ignore_budget=True)
+    int8 = args.precision == "int8"
+    model = model_dir / "int8" / "model_int8.onnx" if int8 else model_dir / "model.onnx"
+    compiled = compile_model(model, target, model_dir / "bundle", ignore_budget=True)
+    x = bundle_input(image[None], compiled.manifest, raw=False)
     elf = build(compiled.out_dir, target, model_dir / "build")
     prof_elf = build(compiled.out_dir, target, model_dir / "build_profile", profile=True)
-    result = run(elf, target, [image[None]])
-    profile = profile_elf(prof_elf, target, [image[None]])
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    reference = session.run(None, {"input": image[None]})[0]
-    emulated = np.asarray(result.outputs[0]).reshape(reference.shape)
+    result = run(elf, target, [x])
+    profile = profile_elf(prof_elf, target, [x])
+    if int8:
+        from tvmnas.quant.reference import ReferenceModel
+
+        reference = ReferenceModel(model).run_int8(x.astype(np.int8))[0]
+        check = {"max_abs_output_steps_vs_integer_reference": int(np.abs(
+            np.asarray(result.outputs[0]).reshape(reference.shape).astype(np.int64) - reference.astype(np.int64)).max())}
+    else:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        reference = session.run(None, {"input": x})[0]
+        emulated = np.asarray(result.outputs[0]).reshape(reference.shape)
+        check = {"max_abs_logit_diff_vs_onnxruntime": float(np.abs(emulated - reference).max())}
     return {
         "instructions": int(result.instructions[0]),
         "cycles": int(profile.cycles),
@@ -132,8 +157,63 @@ def measure(model_dir: Path, image: np.ndarray, args: argparse.Namespace) -> dic
         "flash_bytes": int(compiled.manifest["flash_bytes"]),
         "arena_bytes": int(compiled.manifest["arena_bytes"]),
         "sram_bytes": int(memory_usage(elf, target).sram_bytes),
-        "max_abs_logit_diff_vs_onnxruntime": float(np.abs(emulated - reference).max()),
+        **check,
     }
+
+
+@lru_cache(maxsize=None)
+def _measured_model(target: str, precision: str, db_path: Path):  # noqa: ANN202
+    from tvmnas.pipeline import search_cost_model
+    from tvmnas.targets import load_target
+
+    return search_cost_model("measured", load_target(target), precision=precision, db_path=db_path)
+
+
+def measured_model(args: argparse.Namespace, work: Path):  # noqa: ANN201 (CostModel, imported lazily)
+    """The measured per-layer cost in --precision (its measurements kept in work/profiles.sqlite); one
+    per process, so the candidate layers are compiled to look their rows up once."""
+    return _measured_model(args.target, args.precision, work / "profiles.sqlite")
+
+
+def table_cycles(genotype: Genotype, args: argparse.Namespace, data: ArrayDataset, work: Path) -> float:
+    """Estimated cycles of a genotype as the sum of its layers' measured cycles (the search's table)."""
+    from tvmnas.search.cost import CostTerm
+    from tvmnas.search.ops import CHAIN_PRIMITIVES
+
+    net = build_supernet(search_config(args, 0.0), data.input_shape, data.num_classes)
+    term = CostTerm(net.cost_slots(), measured_model(args, work)[0])
+    choices = {"layers": {row: CHAIN_PRIMITIVES.index(layer.op) for row, layer in enumerate(genotype.layers)}}
+    return term.discrete(choices).cycles
+
+
+def retrain_seed(name: str, genotype: Genotype, seed: int, args: argparse.Namespace, data: ArrayDataset,
+                 val: tuple[np.ndarray, np.ndarray], arm_dir: Path) -> dict[str, Any]:
+    """Retrain one seed (and with --precision int8 quantize it); cached in its folder's seed.json."""
+    seed_dir = arm_dir / f"train-seed{seed}"
+    done = seed_dir / "seed.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    trained = train(genotype, data, seed_dir,
+                    TrainConfig(epochs=args.train_epochs, batch_size=args.batch_size, seed=seed),
+                    on_epoch_end=lambda e, row: log(f"{name}: seed {seed} retrain epoch {e + 1}/{args.train_epochs} "
+                                                    f"test acc {row['test_acc']:.3f}"))
+    row = {"seed": seed, "float_val_accuracy": val_accuracy(trained.model, *val),
+           "float_test_accuracy": trained.metrics["test_accuracy"], "macs": trained.metrics["macs"],
+           "params": trained.metrics["params"]}
+    row["val_accuracy"], row["test_accuracy"] = row["float_val_accuracy"], row["float_test_accuracy"]
+    if args.precision == "int8":
+        from tvmnas.training.loop import evaluate
+        from tvmnas.training.qat import QATConfig, quantization_aware_train
+
+        ptq = quantization_aware_train(trained.model, data, seed_dir / "int8",
+                                       QATConfig(epochs=0, batch_size=args.batch_size, seed=seed),
+                                       float_accuracy=trained.metrics["test_accuracy"])
+        row["val_accuracy"] = evaluate(ptq.network, *val, args.batch_size)[1]
+        row["test_accuracy"] = ptq.metrics["test_accuracy"]
+        log(f"{name}: seed {seed} int8 (PTQ) test acc {row['test_accuracy']:.3f} "
+            f"(float {row['float_test_accuracy']:.3f})")
+    done.write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+    return row
 
 
 def run_arm(name: str, args: argparse.Namespace, data: ArrayDataset, val: tuple[np.ndarray, np.ndarray],
@@ -155,7 +235,10 @@ def run_arm(name: str, args: argparse.Namespace, data: ArrayDataset, val: tuple[
     else:
         kind, _, weight = name.partition("-")
         lam = 0.0 if kind == "lambda0" else float(weight)
-        cost_model, note = search_cost_model("mac" if kind == "mac" else "auto", load_target(args.target))
+        if kind == "measured" or (kind == "lambda0" and args.precision == "int8"):  # lambda0: cost only logged
+            cost_model, note = measured_model(args, work)
+        else:
+            cost_model, note = search_cost_model("mac" if kind == "mac" else "auto", load_target(args.target))
         if kind == "cycle" and note.startswith("MAC count"):
             raise SystemExit(f"search_cifar: the cycle-aware arm needs the learned cost model: {note}")
         log(f"{name}: searching (lambda {lam:g}, {cost_model.name})")
@@ -168,22 +251,24 @@ def run_arm(name: str, args: argparse.Namespace, data: ArrayDataset, val: tuple[
                       search_cost_unit=found.cost_unit)
     log(f"{name}: retraining {genotype} ({args.train_seeds} seeds)")
     t1 = time.time()
-    runs = []
-    for seed in range(args.seed, args.seed + args.train_seeds):
-        trained = train(genotype, data, arm_dir / f"train-seed{seed}",
-                        TrainConfig(epochs=args.train_epochs, batch_size=args.batch_size, seed=seed),
-                        on_epoch_end=lambda e, row: log(f"{name}: retrain epoch {e + 1}/{args.train_epochs} "
-                                                        f"test acc {row['test_acc']:.3f}"))
-        runs.append((trained, val_accuracy(trained.model, *val), trained.metrics["test_accuracy"]))
+    runs = [retrain_seed(name, genotype, seed, args, data, val, arm_dir)
+            for seed in range(args.seed, args.seed + args.train_seeds)]
     record.update(genotype=str(genotype), train_s=round(time.time() - t1, 1),
-                  val_accuracies=[r[1] for r in runs], test_accuracies=[r[2] for r in runs],
-                  val_accuracy=float(np.mean([r[1] for r in runs])),
-                  test_accuracy=float(np.mean([r[2] for r in runs])),
-                  macs=runs[0][0].metrics["macs"], params=runs[0][0].metrics["params"])
+                  val_accuracies=[r["val_accuracy"] for r in runs], test_accuracies=[r["test_accuracy"] for r in runs],
+                  val_accuracy=float(np.mean([r["val_accuracy"] for r in runs])),
+                  test_accuracy=float(np.mean([r["test_accuracy"] for r in runs])),
+                  macs=runs[0]["macs"], params=runs[0]["params"])
+    if args.precision == "int8":
+        record.update(float_val_accuracy=float(np.mean([r["float_val_accuracy"] for r in runs])),
+                      float_test_accuracy=float(np.mean([r["float_test_accuracy"] for r in runs])),
+                      float_test_accuracies=[r["float_test_accuracy"] for r in runs])
     log(f"{name}: measuring on QEMU (test acc {record['test_accuracy']:.3f})")
     t2 = time.time()
     record.update(measure(arm_dir / f"train-seed{args.seed}", data.test_x[0], args),
                   measure_s=round(time.time() - t2, 1))
+    if args.precision == "int8":
+        record["table_cycles"] = table_cycles(genotype, args, data, work)
+        record["table_over_measured"] = record["table_cycles"] / record["cycles"]
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     log(f"{name}: {record['cycles']:,} est. cycles, {record['instructions']:,} instructions, "
@@ -191,10 +276,15 @@ def run_arm(name: str, args: argparse.Namespace, data: ArrayDataset, val: tuple[
     return record
 
 
+def cost_kind(arms: dict[str, dict[str, Any]]) -> str:
+    """The kind of the cycle-aware arms: 'measured' (per-layer emulator cost) when run, else 'cycle'."""
+    return "measured" if any(a["kind"] == "measured" for a in arms.values()) else "cycle"
+
+
 def pick_cycle_arm(arms: dict[str, dict[str, Any]], budget_ratio: float) -> str:
     """The cycle-aware arm reported: best validation accuracy among the cycle-aware lambdas whose
     network meets the cycle budget (lambda = 0 cycles / budget_ratio); the cheapest one if none does."""
-    cycle_arms = [a for a in arms.values() if a["kind"] == "cycle"]
+    cycle_arms = [a for a in arms.values() if a["kind"] == cost_kind(arms)]
     budget = arms["lambda0"]["cycles"] / budget_ratio if "lambda0" in arms else float("inf")
     within = [a for a in cycle_arms if a["cycles"] <= budget]
     if within:
@@ -223,16 +313,17 @@ def summarise(arms: dict[str, dict[str, Any]], cycle_arm: str, match_points: flo
         out["target_met"] = out["lambda0_over_cycle_cycles"] >= 3.0 and out["accuracy_drop_points"] <= 2.0
     level = ref["val_accuracy"] - match_points / 100
     matched = {}
-    for kind in ("cycle", "mac", "random"):
+    learned = cost_kind(arms)
+    for kind in (learned, "mac", "random"):
         best = cheapest_at([a for a in arms.values() if a["kind"] == kind], level)
         if best is not None:
             matched[kind] = {"arm": best["arm"], "cycles": best["cycles"], "val_accuracy": best["val_accuracy"],
                              "test_accuracy": best["test_accuracy"]}
     out["matched"] = matched
-    if "cycle" in matched:
+    if learned in matched:
         for kind in ("mac", "random"):
             if kind in matched:
-                out[f"matched_{kind}_over_cycle_cycles"] = matched[kind]["cycles"] / matched["cycle"]["cycles"]
+                out[f"matched_{kind}_over_cycle_cycles"] = matched[kind]["cycles"] / matched[learned]["cycles"]
     randoms = [a for a in arms.values() if a["kind"] == "random"]
     if randoms:
         out["random_mean_over_cycle_cycles"] = float(np.mean([a["cycles"] for a in randoms])) / ref["cycles"]
@@ -240,13 +331,18 @@ def summarise(arms: dict[str, dict[str, Any]], cycle_arm: str, match_points: flo
 
 
 def table(arms: dict[str, dict[str, Any]], ref_cycles: int) -> str:
-    """Markdown table, one row per arm."""
-    rows = ["| arm | genotype | val acc (mean) | test acc: mean (per seed) | MACs | instructions (exact) | "
-            "cycles (est.) | cycles / cycle-aware | search s | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """Markdown table, one row per arm (int8 runs: float test accuracy and the measured table's sum too)."""
+    int8 = any("table_cycles" in a for a in arms.values())
+    extra_head = "float test acc (mean) | table sum (est.) | table / profile | " if int8 else ""
+    rows = ["| arm | genotype | val acc (mean) | test acc: mean (per seed) | " + extra_head + "MACs | "
+            "instructions (exact) | cycles (est.) | cycles / cycle-aware | search s | train s |",
+            "|---|---|---|---|" + "---|" * (3 if int8 else 0) + "---|---|---|---|---|---|"]
     for a in arms.values():
+        extra = (f"{a['float_test_accuracy']:.3f} | {a['table_cycles']:,.0f} | {a['table_over_measured']:.3f} | "
+                 if int8 else "")
         rows.append(
             f"| {a['arm']} | `{a['genotype']}` | {a['val_accuracy']:.3f} | {a['test_accuracy']:.3f} "
-            f"({' / '.join(f'{t:.3f}' for t in a['test_accuracies'])}) | {a['macs']:,} | "
+            f"({' / '.join(f'{t:.3f}' for t in a['test_accuracies'])}) | {extra}{a['macs']:,} | "
             f"{a['instructions']:,} | {a['cycles']:,} | {a['cycles'] / ref_cycles:.2f} | {a['search_s']:.0f} | "
             f"{a['train_s']:.0f} |"
         )
@@ -266,8 +362,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--train-epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--arch-lr", type=float, default=1e-2)
-    p.add_argument("--cycle-lambdas", type=float, nargs="+", default=[1.0])
-    p.add_argument("--mac-lambdas", type=float, nargs="+", default=[1.0])
+    p.add_argument("--precision", choices=("float32", "int8"), default="float32",
+                   help="int8: deploy every network post-training quantized and profile its int8 C")
+    p.add_argument("--cycle-lambdas", type=float, nargs="*", default=[1.0])
+    p.add_argument("--measured-lambdas", type=float, nargs="*", default=[],
+                   help="searches with the cost measured per candidate layer on the emulator in --precision")
+    p.add_argument("--mac-lambdas", type=float, nargs="*", default=[1.0])
     p.add_argument("--random-k", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-seeds", type=int, default=1,
@@ -278,6 +378,9 @@ def parse_args() -> argparse.Namespace:
                    help="matched accuracy: validation accuracy within this many points of the cycle-aware arm")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; on a loaded 2-core host 2 threads ran a step ~40x slower than 1")
+    p.add_argument("--only", nargs="+", default=None, metavar="ARM",
+                   help="run only these arms and stop (several processes can share one --work; a run without "
+                        "--only then reports every arm, skipping the finished ones)")
     p.add_argument("--no-markdown", action="store_true", help="do not rewrite RESULTS.md")
     return p.parse_args()
 
@@ -290,45 +393,70 @@ def main() -> None:
     data, val_x, val_y = split_data(args)
     log(f"data: {len(data.train_x)} train, {len(val_x)} validation, {len(data.test_x)} test, {data.input_shape}")
     names = ["lambda0", *[f"cycle-{lam:g}" for lam in args.cycle_lambdas],
+             *[f"measured-{lam:g}" for lam in args.measured_lambdas],
              *[f"mac-{lam:g}" for lam in args.mac_lambdas], *[f"random-{i}" for i in range(args.random_k)]]
+    if args.only:
+        for name in args.only:
+            run_arm(name, args, data, (val_x, val_y), work)
+        return
     arms = {name: run_arm(name, args, data, (val_x, val_y), work) for name in names}
     cycle_arm = pick_cycle_arm(arms, args.budget_ratio)
     summary = summarise(arms, cycle_arm, args.match_points)
-    settings = {k: v for k, v in vars(args).items() if k not in ("no_markdown", "work", "data_root")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("no_markdown", "work", "data_root", "only")}
     settings["chain_layers"] = [list(x) for x in BENCH_LAYERS]
     settings["stem_channels"] = 16
     result = {"benchmark": "search_cifar", "target": args.target, "commit": git_commit(), "settings": settings,
               "arms": list(arms.values()), "summary": summary, "wall_s": round(time.time() - t0, 1),
               "arms_s": round(sum(a["search_s"] + a["train_s"] + a.get("measure_s", 0.0) for a in arms.values()), 1),
               "figures": "instructions exact (QEMU -icount); cycles estimated from the cortex-m4 timing table"}
+    section = "search_cifar" if args.precision == "float32" else f"search_cifar_{args.precision}"
+    if args.precision == "int8":
+        result["measured_table"] = layer_table(args, data, work)
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "search_cifar.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    (HERE / "results" / f"{section}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     body = table(arms, arms[cycle_arm]["cycles"])
     print(body)
     print(json.dumps(summary, indent=2, sort_keys=True))
     if not args.no_markdown:
-        replace_section("search_cifar", markdown(result, body))
+        replace_section(section, markdown(result, body))
+
+
+def layer_table(args: argparse.Namespace, data: ArrayDataset, work: Path) -> list[dict[str, Any]]:
+    """Every candidate layer of the space: MACs, measured cycles and cycles per MAC (why the costs differ)."""
+    from tvmnas.search.cost import MacCostModel
+
+    model = measured_model(args, work)[0]
+    slots = build_supernet(search_config(args, 0.0), data.input_shape, data.num_classes).cost_slots()
+    specs = [spec for slot in slots for spec in slot.candidates]
+    cycles, mac = model.price(specs), MacCostModel()
+    return [{"op": s.op, "c_in": s.c_in, "c_out": s.c_out, "hw": s.h, "stride": s.stride,
+             "macs": mac.count(s).macs, "cycles": cycles[s]} for s in specs]
 
 
 def markdown(result: dict[str, Any], body: str) -> str:
     """The RESULTS.md section: scale, table, ratios and whether the issue's target was met."""
     s, m = result["settings"], result["summary"]
+    int8 = s.get("precision", "float32") == "int8"
     lines = [
-        "## Search on CIFAR-10: cycle-aware vs lambda = 0, MAC cost and random sampling",
+        "## Search on CIFAR-10, int8: measured per-layer cost vs lambda = 0, MAC cost and random sampling"
+        if int8 else "## Search on CIFAR-10: cycle-aware vs lambda = 0, MAC cost and random sampling",
         "",
         f"Commit {result['commit']}, target {result['target']}. Scale: chain space "
-        f"{s['chain_layers']} (stem {s['stem_channels']}), CIFAR-10 images average-pooled to "
-        f"{s['image_size']}x{s['image_size']}, first {s['limit_train']} training images (search splits them "
+        f"{s['chain_layers']} (stem {s['stem_channels']}), CIFAR-10 images "
+        + ("at full 32x32 resolution" if s["image_size"] >= 32 else
+           f"average-pooled to {s['image_size']}x{s['image_size']}") + f", first {s['limit_train']} training images (search splits them "
         f"in halves for weights / alphas), {s['val_examples']} further training images as validation "
         f"(selection only), first {s['limit_test']} test images (reporting only). Search {s['search_epochs']} "
         f"epochs (arch lr {s['arch_lr']}), retrain {s['train_epochs']} epochs for every arm, batch "
         f"{s['batch_size']}, seed {s['seed']}, {s['threads']} torch threads; all arms together "
         f"{result['arms_s'] / 60:.0f} min of search, retraining and QEMU on a shared 2-core host (arms run "
-        f"one after another; a rerun skips finished arms). Instructions are exact (QEMU -icount); cycles are "
+        f"one after another, or split over processes sharing the work folder with --only; a rerun skips "
+        f"finished arms). Instructions are exact (QEMU -icount); cycles are "
         f"estimates from the cortex-m4 timing table (absolute error tens of percent, ranking dependable). "
         f"One thread: on this loaded host 2 torch threads made one supernet step ~40x slower (60 s vs 1.4 s). "
         f"The test subset "
         f"gives a standard error of about {100 * (0.25 / s['limit_test']) ** 0.5:.1f} points per accuracy.",
+        *([""] if not int8 else ["", int8_note(result)]),
         "",
         body,
         "",
@@ -361,12 +489,50 @@ def markdown(result: dict[str, Any], body: str) -> str:
     return "\n".join(lines)
 
 
+def int8_note(result: dict[str, Any]) -> str:
+    """int8 runs: how networks were deployed and priced, and cycles per MAC of the candidate layers."""
+    layers = [r for r in result.get("measured_table", []) if r["macs"] and r["op"].startswith("mb_")]
+    by_op: dict[str, list[float]] = {}
+    for r in layers:
+        by_op.setdefault(r["op"], []).append(r["cycles"] / r["macs"])
+    spread = "; ".join(f"{op} {min(v):.2f}-{max(v):.2f}" for op, v in sorted(by_op.items()))
+    slots: dict[tuple, list[dict[str, Any]]] = {}
+    for r in layers:
+        slots.setdefault((r["c_in"], r["c_out"], r["hw"], r["stride"]), []).append(r)
+    rho = [_spearman([r["macs"] for r in v], [r["cycles"] for r in v]) for v in slots.values()]
+    spans = [(max(r["macs"] for r in v) / min(r["macs"] for r in v), max(r["cycles"] for r in v) /
+              min(r["cycles"] for r in v)) for v in slots.values()]
+    ranking = (f" Within each of the {len(slots)} searched positions the MAC count and the measured int8 cycles "
+               f"rank the {len(layers) // max(len(slots), 1)} candidate blocks with Spearman "
+               f"{min(rho):.3f}-{max(rho):.3f}; largest / smallest candidate: {min(a for a, _ in spans):.1f}-"
+               f"{max(a for a, _ in spans):.1f}x in MACs but {min(b for _, b in spans):.1f}-"
+               f"{max(b for _, b in spans):.1f}x in measured cycles." if slots else "")
+    ratios = [a["table_over_measured"] for a in result["arms"] if "table_over_measured" in a]
+    fidelity = (f"sum of the measured table over the whole network's int8 profile: {min(ratios):.3f}-"
+                f"{max(ratios):.3f} across the {len(ratios)} networks (per arm in the table)" if ratios else "")
+    return ("int8: every retrained network post-training quantized (activation ranges from 256 training images, "
+            "per-channel weights; tvmnas.training.qat with 0 fine-tuning epochs), accuracies of the integer "
+            "arithmetic the C runs (validation accuracy, used for selection and matching, is the int8 one; the "
+            "float32 test accuracy is shown beside), cycles of the int8 C on QEMU. The measured cost "
+            "prices each candidate layer alone at its exact shape as int8 C on the emulator "
+            f"(tvmnas.cost.measured); {fidelity}. Estimated cycles per MAC of the candidate layers, min-max over "
+            f"the chain's positions: {spread}.{ranking}")
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (no ties expected: distinct candidate blocks)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def _flags(s: dict[str, Any]) -> list[str]:
-    keys = ("limit_train", "val_examples", "limit_test", "image_size", "search_epochs", "train_epochs",
-            "arch_lr", "cycle_lambdas", "mac_lambdas", "random_k", "seed", "train_seeds", "budget_ratio",
-            "match_points", "threads")
+    keys = ("precision", "limit_train", "val_examples", "limit_test", "image_size", "search_epochs", "train_epochs",
+            "arch_lr", "cycle_lambdas", "measured_lambdas", "mac_lambdas", "random_k", "seed", "train_seeds",
+            "budget_ratio", "match_points", "threads")
     out = []
     for k in keys:
+        if k not in s:
+            continue
         v = s[k]
         out.append(f"--{k.replace('_', '-')} " + (" ".join(f"{x:g}" for x in v) if isinstance(v, list) else f"{v}"))
     return out

@@ -51,6 +51,8 @@ WORK_DIR = "work"
 SETTINGS_FILE = "settings.json"
 MODEL_FILES = ("model.pt2", "model.onnx", "genotype.json", "metrics.json")
 INT8_FILES = ("model_int8.onnx", "metrics_int8.json")
+PROFILE_DB = "profiles.sqlite"  # under work/: the measured cost model's layer measurements
+COST_MODELS = ("auto", "mac", "measured")
 FLOAT32_DIR = "float32"  # under work/: the float32 build compiled for comparison in an int8 run
 
 
@@ -69,7 +71,8 @@ class PipelineSettings:
 
     sweep: lambdas to sweep (empty = one search with cost_weight); the deployed model is then the
     fastest Pareto point whose test accuracy is within sweep_accuracy_drop of the front's best.
-    cost_model: 'auto' (learned surrogate for the target when one is available, else MACs) or 'mac'.
+    cost_model: 'auto' (learned surrogate for the target when one is available, else MACs), 'mac', or
+    'measured' (every candidate layer measured on the emulator at its exact shape, in `precision`).
     verify_images: held-out test images run on the emulator and compared with PyTorch.
     logit_tolerance: largest allowed |C logit - PyTorch logit| in verification (float32).
     precision: 'float32', or 'int8': the retrained network is fine-tuned with quantization-aware
@@ -106,8 +109,8 @@ class PipelineSettings:
     def __post_init__(self) -> None:
         if self.space not in SPACES:
             raise TvmnasError(f"unknown search space '{self.space}' (expected one of {', '.join(SPACES)})")
-        if self.cost_model not in ("auto", "mac"):
-            raise TvmnasError(f"unknown cost model '{self.cost_model}' (expected auto or mac)")
+        if self.cost_model not in COST_MODELS:
+            raise TvmnasError(f"unknown cost model '{self.cost_model}' (expected one of {', '.join(COST_MODELS)})")
         if self.search_epochs < 1 or self.train_epochs < 1:
             raise TvmnasError("search and train epochs must be at least 1")
         if self.verify_images < 1:
@@ -255,21 +258,41 @@ class Stages:
 # ---------------------------------------------------------------------------------------------- cost model
 
 
-def search_cost_model(name: str, target: Target) -> tuple[CostModel, str]:
+def search_cost_model(name: str, target: Target, *, precision: str = "float32",
+                      db_path: Path | None = None) -> tuple[CostModel, str]:
     """The cost model the search uses and a sentence for the report saying which one and why.
 
     'auto' takes the learned, distilled cost for `target` when tvmnas.cost provides one for it, and
-    the MAC count otherwise; 'mac' always takes the MAC count.
+    the MAC count otherwise; 'mac' always takes the MAC count; 'measured' measures every candidate
+    layer on the emulator in `precision` at the search's exact shapes, kept in the profile database
+    `db_path` (tvmnas.cost.measured).
     """
+    if name not in COST_MODELS:
+        raise TvmnasError(f"unknown cost model '{name}' (expected one of {', '.join(COST_MODELS)})")
     mac = MacCostModel()
     mac_note = "MAC count (cycles proxy = multiply-accumulates; parameters and activations at 4 bytes each)"
     if name == "mac":
         return mac, mac_note + ", as requested"
+    if name == "measured":
+        return _measured_cost_model(target, precision, db_path)
     learned = _learned_cost_model(target)
     if learned is None:
         return mac, mac_note + f": no learned cost model is available for {target.name}"
     model, note = learned
     return model, note
+
+
+def _measured_cost_model(target: Target, precision: str, db_path: Path | None) -> tuple[CostModel, str]:
+    """The per-layer cost measured on the emulator (tvmnas.cost.measured.MeasuredCostModel)."""
+    from tvmnas.cost.measured import MeasuredCostModel
+
+    if db_path is None:
+        raise TvmnasError("the measured cost model needs a profile database path (none given)",
+                          settings=("profile_db",))
+    model = MeasuredCostModel(target, db_path, precision=precision)
+    return model, (f"measured cost '{model.name}' ({model.unit}: every candidate layer compiled alone as its "
+                   f"{precision} build at the search's exact shapes and run on the emulated {target.core}; "
+                   f"profile database {db_path})")
 
 
 def _learned_cost_model(target: Target) -> tuple[CostModel, str] | None:
@@ -620,7 +643,8 @@ def run_pipeline(
     target = load_target(settings.target)
     data = dataset if dataset is not None else load_dataset(
         settings.dataset, root=settings.data_root, limit_train=settings.limit_train)
-    cost_model, cost_note = search_cost_model(settings.cost_model, target)
+    cost_model, cost_note = search_cost_model(settings.cost_model, target, precision=settings.precision,
+                                              db_path=out / WORK_DIR / PROFILE_DB)
     try:  # only now, so bad settings leave no folder behind
         out.mkdir(parents=True, exist_ok=True)
         write_marker(out, "run-all")  # before the lock file, so a second run sees a run-all folder

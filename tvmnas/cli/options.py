@@ -79,6 +79,7 @@ SETTING_FLAGS = {
     "calibration": ("the calibration input", "--calibration"),
     "raw": ("raw input", "--raw"),
     "precision": ("precision", "--precision"),
+    "profile_db": ("a profile database path", "--profile-db"),
 }
 
 

@@ -34,7 +34,8 @@ def run_all_command(
     sweep: str = typer.Option("", "--sweep", help="Sweep these lambdas (e.g. 0,0.5,2) and deploy a Pareto point."),
     accuracy_drop: float = typer.Option(0.01, "--accuracy-drop",
                                         help="Sweep: deploy the fastest front point within this of the best."),
-    cost_model: str = typer.Option("auto", "--cost-model", help="auto (learned for the target if any) or mac."),
+    cost_model: str = typer.Option("auto", "--cost-model", help="auto (learned for the target if any), mac, or measured (every candidate layer measured on the "
+                                          "emulator in --precision, kept in OUT/work/profiles.sqlite)."),
     search_epochs: int = typer.Option(10, "--search-epochs", help="Search epochs."),
     train_epochs: int = typer.Option(20, "--train-epochs", help="Retraining epochs."),
     budget_cycles: Optional[float] = typer.Option(None, "--budget-cycles", help="Cycle budget (cost model units)."),

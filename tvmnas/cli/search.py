@@ -40,7 +40,13 @@ def search_command(
     board_budgets: bool = typer.Option(False, "--board-budgets", help="Use the target board's flash/SRAM as budgets."),
     cost_model_name: str = typer.Option(
         "auto", "--cost-model",
-        help="auto: the learned (distilled) cost for the target when shipped, else MACs; mac: MAC count."),
+        help="auto: the learned (distilled) cost for the target when shipped, else MACs; mac: MAC count; "
+             "measured: every candidate layer measured on the emulator in --precision (kept in --profile-db)."),
+    precision: str = typer.Option("float32", "--precision",
+                                  help="The precision the measured cost model prices layers in: float32 or int8."),
+    profile_db: Optional[Path] = typer.Option(
+        None, "--profile-db", help="Profile database of the measured cost model (default: OUT/profiles.sqlite; "
+                                   "a rerun reuses its measurements)."),
     w_cycles: float = typer.Option(1.0, "--w-cycles", help="Weight of cycles inside the cost."),
     w_flash: float = typer.Option(0.0, "--w-flash", help="Weight of parameter bytes inside the cost."),
     w_sram: float = typer.Option(0.0, "--w-sram", help="Weight of peak activation bytes inside the cost."),
@@ -86,9 +92,8 @@ def search_command(
     data = load_dataset(dataset, root=data_root, limit_train=limit_train)
     print(f"searching {space} on {data.name} {data.input_shape} for {tgt.name}, lambda={cost_weight} ...",
           file=sys.stderr)
-    if cost_model_name not in ("auto", "mac"):
-        raise TvmnasError(f"unknown cost model '{cost_model_name}' (expected auto or mac)")
-    cost_model, cost_note = search_cost_model(cost_model_name, tgt)
+    cost_model, cost_note = search_cost_model(cost_model_name, tgt, precision=precision,
+                                              db_path=profile_db if profile_db is not None else out / "profiles.sqlite")
     print(f"cost: {cost_note}", file=sys.stderr)
     result = search(data, out, config, cost_model=cost_model, resume=resume, progress=progress)
     print(f"{result.genotype}", file=sys.stderr)

@@ -180,6 +180,9 @@ class CostTerm:
         # per slot: [n_candidates] tensors of each component. Candidate shapes are fixed, so the table
         # is a constant for the architecture step: no graph back into a learned cost model is kept.
         self._table: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        price = getattr(cost_model, "price", None)  # a measured model prices every candidate in one batch
+        if callable(price):
+            price([spec for slot in slots for spec in slot.candidates])
         for slot in slots:
             with torch.no_grad():
                 costs = [cost_model.layer_cost(spec) for spec in slot.candidates]
