@@ -91,6 +91,18 @@ def test_search_cost_model_selects_measured(tmp_path):
     assert PipelineSettings(cost_model="measured").cost_model == "measured"
 
 
+def test_auto_prices_an_int8_build_with_the_measured_cost(tmp_path):
+    """'auto' searches for what is deployed: an int8 build gets the int8 measured cost, float32 keeps
+    the learned (or MAC) cost, and without a database int8 'auto' cannot measure."""
+    target = load_target("cortex-m4")
+    model, note = search_cost_model("auto", target, precision="int8", db_path=tmp_path / "p.sqlite")
+    assert isinstance(model, MeasuredCostModel) and model.precision == "int8" and "int8 build" in note
+    model, _ = search_cost_model("auto", target, precision="float32", db_path=tmp_path / "p.sqlite")
+    assert not isinstance(model, MeasuredCostModel)
+    model, _ = search_cost_model("auto", target, precision="int8")
+    assert not isinstance(model, MeasuredCostModel)
+
+
 @pytest.mark.parametrize("call, words", [
     (lambda t, p: search_cost_model("bogus", t), "unknown cost model 'bogus' (expected one of auto, mac, measured)"),
     (lambda t, p: search_cost_model("measured", t, precision="int8"), "needs a profile database path"),

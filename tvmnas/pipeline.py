@@ -262,10 +262,12 @@ def search_cost_model(name: str, target: Target, *, precision: str = "float32",
                       db_path: Path | None = None) -> tuple[CostModel, str]:
     """The cost model the search uses and a sentence for the report saying which one and why.
 
-    'auto' takes the learned, distilled cost for `target` when tvmnas.cost provides one for it, and
-    the MAC count otherwise; 'mac' always takes the MAC count; 'measured' measures every candidate
-    layer on the emulator in `precision` at the search's exact shapes, kept in the profile database
-    `db_path` (tvmnas.cost.measured).
+    'auto' prices what is deployed: for an int8 build with a profile database, the measured cost
+    (float32 costs misrank int8 layers: depthwise and element-wise work costs several times a dense
+    SIMD convolution per MAC); otherwise the learned, distilled cost for `target` when tvmnas.cost
+    provides one, and the MAC count without one. 'mac' always takes the MAC count; 'measured'
+    measures every candidate layer on the emulator in `precision` at the search's exact shapes,
+    kept in the profile database `db_path` (tvmnas.cost.measured).
     """
     if name not in COST_MODELS:
         raise TvmnasError(f"unknown cost model '{name}' (expected one of {', '.join(COST_MODELS)})")
@@ -273,7 +275,7 @@ def search_cost_model(name: str, target: Target, *, precision: str = "float32",
     mac_note = "MAC count (cycles proxy = multiply-accumulates; parameters and activations at 4 bytes each)"
     if name == "mac":
         return mac, mac_note + ", as requested"
-    if name == "measured":
+    if name == "measured" or (precision == "int8" and db_path is not None):
         return _measured_cost_model(target, precision, db_path)
     learned = _learned_cost_model(target)
     if learned is None:
