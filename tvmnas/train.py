@@ -99,11 +99,43 @@ def train(
             f"genotype expects input {tuple(genotype.input_shape)} with {genotype.num_classes} classes, "
             f"dataset '{dataset.name}' has {dataset.input_shape} with {dataset.num_classes}"
         )
-    out_dir = Path(out_dir)
-    settings = {"config": asdict(config), "genotype": genotype.to_dict(), "dataset": dataset.name,
-                "train_examples": len(dataset.train_x)}
     torch.manual_seed(config.seed)
-    model = build_model(genotype).to(device)
+    result = train_network(build_model(genotype), dataset, out_dir, config, identity=genotype.to_dict(),
+                           resume=resume, progress=progress, on_epoch_end=on_epoch_end, device=device)
+    genotype.save(Path(out_dir) / "genotype.json")
+    searched = genotype.extra.get("search", {})
+    result.metrics.update({
+        "space": genotype.space,
+        "genotype": str(genotype),
+        "target": searched.get("target"),
+        "budgets": searched.get("budgets"),
+        "budget_ok": searched.get("budget_ok", True),
+        "violations": searched.get("violations", []),
+    })
+    (Path(out_dir) / "metrics.json").write_text(json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def train_network(
+    model: nn.Module,
+    dataset: ArrayDataset,
+    out_dir: Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    identity: dict[str, Any],
+    resume: bool = True,
+    progress: bool = False,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    device: torch.device | str = "cpu",
+) -> TrainResult:
+    """Train any network (freshly initialised) with the retraining recipe, evaluate, export: what
+    train() does for a genotype, so that a hand-designed reference network (MLPerf Tiny's ResNet-8,
+    say) is trained exactly as the searched ones. `identity` names the network in the checkpoint's
+    settings, so that a checkpoint of another network is not resumed."""
+    out_dir = Path(out_dir)
+    settings = {"config": asdict(config), "genotype": identity, "dataset": dataset.name,
+                "train_examples": len(dataset.train_x)}
+    model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     loop = EpochLoop(model, optimizer, config.epochs, num_batches(len(dataset.train_x), config.batch_size),
@@ -130,12 +162,7 @@ def train(
 
     model = model.to("cpu").eval()
     counts = count_module(model, dataset.input_shape)
-    export = export_model(model, dataset.input_shape, out_dir)
-    genotype.save(out_dir / "genotype.json")
-    searched = genotype.extra.get("search", {})
     metrics: dict[str, Any] = {
-        "space": genotype.space,
-        "genotype": str(genotype),
         "dataset": dataset.name,
         "epochs": config.epochs,
         "seed": config.seed,
@@ -147,11 +174,7 @@ def train(
         "param_bytes": counts.params * 4,
         "cost_note": "macs and params counted exactly on the float32 model (BN folded into conv bias); "
                      "cycles are not measured here",
-        "target": searched.get("target"),
-        "budgets": searched.get("budgets"),
-        "budget_ok": searched.get("budget_ok", True),
-        "violations": searched.get("violations", []),
-        "export": export,
+        "export": export_model(model, dataset.input_shape, out_dir),
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return TrainResult(model, metrics)
