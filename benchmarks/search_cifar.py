@@ -11,7 +11,9 @@ Arms:
   --precision at the search's exact shapes (pipeline.search_cost_model('measured'), kept in
   <work>/profiles.sqlite);
 - mac-<lambda>: search with the MAC count as the cost;
-- random-<i>: K genotypes drawn uniformly from the same space (argmax of random alphas).
+- random-<i>: K genotypes drawn uniformly from the same space (argmax of random alphas);
+- resnet8 (--mlperf-resnet8): MLPerf Tiny's ResNet-8, a reference point users know, trained and
+  deployed exactly as the searched networks.
 Every genotype is retrained with --train-seeds seeds; accuracies are their means. Selection uses
 a validation split held out from the training images, never the test set: the reported
 cycle-aware arm is the most accurate cycle-aware lambda within the cycle budget (lambda = 0
@@ -53,10 +55,23 @@ from common import git_commit, replace_section  # noqa: E402
 from tvmnas.data import ArrayDataset, batches, load_dataset  # noqa: E402
 from tvmnas.search.genotype import Genotype  # noqa: E402
 from tvmnas.search.search import SearchConfig, build_supernet, search  # noqa: E402
-from tvmnas.train import TrainConfig, train  # noqa: E402
+from tvmnas.train import TrainConfig, train, train_network  # noqa: E402
 
 # (out_channels, stride) per chain layer for 16x16 inputs: two downsamplings, widths 16 -> 32
 BENCH_LAYERS: tuple[tuple[int, int], ...] = ((16, 1), (24, 2), (24, 1), (32, 2), (32, 1))
+
+
+REFERENCE = "MLPerf Tiny ResNet-8"
+REFERENCE_ARM = "resnet8"
+
+
+def reference_network(data: ArrayDataset) -> torch.nn.Module:
+    """MLPerf Tiny's ResNet-8 (benchmarks/public_models), freshly initialised, for the data's classes."""
+    from public_models.mlperf_tiny import ResNet8
+
+    if data.input_shape[0] != 3:
+        raise SystemExit(f"search_cifar: {REFERENCE} takes 3-channel images, not {data.input_shape}")
+    return ResNet8(num_classes=data.num_classes)
 
 
 def log(text: str) -> None:
@@ -186,17 +201,23 @@ def table_cycles(genotype: Genotype, args: argparse.Namespace, data: ArrayDatase
     return term.discrete(choices).cycles
 
 
-def retrain_seed(name: str, genotype: Genotype, seed: int, args: argparse.Namespace, data: ArrayDataset,
+def retrain_seed(name: str, genotype: Genotype | None, seed: int, args: argparse.Namespace, data: ArrayDataset,
                  val: tuple[np.ndarray, np.ndarray], arm_dir: Path) -> dict[str, Any]:
-    """Retrain one seed (and with --precision int8 quantize it); cached in its folder's seed.json."""
+    """Retrain one seed (and with --precision int8 quantize it); cached in its folder's seed.json.
+    genotype None: the reference network (MLPerf Tiny's ResNet-8)."""
     seed_dir = arm_dir / f"train-seed{seed}"
     done = seed_dir / "seed.json"
     if done.exists():
         return json.loads(done.read_text())
-    trained = train(genotype, data, seed_dir,
-                    TrainConfig(epochs=args.train_epochs, batch_size=args.batch_size, seed=seed),
-                    on_epoch_end=lambda e, row: log(f"{name}: seed {seed} retrain epoch {e + 1}/{args.train_epochs} "
-                                                    f"test acc {row['test_acc']:.3f}"))
+    config = TrainConfig(epochs=args.train_epochs, batch_size=args.batch_size, seed=seed)
+    on_epoch_end = (lambda e, row: log(f"{name}: seed {seed} retrain epoch {e + 1}/{args.train_epochs} "
+                                       f"test acc {row['test_acc']:.3f}"))
+    if genotype is None:  # the reference network, trained by the same recipe
+        torch.manual_seed(seed)
+        trained = train_network(reference_network(data), data, seed_dir, config, identity={"reference": REFERENCE},
+                                on_epoch_end=on_epoch_end)
+    else:
+        trained = train(genotype, data, seed_dir, config, on_epoch_end=on_epoch_end)
     row = {"seed": seed, "float_val_accuracy": val_accuracy(trained.model, *val),
            "float_test_accuracy": trained.metrics["test_accuracy"], "macs": trained.metrics["macs"],
            "params": trained.metrics["params"]}
@@ -229,7 +250,10 @@ def run_arm(name: str, args: argparse.Namespace, data: ArrayDataset, val: tuple[
     arm_dir = work / name
     t0 = time.time()
     record: dict[str, Any] = {"arm": name}
-    if name.startswith("random-"):
+    if name == REFERENCE_ARM:
+        genotype = None
+        record.update(kind="reference", cost_model=None, cost_weight=None, search_s=0.0)
+    elif name.startswith("random-"):
         genotype = random_genotype(args, data, int(name.split("-")[1]))
         record.update(kind="random", cost_model=None, cost_weight=None, search_s=0.0)
     else:
@@ -249,11 +273,12 @@ def run_arm(name: str, args: argparse.Namespace, data: ArrayDataset, val: tuple[
         record.update(kind=kind, cost_model=note, cost_weight=lam, search_s=round(time.time() - t0, 1),
                       search_val_accuracy=found.val_accuracy, search_cost=asdict(found.cost),
                       search_cost_unit=found.cost_unit)
-    log(f"{name}: retraining {genotype} ({args.train_seeds} seeds)")
+    label = REFERENCE if genotype is None else str(genotype)
+    log(f"{name}: retraining {label} ({args.train_seeds} seeds)")
     t1 = time.time()
     runs = [retrain_seed(name, genotype, seed, args, data, val, arm_dir)
             for seed in range(args.seed, args.seed + args.train_seeds)]
-    record.update(genotype=str(genotype), train_s=round(time.time() - t1, 1),
+    record.update(genotype=label, train_s=round(time.time() - t1, 1),
                   val_accuracies=[r["val_accuracy"] for r in runs], test_accuracies=[r["test_accuracy"] for r in runs],
                   val_accuracy=float(np.mean([r["val_accuracy"] for r in runs])),
                   test_accuracy=float(np.mean([r["test_accuracy"] for r in runs])),
@@ -266,7 +291,7 @@ def run_arm(name: str, args: argparse.Namespace, data: ArrayDataset, val: tuple[
     t2 = time.time()
     record.update(measure(arm_dir / f"train-seed{args.seed}", data.test_x[0], args),
                   measure_s=round(time.time() - t2, 1))
-    if args.precision == "int8":
+    if args.precision == "int8" and genotype is not None:
         record["table_cycles"] = table_cycles(genotype, args, data, work)
         record["table_over_measured"] = record["table_cycles"] / record["cycles"]
     done.parent.mkdir(parents=True, exist_ok=True)
@@ -324,6 +349,12 @@ def summarise(arms: dict[str, dict[str, Any]], cycle_arm: str, match_points: flo
         for kind in ("mac", "random"):
             if kind in matched:
                 out[f"matched_{kind}_over_cycle_cycles"] = matched[kind]["cycles"] / matched[learned]["cycles"]
+    reference = next((a for a in arms.values() if a["kind"] == "reference"), None)
+    if reference is not None:
+        out["reference"] = {"arm": reference["arm"], "cycles": reference["cycles"],
+                            "val_accuracy": reference["val_accuracy"], "test_accuracy": reference["test_accuracy"],
+                            "flash_bytes": reference["flash_bytes"], "sram_bytes": reference["sram_bytes"],
+                            "over_cycle_cycles": reference["cycles"] / ref["cycles"]}
     randoms = [a for a in arms.values() if a["kind"] == "random"]
     if randoms:
         out["random_mean_over_cycle_cycles"] = float(np.mean([a["cycles"] for a in randoms])) / ref["cycles"]
@@ -338,8 +369,8 @@ def table(arms: dict[str, dict[str, Any]], ref_cycles: int) -> str:
             "instructions (exact) | cycles (est.) | cycles / cycle-aware | search s | train s |",
             "|---|---|---|---|" + "---|" * (3 if int8 else 0) + "---|---|---|---|---|---|"]
     for a in arms.values():
-        extra = (f"{a['float_test_accuracy']:.3f} | {a['table_cycles']:,.0f} | {a['table_over_measured']:.3f} | "
-                 if int8 else "")
+        extra = (f"{a['float_test_accuracy']:.3f} | " + (f"{a['table_cycles']:,.0f} | {a['table_over_measured']:.3f} | "
+                                                         if "table_cycles" in a else "- | - | ") if int8 else "")
         rows.append(
             f"| {a['arm']} | `{a['genotype']}` | {a['val_accuracy']:.3f} | {a['test_accuracy']:.3f} "
             f"({' / '.join(f'{t:.3f}' for t in a['test_accuracies'])}) | {extra}{a['macs']:,} | "
@@ -369,6 +400,8 @@ def parse_args() -> argparse.Namespace:
                    help="searches with the cost measured per candidate layer on the emulator in --precision")
     p.add_argument("--mac-lambdas", type=float, nargs="*", default=[1.0])
     p.add_argument("--random-k", type=int, default=2)
+    p.add_argument("--mlperf-resnet8", action="store_true",
+                   help=f"also train {REFERENCE} by the same recipe on the same images (arm '{REFERENCE_ARM}')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-seeds", type=int, default=1,
                    help="retrain every arm with this many seeds (seed, seed+1, ...); accuracies are their mean")
@@ -394,7 +427,8 @@ def main() -> None:
     log(f"data: {len(data.train_x)} train, {len(val_x)} validation, {len(data.test_x)} test, {data.input_shape}")
     names = ["lambda0", *[f"cycle-{lam:g}" for lam in args.cycle_lambdas],
              *[f"measured-{lam:g}" for lam in args.measured_lambdas],
-             *[f"mac-{lam:g}" for lam in args.mac_lambdas], *[f"random-{i}" for i in range(args.random_k)]]
+             *[f"mac-{lam:g}" for lam in args.mac_lambdas], *[f"random-{i}" for i in range(args.random_k)],
+             *([REFERENCE_ARM] if args.mlperf_resnet8 else [])]
     if args.only:
         for name in args.only:
             run_arm(name, args, data, (val_x, val_y), work)
@@ -484,6 +518,13 @@ def markdown(result: dict[str, Any], body: str) -> str:
             lines.append(f"- {kind}: no arm reached the matched accuracy")
     if "random_mean_over_cycle_cycles" in m:
         lines.append(f"- mean of all random samples / cycle-aware cycles: {m['random_mean_over_cycle_cycles']:.2f}x")
+    if "reference" in m:
+        r, c = m["reference"], next(a for a in result["arms"] if a["arm"] == m["cycle_arm"])
+        lines.append(f"- {REFERENCE}, trained by the same recipe on the same images: test accuracy "
+                     f"{r['test_accuracy']:.3f} (val {r['val_accuracy']:.3f}) vs {c['test_accuracy']:.3f} "
+                     f"(val {c['val_accuracy']:.3f}) for {m['cycle_arm']}; {r['cycles']:,} estimated cycles = "
+                     f"**{r['over_cycle_cycles']:.2f}x** those of {m['cycle_arm']}; flash {r['flash_bytes']:,} vs "
+                     f"{c['flash_bytes']:,} B, SRAM {r['sram_bytes']:,} vs {c['sram_bytes']:,} B")
     lines += ["", "Command: `python benchmarks/search_cifar.py --data-root ../shared/data/cifar10 "
               + " ".join(_flags(s)) + "`"]
     return "\n".join(lines)
@@ -528,12 +569,15 @@ def _spearman(a: list[float], b: list[float]) -> float:
 def _flags(s: dict[str, Any]) -> list[str]:
     keys = ("precision", "limit_train", "val_examples", "limit_test", "image_size", "search_epochs", "train_epochs",
             "arch_lr", "cycle_lambdas", "measured_lambdas", "mac_lambdas", "random_k", "seed", "train_seeds",
-            "budget_ratio", "match_points", "threads")
+            "budget_ratio", "match_points", "threads", "mlperf_resnet8")
     out = []
     for k in keys:
-        if k not in s:
+        if k not in s or s[k] is False:
             continue
         v = s[k]
+        if v is True:
+            out.append(f"--{k.replace('_', '-')}")
+            continue
         out.append(f"--{k.replace('_', '-')} " + (" ".join(f"{x:g}" for x in v) if isinstance(v, list) else f"{v}"))
     return out
 
