@@ -51,3 +51,33 @@ def test_zoo_network_int8_is_bit_exact_on_qemu(name: str, target_name: str, tmp_
     result = run(build(bundle.out_dir, target, tmp_path / "b"), target, [xq.astype(np.float32).reshape(-1)],
                  timeout_s=300)
     np.testing.assert_array_equal(result.outputs[0].astype(np.int8), ref.run_int8(xq)[0].reshape(-1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [pytest.param("gru_kws", marks=pytest.mark.ci), "lstm_kws", "gru2_kws"])
+def test_recurrent_network_runs_its_cell_as_a_float_island(name: str, tmp_path: Path) -> None:
+    """A recurrent network quantized to int8: the LSTM / GRU cell (no int8 form) stays float between
+    DequantizeLinear and QuantizeLinear, reading its sequence or its last state, the rest is integer;
+    the C on QEMU gives the integer reference's output within 1 step."""
+    from tvmnas.zoo_recurrent import KWS_MODELS
+
+    entry = KWS_MODELS[name]
+    rng = np.random.RandomState(0)
+    path = export_onnx(entry.build(), entry.input_shape, tmp_path / f"{name}.onnx")
+    qdq = tmp_path / f"{name}.qdq.onnx"
+    onnx.save(quantize_model(path, rng.randn(8, *entry.input_shape[1:]).astype(np.float32)), str(qdq))
+    x = rng.randn(*entry.input_shape).astype(np.float32)
+    ref = ReferenceModel(qdq)
+    islands = {op.attrs["node"].op_type for op in ref.graph.ops if op.kind == "float"}
+    assert islands & {"GRU", "LSTM"}
+    assert [op.kind for op in ref.graph.ops][-1] == "dense"  # the classifier is an integer kernel
+    assert max(per_op_deviation(qdq, x).values()) <= 1
+    xq = quantize_input(x, ref.graph.tensors[ref.graph.inputs[0]])
+    target = load_target("cortex-m4")
+    bundle = compile_model(qdq, target, tmp_path / "c", ignore_budget=True)
+    assert bundle.manifest["precision"] == "int8"
+    result = run(build(bundle.out_dir, target, tmp_path / "b"), target, [xq.astype(np.float32).reshape(-1)],
+                 timeout_s=300)
+    got = result.outputs[0].astype(np.int64)
+    want = ref.run_int8(xq)[0].reshape(-1).astype(np.int64)
+    assert np.abs(got - want).max() <= 1

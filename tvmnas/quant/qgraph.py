@@ -286,10 +286,10 @@ class _Reader:
         return self._own_output(node, "NONE", (None, None))
 
     def _own_output(self, node: onnx.NodeProto, act: str | None, bounds: tuple,
-                    what: onnx.NodeProto | None = None) -> tuple[str, str | None, tuple]:
-        """The int8 tensor that quantizes `node`'s output (`what` names the op in errors)."""
+                    what: onnx.NodeProto | None = None, index: int = 0) -> tuple[str, str | None, tuple]:
+        """The int8 tensor that quantizes `node`'s output `index` (`what` names the op in errors)."""
         what = what or node
-        name = node.output[0]
+        name = node.output[index]
         users = self.consumers.get(name, [])
         node = what
         qs = [u for u in users if u.op_type == "QuantizeLinear"]
@@ -601,10 +601,13 @@ def _float_island(r: _Reader, node: onnx.NodeProto) -> QOp:
             raise UnsupportedOperatorError(
                 node.op_type, node.name, f"its input '{name}' is not an int8 activation, so it cannot run "
                 "as a float island between DequantizeLinear and QuantizeLinear") from None
-    if len(node.output) != 1 or not inputs:
+    outputs = {o.name for o in r.graph.output}
+    read = [i for i, o in enumerate(node.output) if o and (o in r.consumers or o in outputs)]
+    if not inputs or len(read) != 1:  # one output read (a GRU's sequence or its last state, not both)
         raise UnsupportedOperatorError(node.op_type, node.name, "no int8 integer operator for it")
-    out, act, bounds = r._own_output(node, "NONE", (None, None))
-    q = QOp("float", node.name or node.output[0], inputs, out, activation=None, attrs={"node": node, "constants": consts})
+    out, act, bounds = r._own_output(node, "NONE", (None, None), index=read[0])
+    q = QOp("float", node.name or node.output[0], inputs, out, activation=None,
+            attrs={"node": node, "constants": consts, "output": read[0]})
     return q
 
 

@@ -387,6 +387,8 @@ def insert_qdq(model: onnx.ModelProto, input_name: str,
             if o not in floats or o in init or o in bias_adds or o in inside_gelu:
                 continue
             users = consumers.get(o, [])
+            if not users and o not in {x.name for x in g.output}:  # read by nothing (a GRU's last state)
+                continue
             fused = (n.op_type in FUSING_OPS and len(users) == 1 and users[0].op_type in ("Relu", "Clip")
                      and o not in {x.name for x in g.output})
             if not fused:

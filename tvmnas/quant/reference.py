@@ -202,7 +202,7 @@ def _float_island(op: QOp, xs: list[np.ndarray], tins: list[QTensor], tout: QTen
             inputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, xs[k].shape))
             feeds[name] = dequantize(xs[k], tins[k])
             k += 1
-    out = onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)
+    out = onnx.helper.make_tensor_value_info(node.output[op.attrs.get("output", 0)], onnx.TensorProto.FLOAT, None)
     graph = onnx.helper.make_graph([node], "island", inputs, [out])
     y = ReferenceEvaluator(onnx.helper.make_model(graph)).run(None, feeds)[0]
     return np.clip(quantize_input(y, tout), *op.act).astype(np.int8)
