@@ -34,10 +34,11 @@ import math
 import numpy as np
 import tvm
 
+from .extern_call import extern_call_primfunc
+
 MAX_DEPTH = 4096
 Q_NORMALISED = 24  # fractional bits of the normalised value u
 LAYER_NORM_FUNCTION = "tvmnas_s8_layer_norm"
-OPAQUE = 8  # relax op_pattern kOpaque: FuseOps fuses nothing into the call
 
 LAYER_NORM_C = """\
 /* int8 LayerNorm over the last axis (passes/int8_layer_norm.py): int64 sums, a normalised integer
@@ -161,22 +162,11 @@ def layer_norm_primfunc(shape: tuple[int, ...], *, input_zero_point: int, output
                         act_min: int = -128, act_max: int = 127) -> tvm.tirx.PrimFunc:
     """A PrimFunc (x int8 `shape`, g int32 (n,), b int32 (n,), y int8 `shape`) that is one call of
     LAYER_NORM_C over the last axis; opaque, so nothing is fused into it."""
-    size = int(np.prod(shape))
-    n = int(shape[-1])
-    dims = ", ".join(str(int(d)) for d in shape)
-    source = (
-        "@T.prim_func(s_tir=True)\n"
-        f"def main(x: T.Buffer(({dims},), \"int8\"), g: T.Buffer(({n},), \"int32\"), b: T.Buffer(({n},), \"int32\"), "
-        f"y: T.Buffer(({dims},), \"int8\")):\n"
-        "    T.func_attr({\"tirx.noalias\": True})\n"
-        f"    T.evaluate(T.call_extern(\"void\", \"{LAYER_NORM_FUNCTION}\", "
-        f"T.tvm_access_ptr(T.type_annotation(\"int8\"), x.data, 0, {size}, 1), "
-        f"T.tvm_access_ptr(T.type_annotation(\"int32\"), g.data, 0, {n}, 1), "
-        f"T.tvm_access_ptr(T.type_annotation(\"int32\"), b.data, 0, {n}, 1), "
-        f"T.tvm_access_ptr(T.type_annotation(\"int8\"), y.data, 0, {size}, 2), {size // n}, {n}, "
-        f"{int(input_zero_point)}, {int(output_zero_point)}, {int(eps)}, {int(fg)}, {int(act_min)}, {int(act_max)}))\n"
-    )
-    return tvm.script.from_source(source).with_attr("op_pattern", OPAQUE)
+    shape = tuple(int(d) for d in shape)
+    n = shape[-1]
+    return extern_call_primfunc(
+        LAYER_NORM_FUNCTION, [("x", shape, "int8"), ("g", (n,), "int32"), ("b", (n,), "int32")], ("y", shape, "int8"),
+        [int(np.prod(shape)) // n, n, input_zero_point, output_zero_point, eps, fg, act_min, act_max])
 
 
 __all__ = ["LAYER_NORM_C", "LAYER_NORM_FUNCTION", "MAX_DEPTH", "layer_norm_params", "layer_norm_primfunc",

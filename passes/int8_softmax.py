@@ -18,9 +18,10 @@ import numpy as np
 import tvm
 from tvm import tirx
 
+from .extern_call import extern_call_primfunc
+
 SOFTMAX_FUNCTION = "tvmnas_s8_softmax"
 MAX_DEPTH = 256
-OPAQUE = 8  # relax op_pattern kOpaque: FuseOps fuses nothing into the call
 
 SOFTMAX_C = """\
 /* int8 softmax over the last axis with TFLite Micro's arithmetic (passes/int8_softmax.py): the
@@ -86,21 +87,10 @@ def uses_softmax(kernel_text: str) -> bool:
 def softmax_primfunc(shape: tuple[int, ...]) -> tirx.PrimFunc:
     """A PrimFunc (data int8 `shape`, exp table int32 (256,), out int8 `shape`) that is one call of
     SOFTMAX_C over the last axis; opaque, so no element-wise op is fused into it."""
-    size = int(np.prod(shape))
-    depth = int(shape[-1])
-    rows = size // depth
-    dims = ", ".join(str(int(d)) for d in shape)
-    source = (
-        "@T.prim_func(s_tir=True)\n"
-        f"def main(x: T.Buffer(({dims},), \"int8\"), table: T.Buffer((256,), \"int32\"), "
-        f"y: T.Buffer(({dims},), \"int8\")):\n"
-        "    T.func_attr({\"tirx.noalias\": True})\n"
-        f"    T.evaluate(T.call_extern(\"void\", \"{SOFTMAX_FUNCTION}\", "
-        f"T.tvm_access_ptr(T.type_annotation(\"int8\"), x.data, 0, {size}, 1), "
-        "T.tvm_access_ptr(T.type_annotation(\"int32\"), table.data, 0, 256, 1), "
-        f"T.tvm_access_ptr(T.type_annotation(\"int8\"), y.data, 0, {size}, 2), {rows}, {depth}))\n"
-    )
-    return tvm.script.from_source(source).with_attr("op_pattern", OPAQUE)
+    shape = tuple(int(d) for d in shape)
+    depth = shape[-1]
+    return extern_call_primfunc(SOFTMAX_FUNCTION, [("x", shape, "int8"), ("table", (256,), "int32")],
+                                ("y", shape, "int8"), [int(np.prod(shape)) // depth, depth])
 
 
 __all__ = ["MAX_DEPTH", "SOFTMAX_C", "SOFTMAX_FUNCTION", "softmax_primfunc", "uses_softmax"]
