@@ -162,7 +162,8 @@ def test_rerun_skips_finished_stages_and_other_settings_are_refused(demo: tuple[
 
     real = pipeline.search_cost_model
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline, "search_cost_model", lambda name, target: (real(name, target)[0], "another cost model"))
+        mp.setattr(pipeline, "search_cost_model",
+                   lambda name, target, **options: (real(name, target, **options)[0], "another cost model"))
         with pytest.raises(TvmnasError, match="other settings"):
             run_pipeline(out, REDUCED)
 
