@@ -7,7 +7,7 @@ Every piece of text comes from one small function; same input gives the same byt
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,15 +222,20 @@ def run_function(graph: CallGraph, plan: ArenaPlan, calls: list[CallTarget], *, 
     return "\n".join(lines)
 
 
+# C the bundle ships beside the kernels, each with the test of whether a kernel's text calls it
+SUPPORT_C = ((uses_simd, SIMD_C), (uses_softmax, SOFTMAX_C), (uses_layer_norm, LAYER_NORM_C))
+
+
+def support_c(kernel_texts: Iterable[str]) -> list[str]:
+    """The shipped C that these kernels call (SIMD micro-kernels, int8 softmax, int8 layer norm), in
+    the order model.c holds it: the bundle writes it and a kernel's code-generator version hashes it."""
+    texts = list(kernel_texts)
+    return [code for calls, code in SUPPORT_C if any(calls(t) for t in texts)]
+
+
 def model_source(graph: CallGraph, kernels: dict[str, EmittedKernel], plan: ArenaPlan,
                  sources: dict[int, str] | None = None) -> str:
-    parts = [PRELUDE]
-    if any(uses_simd(k.text) for k in kernels.values()):
-        parts.append(SIMD_C)
-    if any(uses_softmax(k.text) for k in kernels.values()):
-        parts.append(SOFTMAX_C)
-    if any(uses_layer_norm(k.text) for k in kernels.values()):
-        parts.append(LAYER_NORM_C)
+    parts = [PRELUDE, *support_c(k.text for k in kernels.values())]
     parts += [kernels[name].text for name in sorted(kernels)]
     calls = [CallTarget(call.kernel, kernels[call.kernel].signature) for call in graph.calls]
     parts.append(run_function(graph, plan, calls, head=run_signature(graph),

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import tvm
 
-from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, write_bundle, write_manifest
+from tvmnas.codegen.bundle import PRELUDE, EmittedKernel, support_c, write_bundle, write_manifest
 from tvmnas.codegen.c_printer import C99, CLanguage, language_for
 from tvmnas.compiler import arena_buffers, check_single_input_output, emit_kernels, lower_model
 from tvmnas.errors import EmulatorError, TvmnasError
@@ -38,9 +38,6 @@ from tvmnas.passes import CallGraph, KernelCall, plan_arena
 from tvmnas.measure.store import KernelKey
 from tvmnas.measure.emulator import Emulator
 from tvmnas.measure.profile import Profile
-from tvmnas.passes.int8_simd import SIMD_C, uses_simd
-from tvmnas.passes.int8_layer_norm import LAYER_NORM_C, uses_layer_norm
-from tvmnas.passes.int8_softmax import SOFTMAX_C, uses_softmax
 from tvmnas.passes.kernel_features import kernel_hash, kernel_macs
 from tvmnas.quantized import as_int8_source, integer_model
 from tvmnas.measure.runner import COMMON_CFLAGS
@@ -72,12 +69,7 @@ def codegen_version(c_text: str, name: str, flags: str) -> str:
     """Version of the machine code of a kernel: its C text with its own function name normalised
     (plus the C micro-kernels it calls), the shared C prelude, the compiler's version and flags."""
     normalised = re.sub(rf"\b{re.escape(name)}\b", "KERNEL", c_text)
-    if uses_simd(c_text):  # the micro-kernels it calls are part of what runs
-        normalised += SIMD_C
-    if uses_softmax(c_text):
-        normalised += SOFTMAX_C
-    if uses_layer_norm(c_text):
-        normalised += LAYER_NORM_C
+    normalised += "".join(support_c([c_text]))  # the shipped C it calls is part of what runs
     text = "\0".join([normalised, PRELUDE, compiler_version(), flags])
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
