@@ -1,6 +1,7 @@
 """CIFAR-10 search benchmark: cycle-aware DEff-ARTS vs lambda = 0, a MAC-count cost and random sampling.
 
-Every arm draws from the same chain space and retrains its genotype with the same budget
+Every arm draws from the same space (--space: the chain space, or the darts space at the search's
+defaults: 8 channels, 3 cells, 2 nodes) and retrains its genotype with the same budget
 (examples, epochs, seeds); then each network is compiled to C, built for cortex-m4 and run on
 QEMU, giving exact instructions and estimated cycles (per-core timing table) of one inference.
 Arms:
@@ -108,17 +109,21 @@ def split_data(args: argparse.Namespace) -> tuple[ArrayDataset, np.ndarray, np.n
 
 def search_config(args: argparse.Namespace, cost_weight: float) -> SearchConfig:
     """The one search setting every searched arm shares; only the cost weight differs."""
+    if getattr(args, "space", "chain") == "darts":
+        return SearchConfig(space="darts", target=args.target, epochs=args.search_epochs, batch_size=args.batch_size,
+                            seed=args.seed, cost_weight=cost_weight, arch_lr=args.arch_lr)
     return SearchConfig(space="chain", target=args.target, epochs=args.search_epochs, batch_size=args.batch_size,
                         seed=args.seed, cost_weight=cost_weight, chain_layers=BENCH_LAYERS, stem_channels=16,
                         arch_lr=args.arch_lr)
 
 
 def random_genotype(args: argparse.Namespace, data: ArrayDataset, index: int) -> Genotype:
-    """A genotype drawn uniformly from the chain space: argmax of i.i.d. normal alphas (masked slots stay out)."""
+    """A genotype drawn uniformly from the space: the derivation from i.i.d. normal alphas (masked slots stay out)."""
     net = build_supernet(search_config(args, 0.0), data.input_shape, data.num_classes)
     gen = torch.Generator().manual_seed(1000 * args.seed + index)
     with torch.no_grad():
-        net.alpha_layers.copy_(torch.randn(net.alpha_layers.shape, generator=gen))
+        for alpha in net.arch_parameters().values():
+            alpha.copy_(torch.randn(alpha.shape, generator=gen))
     genotype, _ = net.derive()
     return genotype
 
@@ -193,12 +198,27 @@ def measured_model(args: argparse.Namespace, work: Path):  # noqa: ANN201 (CostM
 def table_cycles(genotype: Genotype, args: argparse.Namespace, data: ArrayDataset, work: Path) -> float:
     """Estimated cycles of a genotype as the sum of its layers' measured cycles (the search's table)."""
     from tvmnas.search.cost import CostTerm
-    from tvmnas.search.ops import CHAIN_PRIMITIVES
 
     net = build_supernet(search_config(args, 0.0), data.input_shape, data.num_classes)
     term = CostTerm(net.cost_slots(), measured_model(args, work)[0])
-    choices = {"layers": {row: CHAIN_PRIMITIVES.index(layer.op) for row, layer in enumerate(genotype.layers)}}
-    return term.discrete(choices).cycles
+    return term.discrete(genotype_choices(genotype)).cycles
+
+
+def genotype_choices(genotype: Genotype) -> dict[str, dict[int, int]]:
+    """The supernet's candidate index per alpha row that `genotype` took (CostTerm.discrete's choices)."""
+    from tvmnas.search.ops import CHAIN_PRIMITIVES, PRIMITIVES
+
+    if genotype.space == "chain":
+        return {"layers": {row: CHAIN_PRIMITIVES.index(layer.op) for row, layer in enumerate(genotype.layers)}}
+    choices: dict[str, dict[int, int]] = {}
+    for kind in ("normal", "reduce"):
+        cell, rows, start = getattr(genotype, kind), {}, 0
+        for node in range(cell.nodes):  # two edges per node, in node order
+            for edge in cell.edges[2 * node:2 * node + 2]:
+                rows[start + edge.source] = PRIMITIVES.index(edge.op)
+            start += 2 + node
+        choices[kind] = rows
+    return choices
 
 
 def retrain_seed(name: str, genotype: Genotype | None, seed: int, args: argparse.Namespace, data: ArrayDataset,
@@ -385,6 +405,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data-root", default=str(HERE.parent.parent / "shared" / "data" / "cifar10"))
     p.add_argument("--work", default=str(HERE.parent / "build" / "search_cifar"), help="arm outputs (resumable)")
     p.add_argument("--target", default="cortex-m4")
+    p.add_argument("--space", choices=("chain", "darts"), default="chain",
+                   help="chain: the benchmark's inverted-residual chain; darts: DARTS cells at the search's defaults")
     p.add_argument("--limit-train", type=int, default=2000, help="training images for search and retraining")
     p.add_argument("--val-examples", type=int, default=1000, help="held-out training images for selection")
     p.add_argument("--limit-test", type=int, default=5000)
@@ -437,13 +459,18 @@ def main() -> None:
     cycle_arm = pick_cycle_arm(arms, args.budget_ratio)
     summary = summarise(arms, cycle_arm, args.match_points)
     settings = {k: v for k, v in vars(args).items() if k not in ("no_markdown", "work", "data_root", "only")}
-    settings["chain_layers"] = [list(x) for x in BENCH_LAYERS]
-    settings["stem_channels"] = 16
+    if args.space == "chain":
+        settings["chain_layers"] = [list(x) for x in BENCH_LAYERS]
+        settings["stem_channels"] = 16
+    else:
+        config = search_config(args, 0.0)
+        settings["darts"] = {"channels": config.channels, "cells": config.cells, "nodes": config.nodes}
     result = {"benchmark": "search_cifar", "target": args.target, "commit": git_commit(), "settings": settings,
               "arms": list(arms.values()), "summary": summary, "wall_s": round(time.time() - t0, 1),
               "arms_s": round(sum(a["search_s"] + a["train_s"] + a.get("measure_s", 0.0) for a in arms.values()), 1),
               "figures": "instructions exact (QEMU -icount); cycles estimated from the cortex-m4 timing table"}
-    section = "search_cifar" if args.precision == "float32" else f"search_cifar_{args.precision}"
+    section = "search_cifar" + ("" if args.precision == "float32" else f"_{args.precision}") + (
+        "" if args.space == "chain" else f"_{args.space}")
     if args.precision == "int8":
         result["measured_table"] = layer_table(args, data, work)
     (HERE / "results").mkdir(exist_ok=True)
@@ -472,11 +499,10 @@ def markdown(result: dict[str, Any], body: str) -> str:
     s, m = result["settings"], result["summary"]
     int8 = s.get("precision", "float32") == "int8"
     lines = [
-        "## Search on CIFAR-10, int8: measured per-layer cost vs lambda = 0, MAC cost and random sampling"
-        if int8 else "## Search on CIFAR-10: cycle-aware vs lambda = 0, MAC cost and random sampling",
+        "## Search on CIFAR-10, int8" + (", darts space" if "darts" in s else "") + ": measured per-layer cost vs "
+        "lambda = 0, MAC cost and random sampling" if int8 else "## Search on CIFAR-10: cycle-aware vs lambda = 0, MAC cost and random sampling",
         "",
-        f"Commit {result['commit']}, target {result['target']}. Scale: chain space "
-        f"{s['chain_layers']} (stem {s['stem_channels']}), CIFAR-10 images "
+        f"Commit {result['commit']}, target {result['target']}. Scale: " + space_text(s) + ", CIFAR-10 images "
         + ("at full 32x32 resolution" if s["image_size"] >= 32 else
            f"average-pooled to {s['image_size']}x{s['image_size']}") + f", first {s['limit_train']} training images (search splits them "
         f"in halves for weights / alphas), {s['val_examples']} further training images as validation "
@@ -530,9 +556,19 @@ def markdown(result: dict[str, Any], body: str) -> str:
     return "\n".join(lines)
 
 
+def space_text(s: dict[str, Any]) -> str:
+    """The searched space in words (the settings of a run)."""
+    if "darts" in s:
+        d = s["darts"]
+        return f"darts space ({d['channels']} channels, {d['cells']} cells, {d['nodes']} nodes per cell)"
+    return f"chain space {s['chain_layers']} (stem {s['stem_channels']})"
+
+
 def int8_note(result: dict[str, Any]) -> str:
     """int8 runs: how networks were deployed and priced, and cycles per MAC of the candidate layers."""
-    layers = [r for r in result.get("measured_table", []) if r["macs"] and r["op"].startswith("mb_")]
+    table = result.get("measured_table", [])
+    layers = [r for r in table if r["macs"] and r["op"] not in ("conv_bn", "classifier", "relu_conv_bn",
+                                                               "factorized_reduce")]
     by_op: dict[str, list[float]] = {}
     for r in layers:
         by_op.setdefault(r["op"], []).append(r["cycles"] / r["macs"])
@@ -540,11 +576,18 @@ def int8_note(result: dict[str, Any]) -> str:
     slots: dict[tuple, list[dict[str, Any]]] = {}
     for r in layers:
         slots.setdefault((r["c_in"], r["c_out"], r["hw"], r["stride"]), []).append(r)
+    slots = {k: v for k, v in slots.items() if len(v) > 1}
     rho = [_spearman([r["macs"] for r in v], [r["cycles"] for r in v]) for v in slots.values()]
+    free = {}  # candidates the MAC count prices at 0 that cost cycles (pools): their largest measured cycles
+    for r in table:
+        if not r["macs"] and r["cycles"] > 0 and r["op"] not in free:
+            free[r["op"]] = max(x["cycles"] for x in table if x["op"] == r["op"] and not x["macs"])
+    free_text = (" Candidates of 0 MACs that cost cycles (largest measured): " + "; ".join(
+        f"{op} {c:,.0f}" for op, c in sorted(free.items())) + "." if free else "")
     spans = [(max(r["macs"] for r in v) / min(r["macs"] for r in v), max(r["cycles"] for r in v) /
               min(r["cycles"] for r in v)) for v in slots.values()]
     ranking = (f" Within each of the {len(slots)} searched positions the MAC count and the measured int8 cycles "
-               f"rank the {len(layers) // max(len(slots), 1)} candidate blocks with Spearman "
+               f"rank the {len(layers) // max(len(slots), 1)} candidates of non-zero MACs with Spearman "
                f"{min(rho):.3f}-{max(rho):.3f}; largest / smallest candidate: {min(a for a, _ in spans):.1f}-"
                f"{max(a for a, _ in spans):.1f}x in MACs but {min(b for _, b in spans):.1f}-"
                f"{max(b for _, b in spans):.1f}x in measured cycles." if slots else "")
@@ -557,17 +600,27 @@ def int8_note(result: dict[str, Any]) -> str:
             "float32 test accuracy is shown beside), cycles of the int8 C on QEMU. The measured cost "
             "prices each candidate layer alone at its exact shape as int8 C on the emulator "
             f"(tvmnas.cost.measured); {fidelity}. Estimated cycles per MAC of the candidate layers, min-max over "
-            f"the chain's positions: {spread}.{ranking}")
+            f"the searched positions: {spread}.{ranking}{free_text}")
+
+
+def mean_ranks(values: list[float]) -> np.ndarray:
+    """Ranks with ties at their mean rank (as Spearman's rho takes them)."""
+    values = list(values)
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values), dtype=float)
+    for v in set(values):
+        tied = [i for i, x in enumerate(values) if x == v]
+        ranks[tied] = np.mean(ranks[tied])
+    return ranks
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
-    """Spearman rank correlation (no ties expected: distinct candidate blocks)."""
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman rank correlation, ties at their mean rank."""
+    return float(np.corrcoef(mean_ranks(a), mean_ranks(b))[0, 1])
 
 
 def _flags(s: dict[str, Any]) -> list[str]:
-    keys = ("precision", "limit_train", "val_examples", "limit_test", "image_size", "search_epochs", "train_epochs",
+    keys = ("space", "precision", "limit_train", "val_examples", "limit_test", "image_size", "search_epochs", "train_epochs",
             "arch_lr", "cycle_lambdas", "measured_lambdas", "mac_lambdas", "random_k", "seed", "train_seeds",
             "budget_ratio", "match_points", "threads", "mlperf_resnet8")
     out = []
