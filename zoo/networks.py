@@ -72,13 +72,14 @@ MOBILENETV2_GENOTYPE = Genotype(
 
 
 def darts_cells() -> nn.Module:
-    """DARTS-style network on 32x32x3: stem, normal cell, reduction cell, normal cell, classifier."""
+    """DARTS network on 32x32x3 (the search's DartsNetwork): stem, normal, reduction and normal cell."""
     return probabilities(DartsNetwork(DARTS_GENOTYPE))
 
 
 def mobilenetv2_tiny() -> nn.Module:
     """MobileNetV2 at width 0.35 for 32x32 inputs: stride-1 stem, 7 stages of inverted residuals."""
     return probabilities(ChainNetwork(MOBILENETV2_GENOTYPE))
+
 
 class LeNet5(nn.Module):
     """LeNet-5 on 32x32x1 with ReLU: unpadded 5x5 convs, 2x2 max pools, three linear layers."""
