@@ -41,28 +41,43 @@ def _init_weights(model: nn.Module) -> None:
                     module.bias.normal_(0.0, 0.1)
 
 
-def _calibrate_batchnorm(model: nn.Module, input_shape: Shape) -> None:
-    """Set BN running stats from seeded random data, then draw non-trivial affine params.
+def randomize_normalization(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """BatchNorm statistics from one seeded training-mode batch, then non-trivial affine parameters
+    for BatchNorm and LayerNorm.
 
     Calibrated statistics keep activations at a sane scale through deep stacks, and the random
-    scale/shift make a BN-folding bug visible in the outputs.
+    scale/shift make a folding or normalisation bug visible in the outputs.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    if not bns:
-        return
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()
-        bn.momentum = None  # cumulative average: one batch sets the stats exactly
-    batch = torch.randn((_CALIBRATION_BATCH, *input_shape[1:]))
-    model.train()
-    with torch.no_grad():
-        model(batch)
-    for bn in bns:
-        bn.momentum = 0.1
+        bn.momentum = None  # cumulative average: one batch sets the statistics exactly
+    if bns:
+        model.train()
         with torch.no_grad():
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.normal_(0.0, 0.2)
-            bn.running_var.mul_(torch.empty_like(bn.running_var).uniform_(0.8, 1.25))
+            model(torch.randn((_CALIBRATION_BATCH, *input_shape[1:])))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)) and m.weight is not None:
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.2)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = 0.1
+                m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.8, 1.25))
+
+
+def seeded_build(factory: Callable[[], nn.Module], seed: int, prepare: Callable[[nn.Module], None]) -> nn.Module:
+    """`factory()` and `prepare` (drawing its weights) under torch.manual_seed(seed), in eval mode with
+    gradients off; the global torch RNG state is left as it was. The public-architecture zoo
+    (benchmarks/public_models) builds its networks with it too."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = factory()
+        prepare(model)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 @dataclass(frozen=True)
@@ -76,19 +91,12 @@ class ZooEntry:
     description: str
 
     def build(self, seed: int = 0) -> nn.Module:
-        """Build the network with weights and BN statistics drawn from `seed`, in eval mode.
+        """The network in eval mode with weights and BN statistics drawn from `seed` (see seeded_build)."""
+        return seeded_build(self.factory, seed, self._draw_weights)
 
-        The global torch RNG state is left as it was.
-        """
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = self.factory()
-            _init_weights(model)
-            _calibrate_batchnorm(model, self.input_shape)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return model
+    def _draw_weights(self, model: nn.Module) -> None:
+        _init_weights(model)
+        randomize_normalization(model, self.input_shape)
 
     def sample_input(self, seed: int = 0) -> torch.Tensor:
         """A seeded standard-normal input of this entry's shape."""
