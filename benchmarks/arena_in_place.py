@@ -36,7 +36,7 @@ MLPERF = ("mlperf_resnet8", "mlperf_dscnn", "mlperf_mobilenetv1_vww", "mlperf_fc
 
 def network(name: str):
     """(module, input shape) of a test-zoo or public-zoo network."""
-    from tvmnas.zoo import ZOO
+    from zoo import ZOO
 
     if name in ZOO:
         return ZOO[name].build(), ZOO[name].input_shape
@@ -65,7 +65,7 @@ def plan_both(model: Path, simd: bool) -> dict:
 
 def measure(name: str, precision: str, simd: bool, work: Path) -> dict:
     from tvmnas.quant.quantize import quantize_model
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     module, shape = network(name)
     path = work / f"{name}.onnx"
@@ -94,7 +94,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from tvmnas.zoo import ZOO
+    from zoo import ZOO
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="networks (default: the test zoo and the MLPerf Tiny four)")

@@ -1,19 +1,24 @@
-"""What every benchmark shares: the commit it measured and writing its own section of RESULTS.md."""
+"""What every benchmark shares: the commit it measured, writing its own section of RESULTS.md, and
+the repository root on the import path (the test zoo, zoo/, is a package of the repository, not of
+the installed tvmnas)."""
 
 from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(1, str(REPO))
 
 
 def git_commit() -> str:
     """Short hash of HEAD, with '+dirty' when the tree has uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                            capture_output=True, text=True)
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 

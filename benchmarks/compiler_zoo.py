@@ -34,7 +34,7 @@ from tvmnas.passes import stock_storage_bytes  # noqa: E402
 from tvmnas.measure.profile import profile_elf  # noqa: E402
 from tvmnas.measure.runner import build, run  # noqa: E402
 from tvmnas.targets import load_target  # noqa: E402
-from tvmnas.zoo import ZOO  # noqa: E402
+from zoo import ZOO  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HEADLINE = ("resnet8", "mobilenetv2_tiny", "darts_cells")

@@ -28,7 +28,8 @@ from tvmnas.compiler import compile_model  # noqa: E402
 from tvmnas.frontend import import_source  # noqa: E402
 from tvmnas.import_check import check_import  # noqa: E402
 from tvmnas.targets import load_target  # noqa: E402
-from tvmnas.zoo import ZOO, export_onnx, export_pt2  # noqa: E402
+from tvmnas.model_file import export_onnx, export_pt2  # noqa: E402
+from zoo import ZOO  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "import_check_time.json"
 NETS = ("resnet8", "mobilenetv2_tiny", "darts_cells")

@@ -37,7 +37,7 @@ def build_model(name: str):
     """(torch module, input shape) of a test-zoo or public-zoo network."""
     from public_models import PUBLIC_MODELS
 
-    from tvmnas.zoo import ZOO
+    from zoo import ZOO
 
     if name in ZOO:
         return ZOO[name].build(), ZOO[name].input_shape
@@ -75,7 +75,7 @@ def measure(name: str, target, work: Path) -> dict:
     import onnx
 
     from tvmnas.quant.quantize import quantize_model
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     model, shape = build_model(name)
     path = export_onnx(model, shape, work / f"{name}.onnx")

@@ -62,7 +62,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from tvmnas.targets import load_target
-    from tvmnas.zoo import ZOO, export_onnx
+    from tvmnas.model_file import export_onnx
+    from zoo import ZOO
 
     target = load_target(args.target)
     rows = []

@@ -50,7 +50,7 @@ def networks() -> dict[str, tuple[str, object]]:
     """name -> (zoo, entry) for the test zoo and the public-architecture zoo."""
     from public_models import PUBLIC_MODELS
 
-    from tvmnas.zoo import ZOO
+    from zoo import ZOO
 
     found: dict[str, tuple[str, object]] = {name: ("test", ZOO[name]) for name in sorted(ZOO)}
     for name, entry in PUBLIC_MODELS.items():
@@ -72,7 +72,7 @@ def run_network(name: str, zoo: str, entry, target_name: str, timeout_s: float) 
     from tvmnas.quant.reference import ReferenceModel, per_op_deviation, quantize_input
     from tvmnas.measure.runner import build, run
     from tvmnas.targets import load_target
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     record: dict = {"name": name, "zoo": zoo, "target": target_name}
     shape = tuple(entry.input_shape)
@@ -169,7 +169,7 @@ def render(records: dict, target: str, command: str) -> str:
         "",
         f"`{command}`",
         "",
-        "Each network of the test zoo (tvmnas/zoo.py) and the public-architecture zoo (benchmarks/public_models) "
+        "Each network of the test zoo (zoo/) and the public-architecture zoo (benchmarks/public_models) "
         f"exported to ONNX, quantized by tvmnas's PTQ on {CALIBRATION_SAMPLES} seeded N(0, 1) calibration inputs, "
         "compiled to integer C (`compile_model` on the QDQ model, what `tvmnas compile --quantize int8` runs, "
         "budgets ignored), built and run on the emulator on one held-out seeded input. *C vs ref*: max output "

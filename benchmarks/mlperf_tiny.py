@@ -58,7 +58,7 @@ def load_cache(path: Path) -> dict[str, dict]:
 
 def prepare(net: str, work: Path) -> tuple[Path, Path]:
     """The network's float ONNX and its calibration inputs (seeded), written once per run."""
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     entry = PUBLIC_MODELS[net]
     onnx_path = work / f"{net}.onnx"

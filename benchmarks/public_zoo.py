@@ -43,7 +43,7 @@ STATUSES = ("matched", "silently_wrong", "one_line", "traceback", "export_failed
 
 def export(entry: PublicModel, model, route: str, work: Path) -> Path:
     """The model file the user would hand to `tvmnas compile`, exported the way the project exports."""
-    from tvmnas.zoo import export_onnx, export_pt2
+    from tvmnas.model_file import export_onnx, export_pt2
 
     exporter = export_onnx if route == "onnx" else export_pt2
     return exporter(model, entry.input_shape, work / f"{entry.name}.{route}")

@@ -31,7 +31,8 @@ def measure(name: str, samples: int, work: Path) -> dict:
 
     from tvmnas.quant import ReferenceModel, quantize_model
     from tvmnas.quant.reference import per_op_deviation
-    from tvmnas.zoo import export_onnx, get_entry
+    from tvmnas.model_file import export_onnx
+    from zoo import get_entry
 
     entry = get_entry(name)
     path = export_onnx(entry.build(), entry.input_shape, work / f"{name}.onnx")
@@ -51,7 +52,7 @@ def measure(name: str, samples: int, work: Path) -> dict:
 
 
 def main() -> None:
-    from tvmnas.zoo import ZOO
+    from zoo import ZOO
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*")

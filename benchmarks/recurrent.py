@@ -36,8 +36,8 @@ from tvmnas.cost.surrogate import load_surrogate  # noqa: E402
 from tvmnas.measure.profiler import profile_network_json  # noqa: E402
 from tvmnas.measure.runner import build, run  # noqa: E402
 from tvmnas.targets import load_target  # noqa: E402
-from tvmnas.zoo import export_onnx, export_pt2  # noqa: E402
-from tvmnas.zoo_recurrent import KWS_MODELS  # noqa: E402
+from tvmnas.model_file import export_onnx, export_pt2  # noqa: E402
+from zoo.recurrent import KWS_MODELS  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OUT_JSON = RESULTS_DIR / "recurrent.json"
@@ -112,7 +112,7 @@ def table(rows: list[dict], commit: str) -> str:
         f"## Recurrent networks: LSTM / GRU keyword spotting on QEMU (commit {commit})",
         "",
         f"Produced by `{COMMAND}`. Input 1x49x10 (MFCC-like), hidden 64, 12 classes, batch 1; weights",
-        "seeded (tvmnas/zoo_recurrent.py). Each recurrent layer is ONE C function looping over the 49 steps",
+        "seeded (zoo/recurrent.py). Each recurrent layer is ONE C function looping over the 49 steps",
         "(every direction inside it), its state in the arena. MACs: the gate matrix-vector products,",
         "T x D x G*H x (I+H) per layer (G = 4 for LSTM, 3 for GRU), plus the dense classifier; sigmoid/tanh",
         "and state updates count no MACs but their cycles are included. Instructions exact; cycles are",

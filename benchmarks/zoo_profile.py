@@ -122,7 +122,7 @@ def measure(args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
 
     from tvmnas.measure.profiler import lower_network
     from tvmnas.targets import list_targets, load_target
-    from tvmnas.zoo import get_entry, list_zoo
+    from zoo import get_entry, list_zoo
 
     torch.set_num_threads(1)
     targets = [load_target(t) for t in args.targets.split(",") if t] or list_targets()

@@ -103,7 +103,8 @@ def _export_onnx(module, example, path: Path, **kwargs) -> None:
 
 
 def make_good_onnx(path: Path) -> None:
-    from tvmnas.zoo import ZOO, export_onnx
+    from tvmnas.model_file import export_onnx
+    from zoo import ZOO
 
     entry = ZOO["m0_cnn"]
     export_onnx(entry.build(), entry.input_shape, path)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tvmnas.zoo import ZOO, export_onnx
+from tvmnas.model_file import export_onnx
+from zoo import ZOO
 
 
 def tvmnas(*args: str) -> subprocess.CompletedProcess:

@@ -19,7 +19,8 @@ from tvmnas.cli.options import error_line
 from tvmnas.errors import TvmnasError, UnknownTargetError
 from tvmnas.search.cost import count_module
 from tvmnas.measure.store import ProfileDB
-from tvmnas.zoo import export_onnx, get_entry
+from tvmnas.model_file import export_onnx
+from zoo import get_entry
 
 CLI = [sys.executable, "-c", "from tvmnas.cli import main; main()"]
 CHEAP_OPS = "pointwise,max_pool,add,linear,depthwise,avg_pool,global_avg_pool"

@@ -14,7 +14,8 @@ from tvmnas.errors import BudgetExceededError, ModelLoadError, UnknownTargetErro
 from tvmnas.output_dir import write_marker
 from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
-from tvmnas.zoo import ZOO, export_onnx, export_pt2
+from tvmnas.model_file import export_onnx, export_pt2
+from zoo import ZOO
 
 TOLERANCE = 1e-4  # of the output's scale (max abs value)
 M4 = "cortex-m4"

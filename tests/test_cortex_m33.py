@@ -18,7 +18,8 @@ from tvmnas.quant.int8_nets import calibration_data, write_int8_net
 from tvmnas.quant.reference import ReferenceModel, quantize_input
 from tvmnas.measure.runner import build, memory_usage, run
 from tvmnas.targets import load_target
-from tvmnas.zoo import export_onnx, get_entry
+from tvmnas.model_file import export_onnx
+from zoo import get_entry
 
 M33 = "cortex-m33"
 TOLERANCE = 1e-4  # as tests/test_compiler.py: max abs error relative to the output's scale

@@ -31,7 +31,7 @@ from tvmnas.onnx_fold import fold_shape_arithmetic
 from tvmnas.passes import WrapNegativeIndices
 from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
-from tvmnas.zoo import export_onnx, export_pt2, sample_input
+from tvmnas.model_file import export_onnx, export_pt2, sample_input
 
 M4 = "cortex-m4"
 

@@ -33,7 +33,8 @@ from tvmnas.passes import (
 from tvmnas.passes.in_place import INPLACE_ATTR
 from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
-from tvmnas.zoo import ZOO, export_onnx, sample_input
+from tvmnas.model_file import export_onnx, sample_input
+from zoo import ZOO
 
 N = 64
 

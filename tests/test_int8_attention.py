@@ -22,7 +22,7 @@ from tvmnas.quant.quantize import quantize_model
 from tvmnas.quant.reference import ReferenceModel, per_op_deviation, quantize_input
 from tvmnas.quant.tflite_writer import run_tflite_micro, write_tflite
 from tvmnas.targets import load_target
-from tvmnas.zoo import export_onnx
+from tvmnas.model_file import export_onnx
 
 TOKENS, DIM = 8, 16
 

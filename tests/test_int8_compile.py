@@ -198,7 +198,7 @@ def test_network_is_bit_exact_on_host(nets, name: str, tmp_path: Path) -> None:
 def test_concat_of_differently_quantized_inputs_is_bit_exact(tmp_path: Path) -> None:
     """Concat whose inputs carry other scales than its output: each is requantized in integers first."""
     from tvmnas.quant.quantize import quantize_model
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     class Cat(torch.nn.Module):
         def __init__(self) -> None:
@@ -283,7 +283,7 @@ def test_int8_bundle_keeps_int8_weights_and_a_quarter_size_arena(nets, tmp_path:
 def test_integer_convolutions_get_the_integer_register_tile(tmp_path: Path) -> None:
     """ScheduleForMCU tiles int32 accumulators 2x2 (core registers), float ones 4x4 (FPU registers)."""
     from tvmnas.quant.quantize import quantize_model
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     torch.manual_seed(0)
     export_onnx(torch.nn.Conv2d(8, 8, 3, padding=1).eval(), (1, 8, 8, 8), tmp_path / "conv.onnx")

@@ -81,7 +81,7 @@ NETS = {"temporal": (Temporal, (1, 3, 33)), "pads_and_ceil": (PadsAndCeil, (1, 3
 @pytest.fixture(scope="module")
 def nets(tmp_path_factory) -> dict[str, Path]:
     from tvmnas.quant.quantize import quantize_model
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     out = tmp_path_factory.mktemp("coverage")
     paths = {}

@@ -130,7 +130,7 @@ class Activations(torch.nn.Module):
 @pytest.fixture(scope="module")
 def act_net(tmp_path_factory) -> Path:
     from tvmnas.quant.quantize import quantize_model
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     out = tmp_path_factory.mktemp("lut")
     torch.manual_seed(0)

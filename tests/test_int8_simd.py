@@ -42,7 +42,7 @@ class OddShapes(torch.nn.Module):
 @pytest.fixture(scope="module")
 def odd_net(tmp_path_factory) -> Path:
     from tvmnas.quant.quantize import quantize_model
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     out = tmp_path_factory.mktemp("simd")
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ class DepthwiseShapes(torch.nn.Module):
 @pytest.fixture(scope="module")
 def dw_net(tmp_path_factory) -> Path:
     from tvmnas.quant.quantize import quantize_model
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     out = tmp_path_factory.mktemp("simd_dw")
     torch.manual_seed(1)
@@ -272,7 +272,7 @@ class ConvPlusInput(torch.nn.Module):
 
 def test_add_of_the_conv_input_is_not_folded(tmp_path: Path) -> None:
     from tvmnas.quant.quantize import quantize_model
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     torch.manual_seed(0)
     shape = (1, 4, 6, 6)

@@ -19,7 +19,8 @@ from tvmnas.quant.quantize import quantize_model
 from tvmnas.quant.reference import ReferenceModel, per_op_deviation, quantize_input
 from tvmnas.measure.runner import build, run
 from tvmnas.targets import load_target
-from tvmnas.zoo import ZOO, export_onnx
+from tvmnas.model_file import export_onnx
+from zoo import ZOO
 
 
 def _quantized(name: str, work: Path) -> tuple[Path, np.ndarray]:
@@ -59,7 +60,7 @@ def test_recurrent_network_runs_its_cell_as_a_float_island(name: str, tmp_path: 
     """A recurrent network quantized to int8: the LSTM / GRU cell (no int8 form) stays float between
     DequantizeLinear and QuantizeLinear, reading its sequence or its last state, the rest is integer;
     the C on QEMU gives the integer reference's output within 1 step."""
-    from tvmnas.zoo_recurrent import KWS_MODELS
+    from zoo.recurrent import KWS_MODELS
 
     entry = KWS_MODELS[name]
     rng = np.random.RandomState(0)

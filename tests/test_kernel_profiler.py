@@ -86,7 +86,7 @@ def test_int8_and_float32_kernels_of_one_layer_get_different_keys(tmp_path: Path
     import onnx
 
     from tvmnas.quant.quantize import quantize_model
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     torch.manual_seed(0)
     export_onnx(torch.nn.Conv2d(8, 8, 3, padding=1).eval(), (1, 8, 8, 8), tmp_path / "conv.onnx")

@@ -11,7 +11,7 @@ from tvmnas.compiler import lower_model
 from tvmnas.frontend import import_model
 from tvmnas.measure.profiler import count_macs
 from tvmnas.search.cost import count_module
-from tvmnas.zoo import list_zoo
+from zoo import list_zoo
 
 FAST = {"lenet5", "m0_mlp"}  # pooling and a classifier head; the rest of the zoo runs in the slow tier
 

@@ -17,7 +17,7 @@ from tvmnas.passes import ScheduleForMCU
 from tvmnas.passes.mcu_schedule import schedule_primfunc
 from tvmnas.measure.runner import build, run
 from tvmnas.targets import load_target
-from tvmnas.zoo import ZOO
+from zoo import ZOO
 
 
 class ConvReluSoftmax(torch.nn.Module):

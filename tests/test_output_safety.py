@@ -24,7 +24,8 @@ from tvmnas.errors import ProfileDatabaseError, TvmnasError
 from tvmnas.output_dir import MARKER_FILE, OutputFolderError, folder_lock, output_kind, staged_output, write_marker
 from tvmnas.pipeline import STAGES, PipelineSettings, StageLog, Stages, _check_settings, run_pipeline
 from tvmnas.measure.store import ProfileDB
-from tvmnas.zoo import ZOO, export_onnx
+from tvmnas.model_file import export_onnx
+from zoo import ZOO
 
 NOT_OURS = "exists and is not a tvmnas bundle; choose another folder or remove it"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -18,3 +19,13 @@ def test_every_subpackage_is_installed() -> None:
     assert on_disk <= listed, f"missing from pyproject packages: {sorted(on_disk - listed)}"
     assert {"tvmnas.passes", "tvmnas.targets"} <= listed
     assert config["package-dir"] == {"tvmnas": "tvmnas", "tvmnas.passes": "passes", "tvmnas.targets": "targets"}
+
+
+def test_the_installed_package_never_imports_the_test_zoo() -> None:
+    """The test zoo (zoo/) is a package of the repository for tests and benchmarks only."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert not [p for p in config["packages"] if p.split(".")[0] == "zoo" or p.endswith(".zoo")]
+    zoo_import = re.compile(r"^\s*(from|import)\s+(tvmnas\.)?zoo\b", re.M)
+    sources = [p for folder in ("tvmnas", "passes", "targets") for p in (ROOT / folder).rglob("*.py")]
+    importers = sorted(str(p.relative_to(ROOT)) for p in sources if zoo_import.search(p.read_text()))
+    assert not importers, f"the installed package imports the test zoo: {importers}"

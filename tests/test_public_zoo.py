@@ -22,7 +22,7 @@ from public_models import PUBLIC_MODELS  # noqa: E402
 
 from tvmnas.errors import ModelLoadError, UnsupportedOperatorError  # noqa: E402
 from tvmnas.measure.runner import RunResult  # noqa: E402
-from tvmnas.zoo import export_onnx, export_pt2  # noqa: E402
+from tvmnas.model_file import export_onnx, export_pt2  # noqa: E402
 
 NAMES = list(PUBLIC_MODELS)
 

@@ -16,7 +16,7 @@ from tvmnas.errors import CalibrationError, ModelLoadError, QuantizationError
 from tvmnas.quant import ReferenceModel, quantize_model
 from tvmnas.quant.int8_nets import INT8_NETS, build_net, calibration_data
 from tvmnas.quant.quantize import activation_qparams, weight_qparams
-from tvmnas.zoo import export_onnx, export_pt2
+from tvmnas.model_file import export_onnx, export_pt2
 
 
 class ConcatNet(nn.Module):
@@ -90,7 +90,7 @@ def test_zoo_networks_quantize_and_each_op_is_within_one_lsb_of_onnxruntime(tmp_
     # End to end the two semantics drift apart by accumulated rounding in deep networks, so the
     # check is per op, on onnxruntime's own int8 inputs.
     from tvmnas.quant.reference import per_op_deviation
-    from tvmnas.zoo import get_entry
+    from zoo import get_entry
 
     entry = get_entry(name)
     path = export_onnx(entry.build(), entry.input_shape, tmp_path / f"{name}.onnx")

@@ -16,8 +16,8 @@ from tvmnas.frontend import import_model
 from tvmnas.passes import kernel_macs
 from tvmnas.measure.runner import build, build_host, run, run_host
 from tvmnas.targets import load_target
-from tvmnas.zoo import export_onnx, export_pt2
-from tvmnas.zoo_recurrent import KWS_MODELS, RecurrentEntry
+from tvmnas.model_file import export_onnx, export_pt2
+from zoo.recurrent import KWS_MODELS, RecurrentEntry
 
 TOLERANCE = 1e-4  # of the output's scale (max abs value)
 M4 = "cortex-m4"

@@ -15,7 +15,10 @@ from tvm.relax.frontend.onnx import from_onnx
 from tvm.relax.frontend.torch import from_exported_program
 
 from tvmnas.errors import ModelLoadError
-from tvmnas.zoo import ZOO, ZooEntry, export_onnx, export_pt2, get_entry, list_zoo, sample_input
+from tvmnas.models.darts_net import DartsCell
+from tvmnas.search.ops import DilConv, FactorizedReduce, InvertedResidual, PoolBN, SepConv
+from tvmnas.model_file import export_onnx, export_pt2, sample_input
+from zoo import ZOO, ZooEntry, get_entry, list_zoo
 
 NAMES = sorted(ZOO)
 M0_NAMES = [e.name for e in list_zoo(m0_only=True)]
@@ -172,13 +175,21 @@ def test_resnet8_is_the_mlperf_tiny_network():
     assert model(entry.sample_input()).shape == (1, 10)
 
 
-def test_darts_cells_have_four_nodes_summing_two_ops():
+def test_darts_cells_is_the_searchs_network_with_four_nodes_summing_two_ops():
     model = ZOO["darts_cells"].build()
-    cells = [m for m in model.modules() if type(m).__name__ == "DartsCell"]
-    assert len(cells) == 3
+    cells = [m for m in model.modules() if isinstance(m, DartsCell)]
+    assert len(cells) == 3 and [c.reduction for c in cells] == [False, True, False]
     for cell in cells:
-        assert len(cell.ops) == 8
-        assert all(0 <= i < 2 + k // 2 for k, i in enumerate(cell.inputs))
+        assert len(cell.edges) == 8
+        assert all(0 <= i < 2 + k // 2 for k, i in enumerate(cell.sources))
+    ops = {type(m) for cell in cells for m in cell.modules()}
+    assert {SepConv, DilConv, FactorizedReduce, PoolBN, nn.Identity} <= ops
+
+
+def test_mobilenetv2_tiny_is_the_searchs_chain_network():
+    model = ZOO["mobilenetv2_tiny"].build()
+    blocks = [m for m in model.modules() if isinstance(m, InvertedResidual)]
+    assert len(blocks) == 17 and sum(b.has_residual for b in blocks) == 11
 
 
 # ---------------------------------------------------------------------------------------------

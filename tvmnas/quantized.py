@@ -77,7 +77,7 @@ def as_int8_source(model, input_shape: tuple[int, ...] | None, work_dir) -> "str
     if isinstance(model, torch.nn.Module):
         if input_shape is None:
             raise TvmnasError("pricing a torch module as int8 needs its input shape", settings=("input_shape",))
-        from tvmnas.zoo import export_onnx
+        from tvmnas.model_file import export_onnx
 
         model = export_onnx(model.eval(), input_shape, work_dir / "float.onnx")
     mod = import_model(model, input_shape)

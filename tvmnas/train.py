@@ -16,6 +16,7 @@ from torch import nn
 
 from tvmnas.data.arrays import ArrayDataset, batches, num_batches
 from tvmnas.errors import DatasetError
+from tvmnas.model_file import export_onnx, export_pt2, sample_input
 from tvmnas.models import build_model
 from tvmnas.search.cost import count_module
 from tvmnas.search.genotype import Genotype
@@ -58,14 +59,12 @@ def export_model(model: nn.Module, input_shape: tuple[int, int, int], out_dir: P
     import onnxruntime as ort
 
     model.eval()
-    example = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0))
+    shape = (1, *input_shape)
+    example = sample_input(shape)
     with torch.no_grad():
         reference = model(example).numpy()
-    pt2_path, onnx_path = out_dir / "model.pt2", out_dir / "model.onnx"
-    program = torch.export.export(model, (example,))
-    torch.export.save(program, pt2_path)
-    torch.onnx.export(model, (example,), str(onnx_path), dynamo=False, input_names=["input"],
-                      output_names=["logits"], opset_version=17)
+    pt2_path = export_pt2(model, shape, out_dir / "model.pt2")
+    onnx_path = export_onnx(model, shape, out_dir / "model.onnx", output_name="logits")
     with torch.no_grad():
         pt2_out = torch.export.load(pt2_path).module()(example).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

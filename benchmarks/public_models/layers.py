@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tvmnas.zoo import ConvBnAct  # noqa: F401  (re-exported: conv -> BatchNorm -> activation)
+from zoo.blocks import ConvBnAct  # noqa: F401  (re-exported: conv -> BatchNorm -> activation)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:

@@ -9,7 +9,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-_CALIBRATION_BATCH = 8
+from tvmnas.model_file import sample_input
+from zoo import randomize_normalization, seeded_build
 
 
 @dataclass(frozen=True)
@@ -29,37 +30,8 @@ class PublicModel:
 
     def build(self, seed: int = 0) -> nn.Module:
         """The network in eval mode, weights drawn from `seed`; the global RNG state is left as it was."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = self.factory()
-            _randomize_normalization(model, self.input_shape)
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return model
+        return seeded_build(self.factory, seed, lambda model: randomize_normalization(model, self.input_shape))
 
     def sample_input(self, seed: int = 0) -> torch.Tensor:
         """A seeded standard-normal float32 input, independent of the global RNG."""
-        gen = torch.Generator().manual_seed(seed)
-        return torch.randn(self.input_shape, generator=gen, dtype=torch.float32)
-
-
-def _randomize_normalization(model: nn.Module, input_shape: tuple[int, ...]) -> None:
-    """BatchNorm statistics from one seeded training-mode batch, then non-trivial affine parameters
-    for BatchNorm and LayerNorm, so a folding or normalisation bug shows in the outputs."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average: one batch sets the statistics exactly
-    if bns:
-        model.train()
-        with torch.no_grad():
-            model(torch.randn((_CALIBRATION_BATCH, *input_shape[1:])))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)) and m.weight is not None:
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.2)
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = 0.1
-                m.running_var.mul_(torch.empty_like(m.running_var).uniform_(0.8, 1.25))
+        return sample_input(self.input_shape, seed)

@@ -110,7 +110,7 @@ def _lower_item(item: Item, target: Target, work: Path):
     if not item.int8:
         return lower_network(module, input_shape=item.shape, simd=target.dsp)
     from tvmnas.quant.quantize import quantize_model
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     import onnx
 

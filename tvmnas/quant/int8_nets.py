@@ -192,7 +192,7 @@ def write_int8_net(name: str, out_dir: str | Path) -> Int8Files:
     """Write `name` as float ONNX, quantized QDQ ONNX and int8 .tflite (plus its calibration .npy)."""
     from tvmnas.quant.quantize import quantize_model
     from tvmnas.quant.tflite_writer import write_tflite
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,7 @@ def _load_float_model(model_path: str | Path) -> onnx.ModelProto:
     if path.suffix.lower() == ".pt2":
         import torch
 
-        from tvmnas.zoo import export_onnx
+        from tvmnas.model_file import export_onnx
 
         try:
             program = torch.export.load(str(path))

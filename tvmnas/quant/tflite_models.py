@@ -77,7 +77,7 @@ def write_tflite_models(out_dir: str | Path, names: tuple[str, ...] | None = Non
     from tvmnas.quant.qgraph import read_qdq
     from tvmnas.quant.quantize import quantize_model
     from tvmnas.quant.tflite_writer import write_tflite
-    from tvmnas.zoo import export_onnx
+    from tvmnas.model_file import export_onnx
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

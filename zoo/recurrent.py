@@ -1,4 +1,4 @@
-"""Recurrent keyword-spotting networks (LSTM, GRU, RNN) with seeded weights, for tests and benchmarks.
+"""Recurrent keyword-spotting networks (LSTM, GRU, RNN) of the test zoo, with seeded weights.
 
 Each takes one MFCC-like input of 1 x steps x features, runs a recurrent stack and classifies from
 the last step: from the output sequence at index steps-1 (a positive index) or from the returned
