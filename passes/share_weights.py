@@ -79,7 +79,9 @@ def _candidate_offsets(small: tuple[int, ...], big: tuple[int, ...]) -> list[tup
     return [tuple(o) for o in product(*per_dim)]
 
 
-def _find_slice(const: np.ndarray, tensors: Mapping[str, np.ndarray]) -> tuple[str, tuple[int, ...]] | None:
+def find_slice(const: np.ndarray, tensors: Mapping[str, np.ndarray]) -> tuple[str, tuple[int, ...]] | None:
+    """(name, offsets) of the first tensor (by name) of which `const` is a nested slice (each dimension at
+    the start or centred), bit for bit; None if there is none."""
     for name in sorted(tensors):
         full = tensors[name]
         if full.ndim != const.ndim or full.dtype != const.dtype:
@@ -118,7 +120,7 @@ def share_weights(
     for k, consts in enumerate(constants):
         for cname in sorted(consts):
             const = np.asarray(consts[cname])
-            match = _find_slice(const, candidates) if const.size >= min_elems else None
+            match = find_slice(const, candidates) if const.size >= min_elems else None
             if match is None:
                 private[(k, cname)] = const
             else:

@@ -20,9 +20,9 @@ import numpy as np
 import tvm
 from torch import nn
 
-from tvmnas.codegen.bundle import PRELUDE, CallTarget, EmittedKernel, makefile, run_function, tensor_json
-from tvmnas.codegen.bundle import weights_files, write_manifest
-from tvmnas.codegen.c_printer import C99, CLanguage, c_identifier, language_for, print_kernel
+from tvmnas.codegen.bundle import PRELUDE, CallTarget, EmittedKernel, makefile, run_function
+from tvmnas.codegen.bundle import support_c, tensor_json, weights_files, write_manifest
+from tvmnas.codegen.c_printer import C99, CLanguage, c_identifier, c_type, float_literal, language_for, print_kernel
 from tvmnas.compiler import (
     CompiledModel,
     arena_buffers,
@@ -36,13 +36,16 @@ from tvmnas.dynamic.kernel_merge import MergedKernel, merge_kernels
 from tvmnas.dynamic.policy import POLICY_DECLARATIONS, ConfigInfo, policy_source
 from tvmnas.dynamic.subnet import bn_as_affine
 from tvmnas.errors import TvmnasError
-from tvmnas.frontend import import_model_with_sources
+from tvmnas.frontend import import_model_with_sources, import_source
 from tvmnas.output_dir import staged_output
 from tvmnas.passes import ArenaPlan, CallGraph, LowerTIRForC, plan_arena
+from tvmnas.passes.quantize_to_integer import QuantParams
 from tvmnas.passes.share_weights import SharedWeightLayout, StridedWeightView, WeightView, share_weights
+from tvmnas.quantized import integer_model
 from tvmnas.targets import Target
 
 PLACEHOLDER = "tvmnas_kernel_to_name"
+PRECISIONS = ("float32", "int8")
 
 
 @dataclass
@@ -54,6 +57,7 @@ class ConfigProgram:
     signatures: dict[str, EmittedKernel]    # by the graph's kernel name (for arena planning)
     plan: ArenaPlan
     sources: dict[int, str] = field(default_factory=dict)  # source layer name by call index
+    quantization: dict[str, QuantParams] | None = None     # int8: the input's and output's scale and zero point
 
 
 def lower_subnetwork(net: nn.Module, input_shape: tuple[int, int, int],
@@ -69,6 +73,26 @@ def lower_subnetwork_with_sources(net: nn.Module, input_shape: tuple[int, int, i
     mod, sources = import_model_with_sources(unfolded, (1, *input_shape))
     lowered, graph = lower_model(mod, optimize=optimize)
     return lowered, graph, kernel_sources(graph, sources)
+
+
+def lower_int8_subnetwork(qdq, optimize: str = "size"
+                          ) -> tuple[tvm.IRModule, CallGraph, dict[int, str], dict[str, QuantParams]]:
+    """A configuration's QDQ ONNX model (tvmnas.dynamic.quantize) as integer kernels, lowered: the
+    lowered module, its call graph, the source layer of each call and its input / output quantization.
+
+    The kernels are the portable scalar integer kernels on every core: the SIMD micro-kernels read
+    a weight as one contiguous block, and a configuration's slice of a shared tensor is strided."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tvmnas-qdq-") as tmp:
+        path = Path(tmp) / "quantized.onnx"
+        path.write_bytes(qdq.SerializeToString())
+        imported = import_source(path)
+    mod, quantization = integer_model(imported.mod)
+    if quantization is None or set(quantization) != {"input", "output"}:
+        raise TvmnasError("an int8 configuration must take an int8 input and give an int8 output")
+    lowered, graph = lower_model(mod, optimize=optimize, simd=False)
+    return lowered, graph, kernel_sources(graph, imported.sources), quantization
 
 
 def shared_name(name: str) -> str:
@@ -163,6 +187,12 @@ def _argument(k: int, name: str, graph: CallGraph, layout: SharedWeightLayout) -
     return c_identifier(name)
 
 
+def io_parameters(graph: CallGraph) -> str:
+    """The parameter list of model_run: float32 or int8 input and output, then the arena."""
+    (inp,), (out,) = graph.inputs, graph.outputs
+    return f"const {c_type(inp.dtype)} *input, {c_type(out.dtype)} *output, uint8_t *arena"
+
+
 def config_run_function(k: int, program: ConfigProgram, layout: SharedWeightLayout, table: KernelTable) -> str:
     """`model_run_c<k>`: configuration k's arena pointers and commented kernel calls."""
     graph = program.graph
@@ -171,17 +201,19 @@ def config_run_function(k: int, program: ConfigProgram, layout: SharedWeightLayo
         function, extra = table.calls[text]
         calls.append(CallTarget(function, program.signatures[call.kernel].signature, extra))
     return run_function(graph, program.plan, calls,
-                        head=f"static int model_run_c{k}(const float *input, float *output, uint8_t *arena)",
+                        head=f"static int model_run_c{k}({io_parameters(graph)})",
                         argument=lambda name: _argument(k, name, graph, layout), sources=program.sources)
 
 
 def switch_source(programs: list[ConfigProgram]) -> str:
-    """The configuration switch, per-configuration arena sizes and the dispatching model_run."""
+    """The configuration switch, per-configuration arena sizes and the dispatching model_run (int8:
+    and each configuration's output scale and zero point)."""
     n = len(programs)
     runs = ", ".join(f"model_run_c{k}" for k in range(n))
     sizes = ", ".join(f"{max(p.plan.arena_bytes, 16)}u" for p in programs)
+    params = io_parameters(programs[0].graph)
     return f"""\
-typedef int (*model_run_fn)(const float *input, float *output, uint8_t *arena);
+typedef int (*model_run_fn)({params});
 static const model_run_fn model_runs[MODEL_NUM_CONFIGS] = {{{runs}}};
 static const uint32_t model_arena_sizes[MODEL_NUM_CONFIGS] = {{{sizes}}};
 static int model_config = 0;
@@ -198,8 +230,27 @@ size_t model_arena_size(int k) {{
   return (k >= 0 && k < MODEL_NUM_CONFIGS) ? (size_t)model_arena_sizes[k] : 0u;
 }}
 
-int model_run(const float *input, float *output, uint8_t *arena) {{
+int model_run({params}) {{
   return model_runs[model_config](input, output, arena);
+}}
+""" + output_quantization_source(programs)
+
+
+def output_quantization_source(programs: list[ConfigProgram]) -> str:
+    """int8 bundles: model_output_scale(k) and model_output_zero_point(k), each configuration's own
+    (its activations are calibrated on their own); nothing for float32."""
+    if programs[0].quantization is None:
+        return ""
+    scales = ", ".join(float_literal(p.quantization["output"].scale) for p in programs)
+    zps = ", ".join(str(int(p.quantization["output"].zero_point)) for p in programs)
+    return f"""
+static const float model_output_scales[MODEL_NUM_CONFIGS] = {{{scales}}};
+static const int32_t model_output_zero_points[MODEL_NUM_CONFIGS] = {{{zps}}};
+
+float model_output_scale(int k) {{ return (k >= 0 && k < MODEL_NUM_CONFIGS) ? model_output_scales[k] : 0.0f; }}
+
+int32_t model_output_zero_point(int k) {{
+  return (k >= 0 && k < MODEL_NUM_CONFIGS) ? model_output_zero_points[k] : 0;
 }}
 """
 
@@ -209,16 +260,29 @@ def dynamic_header(programs: list[ConfigProgram], target: str) -> str:
     graph = programs[0].graph
     (inp,), (out,) = graph.inputs, graph.outputs
     arena = max(max(p.plan.arena_bytes for p in programs), 16)
+    quant = programs[0].quantization
+    if quant is None:
+        io_note = f"Input: MODEL_INPUT_SIZE floats (NCHW); output:\n * MODEL_OUTPUT_SIZE floats."
+        macros = declarations = ""
+    else:
+        io_note = ("int8 (integer-only kernels): quantize the input as\n"
+                   " * q = clamp(round(x / MODEL_INPUT_SCALE) + MODEL_INPUT_ZERO_POINT, -128, 127), the same for every\n"
+                   " * configuration; read configuration k's output as\n"
+                   " * model_output_scale(k) * (q - model_output_zero_point(k)) (each calibrated on its own).")
+        macros = (f"#define MODEL_INPUT_TYPE {c_type(inp.dtype)}\n#define MODEL_OUTPUT_TYPE {c_type(out.dtype)}\n"
+                  f"#define MODEL_INPUT_SCALE {float_literal(quant['input'].scale)}\n"
+                  f"#define MODEL_INPUT_ZERO_POINT ({int(quant['input'].zero_point)})\n")
+        declarations = "float model_output_scale(int k);\nint32_t model_output_zero_point(int k);\n"
     return f"""\
-/* tvmnas generated dynamic model API (target {target}): {len(programs)} configurations of one
- * weight-shared network in one artifact. Weights are stored once; each configuration has its own
- * call sequence.
+/* tvmnas generated dynamic model API (target {target}, precision {"float32" if quant is None else "int8"}):
+ * {len(programs)} configurations of one weight-shared network in one artifact. Weights are stored once;
+ * each configuration has its own call sequence.
  *
  * model_set_config(k) selects configuration k (0 = the default; returns -1 if k is out of range)
  * and takes effect at the next model_run(). model_arena_size(k) is the arena configuration k
  * needs (at most MODEL_ARENA_SIZE): a smaller configuration may be given a smaller arena and the
- * rest of the SRAM used for other work. Input: MODEL_INPUT_SIZE floats (NCHW); output:
- * MODEL_OUTPUT_SIZE floats. Not reentrant across configurations (the selection is global).
+ * rest of the SRAM used for other work. {io_note}
+ * Not reentrant across configurations (the selection is global).
  */
 #ifndef MODEL_H
 #define MODEL_H
@@ -230,16 +294,16 @@ def dynamic_header(programs: list[ConfigProgram], target: str) -> str:
 #define MODEL_OUTPUT_SIZE {out.elems}
 #define MODEL_ARENA_SIZE {arena}
 #define MODEL_NUM_CONFIGS {len(programs)}
-
+{macros}
 #ifdef __cplusplus
 extern "C" {{
 #endif
 
-int model_run(const float *input, float *output, uint8_t *arena);
+int model_run({io_parameters(graph)});
 int model_set_config(int k);
 int model_get_config(void);
 size_t model_arena_size(int k);
-{POLICY_DECLARATIONS}
+{declarations}{POLICY_DECLARATIONS}
 #ifdef __cplusplus
 }}
 #endif
@@ -259,27 +323,34 @@ EXAMPLE = """\
 #include "model.h"
 
 static uint8_t sram[MODEL_ARENA_SIZE] __attribute__((aligned(16)));
-static float input[MODEL_INPUT_SIZE];
-static float output[MODEL_OUTPUT_SIZE];
+static {input_type} input[MODEL_INPUT_SIZE];
+static {output_type} output[MODEL_OUTPUT_SIZE];
 
-int classify(uint32_t cycle_budget, size_t free_sram) {
+int classify(uint32_t cycle_budget, size_t free_sram) {{
   int k = model_pick_config(cycle_budget, free_sram < sizeof sram ? free_sram : sizeof sram);
   if (k < 0 || model_set_config(k) != 0) return -1;
   /* sram[model_arena_size(k) .. MODEL_ARENA_SIZE) stays free for other work during this call. */
   model_run(input, output, sram);
   int best = 0;
-  for (int i = 1; i < MODEL_OUTPUT_SIZE; ++i) {
+  for (int i = 1; i < MODEL_OUTPUT_SIZE; ++i) {{
     if (output[i] > output[best]) best = i;
-  }
+  }}
   return best;
-}
+}}
 """
+
+
+def example_source(graph: CallGraph) -> str:
+    """examples/switch.c for the bundle's input and output types (int8 output scales are positive,
+    so the largest int8 value is the most likely class, as for float)."""
+    (inp,), (out,) = graph.inputs, graph.outputs
+    return EXAMPLE.format(input_type=c_type(inp.dtype), output_type=c_type(out.dtype))
 
 
 def model_source(programs: list[ConfigProgram], layout: SharedWeightLayout, table: KernelTable,
                  infos: list[ConfigInfo]) -> str:
-    parts = [PRELUDE]
-    parts += [table.functions[name] for name in sorted(table.functions)]
+    functions = [table.functions[name] for name in sorted(table.functions)]
+    parts = [PRELUDE, *support_c(functions), *functions]
     parts += [config_run_function(k, p, layout, table) for k, p in enumerate(programs)]
     parts.append(switch_source(programs))
     parts.append(policy_source(infos))
@@ -290,12 +361,27 @@ def _check_same_io(programs: list[ConfigProgram]) -> None:
     first = programs[0].graph
     for k, p in enumerate(programs):
         g = p.graph
+        if p.quantization is not None and p.quantization["input"] != programs[0].quantization["input"]:
+            raise TvmnasError(f"configuration {k}: input quantization {p.quantization['input']} differs from "
+                              f"configuration 0's {programs[0].quantization['input']} (calibrate all on the same samples)")
         if len(g.inputs) != 1 or len(g.outputs) != 1:
             raise TvmnasError(f"configuration {k}: one input and one output are supported, got "
                               f"{len(g.inputs)} and {len(g.outputs)}")
         if (g.inputs[0].shape, g.outputs[0].shape) != (first.inputs[0].shape, first.outputs[0].shape):
             raise TvmnasError(f"configuration {k}: input/output shapes {g.inputs[0].shape}/{g.outputs[0].shape} "
                               f"differ from configuration 0's {first.inputs[0].shape}/{first.outputs[0].shape}")
+
+
+def check_precision(precision: str, calibration) -> None:
+    """One clear error for a precision other than float32 / int8, or int8 without calibration data."""
+    if precision not in PRECISIONS:
+        raise TvmnasError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}",
+                          settings=("precision",))
+    if precision == "int8" and calibration is None:
+        raise TvmnasError("precision int8 needs calibration data: float input samples, N first",
+                          settings=("precision", "calibration"))
+    if precision == "float32" and calibration is not None:
+        raise TvmnasError("calibration data is only used with precision int8", settings=("calibration", "precision"))
 
 
 def compile_dynamic(
@@ -311,6 +397,8 @@ def compile_dynamic(
     ignore_budget: bool = False,
     merge: bool = True,
     optimize: str = "size",
+    precision: str = "float32",
+    calibration: np.ndarray | str | Path | None = None,
 ) -> CompiledModel:
     """Compile K sub-networks into one switchable C bundle in `out_dir` (atomic, like compile_model).
 
@@ -320,16 +408,38 @@ def compile_dynamic(
     literals as one function (False keeps one function per configuration and layer).
     optimize: "size" (default: rolled windows, inline padding; most layers of the K configurations
     then share one function) or "speed" (each configuration's kernels as `tvmnas compile` builds them).
+    precision: "float32" (default) or "int8": the shared tensors quantized once, each configuration's
+    BatchNorm and activation scales (calibrated on `calibration`, float input samples N first, or a
+    .npy of them) folded into its own multipliers and int32 biases (tvmnas.dynamic.quantize); the
+    bundle's input and output are int8, each configuration's output scale in the manifest.
     """
     if not subnets:
         raise TvmnasError("a dynamic bundle needs at least one sub-network")
     check_optimize(optimize)
+    check_precision(precision, calibration)
     out_dir = Path(out_dir)
-    imported = [lower_subnetwork_with_sources(net, input_shape, optimize) for net in subnets]
+    quantization: list[dict[str, QuantParams] | None] = [None] * len(subnets)
+    if precision == "int8":
+        from tvmnas.dynamic.quantize import quantize_shared, quantize_subnetwork
+        from tvmnas.quant.quantize import load_calibration
+
+        samples = load_calibration(calibration)
+        quantized = quantize_shared(shared)
+        imported, quantization = [], []
+        for net in subnets:
+            qdq = quantize_subnetwork(net, shared, quantized, input_shape, samples)
+            mod, graph, names, quant = lower_int8_subnetwork(qdq, optimize)
+            imported.append((mod, graph, names))
+            quantization.append(quant)
+        shared = quantized.values
+    else:
+        imported = [lower_subnetwork_with_sources(net, input_shape, optimize) for net in subnets]
     lowered = [(mod, graph) for mod, graph, _ in imported]
     layout = share_weights([g.constants for _, g in lowered], shared)
     table = KernelTable(merge, language_for(target))
     programs = build_programs(lowered, layout, table, [names for _, _, names in imported])
+    for program, quant in zip(programs, quantization):
+        program.quantization = quant
     table.finalize()
     _check_same_io(programs)
     n = len(programs)
@@ -345,9 +455,12 @@ def compile_dynamic(
         (staging / "model.c").write_text(model_source(programs, layout, table, infos))
         (staging / "Makefile").write_text(makefile([*target.cflags, *target.opt_flags]))
         (staging / "examples").mkdir()
-        (staging / "examples" / "switch.c").write_text(EXAMPLE)
+        (staging / "examples" / "switch.c").write_text(example_source(programs[0].graph))
         manifest = dynamic_manifest(programs, layout, table, infos, target.name)
         manifest["optimize"] = optimize
+        manifest["precision"] = precision
+        if precision == "int8":
+            manifest["int8_kernels"] = "scalar"
         manifest.update(extra_manifest or {})
         manifest["flash_bytes"] = object_flash_bytes(staging, target)
         if not ignore_budget:
@@ -361,9 +474,11 @@ def dynamic_manifest(programs: list[ConfigProgram], layout: SharedWeightLayout, 
     """manifest.json of a dynamic bundle: the compile fields plus per-configuration figures."""
     first = programs[0].graph
     unshared = sum(int(sum(a.nbytes for a in p.graph.constants.values())) for p in programs)
+    quant = programs[0].quantization or {}
     return {
         "target": target,
-        "inputs": [tensor_json(t) for t in first.inputs],
+        # int8: the input's quantization is every configuration's; each output's is its configuration's
+        "inputs": [tensor_json(t, quant.get("input")) for t in first.inputs],
         "outputs": [tensor_json(t) for t in first.outputs],
         "arena_bytes": max(p.plan.arena_bytes for p in programs),
         "num_configs": len(programs),
@@ -380,6 +495,8 @@ def dynamic_manifest(programs: list[ConfigProgram], layout: SharedWeightLayout, 
                 "accuracy": infos[k].accuracy,
                 "cycles": infos[k].cycles,
                 "weights_bytes": int(sum(a.nbytes for a in p.graph.constants.values())),
+                **({} if p.quantization is None else
+                   {"outputs": [tensor_json(t, p.quantization["output"]) for t in p.graph.outputs]}),
                 "kernels": [
                     {"index": c.index, "name": table.calls[text][0], "outputs": list(c.outputs),
                      "output_shapes": [list(p.graph.tensors[o].shape) for o in c.outputs]}
