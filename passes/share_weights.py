@@ -45,6 +45,16 @@ class WeightView:
         return tuple(reversed(out))
 
     @property
+    def contiguous(self) -> bool:
+        """Whether the view is one contiguous block of the stored array (readable through a plain
+        pointer at elem_offset): the dimensions after the first partial one are whole, those before
+        it have extent 1."""
+        d = len(self.shape) - 1
+        while d > 0 and self.shape[d] == self.full_shape[d]:
+            d -= 1
+        return all(s == 1 for s in self.shape[:d])
+
+    @property
     def elem_offset(self) -> int:
         """Element offset of the view's first element in the stored array."""
         return int(sum(o * s for o, s in zip(self.offsets, self.strides)))

@@ -119,7 +119,7 @@ def test_int8_reference_follows_the_float_subnetwork_as_closely_as_ordinary_ptq(
 
 def test_bundle_stores_each_int8_weight_once_and_only_requantization_per_configuration(bundle):
     out, m = bundle
-    assert m["precision"] == "int8" and m["int8_kernels"] == "scalar"
+    assert m["precision"] == "int8"
     weights = (out / "model_weights.c").read_text()
     arrays = re.findall(r"^const (\w+) (model_\w+)\[(\d+)\]", weights, re.M)
     shared = {name: (ctype, int(n)) for ctype, name, n in arrays if name.startswith("model_shared_")}
@@ -182,6 +182,14 @@ def _run_bit_exact(family, out, m, target_name, tmp_path):
 @pytest.mark.ci
 def test_qemu_cortex_m4_every_configuration_bit_exact_with_the_integer_reference(family, bundle, tmp_path):
     out, m = bundle
+    # SIMD micro-kernels where a weight slice is contiguous in its shared array (the stem's first
+    # output channels, every layer of the largest configuration), scalar kernels elsewhere
+    source = (out / "model.c").read_text()
+    assert m["int8_kernels"] == "simd" and "tvmnas_s8_conv(" in source
+    body = source.split("static int model_run_c2(")[1].split("\n}\n")[0]
+    bodies = dict(re.findall(r"^static __attribute__\(\(noinline, noclone\)\) void (\w+)\((.*?)^}", source, re.M | re.S))
+    simd = {f for f, text in bodies.items() if "tvmnas_s8_" in text}
+    assert simd and any(re.search(rf"\b{f}\(", body) for f in simd)
     _run_bit_exact(family, out, m, "cortex-m4", tmp_path)
 
 
@@ -191,6 +199,7 @@ def test_qemu_cortex_m0_every_configuration_bit_exact_with_the_integer_reference
     out = tmp_path / "m0"
     m = compile_dynamic(subnets, net.shared_tensors(), SPEC.input_shape, load_target("cortex-m0"), out,
                         precision="int8", calibration=CALIBRATION).manifest
+    assert m["int8_kernels"] == "scalar" and "tvmnas_s8_" not in (out / "model.c").read_text()
     _run_bit_exact(family, out, m, "cortex-m0", tmp_path)
 
 

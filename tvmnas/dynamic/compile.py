@@ -39,6 +39,7 @@ from tvmnas.errors import TvmnasError
 from tvmnas.frontend import import_model_with_sources, import_source
 from tvmnas.output_dir import staged_output
 from tvmnas.passes import ArenaPlan, CallGraph, LowerTIRForC, plan_arena
+from tvmnas.passes.int8_simd import UseSIMDKernels, uses_simd
 from tvmnas.passes.quantize_to_integer import QuantParams
 from tvmnas.passes.share_weights import SharedWeightLayout, StridedWeightView, WeightView, share_weights
 from tvmnas.quantized import integer_model
@@ -58,6 +59,7 @@ class ConfigProgram:
     plan: ArenaPlan
     sources: dict[int, str] = field(default_factory=dict)  # source layer name by call index
     quantization: dict[str, QuantParams] | None = None     # int8: the input's and output's scale and zero point
+    pointers: set[str] = field(default_factory=set)        # weights passed as a pointer at their view's offset
 
 
 def lower_subnetwork(net: nn.Module, input_shape: tuple[int, int, int],
@@ -75,13 +77,15 @@ def lower_subnetwork_with_sources(net: nn.Module, input_shape: tuple[int, int, i
     return lowered, graph, kernel_sources(graph, sources)
 
 
-def lower_int8_subnetwork(qdq, optimize: str = "size"
+def lower_int8_subnetwork(qdq, optimize: str = "size", simd_weights: list[np.ndarray] | None = None
                           ) -> tuple[tvm.IRModule, CallGraph, dict[int, str], dict[str, QuantParams]]:
     """A configuration's QDQ ONNX model (tvmnas.dynamic.quantize) as integer kernels, lowered: the
     lowered module, its call graph, the source layer of each call and its input / output quantization.
 
-    The kernels are the portable scalar integer kernels on every core: the SIMD micro-kernels read
-    a weight as one contiguous block, and a configuration's slice of a shared tensor is strided."""
+    simd_weights: on a core with the DSP extension, the int8 weights a SIMD micro-kernel may read
+    (`contiguous_weights`: the micro-kernels read a weight through a plain pointer, so only a slice
+    that is one contiguous block of its shared array); layers with other weights keep the portable
+    scalar kernels, which read their slice through a strided view. None: scalar kernels throughout."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="tvmnas-qdq-") as tmp:
@@ -91,6 +95,9 @@ def lower_int8_subnetwork(qdq, optimize: str = "size"
     mod, quantization = integer_model(imported.mod)
     if quantization is None or set(quantization) != {"input", "output"}:
         raise TvmnasError("an int8 configuration must take an int8 input and give an int8 output")
+    if simd_weights is not None:
+        allowed = list(simd_weights)
+        mod = UseSIMDKernels(lambda w: any(w.shape == a.shape and np.array_equal(w, a) for a in allowed))(mod)
     lowered, graph = lower_model(mod, optimize=optimize, simd=False)
     return lowered, graph, kernel_sources(graph, imported.sources), quantization
 
@@ -164,24 +171,40 @@ def build_programs(
     programs = []
     layers = sources or [{} for _ in lowered]
     for k, (mod, graph) in enumerate(lowered):
-        names, signatures = [], {}
+        names, signatures, pointers = [], {}, set()
         for call in graph.calls:
-            views = {i: layout.views[(k, a)] for i, a in enumerate(call.args) if (k, a) in layout.views}
-            name, emitted = table.emit(k, mod[call.kernel], call.kernel, views)
+            func = mod[call.kernel]
+            views = {}
+            for i, a in enumerate(call.args):
+                if (k, a) not in layout.views:
+                    continue
+                view = layout.views[(k, a)]
+                if tuple(int(d) for d in func.params[i].ty.shape) == view.shape:
+                    views[i] = view
+                elif view.contiguous and int(np.prod(func.params[i].ty.shape)) == int(np.prod(view.shape)):
+                    pointers.add(a)   # a micro-kernel's flat weight: a pointer into the shared array
+                else:
+                    raise TvmnasError(f"configuration {k}: kernel {call.kernel} reads weight {a} flat, "
+                                      "but its slice of the shared array is not contiguous")
+            name, emitted = table.emit(k, func, call.kernel, views)
             names.append(name)
             signatures.setdefault(call.kernel, emitted)
         plan = plan_arena(arena_buffers(graph, signatures))
-        programs.append(ConfigProgram(graph, names, signatures, plan, layers[k]))
+        programs.append(ConfigProgram(graph, names, signatures, plan, layers[k], pointers=pointers))
     return programs
 
 
-def _argument(k: int, name: str, graph: CallGraph, layout: SharedWeightLayout) -> str:
+def _argument(k: int, name: str, program: ConfigProgram, layout: SharedWeightLayout) -> str:
+    graph = program.graph
     if name == graph.inputs[0].name:
         return "input"
     if name == graph.outputs[0].name:
         return "output"
     if (k, name) in layout.views:
-        return shared_name(layout.views[(k, name)].shared)
+        view = layout.views[(k, name)]
+        if name in program.pointers and view.elem_offset:
+            return f"{shared_name(view.shared)} + {view.elem_offset}"
+        return shared_name(view.shared)
     if (k, name) in layout.private:
         return private_name(k, name)
     return c_identifier(name)
@@ -202,7 +225,7 @@ def config_run_function(k: int, program: ConfigProgram, layout: SharedWeightLayo
         calls.append(CallTarget(function, program.signatures[call.kernel].signature, extra))
     return run_function(graph, program.plan, calls,
                         head=f"static int model_run_c{k}({io_parameters(graph)})",
-                        argument=lambda name: _argument(k, name, graph, layout), sources=program.sources)
+                        argument=lambda name: _argument(k, name, program, layout), sources=program.sources)
 
 
 def switch_source(programs: list[ConfigProgram]) -> str:
@@ -399,6 +422,7 @@ def compile_dynamic(
     optimize: str = "size",
     precision: str = "float32",
     calibration: np.ndarray | str | Path | None = None,
+    simd: bool | None = None,
 ) -> CompiledModel:
     """Compile K sub-networks into one switchable C bundle in `out_dir` (atomic, like compile_model).
 
@@ -412,6 +436,8 @@ def compile_dynamic(
     BatchNorm and activation scales (calibrated on `calibration`, float input samples N first, or a
     .npy of them) folded into its own multipliers and int32 biases (tvmnas.dynamic.quantize); the
     bundle's input and output are int8, each configuration's output scale in the manifest.
+    simd (int8): SIMD micro-kernels where a layer's weight slice is contiguous in its shared array;
+    None (default) where the target has the DSP extension, False for scalar kernels anywhere.
     """
     if not subnets:
         raise TvmnasError("a dynamic bundle needs at least one sub-network")
@@ -420,15 +446,17 @@ def compile_dynamic(
     out_dir = Path(out_dir)
     quantization: list[dict[str, QuantParams] | None] = [None] * len(subnets)
     if precision == "int8":
-        from tvmnas.dynamic.quantize import quantize_shared, quantize_subnetwork
+        from tvmnas.dynamic.quantize import contiguous_weights, quantize_shared, quantize_subnetwork
         from tvmnas.quant.quantize import load_calibration
 
         samples = load_calibration(calibration)
         quantized = quantize_shared(shared)
+        use_simd = target.dsp if simd is None else simd and target.dsp
+        simd_weights = contiguous_weights(subnets, shared, quantized) if use_simd else [None] * len(subnets)
         imported, quantization = [], []
-        for net in subnets:
+        for net, allowed in zip(subnets, simd_weights):
             qdq = quantize_subnetwork(net, shared, quantized, input_shape, samples)
-            mod, graph, names, quant = lower_int8_subnetwork(qdq, optimize)
+            mod, graph, names, quant = lower_int8_subnetwork(qdq, optimize, allowed)
             imported.append((mod, graph, names))
             quantization.append(quant)
         shared = quantized.values
@@ -460,7 +488,8 @@ def compile_dynamic(
         manifest["optimize"] = optimize
         manifest["precision"] = precision
         if precision == "int8":
-            manifest["int8_kernels"] = "scalar"
+            simd_used = any(uses_simd(text) for text in table.functions.values())
+            manifest["int8_kernels"] = "simd" if simd_used else "scalar"
         manifest.update(extra_manifest or {})
         manifest["flash_bytes"] = object_flash_bytes(staging, target)
         if not ignore_budget:

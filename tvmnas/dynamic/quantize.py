@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from tvmnas.errors import QuantizationError
-from tvmnas.passes.share_weights import find_slice
+from tvmnas.passes.share_weights import find_slice, share_weights
 from tvmnas.quant.quantize import (
     _activation_ranges,
     insert_qdq,
@@ -143,3 +143,23 @@ def quantize_subnetwork(net: nn.Module, shared: Mapping[str, np.ndarray], quanti
         raise QuantizationError(f"the ONNX export renamed weight '{missing[0]}': cannot attach its shared int8 values")
     model = prepare_float_graph(model)
     return insert_qdq(model, INPUT_NAME, lambda acts: _activation_ranges(model, acts, data, INPUT_NAME), weights)
+
+
+def contiguous_weights(subnets: list[nn.Module], shared: Mapping[str, np.ndarray], quantized: SharedInt8
+                       ) -> list[list[np.ndarray]]:
+    """Per configuration, its int8 layer weights that are one contiguous block of the stored shared
+    array (the bounding box of what all configurations read, as share_weights lays it out): the
+    ones a SIMD micro-kernel, which reads a weight through a plain pointer, can read in place."""
+    candidates = {n: np.asarray(shared[n], np.float32) for n in quantized.values}
+    per_config = []
+    for net in subnets:
+        slices = {}
+        for name, w in layer_weights(net).items():
+            found = find_slice(w, candidates)
+            if found is not None:
+                tensor, offsets = found
+                slices[name] = quantized.values[tensor][tuple(slice(o, o + s) for o, s in zip(offsets, w.shape))]
+        per_config.append(slices)
+    layout = share_weights(per_config, quantized.values)
+    return [[a for name, a in slices.items() if (k, name) in layout.views and layout.views[(k, name)].contiguous]
+            for k, slices in enumerate(per_config)]
