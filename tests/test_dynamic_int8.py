@@ -20,6 +20,7 @@ from tvmnas.dynamic.supernet import DynamicSupernet, StageSpec, SubnetConfig, Su
 from tvmnas.dynamic.train import recalibrate
 from tvmnas.errors import QuantizationError, TvmnasError
 from tvmnas.measure.runner import build, run
+from tvmnas.passes.share_weights import WeightView
 from tvmnas.quant.quantize import quantize_model
 from tvmnas.quant.reference import ReferenceModel
 from tvmnas.quantized import bundle_output, dequantize_array, quantize_array
@@ -190,6 +191,10 @@ def test_qemu_cortex_m4_every_configuration_bit_exact_with_the_integer_reference
     bodies = dict(re.findall(r"^static __attribute__\(\(noinline, noclone\)\) void (\w+)\((.*?)^}", source, re.M | re.S))
     simd = {f for f, text in bodies.items() if "tvmnas_s8_" in text}
     assert simd and any(re.search(rf"\b{f}\(", body) for f in simd)
+    # the smallest configuration's block 0 expand conv reads 4 of the 8 input channels: strided, scalar
+    scalar = {f for f in bodies if "conv2d" in f} - simd
+    c0 = source.split("static int model_run_c0(")[1].split("\n}\n")[0]
+    assert any(re.search(rf"\b{f}\(\w+, model_shared_blocks_0_expand_weight", c0) for f in scalar)
     _run_bit_exact(family, out, m, "cortex-m4", tmp_path)
 
 
@@ -201,6 +206,13 @@ def test_qemu_cortex_m0_every_configuration_bit_exact_with_the_integer_reference
                         precision="int8", calibration=CALIBRATION).manifest
     assert m["int8_kernels"] == "scalar" and "tvmnas_s8_" not in (out / "model.c").read_text()
     _run_bit_exact(family, out, m, "cortex-m0", tmp_path)
+
+
+def test_a_view_is_contiguous_only_where_the_later_dimensions_are_whole():
+    assert WeightView("w", (4, 3, 3, 3), (0, 0, 0, 0), (8, 3, 3, 3)).contiguous          # first output channels
+    assert WeightView("w", (1, 1, 2, 5), (3, 0, 1, 0), (8, 1, 5, 5)).contiguous          # rows of one channel
+    assert not WeightView("w", (4, 2, 1, 1), (0, 0, 0, 0), (8, 4, 1, 1)).contiguous      # fewer input channels
+    assert not WeightView("w", (4, 1, 3, 3), (0, 0, 1, 1), (8, 1, 5, 5)).contiguous      # a centred window
 
 
 @pytest.mark.parametrize("precision, calibration, expected", [
