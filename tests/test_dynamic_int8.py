@@ -3,7 +3,7 @@ requantization, C bit-exact with the integer reference for every configuration."
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import re
 import subprocess
 import sys
@@ -18,7 +18,7 @@ from tvmnas.dynamic.quantize import quantize_shared, quantize_subnetwork
 from tvmnas.dynamic.subnet import extract_subnet
 from tvmnas.dynamic.supernet import DynamicSupernet, StageSpec, SubnetConfig, SupernetSpec, largest, smallest
 from tvmnas.dynamic.train import recalibrate
-from tvmnas.errors import QuantizationError, TvmnasError
+from tvmnas.errors import BudgetExceededError, QuantizationError, TvmnasError
 from tvmnas.measure.runner import build, run
 from tvmnas.passes.share_weights import WeightView
 from tvmnas.quant.quantize import quantize_model
@@ -225,6 +225,17 @@ def test_bad_precision_or_calibration_is_one_error_and_no_output(family, tmp_pat
     with pytest.raises(TvmnasError, match=re.escape(expected)):
         compile_dynamic(subnets[:1], net.shared_tensors(), SPEC.input_shape, load_target("cortex-m4"),
                         tmp_path / "out", precision=precision, calibration=calibration)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_budget_is_checked_against_the_int8_build(family, bundle, tmp_path):
+    net, subnets = family
+    _, m = bundle
+    tight = dataclasses.replace(load_target("cortex-m4"), flash_bytes=m["flash_bytes"] - 1)
+    with pytest.raises(BudgetExceededError, match=f"{m['flash_bytes']:,} bytes"):
+        compile_dynamic(subnets, net.shared_tensors(), SPEC.input_shape, tight, tmp_path / "out",
+                        precision="int8", calibration=CALIBRATION)
     assert not (tmp_path / "out").exists()
 
 
