@@ -111,7 +111,7 @@ def main() -> None:
     }
     print(json.dumps(report))
     b = report["bundles"]
-    print(f"\n| | float32 bundle | int8 bundle | int8 bundle, scalar kernels | K int8 builds alone |\n|---|---|---|---|---|")
+    print("\n| | float32 bundle | int8 bundle | int8 bundle, scalar kernels | K int8 builds alone |\n|---|---|---|---|---|")
     for f in ("flash_bytes", "weights_bytes", "shared_weights_bytes", "private_weights_bytes", "arena_bytes"):
         alone_cell = report["alone_int8"].get(f, "")
         print(f"| {f} | {b['float32'][f]:,} | {b['int8'][f]:,} | {b['int8_scalar'][f]:,} | "

@@ -13,7 +13,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from tvmnas.dynamic.compile import compile_dynamic
+from tvmnas.dynamic.compile import INT8_COST_UNIT, compile_dynamic
 from tvmnas.dynamic.quantize import quantize_shared, quantize_subnetwork
 from tvmnas.dynamic.subnet import extract_subnet
 from tvmnas.dynamic.supernet import DynamicSupernet, StageSpec, SubnetConfig, SupernetSpec, largest, smallest
@@ -148,6 +148,10 @@ def test_manifest_and_header_give_the_int8_input_and_each_configuration_its_outp
     assert re.search(r"model_arena_sizes\[MODEL_NUM_CONFIGS\] = \{(\d+)u, (\d+)u, (\d+)u\}", source).groups() == \
         tuple(str(c["arena_bytes"]) for c in m["configs"])
     assert "static int8_t input[MODEL_INPUT_SIZE];" in (out / "examples" / "switch.c").read_text()
+    # the run-time policy prices the int8 kernels (the int8 cost surrogate of cortex-m4), not the
+    # float32 estimates it was given
+    cycles = [c["cycles"] for c in m["configs"]]
+    assert m["cost_unit"] == INT8_COST_UNIT and cycles != [100, 200, 300] and 0 < cycles[0] < cycles[1] < cycles[2]
     # `tvmnas run --config k` reads configuration k's output with k's quantization
     q = np.array([3.0, -7.0])
     for k, c in enumerate(m["configs"]):

@@ -7,12 +7,18 @@ linear weights are bit-identical slices of the super-network's tensors. `share_w
 every such constant onto one stored shared array; `StridedWeightView` makes each kernel read its
 slice in place (strided access). The per-configuration scale/shift vectors are stored per
 configuration. Kernels that print identically are emitted once.
+
+With precision "int8" each configuration is first quantized (tvmnas.dynamic.quantize: the shared
+tensors once, its BatchNorm in its own weight scales and int32 biases) and compiled to integer
+kernels; the int8 weights are then slices of the shared int8 tensors and are stored once the
+same way, its biases, multipliers and shifts per configuration.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,8 +92,6 @@ def lower_int8_subnetwork(qdq, optimize: str = "size", simd_weights: list[np.nda
     (`contiguous_weights`: the micro-kernels read a weight through a plain pointer, so only a slice
     that is one contiguous block of its shared array); layers with other weights keep the portable
     scalar kernels, which read their slice through a strided view. None: scalar kernels throughout."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="tvmnas-qdq-") as tmp:
         path = Path(tmp) / "quantized.onnx"
         path.write_bytes(qdq.SerializeToString())
@@ -285,7 +289,7 @@ def dynamic_header(programs: list[ConfigProgram], target: str) -> str:
     arena = max(max(p.plan.arena_bytes for p in programs), 16)
     quant = programs[0].quantization
     if quant is None:
-        io_note = f"Input: MODEL_INPUT_SIZE floats (NCHW); output:\n * MODEL_OUTPUT_SIZE floats."
+        io_note = "Input: MODEL_INPUT_SIZE floats (NCHW); output:\n * MODEL_OUTPUT_SIZE floats."
         macros = declarations = ""
     else:
         io_note = ("int8 (integer-only kernels): quantize the input as\n"
@@ -395,6 +399,28 @@ def _check_same_io(programs: list[ConfigProgram]) -> None:
                               f"differ from configuration 0's {first.inputs[0].shape}/{first.outputs[0].shape}")
 
 
+INT8_COST_UNIT = "estimated cycles (int8 cost surrogate over the bundle's kernels)"
+
+
+def int8_cycle_estimates(lowered: list[tuple[tvm.IRModule, CallGraph]], target: Target) -> list[float] | None:
+    """Each configuration's estimated cycles from the target's int8 cost surrogate over its kernels as
+    the bundle builds them (the selection priced float32 kernels); None where no int8 surrogate is
+    shipped for the target."""
+    from tvmnas.cost.surrogate import load_surrogate
+    from tvmnas.errors import CostModelError
+    from tvmnas.passes import extract_kernel_features
+
+    try:
+        surrogate = load_surrogate(target.name, "int8")
+    except CostModelError:
+        return None
+    estimates = []
+    for mod, graph in lowered:
+        features = extract_kernel_features(mod)
+        estimates.append(float(np.sum(surrogate.predict([features[c.kernel] for c in graph.calls]))))
+    return estimates
+
+
 def check_precision(precision: str, calibration) -> None:
     """One clear error for a precision other than float32 / int8, or int8 without calibration data."""
     if precision not in PRECISIONS:
@@ -428,7 +454,8 @@ def compile_dynamic(
 
     shared: the super-network tensors every sub-network's weights are slices of.
     accuracies / cycles: per configuration, for the run-time policy table (held-out accuracy,
-    estimated cycles); missing ones are 0. merge: emit kernels that differ only in integer
+    estimated cycles); missing ones are 0. An int8 bundle for a target with a shipped int8 cost
+    surrogate takes its cycles from that surrogate over its own kernels instead (manifest cost_unit). merge: emit kernels that differ only in integer
     literals as one function (False keeps one function per configuration and layer).
     optimize: "size" (default: rolled windows, inline padding; most layers of the K configurations
     then share one function) or "speed" (each configuration's kernels as `tvmnas compile` builds them).
@@ -472,7 +499,8 @@ def compile_dynamic(
     _check_same_io(programs)
     n = len(programs)
     accuracies = list(accuracies or [0.0] * n)
-    cycles = list(cycles or [0] * n)
+    int8_cycles = int8_cycle_estimates(lowered, target) if precision == "int8" else None
+    cycles = list(int8_cycles or cycles or [0] * n)
     infos = [ConfigInfo(accuracies[k], int(cycles[k]), programs[k].plan.arena_bytes) for k in range(n)]
 
     with staged_output(out_dir, "bundle") as staging:
@@ -491,6 +519,8 @@ def compile_dynamic(
             simd_used = any(uses_simd(text) for text in table.functions.values())
             manifest["int8_kernels"] = "simd" if simd_used else "scalar"
         manifest.update(extra_manifest or {})
+        if int8_cycles is not None:
+            manifest["cost_unit"] = INT8_COST_UNIT
         manifest["flash_bytes"] = object_flash_bytes(staging, target)
         if not ignore_budget:
             check_budgets(manifest, target)
