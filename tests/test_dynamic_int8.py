@@ -223,6 +223,8 @@ def test_a_view_is_contiguous_only_where_the_later_dimensions_are_whole():
     ("fp16", None, "precision must be one of float32, int8, not 'fp16'"),
     ("int8", None, "precision int8 needs calibration data"),
     ("float32", CALIBRATION, "calibration data is only used with precision int8"),
+    ("int8", CALIBRATION[:, :, :4], "calibration array has shape (16, 1, 4, 8); expected (N, 1, 8, 8), N >= 1"),
+    ("int8", "missing.npy", "calibration file 'missing.npy' does not exist"),
 ])
 def test_bad_precision_or_calibration_is_one_error_and_no_output(family, tmp_path, precision, calibration, expected):
     net, subnets = family

@@ -473,10 +473,10 @@ def compile_dynamic(
     out_dir = Path(out_dir)
     quantization: list[dict[str, QuantParams] | None] = [None] * len(subnets)
     if precision == "int8":
-        from tvmnas.dynamic.quantize import contiguous_weights, quantize_shared, quantize_subnetwork
+        from tvmnas.dynamic.quantize import check_calibration, contiguous_weights, quantize_shared, quantize_subnetwork
         from tvmnas.quant.quantize import load_calibration
 
-        samples = load_calibration(calibration)
+        samples = check_calibration(load_calibration(calibration), input_shape)
         quantized = quantize_shared(shared)
         use_simd = target.dsp if simd is None else simd and target.dsp
         simd_weights = contiguous_weights(subnets, shared, quantized) if use_simd else [None] * len(subnets)

@@ -35,7 +35,7 @@ import onnx
 import torch
 from torch import nn
 
-from tvmnas.errors import QuantizationError
+from tvmnas.errors import CalibrationError, QuantizationError
 from tvmnas.passes.share_weights import find_slice, share_weights
 from tvmnas.quant.quantize import (
     _activation_ranges,
@@ -128,11 +128,21 @@ def shared_weight_overrides(layers: Mapping[str, np.ndarray], shared: Mapping[st
     return overrides
 
 
+def check_calibration(data: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """`data` as float32 if it holds N >= 1 finite float samples of `input_shape`; CalibrationError if not."""
+    if data.ndim != len(input_shape) + 1 or tuple(data.shape[1:]) != tuple(input_shape) or data.shape[0] < 1:
+        expected = "(" + ", ".join(["N"] + [str(d) for d in input_shape]) + ")"
+        raise CalibrationError(f"calibration array has shape {tuple(data.shape)}; expected {expected}, N >= 1")
+    if not np.issubdtype(data.dtype, np.floating) or not np.all(np.isfinite(data)):
+        raise CalibrationError(f"calibration array must be finite floats, got {data.dtype}")
+    return data.astype(np.float32)
+
+
 def quantize_subnetwork(net: nn.Module, shared: Mapping[str, np.ndarray], quantized: SharedInt8,
                         input_shape: tuple[int, ...], calibration: np.ndarray) -> onnx.ModelProto:
     """The QDQ ONNX model of one configuration: weights as slices of the shared int8 tensors, its
     BatchNorms in the weight scales and biases, activations calibrated on `calibration`."""
-    data = load_calibration(calibration)
+    data = check_calibration(load_calibration(calibration), input_shape)
     folded, gains = _fold(net)   # fusion keeps each conv's module name
     with tempfile.TemporaryDirectory(prefix="tvmnas-dynamic-") as tmp:
         model = _export(folded, input_shape, Path(tmp) / "float.onnx")
