@@ -241,7 +241,7 @@ def test_budget_is_checked_against_the_int8_build(family, bundle, tmp_path):
     tight = dataclasses.replace(load_target("cortex-m4"), flash_bytes=m["flash_bytes"] - 1)
     with pytest.raises(BudgetExceededError, match=f"{m['flash_bytes']:,} bytes"):
         compile_dynamic(subnets, net.shared_tensors(), SPEC.input_shape, tight, tmp_path / "out",
-                        precision="int8", calibration=CALIBRATION)
+                        accuracies=[0.5, 0.6, 0.7], cycles=[100, 200, 300], precision="int8", calibration=CALIBRATION)
     assert not (tmp_path / "out").exists()
 
 
