@@ -101,22 +101,30 @@ def layer_weights(net: nn.Module) -> dict[str, np.ndarray]:
     return {name: m.weight.detach().numpy() for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
+def shared_slices(layers: Mapping[str, np.ndarray], shared: Mapping[str, np.ndarray], quantized: SharedInt8
+                  ) -> dict[str, tuple[str, tuple[int, ...], np.ndarray]]:
+    """For every layer weight (`layer_weights`) that is a nested slice of a shared float tensor:
+    (that tensor's name, the slice's offsets, the same slice of its int8 tensor), by layer name."""
+    candidates = {n: np.asarray(shared[n], np.float32) for n in quantized.values}
+    found = {}
+    for name, w in layers.items():
+        match = find_slice(w, candidates)
+        if match is not None:
+            tensor, offsets = match
+            window = tuple(slice(o, o + s) for o, s in zip(offsets, w.shape))
+            found[name] = (tensor, offsets, np.ascontiguousarray(quantized.values[tensor][window]))
+    return found
+
+
 def shared_weight_overrides(layers: Mapping[str, np.ndarray], shared: Mapping[str, np.ndarray], quantized: SharedInt8,
                             gains: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """For every layer weight (`layer_weights`) that is a nested slice of a shared tensor: its int8
-    values (the same slice of the shared int8 tensor) and per-channel scales (the shared scales of
-    its output channels, times the layer's BatchNorm gain where `gains` names one), by initializer
-    name ('<layer>.weight')."""
+    """For every layer weight that is a nested slice of a shared tensor (`shared_slices`): its int8
+    values and per-channel scales (the shared scales of its output channels, times the layer's
+    BatchNorm gain where `gains` names one), by initializer name ('<layer>.weight'). Other layers
+    are left to the post-training rule."""
     overrides = {}
-    candidates = {n: np.asarray(shared[n], np.float32) for n in quantized.values}
-    for name, w in layers.items():
-        found = find_slice(w, candidates)
-        if found is None:
-            continue   # quantized on its own by the PTQ rule
-        tensor, offsets = found
-        window = tuple(slice(o, o + s) for o, s in zip(offsets, w.shape))
-        q = quantized.values[tensor][window]
-        scale = quantized.scales[tensor][offsets[0]:offsets[0] + w.shape[0]].astype(np.float64)
+    for name, (tensor, offsets, q) in shared_slices(layers, shared, quantized).items():
+        scale = quantized.scales[tensor][offsets[0]:offsets[0] + q.shape[0]].astype(np.float64)
         if name in gains:
             gain = gains[name]
             dead = np.flatnonzero(gain == 0)
@@ -124,7 +132,7 @@ def shared_weight_overrides(layers: Mapping[str, np.ndarray], shared: Mapping[st
                 raise QuantizationError(f"layer '{name}' channel {int(dead[0])}: BatchNorm gain gamma / sqrt(var + eps) "
                                         "is 0, which no int8 weight scale can carry (retrain or prune the channel)")
             scale = scale * gain
-        overrides[f"{name}.weight"] = (np.ascontiguousarray(q), scale.astype(np.float32))
+        overrides[f"{name}.weight"] = (q, scale.astype(np.float32))
     return overrides
 
 
@@ -160,16 +168,8 @@ def contiguous_weights(subnets: list[nn.Module], shared: Mapping[str, np.ndarray
     """Per configuration, its int8 layer weights that are one contiguous block of the stored shared
     array (the bounding box of what all configurations read, as share_weights lays it out): the
     ones a SIMD micro-kernel, which reads a weight through a plain pointer, can read in place."""
-    candidates = {n: np.asarray(shared[n], np.float32) for n in quantized.values}
-    per_config = []
-    for net in subnets:
-        slices = {}
-        for name, w in layer_weights(net).items():
-            found = find_slice(w, candidates)
-            if found is not None:
-                tensor, offsets = found
-                slices[name] = quantized.values[tensor][tuple(slice(o, o + s) for o, s in zip(offsets, w.shape))]
-        per_config.append(slices)
+    per_config = [{name: q for name, (_, _, q) in shared_slices(layer_weights(net), shared, quantized).items()}
+                  for net in subnets]
     layout = share_weights(per_config, quantized.values)
     return [[a for name, a in slices.items() if (k, name) in layout.views and layout.views[(k, name)].contiguous]
             for k, slices in enumerate(per_config)]
