@@ -30,6 +30,9 @@ results.
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
 
@@ -38,7 +41,7 @@ from .kernel_features import MACS_ATTR
 from .integer_kernels import ADD_ANNOTATION, DEPTHWISE_ANNOTATION
 from .integer_kernels import GEMM_ANNOTATION as SIMD_ANNOTATION
 from .module_update import replace_functions
-from .quantize_to_integer import use_counts
+from .quantize_to_integer import _constant, use_counts
 
 SIMD_FUNCTION = "tvmnas_s8_conv"
 SIMD_ADD_FUNCTION = "tvmnas_s8_conv_add"  # the conv, then TFLite's ADD with a residual, in place
@@ -587,10 +590,32 @@ class UseSIMDKernels:
     without the annotation, or whose parameters do not match it, are returned unchanged.
     """
 
+    def __init__(self, weight_ok: Callable[[np.ndarray], bool] | None = None) -> None:
+        """weight_ok: where given, only kernels whose every call in `main` passes a constant weight
+        (the second operand) it accepts become micro-kernel calls (a dynamic bundle reads a weight
+        in place only where it is one contiguous block of a shared array)."""
+        self.weight_ok = weight_ok
+
+    def _refused(self, mod: tvm.IRModule) -> set[str]:
+        """Kernels some call of which passes a weight that `weight_ok` refuses (or no constant)."""
+        if self.weight_ok is None or "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+            return set()
+        refused = set()
+        for block in mod["main"].body.blocks:
+            for b in block.bindings:
+                call = _call_tir(b.value)
+                if call is None or len(call[1]) < 2:
+                    continue
+                weight = _constant(call[1][1])
+                if weight is None or not self.weight_ok(weight):
+                    refused.add(call[0].name_hint)
+        return refused
+
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         updates, convs = {}, {}
+        refused = self._refused(mod)
         for gv, func in mod.functions.items():
-            if _opaque(func):  # already a call of a C kernel
+            if _opaque(func) or gv.name_hint in refused:  # already a call of a C kernel, or kept scalar
                 continue
             found = _annotation(func)
             new = None if found is None else _simd_func(func, *found)

@@ -45,6 +45,16 @@ class WeightView:
         return tuple(reversed(out))
 
     @property
+    def contiguous(self) -> bool:
+        """Whether the view is one contiguous block of the stored array (readable through a plain
+        pointer at elem_offset): the dimensions after the first partial one are whole, those before
+        it have extent 1."""
+        d = len(self.shape) - 1
+        while d > 0 and self.shape[d] == self.full_shape[d]:
+            d -= 1
+        return all(s == 1 for s in self.shape[:d])
+
+    @property
     def elem_offset(self) -> int:
         """Element offset of the view's first element in the stored array."""
         return int(sum(o * s for o, s in zip(self.offsets, self.strides)))
@@ -79,7 +89,9 @@ def _candidate_offsets(small: tuple[int, ...], big: tuple[int, ...]) -> list[tup
     return [tuple(o) for o in product(*per_dim)]
 
 
-def _find_slice(const: np.ndarray, tensors: Mapping[str, np.ndarray]) -> tuple[str, tuple[int, ...]] | None:
+def find_slice(const: np.ndarray, tensors: Mapping[str, np.ndarray]) -> tuple[str, tuple[int, ...]] | None:
+    """(name, offsets) of the first tensor (by name) of which `const` is a nested slice (each dimension at
+    the start or centred), bit for bit; None if there is none."""
     for name in sorted(tensors):
         full = tensors[name]
         if full.ndim != const.ndim or full.dtype != const.dtype:
@@ -118,7 +130,7 @@ def share_weights(
     for k, consts in enumerate(constants):
         for cname in sorted(consts):
             const = np.asarray(consts[cname])
-            match = _find_slice(const, candidates) if const.size >= min_elems else None
+            match = find_slice(const, candidates) if const.size >= min_elems else None
             if match is None:
                 private[(k, cname)] = const
             else:

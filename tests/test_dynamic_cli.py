@@ -89,3 +89,22 @@ def test_train_select_compile_export_run(tmp_path: Path):
     with torch.no_grad():
         ref = torch.export.load(mdir / "model.pt2").module()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), ref, rtol=1e-4, atol=1e-5)
+
+    # int8: calibrated on the selection's calibration.npy; `run --config` dequantizes with that
+    # configuration's own output scale, equal to the integer reference's output
+    from tvmnas.dynamic.quantize import quantize_shared, quantize_subnetwork
+    from tvmnas.dynamic.select import load_selection
+    from tvmnas.quant.reference import ReferenceModel
+
+    i8 = tmp_path / "i8"
+    compiled = last_json(tvmnas("dynamic", "compile", str(sel), "--precision", "int8", "--out", str(i8)))
+    assert compiled["precision"] == "int8" and compiled["inputs"][0]["dtype"] == "int8"
+    assert compiled["weights_bytes"] < manifest["weights_bytes"]
+    ran = last_json(tvmnas("run", str(i8), "--config", "1", "--input", str(tmp_path / "x.npy"),
+                           "--output", str(tmp_path / "y8.npy")))
+    assert ran["precision"] == "int8" and ran["config"] == 1
+    loaded = load_selection(sel)
+    qdq = quantize_subnetwork(loaded.subnets[1], loaded.shared, quantize_shared(loaded.shared), (1, 8, 8),
+                              np.load(loaded.calibration))
+    np.testing.assert_array_equal(np.load(tmp_path / "y8.npy"), ReferenceModel(qdq).run(x)[0])
+

@@ -127,9 +127,15 @@ def bundle_input(x: np.ndarray, manifest: dict, raw: bool) -> np.ndarray:
     return quantize_array(x, *quant).astype(np.float32)
 
 
-def bundle_output(y: np.ndarray, manifest: dict, raw: bool) -> np.ndarray:
-    """The output array to write: float32 (an int8 output dequantized) or, with raw, int8."""
+def bundle_output(y: np.ndarray, manifest: dict, raw: bool, config: int | None = None) -> np.ndarray:
+    """The output array to write: float32 (an int8 output dequantized) or, with raw, int8. An int8
+    dynamic bundle quantizes each configuration's output its own way (manifest configs[k].outputs;
+    `config` None is the bundle's default configuration, 0)."""
     spec = manifest["outputs"][0]
+    configs = manifest.get("configs", [])
+    k = 0 if config is None else config
+    if 0 <= k < len(configs):
+        spec = configs[k].get("outputs", [spec])[0]
     if spec.get("dtype", "float32") != "int8":
         return y
     if raw:

@@ -100,27 +100,42 @@ def compile_command(
     optimize: str = typer.Option("size", "--optimize",
                                  help="size (rolled windows, inline padding: the configurations share most kernels) "
                                       "or speed (each configuration's kernels as `tvmnas compile` builds them)."),
+    precision: str = typer.Option("float32", "--precision",
+                                  help="float32, or int8: the shared weights quantized once, each configuration's "
+                                       "BatchNorm and activation scales in its own requantization."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration",
+                                               help="int8: calibration inputs (.npy, N first); default: the "
+                                                    "selection's calibration.npy."),
 ) -> None:
     """Compile the K configurations into ONE C bundle (shared weights, run-time switch)."""
     from tvmnas.output_dir import check_out_path
 
     check_out_path(out, inputs=[selection])
-    from tvmnas.dynamic.compile import compile_dynamic
-    from tvmnas.dynamic.select import load_selection
+    from tvmnas.dynamic.compile import PRECISIONS, check_precision, compile_dynamic
+    from tvmnas.errors import TvmnasError
+    from tvmnas.dynamic.select import CALIBRATION_FILE, load_selection
     from tvmnas.targets import load_target
 
+    if precision not in PRECISIONS or calibration is not None:
+        check_precision(precision, calibration)
     sel = load_selection(selection)
+    if precision == "int8" and calibration is None:
+        if sel.calibration is None:
+            raise TvmnasError(f"{selection} has no {CALIBRATION_FILE} (selected before int8 builds): "
+                              "give the calibration input", settings=("calibration",))
+        calibration = sel.calibration
     tgt = load_target(target or sel.meta["target"])
     print(f"compiling {len(sel.subnets)} configurations for {tgt.name} ...", file=sys.stderr)
     result = compile_dynamic(
         sel.subnets, sel.shared, sel.spec.input_shape, tgt, out,
         accuracies=[e["holdout_acc"] for e in sel.entries], cycles=[int(e["cycles"]) for e in sel.entries],
         extra_manifest={"cost_unit": sel.meta.get("cost_unit"), "selection": str(selection)},
-        ignore_budget=ignore_budget, optimize=optimize)
+        ignore_budget=ignore_budget, optimize=optimize, precision=precision, calibration=calibration)
     m = result.manifest
     print(f"wrote {out}: flash {m['flash_bytes']:,} B, arena per config "
           f"{[c['arena_bytes'] for c in m['configs']]}", file=sys.stderr)
-    print(json.dumps({k: m[k] for k in ("target", "arena_bytes", "flash_bytes", "inputs", "outputs", "num_configs")}
+    print(json.dumps({k: m[k] for k in ("target", "precision", "arena_bytes", "flash_bytes", "weights_bytes",
+                                        "separate_weights_bytes", "inputs", "outputs", "num_configs")}
                      | {"config_arena_bytes": [c["arena_bytes"] for c in m["configs"]]}))
 
 

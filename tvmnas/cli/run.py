@@ -144,7 +144,7 @@ def run_command(
     elf = build(bundle, target, bundle / "build" / target.name)
     typer.echo(f"running on qemu-system-arm -M {target.emulator_machine}", err=True)
     result: RunResult = run(elf, target, [x], configs=configs, timeout_s=timeout_s)
-    y = bundle_output(result.outputs[0], manifest, raw)
+    y = bundle_output(result.outputs[0], manifest, raw, config)
     write_output(output, y, manifest)
     warning = nonfinite_warning(user_input, y)
     if warning:

@@ -37,6 +37,8 @@ from tvmnas.search.cost import count_module
 from tvmnas.targets import Target
 
 SELECTION_FILE = "selection.json"
+CALIBRATION_FILE = "calibration.npy"   # training inputs an int8 build calibrates its activations on
+CALIBRATION_SAMPLES = 64
 COST_MODELS = ("auto", "surrogate", "mac")
 RECALIBRATION_BATCH = 64  # examples per BatchNorm recalibration batch
 
@@ -206,8 +208,9 @@ def select_subnets(
     keep_largest: always select the largest sub-network (when it fits), so the others are
     nested in it and the artifact's shared weights cost no more than the largest alone.
 
-    The folder holds selection.json, the super-network weights and one state dict per chosen
-    sub-network (with its own BatchNorm statistics): all that compile and export need.
+    The folder holds selection.json, the super-network weights, one state dict per chosen
+    sub-network (with its own BatchNorm statistics) and calibration.npy (the first training inputs,
+    for `dynamic compile --precision int8`): all that compile and export need.
     `holdout` and `seed` must match the training run so the accuracy estimate is held out.
     finetune_epochs: after choosing, train the shared weights this many more epochs on the chosen
     configurations only (finetune_selected, with `train_config`'s optimizer settings); their
@@ -266,6 +269,7 @@ def select_subnets(
         for i, c in enumerate(picked):
             recalibrate(net, c.config, parts.train_x, batch_size=RECALIBRATION_BATCH, max_batches=calibration_batches)
             torch.save(extract_subnet(net, c.config).state_dict(), staging / f"subnet_{i}.pt")
+        np.save(staging / CALIBRATION_FILE, np.ascontiguousarray(parts.train_x[:CALIBRATION_SAMPLES], np.float32))
         (staging / SELECTION_FILE).write_text(json.dumps(selection, indent=2, sort_keys=True) + "\n")
     return selection
 
@@ -279,6 +283,7 @@ class Selection:
     subnets: list[SubNetwork]
     shared: dict[str, np.ndarray]
     meta: dict[str, Any]
+    calibration: Path | None = None   # calibration.npy, where the folder has one
 
 
 def load_selection(sel_dir: Path) -> Selection:
@@ -302,4 +307,6 @@ def load_selection(sel_dir: Path) -> Selection:
             subnets.append(sub.eval())
     except (OSError, RuntimeError) as err:
         raise ModelLoadError(f"{sel_dir}: unreadable weights ({str(err).splitlines()[0]})") from None
-    return Selection(spec, meta["configs"], subnets, sup.shared_tensors(), meta)
+    calibration = sel_dir / CALIBRATION_FILE
+    return Selection(spec, meta["configs"], subnets, sup.shared_tensors(), meta,
+                     calibration if calibration.is_file() else None)

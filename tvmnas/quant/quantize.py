@@ -28,7 +28,7 @@ Only the ONNX graph is rewritten: a .pt2 program is first exported to ONNX.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -344,10 +344,16 @@ def bias_qparams(b: np.ndarray, in_scale: float, w_scale: np.ndarray) -> tuple[n
 
 
 def insert_qdq(model: onnx.ModelProto, input_name: str,
-               ranges: Callable[[list[str]], dict[str, tuple[float, float]]]) -> onnx.ModelProto:
+               ranges: Callable[[list[str]], dict[str, tuple[float, float]]],
+               weights: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> onnx.ModelProto:
     """The QDQ model of a prepared float graph (:func:`prepare_float_graph`): weights and biases
     quantized as above, each activation from its (min, max) range as ``ranges(names)`` gives it
-    (post-training: measured on calibration samples; quantization-aware training: learned)."""
+    (post-training: measured on calibration samples; quantization-aware training: learned).
+
+    weights: initializer name -> (int8 values, float32 per-channel scales) used for that weight
+    instead of :func:`weight_qparams` of its float values (the bias follows the given scales); a
+    dynamic bundle's configurations read slices of one int8 tensor this way (tvmnas.dynamic.quantize).
+    """
     g = model.graph
     init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     floats = _float_tensors(model)
@@ -424,7 +430,13 @@ def insert_qdq(model: onnx.ModelProto, input_name: str,
 
     def dq_weight(node: onnx.NodeProto, idx: int, axis: int) -> None:
         name = node.input[idx]
-        q, s = weight_qparams(init[name], axis)
+        if weights is not None and name in weights:
+            q, s = weights[name]
+            if q.shape != init[name].shape or q.dtype != np.int8 or s.shape != (q.shape[axis],):
+                raise QuantizationError(f"given int8 weight '{name}' has shape {q.shape} and {s.shape} scales; "
+                                        f"the float weight is {init[name].shape}, channels on axis {axis}")
+        else:
+            q, s = weight_qparams(init[name], axis)
         qn = const(name + "_quantized", q)
         sn = const(name + "_scale", s)
         zn = const(name + "_zero_point", np.zeros(s.shape, np.int8))
