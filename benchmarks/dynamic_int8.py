@@ -12,17 +12,21 @@ Prints one JSON object and a markdown table; never fails on a figure. Bundles ar
 and reused when present (a rerun resumes). Example (digits, about 10 CPU minutes):
   tvmnas dynamic train --dataset digits --epochs 8 --out SUP
   tvmnas dynamic select SUP --k 4 --target cortex-m4 --candidates 16 --out SEL
-  python benchmarks/dynamic_int8.py SEL --images 100 --work /tmp/dyn8
+  python benchmarks/dynamic_int8.py SEL --images 100
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import git_commit, replace_section  # noqa: E402
 
 
 def bundle(work: Path, name: str, build) -> dict:
@@ -38,7 +42,8 @@ def main() -> None:
     ap.add_argument("selection", type=Path)
     ap.add_argument("--target", default=None, help="default: the selection's target")
     ap.add_argument("--images", type=int, default=100)
-    ap.add_argument("--work", type=Path, default=Path("benchmarks/results/dynamic_int8"))
+    ap.add_argument("--work", type=Path, default=Path(__file__).resolve().parent.parent / "build" / "dynamic_int8")
+    ap.add_argument("--no-results", action="store_true", help="print only; leave RESULTS.md as it is")
     args = ap.parse_args()
 
     from tvmnas.compiler import compile_model
@@ -110,19 +115,41 @@ def main() -> None:
         "configs": configs,
     }
     print(json.dumps(report))
-    b = report["bundles"]
-    print("\n| | float32 bundle | int8 bundle | int8 bundle, scalar kernels | K int8 builds alone |\n|---|---|---|---|---|")
+    body = markdown(report)
+    print(body)
+    if not args.no_results:
+        command = (f"python benchmarks/dynamic_int8.py SEL --images {args.images}"
+                   + (f" --target {args.target}" if args.target else ""))
+        replace_section("dynamic_int8", f"## Dynamic bundles, int8 vs float32 ({target.name}, commit {git_commit()})\n\n"
+                        f"{SETUP}\n  {command}\n```\n\n{body}")
+
+
+SETUP = """One selection of K sub-networks (digits), compiled as one float32 bundle, one int8 bundle (SIMD
+micro-kernels where a weight slice is contiguous), one int8 bundle with scalar kernels only, and each
+configuration alone as an ordinary int8 build; every configuration of the bundles run on QEMU over
+the first test images (instructions exact). Commands:
+```
+tvmnas dynamic train --dataset digits --epochs 8 --out SUP
+tvmnas dynamic select SUP --k 4 --target cortex-m4 --candidates 16 --out SEL"""
+
+
+def markdown(report: dict) -> str:
+    """The bundles' flash, weights and arena side by side, then each configuration on QEMU."""
+    b, n = report["bundles"], report["images"]
+    lines = ["| bytes | float32 bundle | int8 bundle | int8 bundle, scalar kernels | K int8 builds alone (sum) |",
+             "|---|---|---|---|---|"]
     for f in ("flash_bytes", "weights_bytes", "shared_weights_bytes", "private_weights_bytes", "arena_bytes"):
-        alone_cell = report["alone_int8"].get(f, "")
-        print(f"| {f} | {b['float32'][f]:,} | {b['int8'][f]:,} | {b['int8_scalar'][f]:,} | "
-              f"{alone_cell:,} |" if alone_cell != "" else
-              f"| {f} | {b['float32'][f]:,} | {b['int8'][f]:,} | {b['int8_scalar'][f]:,} | |")
-    print("\n| config | float32 acc | int8 acc | same class | LSB vs reference (simd / scalar) | "
-          "instructions float32 / int8 / int8 scalar |\n|---|---|---|---|---|---|")
-    for r in configs:
-        print(f"| {r['config']} | {r['float32_acc']:.3f} | {r['int8_acc']:.3f} | {r['int8_same_class_as_float']}/{len(x)} | "
-              f"{r['int8_max_lsb_vs_reference']} / {r['int8_scalar_max_lsb_vs_reference']} | "
-              f"{r['float32_instructions']:,} / {r['int8_instructions']:,} / {r['int8_scalar_instructions']:,} |")
+        alone = f"{report['alone_int8']['flash_bytes']:,}" if f == "flash_bytes" else ""
+        lines.append(f"| {f} | {b['float32'][f]:,} | {b['int8'][f]:,} | {b['int8_scalar'][f]:,} | {alone} |")
+    lines += ["", f"Over the first {n} test images per configuration:", "",
+              "| config | float32 acc | int8 acc | int8 class = float class | max LSB vs integer reference (SIMD / scalar) "
+              "| instructions float32 / int8 / int8 scalar |", "|---|---|---|---|---|---|"]
+    for r in report["configs"]:
+        lines.append(f"| {r['config']} | {r['float32_acc']:.3f} | {r['int8_acc']:.3f} | "
+                     f"{r['int8_same_class_as_float']}/{n} | {r['int8_max_lsb_vs_reference']} / "
+                     f"{r['int8_scalar_max_lsb_vs_reference']} | {r['float32_instructions']:,} / "
+                     f"{r['int8_instructions']:,} / {r['int8_scalar_instructions']:,} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
