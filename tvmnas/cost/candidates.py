@@ -1,5 +1,5 @@
 """Cost data from sampled operators (tvmnas profile-ops): each OpSpec compiled alone, measured on
-the emulator through the profiler, and recorded in the profile database.
+the emulator through the profiler, and recorded in the profile store with its kernels' features.
 
 Workers compile and measure on the executor seam; this process alone writes the database, one
 transaction per candidate. A kernel that is already stored (same key: target, precision, identity,
@@ -24,8 +24,9 @@ from tvmnas.targets import Target
 
 
 def prepare_candidate(spec: OpSpec, target: Target, bundle_dir: Path, *, seed: int = 0) -> PreparedNetwork:
-    """Compile one sampled operator alone as a single-op network into `bundle_dir`."""
-    return prepare_network(spec.build(seed), target, bundle_dir, input_shape=spec.input_shape)
+    """Compile one sampled operator alone as a single-op network into `bundle_dir`, with its kernels'
+    feature rows (recorded beside their measurements: fit data for the cost models)."""
+    return prepare_network(spec.build(seed), target, bundle_dir, input_shape=spec.input_shape, features=True)
 
 
 def kernel_rows(spec: OpSpec, prepared: PreparedNetwork, counts: list[tuple[int, int]]) -> list[KernelRow]:
@@ -133,7 +134,8 @@ class _Scheduler:
         stored = self._stored(prepared)
         new = {r.key: r for r in kernel_rows(spec, prepared, counts) if stored.get(r.key) is None}
         rows = {**{k: v for k, v in stored.items() if v is not None}, **new}
-        self.stats.kernels_added += self.db.record(candidate_row(spec, prepared, rows), list(new.values()))
+        self.stats.kernels_added += self.db.record(candidate_row(spec, prepared, rows), list(new.values()),
+                                                   prepared.features)
         self.stats.measured += 1
         self.in_flight -= set(new)
         self._finish(spec, "measured")
