@@ -42,7 +42,8 @@ PREDICTORS = ("surrogate", "MACs-linear", "per-op LUT")
 
 def fewer_fit_rows(db: ProfileDB, target: str, precision: str, count: int) -> list[dict]:
     """Fit rows of only the first `count` fit networks."""
-    return fit_rows(db.networks(target, precision, "fit")[:count], db.features(precision))
+    nets = db.networks(target, precision, "fit")[:count]
+    return fit_rows([c for n in nets for c in n.call_list], db.features(precision))
 
 
 def evaluate_target(db: ProfileDB, target: str, precision: str, folds: int, subsets: list[int]) -> dict:

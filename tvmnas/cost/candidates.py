@@ -250,16 +250,21 @@ def profile_candidates(
     return sched.stats
 
 
+def record_candidate(spec: OpSpec, prepared: PreparedNetwork, target: Target, db: ProfileDB, *,
+                     timeout_s: float = 60.0) -> tuple[CandidateRow, str]:
+    """Record a prepared candidate in `db`, measuring it only if a kernel is missing: its row, and
+    "measured" or "cached". Raises the candidate's own error (EmulatorError naming the kernel on a
+    hang or fault)."""
+    sched = _Scheduler(db, None)
+    how = "cached"
+    if sched.decide(spec, prepared) == MEASURE:
+        sched.measured(spec, prepared, _measure_task(prepared, target, timeout_s))
+        how = "measured"
+    return candidate_row(spec, prepared, {key: db.kernel(key) for key in kernel_keys(prepared)}), how  # type: ignore[misc]
+
+
 def profile_candidate(
     spec: OpSpec, target: Target, db: ProfileDB, work_dir: Path, *, timeout_s: float = 60.0
 ) -> CandidateRow:
-    """Profile one candidate into `db` (measuring only if a kernel is missing) and return its row.
-
-    Raises the candidate's own error (EmulatorError naming the kernel on a hang or fault).
-    """
-    sched = _Scheduler(db, None)
-    prepared = _prepare_task(spec, target, Path(work_dir))
-    if sched.decide(spec, prepared) == MEASURE:
-        sched.measured(spec, prepared, _measure_task(prepared, target, timeout_s))
-    rows = {key: db.kernel(key) for key in kernel_keys(prepared)}
-    return candidate_row(spec, prepared, rows)  # type: ignore[arg-type]
+    """Compile and profile one candidate into `db` (record_candidate) and return its row."""
+    return record_candidate(spec, _prepare_task(spec, target, Path(work_dir)), target, db, timeout_s=timeout_s)[0]

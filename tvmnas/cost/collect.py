@@ -18,20 +18,13 @@ from typing import Callable
 
 import torch
 
+from tvmnas.cost.surrogate import PRECISIONS, check_precision
 from tvmnas.errors import CostModelError
 from tvmnas.executor import Executor, as_finished, make_executor
 from tvmnas.measure.profiler import LoweredNetwork, feature_rows, lower_network, measure_network, write_network
 from tvmnas.measure.store import FeatureRow, NetworkRow, ProfileDB, canonical_json
 from tvmnas.search.genotype import Genotype
 from tvmnas.targets import Target, load_target
-
-PRECISIONS = ("float32", "int8")
-
-
-def check_precision(precision: str) -> None:
-    """Refuse a precision the profile store cannot hold (one line naming it)."""
-    if precision not in PRECISIONS:
-        raise CostModelError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 def lower_genotype(genotype: Genotype, seed: int, precision: str = "float32", simd: bool = False) -> LoweredNetwork:
@@ -40,10 +33,8 @@ def lower_genotype(genotype: Genotype, seed: int, precision: str = "float32", si
     from tvmnas.models import build_model
 
     torch.manual_seed(seed)
-    model = build_model(genotype).eval()
-    if precision == "float32":
-        return lower_network(model, input_shape=(1, *genotype.input_shape))
-    return lower_network(model, input_shape=(1, *genotype.input_shape), simd=simd, precision=precision)
+    return lower_network(build_model(genotype).eval(), input_shape=(1, *genotype.input_shape), simd=simd,
+                         precision=precision)
 
 
 def profile_network(genotype: Genotype, targets: list[Target], precision: str, *, name: str, split: str,

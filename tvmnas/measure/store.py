@@ -198,20 +198,14 @@ def _insert(table: str, replace: bool = False) -> str:
             f"VALUES ({', '.join('?' * len(cols))}){'' if replace else ' ON CONFLICT DO NOTHING'}")
 
 
-def fit_rows(networks: Iterable[NetworkRow], features: dict[str, FeatureRow]) -> list[dict[str, Any]]:
-    """One fit row per distinct kernel called by `networks` (read in their order) that has features:
-    hash, name (its first name, in sorted order, in the first network calling it), features, macs,
-    and the instructions and cycles of its first call; sorted by hash."""
+def fit_rows(calls: Iterable[list], features: dict[str, FeatureRow]) -> list[dict[str, Any]]:
+    """One fit row per distinct kernel of `calls` ([name, kernel_hash, instructions, cycles]) that has
+    features: hash, name, features, macs, and the instructions and cycles of its first call; by hash."""
     rows: dict[str, dict[str, Any]] = {}
-    for net in networks:
-        names: dict[str, str] = {}
-        for kernel, h, _, _ in net.call_list:
-            names[h] = min(names.get(h, kernel), kernel)
-        for kernel, h, instructions, cycles in net.call_list:
-            if h not in rows and h in features:
-                f = features[h]
-                rows[h] = {"hash": h, "name": names[h], "features": json.loads(f.features), "macs": f.macs,
-                           "instructions": instructions, "cycles": cycles}
+    for name, h, instructions, cycles in calls:
+        if h not in rows and h in features:
+            rows[h] = {"hash": h, "name": name, "features": json.loads(features[h].features),
+                       "macs": features[h].macs, "instructions": instructions, "cycles": cycles}
     return [rows[h] for h in sorted(rows)]
 
 
@@ -357,19 +351,14 @@ class ProfileDB:
         return sorted({n.target for n in self.networks(precision=precision)})
 
     def kernel_rows(self, target: str, precision: str, split: str | None = None) -> list[dict[str, Any]]:
-        """Fit rows (see fit_rows) of the kernels measured on `target` in `precision` that have
-        features: those called by the networks of `split` (None: all), and with split None or
-        CANDIDATE_SPLIT those measured for sampled candidates (first in key order); sorted by hash."""
-        features = self.features(precision)
-        rows = {r["hash"]: r for r in fit_rows(self.networks(target, precision, split), features)}
+        """Fit rows (fit_rows) of the kernels measured on `target` in `precision`: those called by
+        the networks of `split` (None: all), in collection order, then with split None or
+        CANDIDATE_SPLIT those measured for sampled candidates, in key order."""
+        calls = [c for n in self.networks(target, precision, split) for c in n.call_list]
         if split in (None, CANDIDATE_SPLIT):
-            for k in self._select("kernels", {"target": target, "precision": precision}):
-                if k.kernel_hash not in rows and k.kernel_hash in features:
-                    f = features[k.kernel_hash]
-                    rows[k.kernel_hash] = {"hash": k.kernel_hash, "name": k.kernel_name,
-                                           "features": json.loads(f.features), "macs": f.macs,
-                                           "instructions": k.instructions, "cycles": k.cycles}
-        return [rows[h] for h in sorted(rows)]
+            calls += [[k.kernel_name, k.kernel_hash, k.instructions, k.cycles]
+                      for k in self._select("kernels", {"target": target, "precision": precision})]
+        return fit_rows(calls, self.features(precision))
 
     def counts(self) -> tuple[int, int]:
         """(kernel rows, candidate rows)."""
