@@ -1,7 +1,7 @@
 """Regenerate the shipped cost models (tvmnas/cost/data/) from the project's own profiler.
 
   python scripts/fit_cost_models.py            # profile (if no data yet), fit, distill
-  python scripts/fit_cost_models.py --profile -j 8  # re-profile even if the data file exists, 8 at a time
+  python scripts/fit_cost_models.py --profile -j 8  # re-profile even if the dump exists, 8 at a time
   python scripts/fit_cost_models.py --profile --executor ray --ray-address HEAD:6379  # on a Ray cluster
   python scripts/fit_cost_models.py --refresh-features  # kernel features changed: recompute them, keep
                                                         # the measurements, refit and distill
@@ -13,7 +13,7 @@
 The shipped files came from profiling on the kernels of the commit that added them (`--profile`:
 about 40 s a network on one core, so some four hours for all 380, or that divided by --jobs); a
 change to the schedules or the C printer makes them stale (re-profile). Raising --fit-networks
-profiles only the networks not yet in the data file (the generator is seeded, so the first ones
+profiles only the networks not yet in the dump (the generator is seeded, so the first ones
 stay the same).
 
 Stages, all seeded and single-threaded so that the same toolchain gives the same files:
@@ -87,10 +87,10 @@ def work_database(dump_path: Path) -> ProfileDB:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", action="store_true", help="re-profile even if the data file exists")
+    parser.add_argument("--profile", action="store_true", help="re-profile even if the dump exists")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="output folder (default: the package data)")
     parser.add_argument("--refresh-features", action="store_true",
-                        help="recompute kernel features of the profile data (after a feature change), "
+                        help="recompute kernel features of the profiled networks (after a feature change), "
                              "keep the measurements")
     parser.add_argument("--skip-distill", action="store_true", help="fit the surrogates only")
     parser.add_argument("--precision", choices=tuple(TARGETS), default="float32",
@@ -100,7 +100,7 @@ def main() -> None:
                         help=f"networks to fit on (default: {FIT_NETWORKS}; int8: {INT8_FIT_NETWORKS})")
     parser.add_argument("--eval-networks", type=int, default=EVAL_NETWORKS, help="held-out networks")
     parser.add_argument("--jobs", "-j", type=int, default=None,
-                        help="networks profiled at a time (the data file is the same for any number; default: 1 "
+                        help="networks profiled at a time (the dump is the same for any number; default: 1 "
                              "with --executor local, every CPU of the cluster with --executor ray)")
     parser.add_argument("--executor", choices=("local", "ray"), default="local", help=options.EXECUTOR_HELP)
     parser.add_argument("--ray-address", default=None, help=options.RAY_ADDRESS_HELP)
