@@ -45,8 +45,8 @@ def convert(old: Path, new: Path) -> str:
         sys.exit(f"error: {old} is not profile data of the old format (version 1)")
     precision = doc.get("precision", "float32")
     with ProfileDB(":memory:") as db:
-        for h, k in sorted(doc["kernels"].items()):
-            db.record_network([], [FeatureRow(precision, h, int(k["macs"]), canonical_json(k["features"]))])
+        db.record_network([], [FeatureRow(precision, h, int(k["macs"]), canonical_json(k["features"]))
+                               for h, k in sorted(doc["kernels"].items())])
         for seed, net in enumerate(doc["networks"]):
             db.record_network([NetworkRow(
                 t, precision, net["name"], net["split"], seed, canonical_json(net["genotype"]), v["instructions"],

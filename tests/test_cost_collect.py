@@ -268,3 +268,39 @@ def test_int8_collection_profiles_the_int8_build_with_simd_kernels(tmp_path: Pat
                         for h in collected)
         assert refresh_features(db, "int8", progress=lambda m: None) == len(collected)
         assert db.features("int8") == collected
+
+
+def test_old_profile_data_converts_to_a_dump_with_the_same_fit_rows_and_reconverts(tmp_path: Path) -> None:
+    """scripts/convert_profile_store.py: the old format's kernels and networks become feature and
+    network rows whose fit rows are the old ones; a newer old file (one network more) converts again."""
+    import gzip
+    import importlib.util
+    import json
+
+    from tvmnas.measure.store import open_profiles
+
+    spec = importlib.util.spec_from_file_location(
+        "convert_profile_store", Path(__file__).resolve().parents[1] / "scripts" / "convert_profile_store.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    f = dict.fromkeys(FEATURE_NAMES, 0.0)
+    call = lambda h, c: {"kernel": f"k_{h}", "hash": h, "instructions": c // 2, "cycles": c}  # noqa: E731
+    entry = lambda name, split, calls: {"name": name, "split": split, "genotype": {"space": "chain"}, "targets": {  # noqa: E731
+        t: {"instructions": 0, "cycles": 1, "preamble_cycles": 3, "calls": calls} for t in ("cortex-m4", "cortex-m7")}}
+    doc = {"version": 1, "precision": "int8", "kernels": {h: {"name": f"k_{h}", "features": {**f, "n_blocks": i}, "macs": i}
+                                                          for i, h in enumerate("abc")},
+           "networks": [entry("fit00", "fit", [call("a", 100), call("b", 40), call("a", 104)]),
+                        entry("eval00", "eval", [call("b", 42), call("c", 10)])]}
+    old = tmp_path / "profiles-int8.json.gz"
+    old.write_bytes(gzip.compress(json.dumps(doc).encode()))
+    script.convert(old, tmp_path / "new.jsonl.gz")
+    with open_profiles(tmp_path / "new.jsonl.gz") as db:
+        assert db.targets("int8") == ["cortex-m4", "cortex-m7"] and db.targets("float32") == []
+        assert [(r["hash"], r["cycles"], r["macs"], r["features"]["n_blocks"])
+                for r in db.kernel_rows("cortex-m7", "int8", "fit")] == [("a", 100, 0, 0), ("b", 40, 1, 1)]
+        assert [(n.name, n.seed, n.preamble_cycles) for n in db.networks("cortex-m4")] == [("fit00", 0, 3), ("eval00", 1, 3)]
+    doc["networks"].append(entry("fit01", "fit", [call("c", 12)]))
+    old.write_bytes(gzip.compress(json.dumps(doc).encode()))
+    script.convert(old, tmp_path / "new.jsonl.gz")
+    with open_profiles(tmp_path / "new.jsonl.gz") as db:
+        assert [(r["hash"], r["cycles"]) for r in db.kernel_rows("cortex-m4", "int8", "fit")] == [("a", 100), ("b", 40), ("c", 12)]

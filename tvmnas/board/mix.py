@@ -18,11 +18,11 @@ from tvmnas.board.features import Features, segment_features
 from tvmnas.cost.gzip_text import gzip_bytes, read_text, replace_bytes
 from tvmnas.errors import CostModelError, EmulatorError
 from tvmnas.measure.blocks import BlockProfile, parse_block_profile
-from tvmnas.measure.store import NetworkRow
 from tvmnas.measure.plugin import build_plugin, qemu_plugin_args
 from tvmnas.measure.regions import flash_region
 from tvmnas.measure.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
 from tvmnas.measure.runner import run
+from tvmnas.measure.store import NetworkRow
 from tvmnas.targets import Target
 
 MIX_FORMAT = "tvmnas-kernel-mix"
