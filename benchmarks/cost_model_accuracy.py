@@ -30,32 +30,32 @@ from common import git_commit, replace_section  # noqa: E402
 
 import numpy as np
 
-from tvmnas.cost.collect import ProfileData
 from tvmnas.cost.evaluate import (MacLinear, PerOpLUT, accuracy, accuracy_by_kind, cross_val_predictions, cross_validate,
                                   held_out_kernels, network_totals)
-from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate, load_surrogate, profile_data_name
+from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate, load_surrogate, profiles_name
+from tvmnas.measure.store import ProfileDB, fit_rows, open_profiles
 
 HERE = Path(__file__).resolve().parent
 SECTION = "cost_model_accuracy"
 PREDICTORS = ("surrogate", "MACs-linear", "per-op LUT")
 
 
-def fewer_fit_networks(data: ProfileData, count: int) -> ProfileData:
-    """The same data with only the first `count` fit networks (all eval networks kept)."""
-    fit = [n for n in data.networks if n["split"] == "fit"][:count]
-    return ProfileData(data.kernels, fit + [n for n in data.networks if n["split"] != "fit"])
+def fewer_fit_rows(db: ProfileDB, target: str, precision: str, count: int) -> list[dict]:
+    """Fit rows of only the first `count` fit networks."""
+    nets = db.networks(target, precision, "fit")[:count]
+    return fit_rows([c for n in nets for c in n.call_list], db.features(precision))
 
 
-def evaluate_target(data: ProfileData, target: str, folds: int, subsets: list[int]) -> dict:
+def evaluate_target(db: ProfileDB, target: str, precision: str, folds: int, subsets: list[int]) -> dict:
     """All figures of one target (see the module docstring)."""
-    fit_rows = data.kernel_rows(target, split="fit")
+    fit_rows = db.kernel_rows(target, precision, split="fit")
     meas_fit = np.array([float(r["cycles"]) for r in fit_rows])
     cv = cross_val_predictions(fit_rows, target, folds=folds)
     out: dict = {"fit_kernels": len(fit_rows), "cv": {name: accuracy(p, meas_fit).row() for name, p in cv.items()},
                  "cv_by_kind": accuracy_by_kind(fit_rows, cv["surrogate"])}
-    models = {"surrogate": load_surrogate(target, data.precision), "MACs-linear": MacLinear.fit(fit_rows),
+    models = {"surrogate": load_surrogate(target, precision), "MACs-linear": MacLinear.fit(fit_rows),
               "per-op LUT": PerOpLUT.fit(fit_rows)}
-    held = held_out_kernels(data, target)
+    held = held_out_kernels(db, target, precision)
     if held:
         meas = np.array([float(r["cycles"]) for r in held])
         out["held_out_kernels"] = {name: accuracy(m.predict([r["features"] for r in held]), meas).row()
@@ -64,7 +64,7 @@ def evaluate_target(data: ProfileData, target: str, folds: int, subsets: list[in
         # own fit kernels and scored on the same held-out kernels
         out["fewer_fit_networks"] = {}
         for count in subsets:
-            rows = fewer_fit_networks(data, count).kernel_rows(target, split="fit")
+            rows = fewer_fit_rows(db, target, precision, count)
             model = CostSurrogate.fit(rows, target)
             out["fewer_fit_networks"][str(count)] = {
                 "fit_kernels": len(rows),
@@ -72,14 +72,13 @@ def evaluate_target(data: ProfileData, target: str, folds: int, subsets: list[in
                 **accuracy(model.predict([r["features"] for r in held]), meas).row()}
     nets = {}
     for name, m in models.items():
-        pred, meas = network_totals(data, target, m.predict)
+        pred, meas = network_totals(db, target, precision, m.predict)
         if len(meas):
             nets[name] = accuracy(pred, meas).row()
     if nets:
         out["networks"] = nets
-        out["eval_networks_by_space"] = {
-            space: sum(1 for n in data.networks if n["split"] == "eval" and target in n["targets"]
-                       and n["genotype"]["space"] == space) for space in ("chain", "darts")}
+        spaces = [json.loads(n.genotype)["space"] for n in db.networks(target, precision, "eval")]
+        out["eval_networks_by_space"] = {space: spaces.count(space) for space in ("chain", "darts")}
     return out
 
 
@@ -107,7 +106,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("float32", "int8"), default="float32",
                         help="which shipped profile data and surrogates to judge")
     parser.add_argument("--data", type=Path, default=None,
-                        help="profile data (default: the shipped one of --precision)")
+                        help="profile store: a dump or a database (default: the shipped dump of --precision)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--subsets", type=int, nargs="*", default=None,
                         help="also fit on only the first N fit networks: cross-validated, and scored on the same "
@@ -120,15 +119,17 @@ def main() -> None:
     if args.subsets is None:
         args.subsets = [] if int8 else [24, 90, 130, 230]
     suffix = "-int8" if int8 else ""
-    data_path = args.data or DATA_DIR / profile_data_name(args.precision)
+    data_path = args.data or DATA_DIR / profiles_name(args.precision)
     out_path = args.out or HERE / "results" / f"cost_model_accuracy{suffix}.json"
     section = SECTION + ("_int8" if int8 else "")
     start = time.time()
-    data = ProfileData.load(data_path)
-    result = {"commit": git_commit(), "data": str(data_path), "precision": data.precision, "folds": args.folds,
-              "networks": {s: sum(1 for n in data.networks if n["split"] == s) for s in ("fit", "eval")},
+    db = open_profiles(data_path)
+    result = {"commit": git_commit(), "data": str(data_path), "precision": args.precision, "folds": args.folds,
+              "networks": {s: len({n.name for n in db.networks(precision=args.precision, split=s)})
+                           for s in ("fit", "eval")},
               "cycles_are": "estimates from per-core timing tables over exact emulated instructions",
-              "targets": {t: evaluate_target(data, t, args.folds, args.subsets) for t in data.targets()}}
+              "targets": {t: evaluate_target(db, t, args.precision, args.folds, args.subsets)
+                          for t in db.targets(args.precision)}}
     report_path = DATA_DIR / "distill-report.json"
     if report_path.is_file() and not int8:
         result["distilled"] = json.loads(report_path.read_text())

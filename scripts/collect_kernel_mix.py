@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from tvmnas.board.mix import collect_mix
-from tvmnas.cost.collect import ProfileData
-from tvmnas.cost.surrogate import DATA_DIR
+from tvmnas.cost.surrogate import DATA_DIR, profiles_name
+from tvmnas.measure.store import open_profiles
 from tvmnas.targets import load_target
 
 
@@ -24,15 +24,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="mix file (default: the package's mix-<target>.json.gz)")
     args = parser.parse_args()
     target = load_target(args.target)
-    data = ProfileData.load(DATA_DIR / "profiles.json.gz")
-    ordered = [n["name"] for n in data.networks if n["split"] == "eval"] + \
-              [n["name"] for n in data.networks if n["split"] == "fit"]
-    if args.fit_only:
-        ordered = [n["name"] for n in data.networks if n["split"] == "fit"][::-1]
-    names = ordered[: args.limit] if args.limit else ordered
-    data.networks.sort(key=lambda n: ordered.index(n["name"]) if n["name"] in ordered else len(ordered))
-    collect_mix(data, target, args.out or Path(DATA_DIR / f"mix-{target.name}.json.gz"), names=names,
-                progress=lambda m: print(m, flush=True))
+    with open_profiles(DATA_DIR / profiles_name()) as db:
+        fit, held = db.networks(target.name, "float32", "fit"), db.networks(target.name, "float32", "eval")
+    ordered = fit[::-1] if args.fit_only else held + fit
+    collect_mix(ordered[: args.limit] if args.limit else ordered, target,
+                args.out or Path(DATA_DIR / f"mix-{target.name}.json.gz"), progress=lambda m: print(m, flush=True))
 
 
 if __name__ == "__main__":

@@ -102,8 +102,8 @@ def test_calibrate_on_a_simulated_board(tmp_path: Path, onnx_model: Path) -> Non
     from tvmnas.board.calibrate import EMPTY_MARK
     from tvmnas.board.mix import load_mix
     from tvmnas.board.refit import network_cycles
-    from tvmnas.cost.collect import ProfileData
-    from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate
+    from tvmnas.cost.surrogate import DATA_DIR, CostSurrogate, profiles_name
+    from tvmnas.measure.store import open_profiles
     from tvmnas.measure.cycles import load_timing_table
 
     set_doc = json.loads((DATA / "calibration-set-cortex-m4.json").read_text())
@@ -137,20 +137,17 @@ def test_calibrate_on_a_simulated_board(tmp_path: Path, onnx_model: Path) -> Non
     mix = load_mix(DATA_DIR / "mix-cortex-m4.json.gz")["kernels"]
     truth = network_cycles(board, "cortex-m4", mix, split="eval")
     assert len(truth) >= 15
-    data = ProfileData.load(DATA_DIR / "profiles.json.gz")
+    with open_profiles(DATA_DIR / profiles_name()) as db:
+        features = {h: json.loads(f.features) for h, f in db.features("float32").items()}
+        held = {n.name: [features[h] for _, h, _, _ in n.call_list] for n in db.networks("cortex-m4", "float32")
+                if n.name in truth}
     surrogate = CostSurrogate.load(folder / "surrogate.json.gz", "sim-board")
-    errors = []
-    for net in data.networks:
-        if net["name"] in truth:
-            feats = [data.kernels[c["hash"]]["features"] for c in net["targets"]["cortex-m4"]["calls"]]
-            errors.append(float(surrogate.predict(feats).sum()) / truth[net["name"]] - 1)
+    errors = [float(surrogate.predict(feats).sum()) / truth[name] - 1 for name, feats in held.items()]
     within = float(np.mean(np.abs(errors) <= 0.10))
     assert within >= 0.95, (within, sorted(np.abs(errors))[-5:])
     # the shipped surrogate (shipped table, no flash wait states) misses the board by far more
     shipped = CostSurrogate.load(DATA_DIR / "surrogate-cortex-m4.json.gz")
-    shipped_err = [float(shipped.predict([data.kernels[c["hash"]]["features"]
-                                          for c in net["targets"]["cortex-m4"]["calls"]]).sum()) / truth[net["name"]] - 1
-                   for net in data.networks if net["name"] in truth]
+    shipped_err = [float(shipped.predict(feats).sum()) / truth[name] - 1 for name, feats in held.items()]
     assert np.median(np.abs(shipped_err)) > 3 * np.median(np.abs(errors))
     # the new target is used by name, and says how its cycles were obtained
     pred = tvmnas("cost", "predict", str(onnx_model), "--target", "sim-board", env=env)

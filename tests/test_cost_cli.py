@@ -12,8 +12,17 @@ import pytest
 import torch
 from torch import nn
 
-from tvmnas.cost.collect import ProfileData
+from tvmnas.measure.store import FeatureRow, NetworkRow, ProfileDB, canonical_json
 from tvmnas.passes import FEATURE_NAMES
+
+
+def write_store(path: Path, precision: str, kernels: list[tuple[dict, int, int, int]]) -> None:
+    """A profile store dump of one fit network on cortex-m7 calling each (features, macs, instructions, cycles)."""
+    db = ProfileDB(":memory:")
+    calls = [[f"k{i}", f"h{i}", n, c] for i, (_, _, n, c) in enumerate(kernels)]
+    db.record_network([NetworkRow("cortex-m7", precision, "fit00", "fit", 0, "{}", 0, 0, 0, canonical_json(calls))],
+                      [FeatureRow(precision, f"h{i}", int(m), canonical_json(f)) for i, (f, m, _, _) in enumerate(kernels)])
+    db.dump(path)
 
 
 def tvmnas(*args: str) -> subprocess.CompletedProcess:
@@ -59,18 +68,14 @@ def test_unknown_target_is_one_line(onnx_model: Path) -> None:
 
 
 def test_fit_from_profile_data_then_predict_with_it(tmp_path: Path, onnx_model: Path) -> None:
-    data = ProfileData()
-    calls = []
+    kernels = []
     for i in range(40):
         f = {n: 0.0 for n in FEATURE_NAMES}
         macs = 1000.0 * (i + 1)
         f.update({"log_macs": math.log1p(macs), "n_blocks": 2.0, "class_conv": 1.0})
-        data.kernels[f"h{i}"] = {"name": f"k{i}", "features": f, "macs": macs}
-        calls.append({"kernel": f"k{i}", "hash": f"h{i}", "instructions": int(macs * 5), "cycles": int(macs * 9 + 300)})
-    data.networks.append({"name": "fit00", "split": "fit", "genotype": {},
-                          "targets": {"cortex-m7": {"instructions": 0, "cycles": 0, "preamble_cycles": 0, "calls": calls}}})
-    db = tmp_path / "profiles.json.gz"
-    data.save(db)
+        kernels.append((f, macs, int(macs * 5), int(macs * 9 + 300)))
+    db = tmp_path / "profiles.jsonl.gz"
+    write_store(db, "float32", kernels)
     out = tmp_path / "m7.json"
     proc = tvmnas("cost", "fit", "--db", str(db), "--target", "cortex-m7", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -115,21 +120,17 @@ def test_a_target_without_an_int8_surrogate_is_one_line(onnx_model: Path) -> Non
 
 
 def test_fit_int8_profile_data_and_refuse_the_other_precision(tmp_path: Path, onnx_model: Path) -> None:
-    data = ProfileData(precision="int8")
-    calls = []
+    kernels = []
     for i in range(20):
         f = {n: 0.0 for n in FEATURE_NAMES}
         f.update({"log_macs": math.log1p(500.0 * (i + 1)), "class_conv": 1.0})
-        data.kernels[f"h{i}"] = {"name": f"k{i}", "features": f, "macs": 500 * (i + 1)}
-        calls.append({"kernel": f"k{i}", "hash": f"h{i}", "instructions": 1000 * (i + 1), "cycles": 1500 * (i + 1)})
-    m7 = {"instructions": 0, "cycles": 0, "preamble_cycles": 0, "calls": calls}
-    data.networks.append({"name": "fit00", "split": "fit", "genotype": {}, "targets": {"cortex-m7": m7}})
-    db = tmp_path / "profiles-int8.json.gz"
-    data.save(db)
+        kernels.append((f, 500 * (i + 1), 1000 * (i + 1), 1500 * (i + 1)))
+    db = tmp_path / "profiles-int8.jsonl.gz"
+    write_store(db, "int8", kernels)
     out = tmp_path / "m7-int8.json"
     proc = tvmnas("cost", "fit", "--db", str(db), "--target", "cortex-m7", "--out", str(out))
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: profile data file") and "--precision" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: profile store") and "--precision int8" in proc.stderr
     proc = tvmnas("cost", "fit", "--db", str(db), "--target", "cortex-m7", "--out", str(out), "--precision", "int8")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["precision"] == "int8"

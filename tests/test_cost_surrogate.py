@@ -109,12 +109,13 @@ def test_accuracy_figures() -> None:
 def test_shipped_surrogates_rank_the_kernels_they_were_fitted_on(target: str) -> None:
     from scipy.stats import spearmanr
 
-    from tvmnas.cost.collect import ProfileData
-    from tvmnas.cost.surrogate import DATA_DIR
+    from tvmnas.cost.surrogate import DATA_DIR, profiles_name
+    from tvmnas.measure.store import open_profiles
 
     surrogate = load_surrogate(target)
     assert surrogate.target == target
-    rows = ProfileData.load(DATA_DIR / "profiles.json.gz").kernel_rows(target, split="fit")
+    with open_profiles(DATA_DIR / profiles_name()) as db:
+        rows = db.kernel_rows(target, "float32", split="fit")
     assert surrogate.meta["kernels"] == len(rows)
     pred = surrogate.predict([r["features"] for r in rows])
     assert np.all(pred > 0)

@@ -87,7 +87,7 @@ def test_other_schema_version_is_refused_by_name(tmp_path: Path) -> None:
     ProfileDB(path).close()
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(ProfileDatabaseError, match=r"schema version 99, this tvmnas reads 2: profile into a new file"):
+    with pytest.raises(ProfileDatabaseError, match=r"schema version 99, this tvmnas reads 3: profile into a new file"):
         ProfileDB(path)
 
 

@@ -160,9 +160,11 @@ def test_cost_data_collected_on_ray_is_byte_identical_to_a_sequential_run(tmp_pa
 
     nets = [("fit00", "fit", tiny(("mb_k3_e1", 4))), ("eval00", "eval", tiny(("mb_k5_e1", 4), ("mb_k3_e1", 4))),
             ("fit01", "fit", tiny(("mb_k3_e1", 8)))]
-    collect(nets, [M4], save_to=tmp_path / "one.json.gz", progress=lambda m: None)
-    collect(nets, [M4], save_to=tmp_path / "ray.json.gz", executor=make_executor("ray", 2), progress=lambda m: None)
-    assert (tmp_path / "ray.json.gz").read_bytes() == (tmp_path / "one.json.gz").read_bytes()
+    for name, executor in (("one", None), ("ray", make_executor("ray", 2))):
+        with ProfileDB(tmp_path / f"{name}.db") as db:
+            collect(nets, [M4], db, executor=executor, progress=lambda m: None)
+            db.dump(tmp_path / f"{name}.jsonl.gz")
+    assert (tmp_path / "ray.jsonl.gz").read_bytes() == (tmp_path / "one.jsonl.gz").read_bytes()
 
 
 # --------------------------------------------------------------------------- a two-node cluster

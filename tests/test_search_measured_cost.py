@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tvmnas.cost import measured
+from tvmnas.cost import candidates
 from tvmnas.cost.measured import MeasuredCostModel
 from tvmnas.errors import CostModelError, TvmnasError
 from tvmnas.measure.store import ProfileDB
@@ -31,7 +31,7 @@ def _fake_emulator(monkeypatch, calls):
         kernels = [SimpleNamespace(instructions=k.macs + 50, cycles=3 * k.macs + 100) for k in prepared.kernels]
         return SimpleNamespace(kernels=kernels)
 
-    monkeypatch.setattr(measured, "measure_network", fake)
+    monkeypatch.setattr(candidates, "measure_network", fake)  # the one place candidates are measured
 
 
 def test_second_model_on_the_same_database_measures_nothing(tmp_path, monkeypatch):
@@ -154,7 +154,7 @@ def test_emulated_measurements_are_reused(emulated, monkeypatch):
     def refuse(*_a, **_kw):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(measured, "measure_network", refuse)
+    monkeypatch.setattr(candidates, "measure_network", refuse)
     assert again.price([BLOCK, DENSE]) == model.price([BLOCK, DENSE])
     assert again.stats == {"measured": 0, "cached": 2}
 

@@ -22,6 +22,7 @@ from tvmnas.measure.plugin import build_plugin, qemu_plugin_args
 from tvmnas.measure.regions import flash_region
 from tvmnas.measure.profile import DEFAULT_PLUGIN_CACHE, timing_table_for
 from tvmnas.measure.runner import run
+from tvmnas.measure.store import NetworkRow
 from tvmnas.targets import Target
 
 MIX_FORMAT = "tvmnas-kernel-mix"
@@ -48,11 +49,11 @@ def kernel_features_of(blocks: BlockProfile, target: Target, window: int = -1) -
 
 def network_mix(genotype: Any, target: Target, *, seed: int = 0, timeout_s: float = 120.0) -> list[tuple[str, Features]]:
     """(kernel hash, features) of every call of a genotype's network, as cost.collect profiles it."""
-    from tvmnas.cost.collect import _lower_network
+    from tvmnas.cost.collect import lower_genotype
     from tvmnas.measure.profiler import profile_input, write_network
     from tvmnas.measure.runner import build
 
-    network = _lower_network(genotype, seed)
+    network = lower_genotype(genotype, seed)
     graph = network.graph
     with tempfile.TemporaryDirectory(prefix="tvmnas-mix-net-") as tmp:
         prepared = write_network(network, target, Path(tmp) / "bundle")
@@ -83,32 +84,29 @@ def save_mix(path: Path, doc: dict[str, Any]) -> None:
     replace_bytes(path, gzip_bytes(text))
 
 
-def collect_mix(data: Any, target: Target, path: Path, *, names: Sequence[str] | None = None,
+def collect_mix(networks: Sequence[NetworkRow], target: Target, path: Path, *,
                 progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure the instruction mix of stored networks (cost.collect.ProfileData) into `path`,
-    resuming: networks already listed there are skipped, the file is rewritten after each one."""
+    """Measure the instruction mix of stored networks (profile store rows of `target`, in the order
+    given) into `path`, resuming: networks already listed there are skipped, the file is rewritten
+    after each one."""
     from tvmnas.search.genotype import Genotype
 
     doc = load_mix(path) if Path(path).is_file() else {
         "format": MIX_FORMAT, "version": MIX_VERSION, "target": target.name, "networks": [], "kernels": {}}
     if doc["target"] != target.name:
         raise CostModelError(f"kernel mix file '{path}' is for {doc['target']}, not {target.name}")
-    wanted = set(names) if names is not None else None
-    for net in data.networks:
-        if net["name"] in doc["networks"] or (wanted is not None and net["name"] not in wanted):
+    for net in networks:
+        if net.name in doc["networks"] or net.target != target.name:
             continue
-        if target.name not in net["targets"]:
-            continue
-        mix = network_mix(Genotype.from_dict(net["genotype"]), target)
-        stored = [c["hash"] for c in net["targets"][target.name]["calls"]]
-        if [h for h, _ in mix] != stored:
-            progress(f"{net['name']}: lowering differs from the stored profile; skipped")
+        mix = network_mix(Genotype.from_json(net.genotype), target)
+        if [h for h, _ in mix] != [h for _, h, _, _ in net.call_list]:
+            progress(f"{net.name}: lowering differs from the stored profile; skipped")
             continue
         for h, f in mix:
             doc["kernels"].setdefault(h, f)
-        doc["networks"].append(net["name"])
+        doc["networks"].append(net.name)
         save_mix(path, doc)
-        progress(f"{net['name']}: {len(doc['kernels'])} kernels with their mix")
+        progress(f"{net.name}: {len(doc['kernels'])} kernels with their mix")
     return doc
 
 

@@ -20,8 +20,9 @@ from tvmnas.board.mix import load_mix
 from tvmnas.board.user_targets import (
     CALIBRATION, DESCRIPTOR, DISTILLED, SURROGATE, TIMING, user_target_dir, user_targets_dir,
 )
-from tvmnas.cost.surrogate import DATA_DIR, XGB_ROUNDS
+from tvmnas.cost.surrogate import DATA_DIR, XGB_ROUNDS, profiles_name
 from tvmnas.errors import CostModelError, TvmnasError
+from tvmnas.measure.store import open_profiles
 from tvmnas.targets import DESCRIPTOR_DIR, Target, load_target
 
 MIN_REFIT_KERNELS = 10
@@ -46,16 +47,15 @@ def load_set(set_dir: Path, target: Target) -> dict[str, Any]:
 
 def reestimated_rows(timing: LinearTiming, base: str, mix_path: Path | None = None,
                      split: str | None = "fit") -> list[dict[str, Any]]:
-    """Stored profile rows of `base` (cost.collect.ProfileData, `split`) whose kernels have a mix,
-    with cycles re-estimated by `timing`."""
-    from tvmnas.cost.collect import ProfileData
-
+    """Stored float32 profile rows of `base` (the shipped profile store, `split`) whose kernels have
+    a mix, with cycles re-estimated by `timing`."""
     mix_path = mix_path or DATA_DIR / f"mix-{base}.json.gz"
     if not Path(mix_path).is_file():
         raise CostModelError(f"no instruction mix of the stored profile data for {base} ({mix_path}); "
                              f"make it with scripts/collect_kernel_mix.py --target {base}")
     mix = load_mix(mix_path)["kernels"]
-    rows = ProfileData.load(DATA_DIR / "profiles.json.gz").kernel_rows(base, split=split)
+    with open_profiles(DATA_DIR / profiles_name()) as db:
+        rows = db.kernel_rows(base, "float32", split=split)
     out = [{**r, "cycles": max(timing.cycles(mix[r["hash"]]), 1.0)} for r in rows if r["hash"] in mix]
     return out
 
@@ -63,16 +63,13 @@ def reestimated_rows(timing: LinearTiming, base: str, mix_path: Path | None = No
 def network_cycles(timing: LinearTiming, base: str, mix: Mapping[str, Mapping[str, float]],
                    split: str = "eval") -> dict[str, float]:
     """Whole-network cycles (sum over calls) by `timing`, for stored networks whose kernels all have a mix."""
-    from tvmnas.cost.collect import ProfileData
-
-    data = ProfileData.load(DATA_DIR / "profiles.json.gz")
+    with open_profiles(DATA_DIR / profiles_name()) as db:
+        nets = db.networks(base, "float32", split)
     out = {}
-    for net in data.networks:
-        if net["split"] != split or base not in net["targets"]:
-            continue
-        calls = net["targets"][base]["calls"]
-        if all(c["hash"] in mix for c in calls):
-            out[net["name"]] = sum(timing.cycles(mix[c["hash"]]) for c in calls)
+    for net in nets:
+        hashes = [h for _, h, _, _ in net.call_list]
+        if all(h in mix for h in hashes):
+            out[net.name] = sum(timing.cycles(mix[h]) for h in hashes)
     return out
 
 

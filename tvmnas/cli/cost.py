@@ -19,11 +19,11 @@ app.add_typer(cost_app, name="cost")
 
 @cost_app.command("fit")
 def fit_command(
-    db: Path = typer.Option(..., "--db", help="Profile database (tvmnas profile-ops) or profile data (.json.gz)."),
+    db: Path = typer.Option(..., "--db", help="Profile store: a database (tvmnas profile-ops) or a dump (.jsonl.gz)."),
     target: str = options.target("Target whose measurements to fit.", default=...),
     out: Path = options.out("Surrogate file to write (JSON, gzipped when the name ends in .gz)."),
     precision: str = typer.Option("float32", "--precision",
-                                  help="Kernels to fit on: float32, or int8 (the int8 builds of profile data "
+                                  help="Kernels to fit on: float32, or int8 (the int8 builds of networks "
                                        "collected with precision int8)."),
 ) -> None:
     """Fit an XGBoost surrogate of log cycles per kernel on the profiled kernels of one target."""

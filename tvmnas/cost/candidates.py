@@ -1,5 +1,5 @@
 """Cost data from sampled operators (tvmnas profile-ops): each OpSpec compiled alone, measured on
-the emulator through the profiler, and recorded in the profile database.
+the emulator through the profiler, and recorded in the profile store with its kernels' features.
 
 Workers compile and measure on the executor seam; this process alone writes the database, one
 transaction per candidate. A kernel that is already stored (same key: target, precision, identity,
@@ -24,8 +24,9 @@ from tvmnas.targets import Target
 
 
 def prepare_candidate(spec: OpSpec, target: Target, bundle_dir: Path, *, seed: int = 0) -> PreparedNetwork:
-    """Compile one sampled operator alone as a single-op network into `bundle_dir`."""
-    return prepare_network(spec.build(seed), target, bundle_dir, input_shape=spec.input_shape)
+    """Compile one sampled operator alone as a single-op network into `bundle_dir`, with its kernels'
+    feature rows (recorded beside their measurements: fit data for the cost models)."""
+    return prepare_network(spec.build(seed), target, bundle_dir, input_shape=spec.input_shape, features=True)
 
 
 def kernel_rows(spec: OpSpec, prepared: PreparedNetwork, counts: list[tuple[int, int]]) -> list[KernelRow]:
@@ -133,7 +134,8 @@ class _Scheduler:
         stored = self._stored(prepared)
         new = {r.key: r for r in kernel_rows(spec, prepared, counts) if stored.get(r.key) is None}
         rows = {**{k: v for k, v in stored.items() if v is not None}, **new}
-        self.stats.kernels_added += self.db.record(candidate_row(spec, prepared, rows), list(new.values()))
+        self.stats.kernels_added += self.db.record(candidate_row(spec, prepared, rows), list(new.values()),
+                                                   prepared.features)
         self.stats.measured += 1
         self.in_flight -= set(new)
         self._finish(spec, "measured")
@@ -248,16 +250,21 @@ def profile_candidates(
     return sched.stats
 
 
+def record_candidate(spec: OpSpec, prepared: PreparedNetwork, target: Target, db: ProfileDB, *,
+                     timeout_s: float = 60.0) -> tuple[CandidateRow, str]:
+    """Record a prepared candidate in `db`, measuring it only if a kernel is missing: its row, and
+    "measured" or "cached". Raises the candidate's own error (EmulatorError naming the kernel on a
+    hang or fault)."""
+    sched = _Scheduler(db, None)
+    how = "cached"
+    if sched.decide(spec, prepared) == MEASURE:
+        sched.measured(spec, prepared, _measure_task(prepared, target, timeout_s))
+        how = "measured"
+    return candidate_row(spec, prepared, {key: db.kernel(key) for key in kernel_keys(prepared)}), how  # type: ignore[misc]
+
+
 def profile_candidate(
     spec: OpSpec, target: Target, db: ProfileDB, work_dir: Path, *, timeout_s: float = 60.0
 ) -> CandidateRow:
-    """Profile one candidate into `db` (measuring only if a kernel is missing) and return its row.
-
-    Raises the candidate's own error (EmulatorError naming the kernel on a hang or fault).
-    """
-    sched = _Scheduler(db, None)
-    prepared = _prepare_task(spec, target, Path(work_dir))
-    if sched.decide(spec, prepared) == MEASURE:
-        sched.measured(spec, prepared, _measure_task(prepared, target, timeout_s))
-    rows = {key: db.kernel(key) for key in kernel_keys(prepared)}
-    return candidate_row(spec, prepared, rows)  # type: ignore[arg-type]
+    """Compile and profile one candidate into `db` (record_candidate) and return its row."""
+    return record_candidate(spec, _prepare_task(spec, target, Path(work_dir)), target, db, timeout_s=timeout_s)[0]

@@ -10,13 +10,14 @@ Held out by network: every 'eval' network, predicted as the sum of its kernel ca
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
 
-from tvmnas.cost.collect import ProfileData
+from tvmnas.measure.store import ProfileDB
 from tvmnas.passes.kernel_features import OP_CLASSES
 
 
@@ -126,37 +127,22 @@ def accuracy(predicted: np.ndarray, measured: np.ndarray) -> Accuracy:
     return Accuracy(len(m), float(np.mean(rel <= 0.10)), float(np.mean(rel <= 0.20)), rho, float(np.mean(rel)), r2)
 
 
-def held_out_kernels(data: ProfileData, target: str) -> list[dict[str, Any]]:
+def held_out_kernels(db: ProfileDB, target: str, precision: str) -> list[dict[str, Any]]:
     """Kernel rows of the eval networks whose kernel never appears among the fit networks."""
-    seen = {r["hash"] for r in data.kernel_rows(target, split="fit")}
-    return [r for r in data.kernel_rows(target, split="eval") if r["hash"] not in seen]
+    seen = {r["hash"] for r in db.kernel_rows(target, precision, split="fit")}
+    return [r for r in db.kernel_rows(target, precision, split="eval") if r["hash"] not in seen]
 
 
-def network_totals(data: ProfileData, target: str, predict: Callable[[list[dict[str, float]]], np.ndarray],
+def network_totals(db: ProfileDB, target: str, precision: str,
+                   predict: Callable[[list[dict[str, float]]], np.ndarray],
                    split: str = "eval") -> tuple[np.ndarray, np.ndarray]:
     """(predicted, measured) whole-network cycles: predicted = sum of per-call predictions."""
+    features = {h: json.loads(f.features) for h, f in db.features(precision).items()}
     predicted, measured = [], []
-    for net in data.networks:
-        if net["split"] != split or target not in net["targets"]:
-            continue
-        calls = net["targets"][target]["calls"]
-        feats = [data.kernels[c["hash"]]["features"] for c in calls]
-        predicted.append(float(np.sum(predict(feats))))
-        measured.append(float(net["targets"][target]["cycles"]))
+    for net in db.networks(target, precision, split):
+        predicted.append(float(np.sum(predict([features[h] for _, h, _, _ in net.call_list]))))
+        measured.append(float(net.cycles))
     return np.array(predicted), np.array(measured)
-
-
-def compare(data: ProfileData, target: str, predictors: dict[str, KernelPredictor]) -> dict[str, dict[str, Any]]:
-    """Per predictor: accuracy on held-out kernels and on held-out whole networks."""
-    kernels = held_out_kernels(data, target)
-    feats = [r["features"] for r in kernels]
-    meas = np.array([float(r["cycles"]) for r in kernels])
-    out = {}
-    for name, model in predictors.items():
-        pred_net, meas_net = network_totals(data, target, model.predict)
-        out[name] = {"kernels": accuracy(model.predict(feats), meas).row(),
-                     "networks": accuracy(pred_net, meas_net).row()}
-    return out
 
 
 def cross_val_predictions(rows: Sequence[dict[str, Any]], target: str, *, folds: int = 5, seed: int = 0,

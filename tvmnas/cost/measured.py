@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tvmnas.cost.candidates import candidate_row, kernel_rows
+from tvmnas.cost.candidates import record_candidate
 from tvmnas.errors import CostModelError
-from tvmnas.measure.profiler import PreparedNetwork, kernel_keys, measure_network, prepare_network
+from tvmnas.measure.profiler import prepare_network
 from tvmnas.measure.store import ProfileDB
 from tvmnas.search.cost import LayerCost, MacCostModel
 from tvmnas.search.layer_spec import LayerSpec
@@ -127,26 +127,8 @@ class MeasuredCostModel:
                                        precision=self.precision)
         except NotImplementedError as err:
             raise CostModelError(f"layer '{cand.key}' cannot be compiled for {self.target.name}: {err}") from err
-        stored = {key: db.kernel(key) for key in kernel_keys(prepared)}
-        how = "cached"
-        if any(row is None for row in stored.values()):
-            stored = self._measure(cand, prepared, stored, db, work)
-            how = "measured"
-        row = candidate_row(cand, prepared, stored)  # type: ignore[arg-type]
-        if how == "cached" and not db.has_candidate(row.target, row.precision, row.candidate_key,
-                                                    row.codegen_version, row.flags):
-            db.record(row, [])
+        row, how = record_candidate(cand, prepared, self.target, db, timeout_s=self.timeout_s)  # type: ignore[arg-type]
         return int(row.cycles), how
-
-    def _measure(self, cand: LayerCandidate, prepared: PreparedNetwork, stored: dict, db: ProfileDB,
-                 work: Path) -> dict:
-        profile = measure_network(prepared, self.target, work / "build", timeout_s=self.timeout_s)
-        counts = [(k.instructions, k.cycles) for k in profile.kernels]
-        new: dict = {r.key: r for r in kernel_rows(cand, prepared, counts)  # type: ignore[arg-type]
-                     if stored.get(r.key) is None}
-        rows: dict = {**{k: v for k, v in stored.items() if v is not None}, **new}
-        db.record(candidate_row(cand, prepared, rows), list(new.values()))  # type: ignore[arg-type]
-        return rows
 
     def layer_cost(self, spec: LayerSpec) -> LayerCost:
         """Measured cycles and counted bytes as 0-d tensors (a constant: the search's table)."""

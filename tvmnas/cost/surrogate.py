@@ -61,9 +61,9 @@ def surrogate_name(target: str, precision: str = "float32") -> str:
     return f"surrogate-{target}.json.gz" if precision == "float32" else f"surrogate-{target}-{precision}.json.gz"
 
 
-def profile_data_name(precision: str = "float32") -> str:
-    """File name of the network profile data of `precision` in the package data."""
-    return "profiles.json.gz" if precision == "float32" else f"profiles-{precision}.json.gz"
+def profiles_name(precision: str = "float32") -> str:
+    """File name of the profile store dump of `precision` in the package data (the profiled networks)."""
+    return "profiles.jsonl.gz" if precision == "float32" else f"profiles-{precision}.jsonl.gz"
 
 
 def feature_matrix(features: Sequence[dict[str, float]]) -> np.ndarray:
@@ -95,7 +95,7 @@ class CostSurrogate:
     @classmethod
     def fit(cls, rows: Sequence[dict[str, Any]], target: str, *, rounds: int = XGB_ROUNDS,
             precision: str = "float32") -> "CostSurrogate":
-        """Fit on kernel rows ({'features', 'cycles', ...}, as ProfileData.kernel_rows gives them) of
+        """Fit on kernel rows ({'features', 'cycles', ...}, as ProfileDB.kernel_rows gives them) of
         kernels of `precision`."""
         import xgboost as xgb
         from scipy.optimize import nnls

@@ -35,10 +35,10 @@ from tvmnas.errors import EmulatorError, TvmnasError
 from tvmnas.executor import FolderFiles
 from tvmnas.frontend import ModelSource, import_model
 from tvmnas.passes import CallGraph, KernelCall, plan_arena
-from tvmnas.measure.store import KernelKey
+from tvmnas.measure.store import FeatureRow, KernelKey, canonical_json
 from tvmnas.measure.emulator import Emulator
 from tvmnas.measure.profile import Profile
-from tvmnas.passes.kernel_features import kernel_hash, kernel_macs
+from tvmnas.passes.kernel_features import kernel_features, kernel_hash, kernel_macs
 from tvmnas.quantized import as_int8_source, integer_model
 from tvmnas.measure.runner import COMMON_CFLAGS
 from tvmnas.targets import Target
@@ -110,6 +110,8 @@ class PreparedNetwork:
     kernels: tuple[KernelInfo, ...]
     # The bundle's files (path relative to bundle_dir, bytes) when it travels to another machine.
     files: FolderFiles = field(default=(), repr=False, compare=False)
+    # Its kernels' feature rows, when written with features=True (for the profile store).
+    features: tuple[FeatureRow, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def precision(self) -> str:
@@ -188,8 +190,17 @@ def isolate_call(network: LoweredNetwork, index: int, *, seed: int = PROFILE_INP
                           {call.kernel: network.hashes[call.kernel]}, (network.macs[index],), network.precision)
 
 
-def write_network(network: LoweredNetwork, target: Target, bundle_dir: Path) -> PreparedNetwork:
-    """Write a lowered network's C bundle to `bundle_dir`, replacing it (no flash measurement, no budget check)."""
+def feature_rows(network: LoweredNetwork) -> list[FeatureRow]:
+    """One feature row per distinct kernel of a lowered network (its features and MACs, read from its TIR)."""
+    first = {h: name for name, h in sorted(network.hashes.items(), reverse=True)}
+    return [FeatureRow(network.precision, h, kernel_macs(network.lowered[name]),
+                       canonical_json(kernel_features(network.lowered[name]))) for h, name in sorted(first.items())]
+
+
+def write_network(network: LoweredNetwork, target: Target, bundle_dir: Path, *,
+                  features: bool = False) -> PreparedNetwork:
+    """Write a lowered network's C bundle to `bundle_dir`, replacing it (no flash measurement, no
+    budget check); features: also read its kernels' feature rows (feature_rows)."""
     graph, emitted = network.graph, network.kernels
     plan = plan_arena(arena_buffers(graph, emitted))
     flags = codegen_flags(target)
@@ -204,19 +215,22 @@ def write_network(network: LoweredNetwork, target: Target, bundle_dir: Path) -> 
         text = emitted[call.kernel].text
         kernels.append(KernelInfo(call.index, call.kernel, network.hashes[call.kernel],
                                   codegen_version(text, call.kernel, flags), n_macs, text, network.precision))
-    return PreparedNetwork(bundle_dir, target.name, flags, graph.inputs[0].elems, tuple(kernels))
+    return PreparedNetwork(bundle_dir, target.name, flags, graph.inputs[0].elems, tuple(kernels),
+                           features=tuple(feature_rows(network)) if features else ())
 
 
 def prepare_network(
     model: ModelSource, target: Target, bundle_dir: Path, *, input_shape: tuple[int, ...] | None = None,
     optimize: str = "speed",
     precision: str | None = None,
+    features: bool = False,
 ) -> PreparedNetwork:
     """Lower `model` (as its int8 build with precision="int8", see lower_network) and write its C
-    bundle to `bundle_dir`, replacing it (no flash measurement, no budget check)."""
+    bundle to `bundle_dir`, replacing it (no flash measurement, no budget check; features: with its
+    kernels' feature rows)."""
     network = lower_network(model, input_shape=input_shape, optimize=optimize, simd=target.dsp, precision=precision,
                             language=language_for(target))
-    return write_network(network, target, bundle_dir)
+    return write_network(network, target, bundle_dir, features=features)
 
 
 # --------------------------------------------------------------------------- measuring
