@@ -121,7 +121,7 @@ def main() -> None:
         command = (f"python benchmarks/dynamic_int8.py SEL --images {args.images}"
                    + (f" --target {args.target}" if args.target else ""))
         replace_section("dynamic_int8", f"## Dynamic bundles, int8 vs float32 ({target.name}, commit {git_commit()})\n\n"
-                        f"{SETUP}\n  {command}\n```\n\n{body}")
+                        f"{SETUP}\n{command}\n```\n\n{body}")
 
 
 SETUP = """One selection of K sub-networks (digits), compiled as one float32 bundle, one int8 bundle (SIMD
