@@ -23,6 +23,8 @@ import numpy as np
 import tvm
 from tvm import tirx
 
+from .integer_features import INTEGER_FEATURE_NAMES, integer_counts, integer_features, integer_kernel
+
 DTYPE_BYTES = {"float32": 4, "int32": 4, "int8": 1, "uint8": 1, "int16": 2, "int64": 8, "float64": 8, "bool": 1}
 ARITH = ("Add", "Sub", "Mul", "Div", "FloorDiv", "FloorMod", "Max", "Min")
 COMPARE = ("LT", "LE", "GT", "GE", "EQ", "NE", "And", "Or", "Not")
@@ -78,6 +80,14 @@ FEATURE_NAMES: tuple[str, ...] = (
     "units_per_out",
     *(f"per_unit_block_{c}" for c in BLOCK_COUNTS),
 )
+# int8 kernels (a parameter is an int8 buffer) add the integer features (passes/integer_features);
+# float32 kernels' features are FEATURE_NAMES alone, as they were before integer features existed
+INT8_FEATURE_NAMES: tuple[str, ...] = (*FEATURE_NAMES, *INTEGER_FEATURE_NAMES)
+
+
+def feature_names(precision: str = "float32") -> tuple[str, ...]:
+    """The feature layout a model of `precision` kernels is fitted on (float32: FEATURE_NAMES)."""
+    return FEATURE_NAMES if precision == "float32" else INT8_FEATURE_NAMES
 
 
 @dataclass
@@ -349,7 +359,15 @@ def micro_kernel_features(func: tirx.PrimFunc, function: str, layer: dict[str, i
     }
     f.update({f"log_exec_{k}": _log(v) for k, v in flat_counts(func).items()})
     f.update(ratio_features(f))
-    return {name: float(f[name]) for name in FEATURE_NAMES}
+    out = {name: float(f[name]) for name in FEATURE_NAMES}
+    # the output rescale reads each channel's shift from memory; the residual add (tvmnas_s8_add, not
+    # inlined) rescales both addends and the sum with shifts passed at run time
+    counts = integer_counts(_flat(func))
+    counts["requant"] += out_elems * (1 + 3 * residual)
+    counts["requant_var"] += out_elems * (1 + 3 * residual)
+    counts["clamps"] += out_elems * 2 * (1 + residual)
+    out.update(integer_features(counts, out_elems))
+    return out
 
 
 def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
@@ -452,10 +470,14 @@ def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
     valid = window_valid_fraction(input_shapes, main, (int(f["kernel_h"]), int(f["kernel_w"])))
     f.update({"window_valid_frac": valid, "log_valid_macs": _log(macs * valid),
               "log_padded_macs": _log(macs * (1.0 - valid))})
-    f.update({f"log_exec_{k}": _log(v) for k, v in flat_counts(func).items()})
+    flat = _flat(func)
+    f.update({f"log_exec_{k}": _log(v) for k, v in flat_counts(flat).items()})
     f.update(ratio_features(f))
     assert set(f) == set(FEATURE_NAMES), sorted(set(FEATURE_NAMES) ^ set(f))
-    return {name: float(f[name]) for name in FEATURE_NAMES}
+    out = {name: float(f[name]) for name in FEATURE_NAMES}
+    if integer_kernel(func):
+        out.update(integer_features(integer_counts(flat), math.expm1(f["log_main_out_elems"])))
+    return out
 
 
 def ratio_features(f: dict[str, float]) -> dict[str, float]:
