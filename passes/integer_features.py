@@ -29,9 +29,12 @@ from .integer_kernels import REQUANTIZE_FUNCTION
 # executed counts (see the module docstring); requant_round: shift < 0 (rounding right shift),
 # requant_left: shift > 0, requant_var: shift read from memory (per-channel), conds: branch
 # conditions evaluated, copies: values stored or chosen by a branch that are a plain (cast) load, idiv_var / idiv_const: integer
-# divisions by a loop-dependent / constant non-power-of-two divisor
-INTEGER_COUNTS = ("requant", "requant_round", "requant_left", "requant_var", "conds", "copies", "clamps",
-                  "idiv_var", "idiv_const", "loads", "stores")
+# divisions by a loop-dependent / constant non-power-of-two divisor; requant_nonneg_in: rescales
+# of a value whose zero point is -128 (the real value is >= 0: the product's sign test in
+# tvmnas_requantize always goes one way), requant_relu_out: rescales clamped at their output zero
+# point (a ReLU: gcc skips the rounding of every value that clamps)
+INTEGER_COUNTS = ("requant", "requant_round", "requant_left", "requant_var", "requant_nonneg_in",
+                  "requant_relu_out", "conds", "copies", "clamps", "idiv_var", "idiv_const", "loads", "stores")
 INTEGER_FEATURE_NAMES: tuple[str, ...] = (
     *(f"int8_log_{c}" for c in INTEGER_COUNTS),
     *(f"int8_per_out_{c}" for c in INTEGER_COUNTS),
@@ -92,10 +95,49 @@ def _evaluate(e, env: dict[str, np.ndarray]) -> np.ndarray:
     raise ValueError(kind)
 
 
+def _strip(e):
+    while type(e).__name__ == "Cast":
+        e = e.value
+    return e
+
+
+def _offset(e) -> tuple[object, int]:
+    """(a, c) of `a + c` or `a - (-c)` with c an integer constant; (e, 0) otherwise."""
+    kind = type(e).__name__
+    if kind in ("Add", "Sub") and type(e.b).__name__ == "IntImm":
+        return e.a, int(e.b.value) * (1 if kind == "Add" else -1)
+    return e, 0
+
+
+def _zero_point_is_min(arg, window: int) -> bool:
+    """Whether a rescale's argument is `x - zp` with zp = -128 for an int8 x (TFLite's zero point of a
+    non-negative tensor), optionally times a constant left shift, or an int32 sum of `window` such
+    values less window * zp (the integer mean)."""
+    arg = _strip(arg)
+    if type(arg).__name__ == "Mul" and type(arg.b).__name__ == "IntImm":
+        arg = _strip(arg.a)
+    inner, c = _offset(arg)
+    inner = _strip(inner)
+    if type(inner).__name__ not in ("BufferLoad", "TensorLoad") or c <= 0 or c % 128:
+        return False
+    dtype = str(inner.buffer.dtype if hasattr(inner, "buffer") else getattr(inner, "ty", ""))
+    return c == 128 if dtype == "int8" else dtype == "int32" and c == 128 * window
+
+
+def _clamped_at_zero_point(e) -> bool:
+    """`max(tvmnas_requantize(...) + zp, lo)` with lo == zp: the clamp of a ReLU at the output's zero point."""
+    lo = _strip(e.b)
+    inner, zp = _offset(_strip(e.a))
+    inner = _strip(inner)
+    return (type(lo).__name__ == "IntImm" and int(lo.value) == zp and type(inner).__name__ == "Call"
+            and len(inner.args) == 4 and getattr(inner.args[0], "value", None) == REQUANTIZE_FUNCTION)
+
+
 class _Walker:
     """Executed integer counts of one flat kernel (see INTEGER_COUNTS)."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 1) -> None:
+        self.window = window
         self.counts = dict.fromkeys(INTEGER_COUNTS, 0.0)
         self._fractions: dict[str, float] = {}
 
@@ -141,6 +183,8 @@ class _Walker:
             name = getattr(e.args[0], "value", None) if op in ("call_pure_extern", "call_extern") and e.args else None
             if name == REQUANTIZE_FUNCTION and len(e.args) == 4:
                 self.add("requant", weight, conds, loops)
+                if _zero_point_is_min(e.args[1], self.window):
+                    self.add("requant_nonneg_in", weight, conds, loops)
                 shift = e.args[3]
                 if type(shift).__name__ != "IntImm":
                     self.add("requant_var", weight, conds, loops)
@@ -161,6 +205,8 @@ class _Walker:
             return
         if kind in ("Min", "Max") and str(getattr(e, "ty", "")).startswith(("int", "uint")):
             self.add("clamps", weight, conds, loops)
+            if kind == "Max" and _clamped_at_zero_point(e):
+                self.add("requant_relu_out", weight, conds, loops)
         if kind in ("Div", "FloorDiv", "FloorMod") and str(getattr(e, "ty", "")).startswith(("int", "uint")):
             b = e.b
             if type(b).__name__ != "IntImm":
@@ -217,9 +263,10 @@ class _Walker:
             self.stmt(s.body, weight, conds, loops)
 
 
-def integer_counts(flat: tirx.PrimFunc) -> dict[str, float]:
-    """INTEGER_COUNTS executed by the flat kernel `flat` (as LowerTIRForC prints it)."""
-    walker = _Walker()
+def integer_counts(flat: tirx.PrimFunc, window: int = 1) -> dict[str, float]:
+    """INTEGER_COUNTS executed by the flat kernel `flat` (as LowerTIRForC prints it); `window`: the
+    values its main reduction sums per output (a mean's zero-point correction is window * zp)."""
+    walker = _Walker(window)
     walker.stmt(flat.body, 1.0, (), {})
     return walker.counts
 

@@ -476,7 +476,8 @@ def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
     assert set(f) == set(FEATURE_NAMES), sorted(set(FEATURE_NAMES) ^ set(f))
     out = {name: float(f[name]) for name in FEATURE_NAMES}
     if integer_kernel(func):
-        out.update(integer_features(integer_counts(flat), math.expm1(f["log_main_out_elems"])))
+        window = int(np.prod(red)) if red else 1
+        out.update(integer_features(integer_counts(flat, window), math.expm1(f["log_main_out_elems"])))
     return out
 
 
