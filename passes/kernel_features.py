@@ -11,6 +11,12 @@ tvmnas_s8_depthwise) has no loop nest to read: its features come from the call's
 instead (micro_kernel_features), in the same slots a float32 kernel of that shape fills (MACs,
 output elements, channels, window, stride, padding), so the one feature layout serves both
 precisions and float32 kernels' features are unchanged.
+
+A kernel with an int8 parameter also gets the integer features (passes/integer_features:
+requantizations by the path gcc compiles them to, branch arms counted over the iterations that take
+them, divisions by a variable count), after FEATURE_NAMES (INT8_FEATURE_NAMES, the layout of int8
+surrogates); a float32 kernel's features are FEATURE_NAMES alone, so float32 profile data and
+surrogates stay as they were.
 """
 
 from __future__ import annotations

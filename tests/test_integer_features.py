@@ -22,10 +22,11 @@ def prim_func(*tensors: te.Tensor) -> tirx.PrimFunc:
     return te.create_prim_func(list(tensors))
 
 
-def requantize_kernel(shift: int) -> tirx.PrimFunc:
+def requantize_kernel(shift: int, input_zero_point: int = 3, output_zero_point: int = -5,
+                      act_min: int = -128) -> tirx.PrimFunc:
     x = te.placeholder(SHAPE, "int8", name="x")
-    return prim_func(x, requantize_int8(x, input_zero_point=3, output_zero_point=-5, multiplier=1 << 30,
-                                        shift=shift, act_min=-128, act_max=127))
+    return prim_func(x, requantize_int8(x, input_zero_point=input_zero_point, output_zero_point=output_zero_point,
+                                        multiplier=1 << 30, shift=shift, act_min=act_min, act_max=127))
 
 
 def add_kernel(shifts: tuple[int, int]) -> tirx.PrimFunc:
@@ -76,6 +77,18 @@ def test_requantize_shift_sign_is_a_feature_the_loop_nest_does_not_show() -> Non
     assert (left["int8_per_out_requant"], rounding["int8_per_out_requant"]) == pytest.approx((1.0, 1.0))
     assert (left["int8_per_out_requant_round"], rounding["int8_per_out_requant_round"]) == pytest.approx((0.0, 1.0))
     assert (left["int8_per_out_requant_left"], rounding["int8_per_out_requant_left"]) == pytest.approx((1.0, 0.0))
+
+
+def test_a_non_negative_input_and_a_relu_output_are_features() -> None:
+    """Zero point -128 in: the real input is >= 0 (tvmnas_requantize's sign test always goes one
+    way); the clamp at the output zero point is a ReLU (gcc skips the rounding of clamped values)."""
+    plain = kernel_features(requantize_kernel(-1))
+    nonneg = kernel_features(requantize_kernel(-1, input_zero_point=-128))
+    relu = kernel_features(requantize_kernel(-1, output_zero_point=-20, act_min=-20))
+    assert base(plain) == base(nonneg)
+    assert (plain["int8_per_out_requant_nonneg_in"], nonneg["int8_per_out_requant_nonneg_in"]) == pytest.approx((0, 1))
+    assert (plain["int8_per_out_requant_relu_out"], relu["int8_per_out_requant_relu_out"]) == pytest.approx((0, 1))
+    assert relu["int8_per_out_requant_nonneg_in"] == 0.0
 
 
 def test_an_add_of_equal_and_of_different_input_scales_gets_different_features() -> None:

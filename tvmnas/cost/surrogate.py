@@ -12,7 +12,9 @@ are JSON, gzipped when the name ends in .gz.
 
 A surrogate prices one precision on one target: float32 kernels, or the kernels of int8 builds
 (surrogate-<target>-int8.json.gz next to surrogate-<target>.json.gz; float32 files carry no
-precision field, so they stay as they were written).
+precision field, so they stay as they were written). An int8 surrogate is fitted on
+INT8_FEATURE_NAMES (FEATURE_NAMES and the integer features of passes/integer_features) and its
+prior also over the executed integer operations; a float32 one on FEATURE_NAMES, as before.
 """
 
 from __future__ import annotations
