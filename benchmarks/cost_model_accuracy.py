@@ -50,7 +50,7 @@ def evaluate_target(db: ProfileDB, target: str, precision: str, folds: int, subs
     """All figures of one target (see the module docstring)."""
     fit_rows = db.kernel_rows(target, precision, split="fit")
     meas_fit = np.array([float(r["cycles"]) for r in fit_rows])
-    cv = cross_val_predictions(fit_rows, target, folds=folds)
+    cv = cross_val_predictions(fit_rows, target, folds=folds, precision=precision)
     out: dict = {"fit_kernels": len(fit_rows), "cv": {name: accuracy(p, meas_fit).row() for name, p in cv.items()},
                  "cv_by_kind": accuracy_by_kind(fit_rows, cv["surrogate"])}
     models = {"surrogate": load_surrogate(target, precision), "MACs-linear": MacLinear.fit(fit_rows),
@@ -65,10 +65,10 @@ def evaluate_target(db: ProfileDB, target: str, precision: str, folds: int, subs
         out["fewer_fit_networks"] = {}
         for count in subsets:
             rows = fewer_fit_rows(db, target, precision, count)
-            model = CostSurrogate.fit(rows, target)
+            model = CostSurrogate.fit(rows, target, precision=precision)
             out["fewer_fit_networks"][str(count)] = {
                 "fit_kernels": len(rows),
-                "cv_within_10pct": cross_validate(rows, target, folds=folds)["surrogate"]["within_10pct"],
+                "cv_within_10pct": cross_validate(rows, target, folds=folds, precision=precision)["surrogate"]["within_10pct"],
                 **accuracy(model.predict([r["features"] for r in held]), meas).row()}
     nets = {}
     for name, m in models.items():

@@ -11,6 +11,12 @@ tvmnas_s8_depthwise) has no loop nest to read: its features come from the call's
 instead (micro_kernel_features), in the same slots a float32 kernel of that shape fills (MACs,
 output elements, channels, window, stride, padding), so the one feature layout serves both
 precisions and float32 kernels' features are unchanged.
+
+A kernel with an int8 parameter also gets the integer features (passes/integer_features:
+requantizations by the path gcc compiles them to, branch arms counted over the iterations that take
+them, divisions by a variable count), after FEATURE_NAMES (INT8_FEATURE_NAMES, the layout of int8
+surrogates); a float32 kernel's features are FEATURE_NAMES alone, so float32 profile data and
+surrogates stay as they were.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 from tvm import tirx
+
+from .integer_features import INTEGER_FEATURE_NAMES, integer_counts, integer_features, integer_kernel
 
 DTYPE_BYTES = {"float32": 4, "int32": 4, "int8": 1, "uint8": 1, "int16": 2, "int64": 8, "float64": 8, "bool": 1}
 ARITH = ("Add", "Sub", "Mul", "Div", "FloorDiv", "FloorMod", "Max", "Min")
@@ -78,6 +86,14 @@ FEATURE_NAMES: tuple[str, ...] = (
     "units_per_out",
     *(f"per_unit_block_{c}" for c in BLOCK_COUNTS),
 )
+# int8 kernels (a parameter is an int8 buffer) add the integer features (passes/integer_features);
+# float32 kernels' features are FEATURE_NAMES alone, as they were before integer features existed
+INT8_FEATURE_NAMES: tuple[str, ...] = (*FEATURE_NAMES, *INTEGER_FEATURE_NAMES)
+
+
+def feature_names(precision: str = "float32") -> tuple[str, ...]:
+    """The feature layout a model of `precision` kernels is fitted on (float32: FEATURE_NAMES)."""
+    return FEATURE_NAMES if precision == "float32" else INT8_FEATURE_NAMES
 
 
 @dataclass
@@ -349,7 +365,15 @@ def micro_kernel_features(func: tirx.PrimFunc, function: str, layer: dict[str, i
     }
     f.update({f"log_exec_{k}": _log(v) for k, v in flat_counts(func).items()})
     f.update(ratio_features(f))
-    return {name: float(f[name]) for name in FEATURE_NAMES}
+    out = {name: float(f[name]) for name in FEATURE_NAMES}
+    # the output rescale reads each channel's shift from memory; the residual add (tvmnas_s8_add, not
+    # inlined) rescales both addends and the sum with shifts passed at run time
+    counts = integer_counts(_flat(func))
+    counts["requant"] += out_elems * (1 + 3 * residual)
+    counts["requant_var"] += out_elems * (1 + 3 * residual)
+    counts["clamps"] += out_elems * 2 * (1 + residual)
+    out.update(integer_features(counts, out_elems))
+    return out
 
 
 def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
@@ -452,10 +476,15 @@ def kernel_features(func: tirx.PrimFunc) -> dict[str, float]:
     valid = window_valid_fraction(input_shapes, main, (int(f["kernel_h"]), int(f["kernel_w"])))
     f.update({"window_valid_frac": valid, "log_valid_macs": _log(macs * valid),
               "log_padded_macs": _log(macs * (1.0 - valid))})
-    f.update({f"log_exec_{k}": _log(v) for k, v in flat_counts(func).items()})
+    flat = _flat(func)
+    f.update({f"log_exec_{k}": _log(v) for k, v in flat_counts(flat).items()})
     f.update(ratio_features(f))
     assert set(f) == set(FEATURE_NAMES), sorted(set(FEATURE_NAMES) ^ set(f))
-    return {name: float(f[name]) for name in FEATURE_NAMES}
+    out = {name: float(f[name]) for name in FEATURE_NAMES}
+    if integer_kernel(func):
+        window = int(np.prod(red)) if red else 1
+        out.update(integer_features(integer_counts(flat, window), math.expm1(f["log_main_out_elems"])))
+    return out
 
 
 def ratio_features(f: dict[str, float]) -> dict[str, float]:

@@ -151,3 +151,25 @@ def test_a_surrogate_file_keeps_its_precision(tmp_path: Path) -> None:
     assert CostSurrogate.load(tmp_path / "s.json").precision == "int8"
     with pytest.raises(CostModelError, match="prices int8 kernels, not float32"):
         CostSurrogate.load(tmp_path / "s.json", "cortex-m4", "float32")
+
+
+def test_an_int8_surrogate_reads_the_integer_features(tmp_path: Path) -> None:
+    """Two int8 kernels alike in every float32 feature, one rescaling with a rounding shift: the int8
+    surrogate (fitted on INT8_FEATURE_NAMES, kept in its file) tells them apart; a float32 one
+    keeps FEATURE_NAMES."""
+    from tvmnas.passes.kernel_features import INT8_FEATURE_NAMES
+
+    rows = []
+    for i, r in enumerate(synthetic_rows(200, 7)):
+        rounding = float(i % 2)
+        r["features"] = {**dict.fromkeys(INT8_FEATURE_NAMES, 0.0), **r["features"],
+                         "int8_per_out_requant_round": rounding, "int8_log_requant_round": rounding * 5.0}
+        r["cycles"] *= 1.0 + 0.5 * rounding
+        rows.append(r)
+    CostSurrogate.fit(rows, "cortex-m4", rounds=100, precision="int8").save(tmp_path / "s.json")
+    model = CostSurrogate.load(tmp_path / "s.json", "cortex-m4", "int8")
+    assert json.loads((tmp_path / "s.json").read_text())["feature_names"] == list(INT8_FEATURE_NAMES)
+    plain, rounding = rows[0]["features"], {**rows[0]["features"], "int8_per_out_requant_round": 1.0,
+                                            "int8_log_requant_round": 5.0}
+    assert model.predict_one(rounding) > 1.3 * model.predict_one(plain)
+    assert CostSurrogate.fit(synthetic_rows(20, 8), "cortex-m4", rounds=5).to_dict()["feature_names"] == list(FEATURE_NAMES)

@@ -146,9 +146,10 @@ def network_totals(db: ProfileDB, target: str, precision: str,
 
 
 def cross_val_predictions(rows: Sequence[dict[str, Any]], target: str, *, folds: int = 5, seed: int = 0,
-                          rounds: int | None = None) -> dict[str, np.ndarray]:
+                          rounds: int | None = None, precision: str = "float32") -> dict[str, np.ndarray]:
     """Held out by kernel within the fit data: k folds over distinct kernels (each row is one kernel);
-    every model is refitted on the other folds. Each predictor's held-out prediction of every row."""
+    every model is refitted on the other folds (the surrogate as one of `precision` kernels). Each
+    predictor's held-out prediction of every row."""
     from tvmnas.cost.surrogate import XGB_ROUNDS, CostSurrogate
 
     order = np.random.default_rng(seed).permutation(len(rows))
@@ -159,7 +160,7 @@ def cross_val_predictions(rows: Sequence[dict[str, Any]], target: str, *, folds:
         train = [rows[i] for i in range(len(rows)) if fold_of[i] != k]
         test_idx = [i for i in range(len(rows)) if fold_of[i] == k]
         feats = [rows[i]["features"] for i in test_idx]
-        models = {"surrogate": CostSurrogate.fit(train, target, rounds=rounds or XGB_ROUNDS),
+        models = {"surrogate": CostSurrogate.fit(train, target, rounds=rounds or XGB_ROUNDS, precision=precision),
                   "MACs-linear": MacLinear.fit(train), "per-op LUT": PerOpLUT.fit(train)}
         for name, model in models.items():
             preds[name][test_idx] = model.predict(feats)
@@ -167,10 +168,10 @@ def cross_val_predictions(rows: Sequence[dict[str, Any]], target: str, *, folds:
 
 
 def cross_validate(rows: Sequence[dict[str, Any]], target: str, *, folds: int = 5, seed: int = 0,
-                   rounds: int | None = None) -> dict[str, dict[str, Any]]:
+                   rounds: int | None = None, precision: str = "float32") -> dict[str, dict[str, Any]]:
     """Accuracy per predictor over all held-out predictions of cross_val_predictions."""
     meas = np.array([float(r["cycles"]) for r in rows])
-    preds = cross_val_predictions(rows, target, folds=folds, seed=seed, rounds=rounds)
+    preds = cross_val_predictions(rows, target, folds=folds, seed=seed, rounds=rounds, precision=precision)
     return {name: accuracy(p, meas).row() for name, p in preds.items()}
 
 

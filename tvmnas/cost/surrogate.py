@@ -12,7 +12,9 @@ are JSON, gzipped when the name ends in .gz.
 
 A surrogate prices one precision on one target: float32 kernels, or the kernels of int8 builds
 (surrogate-<target>-int8.json.gz next to surrogate-<target>.json.gz; float32 files carry no
-precision field, so they stay as they were written).
+precision field, so they stay as they were written). An int8 surrogate is fitted on
+INT8_FEATURE_NAMES (FEATURE_NAMES and the integer features of passes/integer_features) and its
+prior also over the executed integer operations; a float32 one on FEATURE_NAMES, as before.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 
 from tvmnas.cost.gzip_text import gzip_bytes, read_text, replace_bytes
 from tvmnas.errors import CostModelError
-from tvmnas.passes.kernel_features import FEATURE_NAMES, FLAT_COUNTS
+from tvmnas.passes.integer_features import INTEGER_COUNTS
+from tvmnas.passes.kernel_features import FLAT_COUNTS, feature_names
 
 FORMAT = "tvmnas-cost-surrogate"
 FORMAT_VERSION = 1
@@ -39,6 +42,8 @@ PRIOR_FEATURES = (*(f"log_exec_{c}" for c in FLAT_COUNTS),
                   "log_macs", "log_valid_macs", "log_padded_macs", "log_loads_reduce", "log_loads_elementwise",
                   "log_flops", "log_compares", "log_iters_pad", "log_iters_spatial", "log_loop_entries",
                   "log_main_out_elems", "n_blocks")
+# int8 kernels: also the executed integer operations (passes/integer_features)
+INT8_PRIOR_FEATURES = (*PRIOR_FEATURES, *(f"int8_log_{c}" for c in INTEGER_COUNTS))
 XGB_PARAMS: dict[str, Any] = {
     "objective": "reg:squarederror",
     "max_depth": 4,
@@ -66,17 +71,30 @@ def profiles_name(precision: str = "float32") -> str:
     return "profiles.jsonl.gz" if precision == "float32" else f"profiles-{precision}.jsonl.gz"
 
 
-def feature_matrix(features: Sequence[dict[str, float]]) -> np.ndarray:
-    """Rows of FEATURE_NAMES values (float32)."""
-    return np.array([[f[n] for n in FEATURE_NAMES] for f in features], dtype=np.float32).reshape(-1, len(FEATURE_NAMES))
+def prior_features(precision: str = "float32") -> tuple[str, ...]:
+    """The counts the linear prior of a `precision` surrogate is fitted over."""
+    return PRIOR_FEATURES if precision == "float32" else INT8_PRIOR_FEATURES
 
 
-def _prior_design(features: Sequence[dict[str, float]]) -> np.ndarray:
+def _value(f: dict[str, float], name: str) -> float:
+    """A feature of `f`; an integer feature is 0 for a kernel without int8 parameters (a float island
+    of an int8 build: passes.kernel_features gives it the float32 features alone)."""
+    return f.get(name, 0.0) if name.startswith("int8_") else f[name]
+
+
+def feature_matrix(features: Sequence[dict[str, float]], precision: str = "float32") -> np.ndarray:
+    """Rows of the `precision` feature layout's values (float32; float32: FEATURE_NAMES)."""
+    names = feature_names(precision)
+    return np.array([[_value(f, n) for n in names] for f in features], dtype=np.float32).reshape(-1, len(names))
+
+
+def _prior_design(features: Sequence[dict[str, float]], precision: str = "float32") -> np.ndarray:
+    names = prior_features(precision)
     cols = []
     for f in features:
-        row = [math.expm1(f[n]) if n.startswith("log_") else f[n] for n in PRIOR_FEATURES]
+        row = [math.expm1(_value(f, n)) if n.startswith(("log_", "int8_log_")) else _value(f, n) for n in names]
         cols.append(row + [1.0])
-    return np.array(cols, dtype=np.float64).reshape(-1, len(PRIOR_FEATURES) + 1)
+    return np.array(cols, dtype=np.float64).reshape(-1, len(names) + 1)
 
 
 class CostSurrogate:
@@ -104,11 +122,11 @@ class CostSurrogate:
             raise CostModelError(f"{target}: {len(rows)} profiled kernels are too few to fit a surrogate (need 10)")
         feats = [r["features"] for r in rows]
         y = np.array([float(r["cycles"]) for r in rows])
-        design = _prior_design(feats)
+        design = _prior_design(feats, precision)
         coef, _ = nnls(design / y[:, None], np.ones(len(y)))  # relative-error least squares, coefficients >= 0
         prior = np.maximum(design @ coef, 1.0)
-        dtrain = xgb.DMatrix(feature_matrix(feats), label=np.log(y), base_margin=np.log(prior),
-                             feature_names=list(FEATURE_NAMES))
+        dtrain = xgb.DMatrix(feature_matrix(feats, precision), label=np.log(y), base_margin=np.log(prior),
+                             feature_names=list(feature_names(precision)))
         booster = xgb.train(XGB_PARAMS, dtrain, num_boost_round=rounds)
         digest = hashlib.sha1(json.dumps(sorted(r["hash"] for r in rows if "hash" in r)).encode()).hexdigest()[:16]
         meta = {"kernels": len(rows), "kernel_set": digest, "rounds": rounds,
@@ -117,7 +135,7 @@ class CostSurrogate:
 
     def prior(self, features: Sequence[dict[str, float]]) -> np.ndarray:
         """The linear prior alone (cycles)."""
-        return np.maximum(_prior_design(features) @ self.prior_coef, 1.0)
+        return np.maximum(_prior_design(features, self.precision) @ self.prior_coef, 1.0)
 
     def predict(self, features: Sequence[dict[str, float]]) -> np.ndarray:
         """Predicted cycles, one per feature dict."""
@@ -125,8 +143,8 @@ class CostSurrogate:
 
         if not features:
             return np.zeros(0)
-        dm = xgb.DMatrix(feature_matrix(features), base_margin=np.log(self.prior(features)),
-                         feature_names=list(FEATURE_NAMES))
+        dm = xgb.DMatrix(feature_matrix(features, self.precision), base_margin=np.log(self.prior(features)),
+                         feature_names=list(feature_names(self.precision)))
         return np.exp(self.booster.predict(dm).astype(np.float64))
 
     def predict_one(self, features: dict[str, float]) -> float:
@@ -141,7 +159,8 @@ class CostSurrogate:
         """JSON-able form: target, feature layout, prior, the XGBoost model as JSON."""
         raw = bytes(self.booster.save_raw("json")).decode()
         doc = {"format": FORMAT, "version": FORMAT_VERSION, "target": self.target,
-               "feature_names": list(FEATURE_NAMES), "prior_features": list(PRIOR_FEATURES),
+               "feature_names": list(feature_names(self.precision)),
+               "prior_features": list(prior_features(self.precision)),
                "prior_coef": [float(c) for c in self.prior_coef], "meta": self.meta, "xgboost": json.loads(raw)}
         if self.precision != "float32":
             doc["precision"] = self.precision
@@ -167,11 +186,12 @@ class CostSurrogate:
             raise CostModelError(f"cost surrogate file '{path}' is not JSON: {err}") from err
         if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
             raise CostModelError(f"'{path}' is not a {FORMAT} file of version {FORMAT_VERSION}")
-        if doc["feature_names"] != list(FEATURE_NAMES) or doc["prior_features"] != list(PRIOR_FEATURES):
+        have = doc.get("precision", "float32")
+        if have not in PRECISIONS or (doc["feature_names"] != list(feature_names(have))
+                                      or doc["prior_features"] != list(prior_features(have))):
             raise CostModelError(f"cost surrogate '{path}' was fitted on another kernel feature layout: refit it")
         if target is not None and doc["target"] != target:
             raise CostModelError(f"cost surrogate '{path}' is for target {doc['target']}, not {target}")
-        have = doc.get("precision", "float32")
         if precision is not None and have != precision:
             raise CostModelError(f"cost surrogate '{path}' prices {have} kernels, not {precision}")
         booster = xgb.Booster(params={"nthread": 1})
