@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,18 +24,7 @@ from common import git_commit, replace_section  # noqa: E402
 from mlperf_tiny import prepare  # noqa: E402
 
 ELEMENT_BYTES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "int32_t": 4, "float": 4, "uint32_t": 4}
-FLASH_SECTIONS = (".text", ".rodata", ".data")
 DECLARATION = re.compile(r"extern const (\w+) (\w+)\[(\d+)\];")
-
-
-def object_sections(source: Path, target) -> int:
-    """Flash bytes of one generated C file compiled alone with the target's flags."""
-    obj = source.with_suffix(".o")
-    subprocess.run(["arm-none-eabi-gcc", *target.cflags, *target.opt_flags, "-ffreestanding", "-ffunction-sections",
-                    "-fdata-sections", "-c", str(source), "-o", str(obj)], check=True, capture_output=True)
-    size = subprocess.run(["arm-none-eabi-size", "-A", str(obj)], capture_output=True, text=True, check=True).stdout
-    return sum(int(p[1]) for p in (ln.split() for ln in size.splitlines())
-               if len(p) >= 2 and p[0].startswith(FLASH_SECTIONS) and p[1].isdigit())
 
 
 def weight_bytes_by_type(bundle: Path) -> dict[str, int]:
@@ -49,7 +37,7 @@ def weight_bytes_by_type(bundle: Path) -> dict[str, int]:
 
 def flash_parts(net: str, target, work: Path) -> dict[str, dict]:
     """{build: {code, weights file, weights by type, total, manifest flash}} for float32 and int8 SIMD."""
-    from tvmnas.compiler import compile_model
+    from tvmnas.compiler import compile_model, flash_bytes_by_file
 
     onnx_path, calibration = prepare(net, work)
     builds = {"float32": {}, "int8 SIMD": dict(quantize="int8", calibration=calibration, simd=True)}
@@ -57,7 +45,8 @@ def flash_parts(net: str, target, work: Path) -> dict[str, dict]:
     for build, args in builds.items():
         out = work / build.replace(" ", "_")
         manifest = compile_model(onnx_path, target, out, ignore_budget=True, **args).manifest
-        code, weights = object_sections(out / "model.c", target), object_sections(out / "model_weights.c", target)
+        sizes = flash_bytes_by_file(out, target)
+        code, weights = sizes["model.c"], sizes["model_weights.c"]
         parts[build] = {"code": code, "weights_file": weights, "by_type": weight_bytes_by_type(out),
                         "total": code + weights, "manifest_flash": manifest["flash_bytes"]}
     return parts

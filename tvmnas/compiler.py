@@ -216,8 +216,13 @@ def kernel_sources(graph: CallGraph, sources: SourceLayers) -> dict[int, str]:
 
 def object_flash_bytes(out_dir: Path, target: Target) -> int:
     """Flash taken by the bundle's own code and constants, compiled with the target's flags."""
+    return sum(flash_bytes_by_file(out_dir, target).values())
+
+
+def flash_bytes_by_file(out_dir: Path, target: Target) -> dict[str, int]:
+    """Flash (.text, .rodata, .data) of model.c and model_weights.c, each compiled with the target's flags."""
     require_tools()
-    total = 0
+    sizes = {}
     with tempfile.TemporaryDirectory() as tmp:
         for src in ("model.c", "model_weights.c"):
             obj = Path(tmp) / (src + ".o")
@@ -229,11 +234,10 @@ def object_flash_bytes(out_dir: Path, target: Target) -> int:
                 first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip()[:200])
                 raise BuildError(f"generated {src} does not compile for {target.name}: {first}")
             size = subprocess.run(["arm-none-eabi-size", "-A", str(obj)], capture_output=True, text=True, check=True)
-            for line in size.stdout.splitlines():
-                parts = line.split()
-                if len(parts) >= 2 and parts[0].startswith((".text", ".rodata", ".data")) and parts[1].isdigit():
-                    total += int(parts[1])
-    return total
+            sizes[src] = sum(int(parts[1]) for parts in (line.split() for line in size.stdout.splitlines())
+                             if len(parts) >= 2 and parts[0].startswith((".text", ".rodata", ".data"))
+                             and parts[1].isdigit())
+    return sizes
 
 
 def compile_model(
