@@ -76,7 +76,8 @@ class NetworkItem(WorkItem):
     rows: list[NetworkRow] = field(default_factory=list)  # once recorded (for progress lines)
 
     def stored(self, db: ProfileDB) -> bool:
-        return {t.name for t in self.targets} <= {n.target for n in db.networks(precision=self.precision, name=self.key)}
+        have = {n.target for n in db.networks(precision=self.precision, name=self.key)}
+        return {t.name for t in self.targets} <= have
 
     def prepare(self) -> tuple[list[NetworkRow], list[FeatureRow]]:
         return profile_network(self.genotype, self.targets, self.precision, name=self.key, split=self.split,
@@ -119,7 +120,8 @@ def collect(
     def on_done(item: NetworkItem, status: str) -> None:
         if status == "measured":
             cycles = ", ".join(f"{r.target}: {r.cycles:,}" for r in item.rows)
-            progress(f"[{item.seed + 1}/{len(items)}] {item.key} ({item.split}, {item.genotype.space}): {cycles} cycles")
+            progress(f"[{item.seed + 1}/{len(items)}] {item.key} ({item.split}, {item.genotype.space}): "
+                     f"{cycles} cycles")
 
     with executor if executor is not None else make_executor("local", jobs) as pool:
         stats = run_items(items, db, pool, on_done=on_done)  # type: ignore[arg-type]
