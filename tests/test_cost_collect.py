@@ -234,6 +234,27 @@ def test_one_pool_collects_a_sampled_operator_and_a_network_each_once(tmp_path: 
         assert len(db.candidates()) == 1 and len(db.networks()) == 1
 
 
+def test_a_failing_network_is_reported_the_others_are_stored_and_the_run_ends_in_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tvmnas.cost import collect as collect_module
+    from tvmnas.errors import EmulatorError
+    from tvmnas.targets import load_target
+
+    def prepare(item):
+        if item.key == "eval00":
+            raise EmulatorError("eval00 on cortex-m4: guest hung (test)")
+        return [network(item.key, item.split, item.seed, [("k", f"h{item.key}", 10)])], [feature(f"h{item.key}")]
+
+    monkeypatch.setattr(collect_module.NetworkItem, "prepare", prepare)
+    seen: list[str] = []
+    with ProfileDB(tmp_path / "p.db") as db:
+        with pytest.raises(CostModelError, match="1 of 3 networks failed; first: eval00: eval00 on cortex-m4: guest hung"):
+            collect_module.collect(_tiny_nets(), [load_target("cortex-m4")], db, progress=seen.append)
+        assert [n.name for n in db.networks()] == ["fit00", "fit01"]
+    assert len(seen) == 3 and seen[-1].startswith("failed: eval00")
+
+
 @pytest.mark.slow
 def test_a_shipped_network_profiles_today_as_the_shipped_data_recorded_it() -> None:
     """The measurement path (lower, write, build, profile on the emulator) still gives the shipped

@@ -113,7 +113,8 @@ def collect(
 
     Each network is written with its kernels' features in one transaction, and a network the
     database holds on every target is not profiled again, so an interrupted run resumes where it
-    stopped. A network that fails is reported (a "failed:" line) and leaves no row.
+    stopped. A network that fails leaves no row and is reported (a "failed:" line); the run ends
+    with a CostModelError once the others are stored.
     """
     items = network_items(genotypes, targets, precision)
 
@@ -127,6 +128,9 @@ def collect(
         stats = run_items(items, db, pool, on_done=on_done)  # type: ignore[arg-type]
     for failure in stats.failures:
         progress(f"failed: {failure}")
+    if stats.failures:  # the others are stored: a rerun profiles only the failed ones
+        raise CostModelError(f"{len(stats.failures)} of {len(items)} networks failed; "
+                             f"first: {stats.failures[0]}")
     return stats.measured
 
 
