@@ -29,7 +29,7 @@ TOOLCHAIN_NAMES = frozenset({
     # build and run (measure/)
     "build", "build_host", "run", "run_host", "run_tool", "tool_process", "require_tools", "memory_usage",
     "Emulator", "measure_network", "profile_network_json", "profile_network", "profile_candidates",
-    "profile_candidate", "profile_elf", "run_block_profile", "build_plugin", "collect", "compiler_version",
+    "profile_candidate", "profile_elf", "run_block_profile", "build_plugin", "collect", "run_items", "compiler_version",
     "codegen_version",
     # stages and commands that compile or run
     "run_all", "Pipeline", "build_firmware", "main", "app", "CliRunner", "subprocess", "Popen", "check_call",

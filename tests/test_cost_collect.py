@@ -200,6 +200,61 @@ def test_parallel_interrupted_and_resumed_collection_write_the_same_dump_as_one_
     assert (tmp_path / "resumed.jsonl.gz").read_bytes() == (tmp_path / "one.jsonl.gz").read_bytes()
 
 
+def test_one_pool_collects_a_sampled_operator_and_a_network_each_once(tmp_path: Path) -> None:
+    """The one collector: a candidate and a network go through the same executor, both are recorded
+    once, and a rerun finds both stored (the network before any work, the candidate once compiled)."""
+    from tvmnas.cost.candidates import CandidateItem
+    from tvmnas.cost.collect import network_items
+    from tvmnas.cost.collector import run_items
+    from tvmnas.cost.sampler import OpSpec
+    from tvmnas.executor import InlineExecutor
+    from tvmnas.targets import load_target
+
+    class Counting(InlineExecutor):
+        def __init__(self) -> None:
+            self.tasks: list[str] = []
+
+        def submit(self, fn, /, *args, **kwargs):
+            self.tasks.append(f"{type(fn.__self__).__name__}.{fn.__name__}")
+            return super().submit(fn, *args, **kwargs)
+
+    m4 = load_target("cortex-m4")
+    conv = OpSpec("conv", 8, 4, 8, kernel=3)
+    items = [CandidateItem(conv, m4, tmp_path / "w"), *network_items(_tiny_nets()[:1], [m4])]
+    with ProfileDB(tmp_path / "p.db") as db:
+        first, second = Counting(), Counting()
+        stats = run_items(items, db, first)
+        assert (stats.measured, stats.cached, stats.failures) == (2, 0, [])
+        assert first.tasks == ["CandidateItem.prepare", "CandidateItem.measure", "NetworkItem.prepare"]
+        assert [c.candidate_key for c in db.candidates()] == [conv.key]
+        assert [n.name for n in db.networks()] == ["fit00"]
+        assert stats.kernels_added == db.counts()[0] > 0
+        again = run_items(items, db, second)
+        assert (again.measured, again.cached) == (0, 2) and second.tasks == ["CandidateItem.prepare"]
+        assert len(db.candidates()) == 1 and len(db.networks()) == 1
+
+
+def test_a_failing_network_is_reported_the_others_are_stored_and_the_run_ends_in_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tvmnas.cost import collect as collect_module
+    from tvmnas.errors import EmulatorError
+    from tvmnas.targets import load_target
+
+    def prepare(item):
+        if item.key == "eval00":
+            raise EmulatorError("eval00 on cortex-m4: guest hung (test)")
+        return [network(item.key, item.split, item.seed, [("k", f"h{item.key}", 10)])], [feature(f"h{item.key}")]
+
+    monkeypatch.setattr(collect_module.NetworkItem, "prepare", prepare)
+    seen: list[str] = []
+    with ProfileDB(tmp_path / "p.db") as db:
+        with pytest.raises(CostModelError, match="1 of 3 networks failed; first: eval00: eval00 on cortex-m4: guest hung"):
+            collect_module.collect(_tiny_nets(), [load_target("cortex-m4")], db, progress=seen.append)
+        assert [n.name for n in db.networks()] == ["fit00", "fit01"]
+    assert len(seen) == 3 and seen[-1].startswith("failed: eval00")
+
+
 @pytest.mark.slow
 def test_a_shipped_network_profiles_today_as_the_shipped_data_recorded_it() -> None:
     """The measurement path (lower, write, build, profile on the emulator) still gives the shipped

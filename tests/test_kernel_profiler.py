@@ -181,10 +181,10 @@ def test_a_fault_names_the_kernel(tmp_path: Path) -> None:
 
 
 def test_a_failing_candidate_is_reported_and_leaves_no_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_measure(prepared, target, timeout_s):
-        raise EmulatorError(f"{prepared.kernels[0].name} on {target.name}: guest hung (test)")
+    def broken_measure(item, prepared):
+        raise EmulatorError(f"{prepared.kernels[0].name} on {item.target.name}: guest hung (test)")
 
-    monkeypatch.setattr(candidates, "_measure_task", broken_measure)
+    monkeypatch.setattr(candidates.CandidateItem, "measure", broken_measure)
     with ProfileDB(tmp_path / "p.db") as db:
         stats = profile_candidates([CONV], M4, db, tmp_path / "w")
         assert stats.measured == 0 and len(stats.failures) == 1
@@ -206,7 +206,8 @@ def test_a_shared_kernel_is_recorded_for_the_first_candidate_whatever_finishes_f
     hashes = {first.key: ["shared", "only_first"], second.key: ["shared", "only_second"]}
     second_compiled = threading.Event()
 
-    def prepare(spec, target, work_dir):
+    def prepare(item):
+        spec, target, work_dir = item.spec, item.target, item.work_dir
         if spec == first:
             assert second_compiled.wait(timeout=60)
         kernels = tuple(KernelInfo(i, f"k_{h}", h, f"v_{h}", 10, f"/* {h} */", "float32") for i, h in enumerate(hashes[spec.key]))
@@ -214,8 +215,8 @@ def test_a_shared_kernel_is_recorded_for_the_first_candidate_whatever_finishes_f
             second_compiled.set()
         return PreparedNetwork(work_dir / "bundle", target.name, "-O2", 4, kernels)
 
-    monkeypatch.setattr(candidates, "_prepare_task", prepare)
-    monkeypatch.setattr(candidates, "_measure_task", lambda prepared, target, timeout_s: [(100, 150)] * 2)
+    monkeypatch.setattr(candidates.CandidateItem, "prepare", prepare)
+    monkeypatch.setattr(candidates.CandidateItem, "measure", lambda item, prepared: [(100, 150)] * 2)
 
     class TwoThreads(ThreadPoolExecutor):
         workers = 2

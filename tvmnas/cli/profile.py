@@ -108,8 +108,8 @@ def profile_ops_command(
         ) as progress:
             task = progress.add_task(f"profiling on {tgt.name}", total=len(specs), last="")
 
-            def on_done(spec, status: str) -> None:
-                progress.update(task, advance=1, last=f"{status}: {spec.key}")
+            def on_done(item, status: str) -> None:
+                progress.update(task, advance=1, last=f"{status}: {item.key}")
 
             stats = profile_candidates(specs, tgt, db, Path(work), executor=pool, timeout_s=timeout_s,
                                        on_done=on_done)

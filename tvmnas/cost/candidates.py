@@ -1,22 +1,19 @@
 """Cost data from sampled operators (tvmnas profile-ops): each OpSpec compiled alone, measured on
 the emulator through the profiler, and recorded in the profile store with its kernels' features.
 
-Workers compile and measure on the executor seam; this process alone writes the database, one
-transaction per candidate. A kernel that is already stored (same key: target, precision, identity,
-codegen version, flags) is never measured again, also when another candidate is measuring it now.
+Each candidate is a CandidateItem of the one collector (cost.collector.run_items): workers compile
+and measure, this process alone writes the database, and a stored kernel is never measured again.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tvmnas.cost.collector import ProgressHook, RunStats, WorkItem, run_items
 from tvmnas.cost.sampler import OpSpec
-from tvmnas.errors import ToolchainMissingError, TvmnasError
 from tvmnas.executor import Executor, make_executor, pack_folder, unpack_folder
 from tvmnas.measure.profiler import PreparedNetwork, kernel_keys, measure_network, prepare_network
 from tvmnas.measure.store import CandidateRow, KernelKey, KernelRow, ProfileDB
@@ -72,118 +69,57 @@ def candidate_row(spec: OpSpec, prepared: PreparedNetwork, rows: dict[KernelKey,
     )
 
 
-@dataclass
-class RunStats:
-    """What a profiling run did: candidates measured, found complete in the database, or failed."""
+@dataclass(frozen=True)
+class CandidateItem(WorkItem):
+    """A sampled operator as a collector work item: compiled on a worker, its missing kernels
+    measured on a worker, recorded as a candidate row with its new kernels and their features. Its
+    key holds its code version, so whether it is stored is known once it is compiled (`record`)."""
 
-    measured: int = 0
-    cached: int = 0
-    kernels_added: int = 0
-    failures: list[str] = field(default_factory=list)
+    spec: OpSpec
+    target: Target
+    work_dir: Path
+    timeout_s: float = 60.0
 
+    @property
+    def key(self) -> str:
+        return self.spec.key
 
-ProgressHook = Callable[[OpSpec, str], None]
-MEASURE, DONE, WAIT = "measure", "done", "wait"
+    def prepare(self) -> PreparedNetwork:
+        """Compile in a folder of its own wherever the task runs; the bundle comes back as bytes
+        (`files`), so the measuring task may run on another machine."""
+        with tempfile.TemporaryDirectory(prefix="tvmnas-prepare-") as tmp:
+            prepared = prepare_candidate(self.spec, self.target, Path(tmp) / "bundle")
+            files = pack_folder(prepared.bundle_dir)
+        return replace(prepared, bundle_dir=self.work_dir / "bundle", files=files)
 
+    def kernels(self, prepared: PreparedNetwork) -> list[KernelKey]:
+        return kernel_keys(prepared)
 
-class _Scheduler:
-    """Decides per prepared candidate: already recorded, computable from stored kernels, or to measure.
+    def measure(self, prepared: PreparedNetwork) -> list[tuple[int, int]]:
+        """Build and time a prepared candidate (from its `files` in a folder of its own, when it has them)."""
+        with tempfile.TemporaryDirectory(prefix="tvmnas-measure-") as tmp:
+            if prepared.files:
+                unpack_folder(Path(tmp) / "bundle", prepared.files)
+                prepared = replace(prepared, bundle_dir=Path(tmp) / "bundle")
+            profile = measure_network(prepared, self.target, Path(tmp) / "build", timeout_s=self.timeout_s)
+        return [(k.instructions, k.cycles) for k in profile.kernels]
 
-    Kernels being measured for one candidate are 'in flight'; a candidate that needs one of them
-    waits for that measurement instead of repeating it, so nothing is measured twice in one run.
-    Only this object writes to the database (one transaction per candidate).
-    """
-
-    def __init__(self, db: ProfileDB, on_done: ProgressHook | None) -> None:
-        self.db, self.on_done = db, on_done
-        self.stats = RunStats()
-        self.in_flight: set[KernelKey] = set()
-        self.waiting: list[tuple[OpSpec, PreparedNetwork]] = []  # in the order they were decided
-
-    def _finish(self, spec: OpSpec, status: str) -> None:
-        if self.on_done is not None:
-            self.on_done(spec, status)
-
-    def _stored(self, prepared: PreparedNetwork) -> dict[KernelKey, KernelRow | None]:
-        return {key: self.db.kernel(key) for key in kernel_keys(prepared)}
-
-    def decide(self, spec: OpSpec, prepared: PreparedNetwork) -> str:
-        """DONE (recorded now or before), WAIT (a kernel it needs is in flight) or MEASURE (keys claimed)."""
-        if self.db.has_candidate(prepared.target, prepared.precision, spec.key, prepared.codegen_version,
-                                 prepared.flags):
-            self.stats.cached += 1
-            self._finish(spec, "cached")
-            return DONE
-        stored = self._stored(prepared)
-        missing = {key for key, row in stored.items() if row is None}
-        if not missing:
-            self.db.record(candidate_row(spec, prepared, stored), [])
-            self.stats.cached += 1
-            self._finish(spec, "cached")
-            return DONE
-        # An earlier candidate that waits will measure what it lacks first, as a sequential run does.
-        wanted = {key for _, p in self.waiting for key in kernel_keys(p)}
-        if missing & (self.in_flight | wanted):
-            self.waiting.append((spec, prepared))
-            return WAIT
-        self.in_flight |= missing
-        return MEASURE
-
-    def measured(self, spec: OpSpec, prepared: PreparedNetwork, counts: list[tuple[int, int]]) -> None:
-        """Write a measured candidate's new kernels and its row in one transaction."""
-        stored = self._stored(prepared)
-        new = {r.key: r for r in kernel_rows(spec, prepared, counts) if stored.get(r.key) is None}
+    def record(self, db: ProfileDB, prepared: PreparedNetwork,
+               counts: list[tuple[int, int]] | None = None) -> str | None:
+        """Write the candidate's row with its newly measured kernels (from `counts`) in one transaction;
+        without counts only when it is stored or its kernels are."""
+        if counts is None and db.has_candidate(prepared.target, prepared.precision, self.spec.key,
+                                               prepared.codegen_version, prepared.flags):
+            return "cached"
+        stored = {key: db.kernel(key) for key in kernel_keys(prepared)}
+        if counts is None and None in stored.values():
+            return None
+        new = {} if counts is None else {r.key: r for r in kernel_rows(self.spec, prepared, counts)
+                                         if stored.get(r.key) is None}
         rows = {**{k: v for k, v in stored.items() if v is not None}, **new}
-        self.stats.kernels_added += self.db.record(candidate_row(spec, prepared, rows), list(new.values()),
-                                                   prepared.features)
-        self.stats.measured += 1
-        self.in_flight -= set(new)
-        self._finish(spec, "measured")
-
-    def failed(self, spec: OpSpec, prepared: PreparedNetwork | None, err: BaseException) -> None:
-        self.stats.failures.append(f"{spec.key}: {err}")
-        if prepared is not None:
-            self.in_flight -= set(kernel_keys(prepared))
-        self._finish(spec, "failed")
-
-    def take_ready(self) -> list[tuple[OpSpec, PreparedNetwork]]:
-        """Waiting candidates whose kernels are neither in flight nor wanted by an earlier waiting one
-        (removed from the wait list, in the order they were decided)."""
-        ready, still = [], []
-        blocked = set(self.in_flight)
-        for item in self.waiting:
-            keys = set(kernel_keys(item[1]))
-            if keys & blocked:
-                still.append(item)
-                blocked |= keys
-            else:
-                ready.append(item)
-        self.waiting = still
-        return ready
-
-
-def _prepare_task(spec: OpSpec, target: Target, work_dir: Path) -> PreparedNetwork:
-    """Compile a candidate in a folder of its own wherever the task runs; its bundle comes back as
-    bytes (`files`), so the measuring task may run on another machine."""
-    with tempfile.TemporaryDirectory(prefix="tvmnas-prepare-") as tmp:
-        prepared = prepare_candidate(spec, target, Path(tmp) / "bundle")
-        files = pack_folder(prepared.bundle_dir)
-    return replace(prepared, bundle_dir=work_dir / "bundle", files=files)
-
-
-def _measure_task(prepared: PreparedNetwork, target: Target, timeout_s: float) -> list[tuple[int, int]]:
-    """Build and time a prepared candidate (from its `files` in a folder of its own, when it has them)."""
-    with tempfile.TemporaryDirectory(prefix="tvmnas-measure-") as tmp:
-        if prepared.files:
-            bundle = Path(tmp) / "bundle"
-            unpack_folder(bundle, prepared.files)
-            prepared = replace(prepared, bundle_dir=bundle)
-        profile = measure_network(prepared, target, Path(tmp) / "build", timeout_s=timeout_s)
-    return [(k.instructions, k.cycles) for k in profile.kernels]
-
-
-# A candidate that cannot be compiled or run is reported and skipped; anything else is a bug and propagates.
-CANDIDATE_ERRORS = (TvmnasError, NotImplementedError)
+        db.record(candidate_row(self.spec, prepared, rows), list(new.values()),
+                  () if counts is None else prepared.features)
+        return "cached" if counts is None else "measured"
 
 
 def profile_candidates(
@@ -197,57 +133,12 @@ def profile_candidates(
     timeout_s: float = 60.0,
     on_done: ProgressHook | None = None,
 ) -> RunStats:
-    """Profile every candidate into `db`, skipping what it already holds.
-
-    Work runs on `executor` (default: `jobs` local worker processes), any machine of it: tasks
-    work in folders of their own and the bundle travels with the task. Workers compile and
-    measure; this process alone writes the database, one transaction per candidate, so a run
-    killed at any moment keeps every finished candidate and a rerun measures only the rest.
-    Candidates are decided in their order in `specs` (a kernel two candidates share is measured
-    for the first), so the rows are the same whatever the executor and its number of workers. A
-    candidate that fails (build error, hang, fault) is listed in the stats and leaves no row, so a
-    rerun retries it; a missing tool (on any node) stops the run.
-    """
-    work_dir = Path(work_dir)
-    sched = _Scheduler(db, on_done)
+    """Profile every candidate into `db` on `executor` (default: `jobs` local worker processes),
+    skipping what it already holds: the collector (run_items) over CandidateItems. `on_done` gets
+    each item and "measured", "cached" or "failed"."""
+    items = [CandidateItem(spec, target, Path(work_dir) / f"{i:05d}", timeout_s) for i, spec in enumerate(specs)]
     with executor if executor is not None else make_executor("local", jobs) as pool:
-        todo = [(i, spec, work_dir / f"{i:05d}") for i, spec in enumerate(specs)][::-1]
-        turn_of = {spec.key: i for i, spec in reversed(list(enumerate(specs)))}
-        running: dict[Future, tuple[int, OpSpec, PreparedNetwork | None]] = {}
-        arrived: dict[int, tuple[OpSpec, PreparedNetwork | None]] = {}  # prepared, waiting for their turn
-        next_turn = 0
-        while todo or running:
-            while todo and sum(r[2] is None for r in running.values()) < pool.workers:
-                i, spec, cand_dir = todo.pop()
-                running[pool.submit(_prepare_task, spec, target, cand_dir)] = (i, spec, None)
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in sorted(finished, key=lambda f: running[f][0]):
-                i, spec, prepared = running.pop(fut)
-                err = fut.exception()
-                if err is not None and (not isinstance(err, CANDIDATE_ERRORS)
-                                        or isinstance(err, ToolchainMissingError)):
-                    raise err
-                if err is not None:
-                    sched.failed(spec, prepared, err)
-                    ready = sched.take_ready()
-                    if prepared is None:
-                        arrived[i] = (spec, None)
-                elif prepared is None:
-                    arrived[i] = (spec, fut.result())
-                    ready = []
-                else:
-                    sched.measured(spec, prepared, fut.result())
-                    ready = sched.take_ready()
-                while next_turn in arrived:
-                    r_spec, r_prep = arrived.pop(next_turn)
-                    next_turn += 1
-                    if r_prep is not None:
-                        ready.append((r_spec, r_prep))
-                for r_spec, r_prep in ready:
-                    if sched.decide(r_spec, r_prep) == MEASURE:
-                        running[pool.submit(_measure_task, r_prep, target, timeout_s)] = (
-                            turn_of[r_spec.key], r_spec, r_prep)
-    return sched.stats
+        return run_items(items, db, pool, on_done=on_done)
 
 
 def record_candidate(spec: OpSpec, prepared: PreparedNetwork, target: Target, db: ProfileDB, *,
@@ -255,11 +146,8 @@ def record_candidate(spec: OpSpec, prepared: PreparedNetwork, target: Target, db
     """Record a prepared candidate in `db`, measuring it only if a kernel is missing: its row, and
     "measured" or "cached". Raises the candidate's own error (EmulatorError naming the kernel on a
     hang or fault)."""
-    sched = _Scheduler(db, None)
-    how = "cached"
-    if sched.decide(spec, prepared) == MEASURE:
-        sched.measured(spec, prepared, _measure_task(prepared, target, timeout_s))
-        how = "measured"
+    item = CandidateItem(spec, target, prepared.bundle_dir.parent, timeout_s)
+    how = item.record(db, prepared) or item.record(db, prepared, item.measure(prepared))
     return candidate_row(spec, prepared, {key: db.kernel(key) for key in kernel_keys(prepared)}), how  # type: ignore[misc]
 
 
@@ -267,4 +155,5 @@ def profile_candidate(
     spec: OpSpec, target: Target, db: ProfileDB, work_dir: Path, *, timeout_s: float = 60.0
 ) -> CandidateRow:
     """Compile and profile one candidate into `db` (record_candidate) and return its row."""
-    return record_candidate(spec, _prepare_task(spec, target, Path(work_dir)), target, db, timeout_s=timeout_s)[0]
+    prepared = CandidateItem(spec, target, Path(work_dir)).prepare()
+    return record_candidate(spec, prepared, target, db, timeout_s=timeout_s)[0]

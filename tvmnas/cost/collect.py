@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from tvmnas.cost.collector import WorkItem, run_items
 from tvmnas.cost.surrogate import PRECISIONS, check_precision
 from tvmnas.errors import CostModelError
-from tvmnas.executor import Executor, as_finished, make_executor
+from tvmnas.executor import Executor, make_executor
 from tvmnas.measure.profiler import LoweredNetwork, feature_rows, lower_network, measure_network, write_network
 from tvmnas.measure.store import FeatureRow, NetworkRow, ProfileDB, canonical_json
 from tvmnas.search.genotype import Genotype
@@ -59,6 +61,42 @@ def profile_network(genotype: Genotype, targets: list[Target], precision: str, *
     return rows, [features[h] for h in sorted(features)]
 
 
+@dataclass
+class NetworkItem(WorkItem):
+    """A named genotype as a collector work item: profiled whole on a worker (profile_network, on
+    every target) and recorded as its network rows with its kernels' features; stored when the
+    store holds it on every target."""
+
+    key: str  # the network's name
+    split: str
+    genotype: Genotype
+    targets: list[Target]
+    precision: str
+    seed: int
+    rows: list[NetworkRow] = field(default_factory=list)  # once recorded (for progress lines)
+
+    def stored(self, db: ProfileDB) -> bool:
+        have = {n.target for n in db.networks(precision=self.precision, name=self.key)}
+        return {t.name for t in self.targets} <= have
+
+    def prepare(self) -> tuple[list[NetworkRow], list[FeatureRow]]:
+        return profile_network(self.genotype, self.targets, self.precision, name=self.key, split=self.split,
+                               seed=self.seed)
+
+    def record(self, db: ProfileDB, prepared: tuple[list[NetworkRow], list[FeatureRow]], measured: None = None) -> str:
+        db.record_network(*prepared)  # measured where it was prepared
+        self.rows = prepared[0]
+        return "measured"
+
+
+def network_items(genotypes: list[tuple[str, str, Genotype]], targets: list[Target],
+                  precision: str = "float32") -> list[NetworkItem]:
+    """Work items for (name, split, genotype) on `targets`; each network gets the seed of its place
+    in `genotypes`, so any number of jobs gives the same rows."""
+    check_precision(precision)
+    return [NetworkItem(name, split, g, list(targets), precision, i) for i, (name, split, g) in enumerate(genotypes)]
+
+
 def collect(
     genotypes: list[tuple[str, str, Genotype]],
     targets: list[Target],
@@ -70,35 +108,30 @@ def collect(
     progress: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
 ) -> int:
     """Profile every (name, split, genotype) on every target into `db`, on `executor` (default:
-    `jobs` local worker processes), as `precision` builds it (float32 or int8); returns the number
-    of networks profiled.
+    `jobs` local worker processes), as `precision` builds it (float32 or int8): the collector
+    (run_items) over network_items; returns the number of networks profiled.
 
-    Each network is written with its kernels' features in one transaction as it finishes, and a
-    network the database holds on every target is not profiled again, so an interrupted run resumes
-    where it stopped. Each network gets the seed of its place in `genotypes`, so any number of jobs
-    gives the same rows.
+    Each network is written with its kernels' features in one transaction, and a network the
+    database holds on every target is not profiled again, so an interrupted run resumes where it
+    stopped. A network that fails leaves no row and is reported (a "failed:" line); the run ends
+    with a CostModelError once the others are stored.
     """
-    check_precision(precision)
-    have: dict[str, set[str]] = {}
-    for net in db.networks(precision=precision):
-        have.setdefault(net.name, set()).add(net.target)
-    wanted = {t.name for t in targets}
-    todo = [(i, name, split, g) for i, (name, split, g) in enumerate(genotypes) if not wanted <= have.get(name, set())]
+    items = network_items(genotypes, targets, precision)
+
+    def on_done(item: NetworkItem, status: str) -> None:
+        if status == "measured":
+            cycles = ", ".join(f"{r.target}: {r.cycles:,}" for r in item.rows)
+            progress(f"[{item.seed + 1}/{len(items)}] {item.key} ({item.split}, {item.genotype.space}): "
+                     f"{cycles} cycles")
+
     with executor if executor is not None else make_executor("local", jobs) as pool:
-        calls = [(g, targets, precision, name, split, i) for i, name, split, g in todo]
-        for k, fut in as_finished(pool, _profile_task, calls):
-            rows, features = fut.result()
-            db.record_network(rows, features)
-            i, name, split, g = todo[k]
-            cycles = ", ".join(f"{r.target}: {r.cycles:,}" for r in rows)
-            progress(f"[{i + 1}/{len(genotypes)}] {name} ({split}, {g.space}): {cycles} cycles")
-    return len(todo)
-
-
-def _profile_task(genotype: Genotype, targets: list[Target], precision: str, name: str, split: str,
-                  seed: int) -> tuple[list[NetworkRow], list[FeatureRow]]:
-    """profile_network as one executor task."""
-    return profile_network(genotype, targets, precision, name=name, split=split, seed=seed)
+        stats = run_items(items, db, pool, on_done=on_done)  # type: ignore[arg-type]
+    for failure in stats.failures:
+        progress(f"failed: {failure}")
+    if stats.failures:  # the others are stored: a rerun profiles only the failed ones
+        raise CostModelError(f"{len(stats.failures)} of {len(items)} networks failed; "
+                             f"first: {stats.failures[0]}")
+    return stats.measured
 
 
 def refresh_features(db: ProfileDB, precision: str,

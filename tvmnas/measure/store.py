@@ -341,9 +341,9 @@ class ProfileDB:
         return {f.kernel_hash: f for f in self._select("features", {"precision": precision})}
 
     def networks(self, target: str | None = None, precision: str | None = None,
-                 split: str | None = None) -> list[NetworkRow]:
-        """Network rows (of one target, precision, split), in collection order (seed, then name, then target)."""
-        return self._select("networks", {"target": target, "precision": precision, "split": split},
+                 split: str | None = None, name: str | None = None) -> list[NetworkRow]:
+        """Network rows (of one target, precision, split, name), in collection order (seed, then name, then target)."""
+        return self._select("networks", {"target": target, "precision": precision, "split": split, "name": name},
                             order=("seed", "name", "target"))
 
     def targets(self, precision: str) -> list[str]:
